@@ -1,0 +1,1 @@
+"""Built-in archs plugins, one per file."""

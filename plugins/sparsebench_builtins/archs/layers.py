@@ -1,0 +1,52 @@
+"""Layers shared by the built-in architectures."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def sn(module: nn.Module, enabled: bool = True, eps: float = 1e-6) -> nn.Module:
+    """Spectral norm as a parametrization (keeps `weight` a plain attribute, masks the original)."""
+    return spectral_norm(module, eps=eps) if enabled else module
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """BatchNorm that can keep using batch statistics in eval mode (BigGAN samples that way)."""
+
+    batch_stats_in_eval = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.batch_stats_in_eval:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BigGAN's ccbn: BN without affine, gain 1 + E_g[y] and bias E_b[y] from class embeddings."""
+
+    def __init__(self, channels: int, num_classes: int, eps: float = 1e-5):
+        super().__init__()
+        self.bn = BatchNorm(channels, affine=False, eps=eps)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gain = 1.0 + self.gain(y).view(y.shape[0], -1, 1, 1)
+        bias = self.bias(y).view(y.shape[0], -1, 1, 1)
+        return self.bn(x) * gain + bias
+
+
+def set_batch_stats_in_eval(model: nn.Module, enabled: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, BatchNorm):
+            m.batch_stats_in_eval = enabled
+
+
+def log2_int(x: int, what: str) -> int:
+    n = x.bit_length() - 1
+    if x <= 0 or 1 << n != x:
+        raise ValueError(f"{what} must be a power of two, got {x}")
+    return n

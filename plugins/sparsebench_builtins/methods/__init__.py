@@ -1,0 +1,1 @@
+"""Built-in methods plugins, one per file."""

@@ -1,0 +1,26 @@
+"""`dense`: the dense GAN with the architecture's reference training (hinge loss, Adam, EMA)."""
+
+from __future__ import annotations
+
+from sparsebench.api import Method, Phase
+from sparsebench.hookspecs import hookimpl
+
+
+class Dense(Method):
+    name = "dense"
+    description = "dense G and D, the architecture's reference training"
+    fixed = {"sg": 0.0, "sd": 0.0}
+
+    def run(self, ctx) -> None:
+        G, D = ctx.build_models()
+        state = ctx.state(G, D, None, None)
+        ctx.train(state)
+        ctx.finish(state)
+
+    def flop_phases(self, plan) -> list[Phase]:
+        return [Phase(plan.config.train.steps, None, None)]
+
+
+@hookimpl
+def register_methods(register):
+    register(Dense())

@@ -1,0 +1,65 @@
+"""`gan-tickets`: GAN lottery tickets by iterative magnitude pruning of G (GAN-LTH).
+
+Round 0 is the stored dense run. Each round prunes 20 % of G's remaining scope weights by one
+global |w| threshold, rewinds G and D to their initial weights, and trains again with fresh
+optimizers; rounds go on until the density nearest 1 - s_G (0.8^k). D stays dense. The sparsity
+really reached and the number of rounds are stored.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sparsebench.api import Method, Phase
+from sparsebench.hookspecs import hookimpl
+from sparsebench.options import Option
+from sparsebench.sparse import MaskState, layer_densities, magnitude_masks, scope_parameters
+
+
+def rounds_for(sparsity: float, keep: float) -> int:
+    """The number of rounds k >= 1 whose density keep^k is nearest 1 - sparsity."""
+    target = 1.0 - sparsity
+    best = max(1, round(math.log(target) / math.log(keep))) if target < 1.0 else 1
+    candidates = [k for k in (best - 1, best, best + 1) if k >= 1]
+    return min(candidates, key=lambda k: (abs(keep**k - target), k))
+
+
+class GANTickets(Method):
+    name = "gan-tickets"
+    description = "iterative magnitude pruning of G with rewinding to init, 20 % per round (GAN-LTH)"
+    fixed = {"sd": 0.0}
+    options = (Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round"),)
+
+    def run(self, ctx) -> None:
+        keep = 1.0 - ctx.options["prune_rate"]
+        rounds = rounds_for(ctx.config.sg, keep)
+        dense = ctx.require("dense")
+        ctx.extra_flops += dense.results["train_flops"]
+        init, trained = dense.load("init"), dense.load("final")
+        G, D = ctx.build_models()
+        G.load_state_dict(trained["G"])
+        params = scope_parameters(G, ctx.config.scope)
+        active = None
+        for r in range(1, rounds + 1):
+            weights = {n: p.detach().clone() for n, p in params.items()}
+            masks = magnitude_masks(weights, keep**r, "global", active)
+            G.load_state_dict(init["G"])
+            D.load_state_dict(init["D"])
+            g_masks = MaskState(params, masks)
+            state = ctx.state(G, D, g_masks, None)
+            ctx.train(state, label=f"round{r}")
+            active = g_masks.masks
+        ctx.finish(state, rounds=rounds, reached_sg=1.0 - g_masks.density(), pruned_from=dense.run_id)
+
+    def flop_phases(self, plan) -> list[Phase]:
+        keep = 1.0 - dict(plan.config.method_options).get("prune_rate", 0.2)
+        steps = plan.config.train.steps
+        phases = [Phase(steps, None, None, "pretrain")]
+        for r in range(1, rounds_for(plan.config.sg, keep) + 1):
+            phases.append(Phase(steps, layer_densities(plan.g_shapes, keep**r, "uniform"), None, f"round{r}"))
+        return phases
+
+
+@hookimpl
+def register_methods(register):
+    register(GANTickets())

@@ -1,0 +1,17 @@
+"""`small-dense`: the dense GAN with half the channels in G and D (paper Table 4)."""
+
+from __future__ import annotations
+
+from sparsebench.hookspecs import hookimpl
+from sparsebench_builtins.methods.dense import Dense
+
+
+class SmallDense(Dense):
+    name = "small-dense"
+    description = "dense G and D at half width (the paper's Small Dense baseline)"
+    width = 0.5
+
+
+@hookimpl
+def register_methods(register):
+    register(SmallDense())

@@ -1,0 +1,246 @@
+"""The `sparsebench` command line: thin click commands over config, plugins, runner and store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+
+import click
+
+from sparsebench import SparsebenchError, __version__
+
+METHOD_GROUPS = {"pf": ["pf-global", "pf-uniform"]}
+
+
+class OneLineErrors(click.Group):
+    """Every usage or input error is one line on stderr and a non-zero exit."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+            sys.exit(rv if isinstance(rv, int) else 0)
+        except SparsebenchError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            msg = exc.format_message().replace("\n", " ")
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"Error: {msg}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+def _plugins():
+    from sparsebench.plugins import PluginWarning, get_plugins
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        plugins = get_plugins()
+    for message in plugins.warnings:
+        click.echo(f"Warning: {message}", err=True)
+    return plugins
+
+
+def _split(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SparsebenchError(f"{what} is empty; give a comma-separated list")
+    return items
+
+
+def _floats(value: str, what: str) -> list[float]:
+    out = []
+    for item in _split(value, what):
+        try:
+            v = float(item)
+        except ValueError:
+            raise SparsebenchError(f"{what}: {item!r} is not a number; sparsities lie in [0, 1)") from None
+        if not 0.0 <= v < 1.0:
+            raise SparsebenchError(f"{what}: {item} is outside [0, 1)")
+        out.append(v)
+    return out
+
+
+def _ints(value: str, what: str) -> list[int]:
+    out = []
+    for item in _split(value, what):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise SparsebenchError(f"{what}: {item!r} is not an integer") from None
+    return out
+
+
+def expand_methods(value: str, known: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in _split(value, "--methods"):
+        for m in METHOD_GROUPS.get(name, [name]):
+            if m not in known:
+                groups = ", ".join(f"{g} (= {','.join(ms)})" for g, ms in METHOD_GROUPS.items())
+                raise SparsebenchError(f"unknown method {m!r}; known: {', '.join(known)}; groups: {groups}")
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def _store(path: str | None):
+    from sparsebench.store import Store
+
+    return Store(path)
+
+
+store_option = click.option(
+    "--store", "store_path", type=str, default=None,
+    help="results database (default ./sparsebench-results/results.db or $SPARSEBENCH_STORE)",
+)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sparsebench")
+@click.option("-v", "--verbose", is_flag=True, help="log what happens (FLOP counting, plugin loading)")
+def cli(verbose: bool):
+    """Benchmark sparse GAN training: STU-GAN and its baselines, FID/IS and FLOPs side by side."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+
+
+@cli.command()
+@click.option("--methods", required=True, help="comma-separated methods; 'pf' = pf-global,pf-uniform")
+@click.option("--arch", required=True, help="architecture, e.g. biggan or sngan")
+@click.option("--dataset", default=None, help="data set (default: the preset's: digits for quick)")
+@click.option("--sg", default="0.9", show_default=True, help="generator sparsities, comma-separated, in [0, 1)")
+@click.option("--sd", default="0.5", show_default=True, help="discriminator sparsities, comma-separated, in [0, 1)")
+@click.option("--seeds", default="0", show_default=True, help="seeds, comma-separated integers")
+@click.option("--preset", default="quick", show_default=True, help="quick (minutes on CPU, digits) or paper (CIFAR-10 reference settings)")
+@click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
+@click.option("--scope", default="conv", show_default=True, help="sparse tensors: conv, or conv+linear")
+@click.option("--distribution", default="erk", show_default=True, help="layer-wise sparsity: erk, er, uniform, global")
+@click.option("--metrics", "metrics", default="fid,is", show_default=True, help="metrics to compute, comma-separated")
+@click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE", help="a plugin option, e.g. stugan.explore=gd (repeatable)")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--data-dir", default=None, help="where data sets live (CIFAR-10, image folders)")
+@click.option("--inception-weights", default=None, help="local Inception weights file for offline use")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@store_option
+def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, metrics, options, device,
+        data_dir, inception_weights, no_progress, store_path):
+    """Run the grid methods x s_G x s_D x seeds and store every result.
+
+    Cells already done in the store are skipped; methods whose s_G or s_D is fixed by
+    definition (dense, pf-*, gan-tickets) run once per seed with the sparsity they really use.
+    """
+    from sparsebench.config import GridRequest, expand_grid
+    from sparsebench.options import parse_option_strings
+    from sparsebench.runner import Runner
+
+    if device not in ("cpu", "cuda"):
+        raise SparsebenchError(f"--device {device!r}: allowed: cpu, cuda")
+    plugins = _plugins()
+    if steps is not None:
+        steps = _ints(steps, "--steps")[0]
+    req = GridRequest(
+        methods=expand_methods(methods, plugins.methods.names()), arch=arch, dataset=dataset,
+        sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=_ints(seeds, "--seeds"), preset=preset,
+        steps=steps, scope=scope, distribution=distribution, options=parse_option_strings(options),
+        metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
+    )
+    configs = expand_grid(req, plugins)
+    store = _store(store_path)
+    runner = Runner(store, plugins, device=device, data_dir=data_dir, inception_weights=inception_weights,
+                    progress=not no_progress)
+    runner.preflight(configs)
+    outcomes = []
+    for i, config in enumerate(configs, 1):
+        click.echo(f"[{i}/{len(configs)}] {config.method} {config.arch} sG={config.sg:g} sD={config.sd:g} "
+                   f"seed={config.seed} ({config.run_id})", err=True)
+        outcome = runner.run(config)
+        if outcome.skipped:
+            click.echo("  already done, skipped", err=True)
+        outcomes.append(outcome)
+    _summary(outcomes)
+    click.echo(f"results: {store.path}", err=True)
+    bad = [o for o in outcomes if o.status != "done"]
+    return 1 if bad else 0
+
+
+def _fmt(v, spec=".2f"):
+    return "" if v is None else format(v, spec)
+
+
+def _summary(outcomes) -> None:
+    from tabulate import tabulate
+
+    rows = []
+    for o in outcomes:
+        r = o.results
+        rows.append([o.config.method, f"{o.config.sg:g}", f"{o.config.sd:g}", o.config.seed, o.status,
+                     _fmt(r.get("fid")), _fmt(r.get("is_mean")), _fmt(r.get("density_g"), ".3f"),
+                     _fmt(r.get("train_flops_rel"), ".3f"), _fmt(r.get("test_flops_rel"), ".3f"),
+                     _fmt(r.get("wall_s"), ".1f")])
+    click.echo(tabulate(rows, headers=["method", "sG", "sD", "seed", "status", "FID", "IS", "density G",
+                                       "train FLOPs", "test FLOPs", "wall s"]))
+
+
+@cli.command("list")
+def list_cmd():
+    """Show every registered method, architecture, metric and data set."""
+    from tabulate import tabulate
+
+    plugins = _plugins()
+    for title, registry in (("methods", plugins.methods), ("architectures", plugins.archs),
+                            ("metrics", plugins.metrics), ("datasets", plugins.datasets)):
+        rows = [[name, registry.get(name).description, registry.source(name)] for name in registry.names()]
+        click.echo(f"{title}:")
+        click.echo(tabulate(rows, headers=["name", "description", "source"]))
+        click.echo()
+    click.echo("method groups: " + ", ".join(f"{g} = {','.join(ms)}" for g, ms in METHOD_GROUPS.items()))
+
+
+@cli.command()
+@click.argument("run_id")
+@store_option
+def show(run_id, store_path):
+    """Print one run's config and results (a unique prefix of the id is enough)."""
+    store = _store(store_path)
+    run = store.find(run_id)
+    if run is None:
+        raise SparsebenchError(f"no run {run_id!r} in {store.path}; see 'sparsebench results'")
+    click.echo(json.dumps(run, indent=2, sort_keys=True, default=str))
+
+
+@cli.command()
+@click.option("--format", "fmt", default="csv", show_default=True, help="csv or json")
+@store_option
+def results(fmt, store_path):
+    """Dump the flat results table, one row per run."""
+    import pandas as pd
+
+    from sparsebench.store import EXTRA_COLUMNS, RESULT_COLUMNS
+
+    if fmt not in ("csv", "json"):
+        raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
+    store = _store(store_path)
+    df = pd.DataFrame(store.results_table(), columns=RESULT_COLUMNS + EXTRA_COLUMNS)
+    if fmt == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+    else:
+        click.echo(df.to_json(orient="records", indent=2))
+
+
+def main():
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    cli(prog_name="sparsebench")

@@ -1,0 +1,200 @@
+"""Run configuration: immutable, validated, and hashed into the run id.
+
+A run id is a hash of everything that can change a result (method, arch, data, sparsities,
+seed, every training hyperparameter, every plugin option). The device is not part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparsebench import SparsebenchError
+
+PRESETS = ("quick", "paper")
+SCOPES = ("conv", "conv+linear")
+DISTRIBUTIONS = ("erk", "er", "uniform", "global")
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training and evaluation settings of one architecture at one preset."""
+
+    dataset: str
+    resolution: int
+    width: int  # channel multiplier `ch` of the reference code
+    z_dim: int
+    batch_size: int  # real / fake batch of each D step
+    g_batch_size: int  # fake batch of each G step
+    n_critic: int  # D steps per G step
+    lr_g: float
+    lr_d: float
+    beta1: float
+    beta2: float
+    steps: int  # G steps
+    ema_decay: float
+    ema_start: int  # G steps before the average starts (a plain copy before)
+    explore_interval: int  # dT of STU-GAN, in G steps
+    eval_samples: int
+    extractor: str  # feature extractor used for FID / IS
+    eval_batch_stats: bool = False  # sample with batch-statistics BN (BigGAN's G_eval_mode off)
+    log_every: int = 10
+
+    def replace(self, **changes: Any) -> "TrainSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    arch: str
+    dataset: str
+    preset: str
+    sg: float
+    sd: float
+    seed: int
+    train: TrainSpec
+    scope: str = "conv"
+    distribution: str = "erk"
+    method_options: tuple = ()
+    arch_options: tuple = ()
+    dataset_options: tuple = ()
+    metrics: tuple = ("fid", "is")
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        for axis in ("sg", "sd"):
+            value = getattr(self, axis)
+            if not 0.0 <= value < 1.0:
+                raise SparsebenchError(f"{axis} must lie in [0, 1), got {value}")
+        if self.preset not in PRESETS:
+            raise SparsebenchError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        if self.scope not in SCOPES:
+            raise SparsebenchError(f"unknown scope {self.scope!r}; known: {', '.join(SCOPES)}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise SparsebenchError(
+                f"unknown distribution {self.distribution!r}; known: {', '.join(DISTRIBUTIONS)}"
+            )
+        if self.train.steps < 1:
+            raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key in ("method_options", "arch_options", "dataset_options"):
+            d[key] = dict(getattr(self, key))
+        d["metrics"] = list(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        d = dict(d)
+        d["train"] = TrainSpec(**d["train"])
+        for key in ("method_options", "arch_options", "dataset_options"):
+            d[key] = freeze(d.get(key, {}))
+        d["metrics"] = tuple(d.get("metrics", ()))
+        return cls(**d)
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def option(self, name: str) -> Any:
+        return dict(self.method_options)[name]
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def freeze(options: dict) -> tuple:
+    """Options as a sorted tuple of pairs: hashable, and stable under dict ordering."""
+    return tuple(sorted(options.items()))
+
+
+@dataclass
+class GridRequest:
+    """What `sparsebench run` was asked for, before it becomes one config per cell."""
+
+    methods: list[str]
+    arch: str
+    dataset: str | None = None
+    sg: list[float] = field(default_factory=lambda: [0.9])
+    sd: list[float] = field(default_factory=lambda: [0.5])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    preset: str = "quick"
+    steps: int | None = None
+    scope: str = "conv"
+    distribution: str = "erk"
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
+    metrics: tuple = ("fid", "is")
+    data_dir: str | None = None
+
+
+def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
+    """One config per cell of methods x s_G x s_D x seeds, minus repeats along fixed axes."""
+    if req.preset not in PRESETS:
+        raise SparsebenchError(f"unknown preset {req.preset!r}; known: {', '.join(PRESETS)}")
+    if not req.methods:
+        raise SparsebenchError("no method given; pass --methods NAME[,NAME...]")
+    for axis, values in (("s_G", req.sg), ("s_D", req.sd)):
+        for v in values:
+            if not 0.0 <= v < 1.0:
+                raise SparsebenchError(f"{axis} must lie in [0, 1), got {v}")
+    arch = plugins.archs.get(req.arch)
+    spec: TrainSpec = arch.presets[req.preset]
+    if req.steps is not None:
+        if req.steps < 1:
+            raise SparsebenchError(f"--steps must be a positive integer, got {req.steps}")
+        spec = spec.replace(steps=req.steps)
+    dataset = req.dataset or spec.dataset
+    plugins.datasets.get(dataset)
+    if dataset != spec.dataset:
+        spec = spec.replace(dataset=dataset)
+    for metric in req.metrics:
+        plugins.metrics.get(metric)
+    from sparsebench.options import validate_options
+
+    targets = {req.arch: arch.options, dataset: plugins.datasets.get(dataset).options}
+    methods = [(name, plugins.methods.get(name)) for name in req.methods]
+    for name, method in methods:
+        targets[name] = method.options
+    for target in req.options:
+        if target not in targets:
+            raise SparsebenchError(
+                f"--option for {target!r}, which is not in this run; allowed: {', '.join(sorted(targets))}"
+            )
+    arch_options = freeze(validate_options(arch.options, req.options.get(req.arch, {}), req.arch))
+    dataset_options = freeze(
+        validate_options(plugins.datasets.get(dataset).options, req.options.get(dataset, {}), dataset)
+    )
+    configs: list[RunConfig] = []
+    seen = set()
+    for name, method in methods:
+        method_options = freeze(validate_options(method.options, req.options.get(name, {}), name))
+        for sg in req.sg:
+            for sd in req.sd:
+                for seed in req.seeds:
+                    cfg = RunConfig(
+                        method=name,
+                        arch=req.arch,
+                        dataset=dataset,
+                        preset=req.preset,
+                        sg=method.fixed.get("sg", sg),
+                        sd=method.fixed.get("sd", sd),
+                        seed=seed,
+                        train=spec,
+                        scope=req.scope,
+                        distribution=req.distribution,
+                        method_options=method_options,
+                        arch_options=arch_options,
+                        dataset_options=dataset_options,
+                        metrics=tuple(req.metrics),
+                    )
+                    if cfg.run_id not in seen:
+                        seen.add(cfg.run_id)
+                        configs.append(cfg)
+    return configs

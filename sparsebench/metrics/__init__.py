@@ -1,0 +1,1 @@
+"""Evaluation: sampling the generator, torch-fidelity glue, the offline digits feature extractor."""

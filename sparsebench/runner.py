@@ -1,0 +1,240 @@
+"""Running a grid: one RunConfig at a time, from method plugin to stored result.
+
+For each cell: skip it when its run id is already `done`; otherwise mark it `running`, let the
+method train through a RunContext, evaluate the final generator with the metric plugins, count
+its FLOPs, and store everything. A diverged run is stored as `diverged` with its step, a crashing
+one as `failed` with its error, and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sparsebench import SparsebenchError, __version__
+from sparsebench.api import DataSplits
+from sparsebench.config import RunConfig
+from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
+from sparsebench.options import validate_options
+from sparsebench.plugins import Plugins
+from sparsebench.sparse.scope import scope_parameters
+from sparsebench.store import Store
+from sparsebench.train.context import RunArtifacts, RunContext
+from sparsebench.train.loop import Diverged
+
+log = logging.getLogger("sparsebench.run")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "sparsebench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    config: RunConfig
+    status: str
+    results: dict = field(default_factory=dict)
+    skipped: bool = False
+
+
+class Runner:
+    def __init__(self, store: Store, plugins: Plugins, device: str = "cpu", data_dir: str | None = None,
+                 inception_weights: str | None = None, progress: bool = True):
+        if device == "cuda" and not torch.cuda.is_available():
+            raise SparsebenchError("--device cuda: no CUDA device is available here; use --device cpu")
+        self.store = store
+        self.plugins = plugins
+        self.device = torch.device(device)
+        self.data_dir = data_dir
+        self.inception_weights = inception_weights
+        self.progress = progress
+        self._data: dict[tuple, DataSplits] = {}
+        self._evaluators: dict[tuple, Evaluator] = {}
+
+    # -- shared resources -----------------------------------------------------------------------
+    def data(self, config: RunConfig) -> DataSplits:
+        key = (config.dataset, config.train.resolution, config.dataset_options)
+        if key not in self._data:
+            ds = self.plugins.datasets.get(config.dataset)
+            self._data[key] = ds.load(config.train.resolution, self.data_dir, **dict(config.dataset_options))
+        return self._data[key]
+
+    def evaluator(self, config: RunConfig) -> Evaluator:
+        key = (config.dataset, config.train.resolution, config.train.extractor)
+        if key not in self._evaluators:
+            self._evaluators[key] = Evaluator(
+                self.data(config), config.dataset, config.train.extractor, self.store.path.parent / "cache",
+                self.device, self.inception_weights,
+            )
+        return self._evaluators[key]
+
+    def preflight(self, configs: list[RunConfig]) -> None:
+        """Load data and extractors before any run starts, so bad setups fail before training."""
+        for config in configs:
+            if self.store.status(config.run_id) != "done":
+                self.evaluator(config)
+
+    # -- one run --------------------------------------------------------------------------------
+    def run(self, config: RunConfig) -> Outcome:
+        run_id = config.run_id
+        stored = self.store.get(run_id)
+        if stored is not None and stored["status"] == "done":
+            return Outcome(run_id, config, "done", stored["results"], skipped=True)
+        method = self.plugins.methods.get(config.method)
+        arch = self.plugins.archs.get(config.arch)
+        data = self.data(config)
+        self.store.start_run(config, environment(self.device))
+        bar = self._bar(config)
+        pending: list[tuple[int, str, float]] = []
+
+        def log_fn(step: int, values: dict) -> None:
+            pending.extend((step, k, float(v)) for k, v in values.items())
+            if len(pending) > 200:
+                self.store.log_stats(run_id, pending)
+                pending.clear()
+            if bar is not None and "loss_g" in values:
+                bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", refresh=False)
+
+        ctx = RunContext(
+            config=config, data=data, device=self.device, run_dir=self.store.run_dir(run_id),
+            build_fn=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
+            require_fn=lambda name, changes: self.require(config, name, changes),
+            log_fn=log_fn, progress=bar.update if bar is not None else None, width=method.width,
+        )
+        t0 = time.perf_counter()
+        status, results = "done", {}
+        try:
+            method.run(ctx)
+            if ctx.final is None:
+                raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
+            results = self._results(config, ctx)
+        except Diverged as exc:
+            status = "diverged"
+            results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
+        except SparsebenchError:
+            self.store.finish_run(run_id, "failed", {"error": "interrupted by a setup error"}, time.perf_counter() - t0)
+            raise
+        except KeyboardInterrupt:
+            self.store.finish_run(run_id, "failed", {"error": "interrupted"}, time.perf_counter() - t0)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crashing cell is stored, the grid goes on
+            status = "failed"
+            results = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
+            log.error("run %s (%s) failed: %s", run_id, config.method, exc)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.store.log_stats(run_id, pending)
+        wall = time.perf_counter() - t0
+        results["wall_s"] = wall
+        if ctx.final is not None and status == "done":
+            self._save_artifacts(ctx)
+        self.store.finish_run(run_id, status, results, wall)
+        return Outcome(run_id, config, status, results)
+
+    def _bar(self, config: RunConfig):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        label = f"{config.method} sG={config.sg:g} sD={config.sd:g} seed={config.seed}"
+        return tqdm(total=None, desc=label, unit="G step", leave=False, dynamic_ncols=True)
+
+    # -- dependencies (PF and GAN Tickets build on the dense run) -------------------------------
+    def require(self, config: RunConfig, method_name: str, changes: dict) -> RunArtifacts:
+        method = self.plugins.methods.get(method_name)
+        dep = config.replace(
+            method=method_name,
+            sg=method.fixed.get("sg", config.sg),
+            sd=method.fixed.get("sd", config.sd),
+            method_options=tuple(sorted(validate_options(method.options, {}, method_name).items())),
+            **changes,
+        )
+        outcome = self.run(dep)
+        if outcome.status != "done":
+            raise RuntimeError(f"the {method_name} run {dep.run_id} this run builds on ended {outcome.status}")
+        run_dir = self.store.run_dir(dep.run_id)
+        return RunArtifacts(dep.run_id, dep.to_dict(), outcome.results, run_dir / "init.pt", run_dir / "final.pt")
+
+    # -- results --------------------------------------------------------------------------------
+    def _save_artifacts(self, ctx: RunContext) -> None:
+        st = ctx.final
+        blob = {
+            "G": st.G.state_dict(), "D": st.D.state_dict(),
+            "G_eval": st.eval_model.state_dict(),
+            "g_masks": st.g_masks.state_dict() if st.g_masks else None,
+            "d_masks": st.d_masks.state_dict() if st.d_masks else None,
+        }
+        _atomic_save(blob, ctx.run_dir / "final.pt")
+        if ctx.init_state is not None:
+            _atomic_save(ctx.init_state, ctx.run_dir / "init.pt")
+
+    def _partial(self, config: RunConfig, ctx: RunContext) -> dict:
+        return {"train_flops": ctx.total_train_flops()} if ctx._flops is not None else {}
+
+    def _results(self, config: RunConfig, ctx: RunContext) -> dict:
+        st = ctx.final
+        ev = self.evaluator(config)
+        spec = config.train
+        res: dict[str, Any] = {}
+        # densities over the scope, measured on the weights themselves
+        for which, model in (("g", st.G), ("d", st.D)):
+            params = scope_parameters(model, config.scope)
+            total = sum(p.numel() for p in params.values())
+            res[f"density_{which}"] = sum(int((p != 0).sum()) for p in params.values()) / total
+        res["scope"] = config.scope
+        if st.g_masks is not None:
+            res["exploration_rate"] = st.g_masks.exploration_rate()
+            res["g_layer_density"] = st.g_masks.layer_density()
+        # FLOPs, normalised to the dense GAN of the same arch and preset
+        g_dens = st.g_masks.layer_density() if st.g_masks else None
+        res["train_flops"] = ctx.total_train_flops()
+        res["test_flops"] = ctx.flops.test(g_dens)
+        dense = self._dense_flops(config, ctx)
+        res["train_flops_rel"] = res["train_flops"] / (dense.step() * spec.steps)
+        res["test_flops_rel"] = res["test_flops"] / dense.test()
+        # metrics of the evaluated generator
+        metrics = [self.plugins.metrics.get(m) for m in config.metrics]
+        flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
+        images = sample(st.eval_model, spec.eval_samples, spec.z_dim, ctx.num_classes, self.device, seed=config.seed + 7919)
+        samples = SampleSet(ev, images, flags)
+        for m in metrics:
+            res.update(m.compute(samples))
+        floor = ev.floor(flags & {"fid"}) if "fid" in flags else {}
+        if "frechet_inception_distance" in floor:
+            res["fid_floor"] = floor["frechet_inception_distance"]
+        res["eval_weights"] = ctx.info.pop("eval_weights", "ema" if st.ema is not None else "raw")
+        res["extractor"] = config.train.extractor
+        res["extractor_accuracy"] = ev.extractor_accuracy
+        res["eval_samples"] = spec.eval_samples
+        res.update({k: v for k, v in ctx.info.items() if not k.startswith("_")})
+        _atomic_save({"images": images[:64]}, ctx.run_dir / "samples.pt")
+        return res
+
+    def _dense_flops(self, config: RunConfig, ctx: RunContext):
+        if ctx.width == 1.0:
+            return ctx.flops
+        from sparsebench.flops import count_gan
+
+        arch = self.plugins.archs.get(config.arch)
+        G, D = arch.build(config.train, ctx.num_classes, 1.0, **dict(config.arch_options))
+        return count_gan(G, D, config.train, config.scope, ctx.num_classes)
+
+
+def _atomic_save(obj: Any, path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""The GAN training loop, the per-run context handed to methods, and the grid runner."""

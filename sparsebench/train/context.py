@@ -1,0 +1,153 @@
+"""RunContext: what a method plugin gets to train with.
+
+It builds the seeded models, masks and optimizers the way every method must (so that methods
+differ only where they mean to), runs the training loop with FLOP accounting, gives access to
+runs a method depends on (PF and GAN Tickets reuse the stored dense run), and collects the
+final generator and the statistics that go into the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sparsebench.api import DataSplits
+from sparsebench.config import RunConfig
+from sparsebench.flops import GANFlops, count_gan
+from sparsebench.sparse.masks import MaskState
+from sparsebench.sparse.sema import SparseEMA
+from sparsebench.train.loop import Batcher, GANState, Hooks, adam, train
+
+log = logging.getLogger("sparsebench.run")
+
+
+@dataclass
+class RunArtifacts:
+    """A finished run a method depends on: its id and saved weights."""
+
+    run_id: str
+    config: dict
+    results: dict
+    init_path: Path
+    final_path: Path
+
+    def load(self, which: str = "final") -> dict:
+        path = self.final_path if which == "final" else self.init_path
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class RunContext:
+    config: RunConfig
+    data: DataSplits
+    device: torch.device
+    run_dir: Path
+    build_fn: Callable[[float], tuple[nn.Module, nn.Module]]
+    require_fn: Callable[[str, dict], RunArtifacts]
+    log_fn: Callable[[int, dict], None]
+    progress: Callable[[int], None] | None = None
+    width: float = 1.0
+    info: dict = field(default_factory=dict)
+    final: GANState | None = None
+    extra_flops: float = 0.0  # FLOPs spent in runs this one builds on (pre-training)
+    spent_flops: float = 0.0  # FLOPs of every training phase this run ran itself
+    init_state: dict | None = None  # G and D as first built (GAN Tickets rewinds to it)
+    _flops: GANFlops | None = None
+
+    # -- shortcuts ----------------------------------------------------------------------------
+    @property
+    def spec(self):
+        return self.config.train
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.config.method_options)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.train.num_classes
+
+    def generator(self, offset: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+        """A torch.Generator seeded from the run's seed (offset separates independent streams)."""
+        return torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + offset)
+
+    # -- building -----------------------------------------------------------------------------
+    def build_models(self) -> tuple[nn.Module, nn.Module]:
+        """G and D, initialised deterministically from the seed, on the run's device."""
+        torch.manual_seed(self.config.seed)
+        G, D = self.build_fn(self.width)
+        G, D = G.to(self.device), D.to(self.device)
+        if self._flops is None:
+            self._flops = count_gan(G, D, self.spec, self.config.scope, self.num_classes)
+        if self.init_state is None:
+            self.init_state = {"G": _cpu_copy(G.state_dict()), "D": _cpu_copy(D.state_dict())}
+        return G, D
+
+    @property
+    def flops(self) -> GANFlops:
+        if self._flops is None:
+            self.build_models()
+        return self._flops
+
+    def masks(self, model: nn.Module, sparsity: float, distribution: str | None = None, offset: int = 0) -> MaskState | None:
+        """Masks of the given sparsity over the run's scope (None for sparsity 0: dense)."""
+        if sparsity <= 0.0:
+            return None
+        return MaskState.from_distribution(
+            model, sparsity, distribution or self.config.distribution, self.config.scope, self.generator(offset)
+        )
+
+    def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None, d_masks: MaskState | None) -> GANState:
+        """Fresh Adam optimizers and a (S)EMA of G for a training phase."""
+        s = self.spec
+        ema = SparseEMA(G, s.ema_decay, s.ema_start, g_masks)
+        return GANState(
+            G=G, D=D, g_opt=adam(G.parameters(), s.lr_g, s.beta1, s.beta2),
+            d_opt=adam(D.parameters(), s.lr_d, s.beta1, s.beta2), g_masks=g_masks, d_masks=d_masks, ema=ema,
+        )
+
+    # -- training -----------------------------------------------------------------------------
+    def train(self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train") -> None:
+        """Run the training loop; FLOPs are added to `state.flops` at the current densities."""
+        steps = self.spec.steps if steps is None else steps
+        batcher = Batcher(self.data.train, self.device, self.generator(11))
+        noise = self.generator(13, self.device)
+
+        def cost() -> float:
+            g = state.g_masks.layer_density() if state.g_masks else None
+            d = state.d_masks.layer_density() if state.d_masks else None
+            return self.flops.step(g, d)
+
+        def log_step(step: int, values: dict) -> None:
+            self.log_fn(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
+
+        before = state.flops
+        try:
+            train(state, steps, self.spec, batcher, self.num_classes, noise, cost, hooks, log_step, self.progress)
+        finally:
+            self.spent_flops += state.flops - before
+
+    def require(self, method: str, **changes: Any) -> RunArtifacts:
+        """The finished run of `method` with this run's arch, data, preset, seed and steps.
+
+        Taken from the store when done; otherwise trained now and stored as its own run.
+        """
+        return self.require_fn(method, changes)
+
+    def finish(self, state: GANState, **info: Any) -> None:
+        """Declare `state` the run's result; `info` goes into the stored results."""
+        self.final = state
+        self.info.update(info)
+
+    def total_train_flops(self) -> float:
+        """Everything spent to obtain the final generator, pre-training included."""
+        return self.extra_flops + self.spent_flops
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -1,0 +1,165 @@
+"""The GAN training loop: hinge loss, n_critic D steps per G step, Adam, masks, (S)EMA.
+
+Order inside one G step t (paper Algorithm 1):
+    n_critic x [D forward/backward, mask D grads, Adam, mask D weights]
+    G forward/backward -> hooks.after_g_backward (dense gradients visible)
+    mask G grads, Adam, mask G weights, (S)EMA update
+    hooks.after_g_step (topology updates happen here, counted in G steps)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.api import ImageData
+from sparsebench.sparse.masks import MaskState
+from sparsebench.sparse.sema import SparseEMA
+
+
+class Diverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} is not finite at G step {step}")
+        self.step = step
+
+
+class Batcher:
+    """Epoch-wise shuffled minibatches from an in-memory uint8 image set, as floats in [-1, 1]."""
+
+    def __init__(self, data: ImageData, device: torch.device, generator: torch.Generator):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.generator = generator
+        self.perm = torch.randperm(len(data), generator=generator)
+        self.pos = 0
+
+    def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + n > len(self.perm):
+            self.perm = torch.randperm(len(self.perm), generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + n].to(self.images.device)
+        self.pos += n
+        return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+
+@dataclass
+class GANState:
+    """Everything that evolves during training of one G/D pair."""
+
+    G: nn.Module
+    D: nn.Module
+    g_opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    g_masks: MaskState | None = None
+    d_masks: MaskState | None = None
+    ema: SparseEMA | None = None
+    step: int = 0
+    flops: float = 0.0
+    history: list = field(default_factory=list)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.G
+
+
+class Hooks:
+    """Extension points of the loop for methods (subclass and override)."""
+
+    def after_g_backward(self, state: GANState, step: int) -> None:
+        """G's dense gradients of this minibatch are in `.grad` (before masking)."""
+
+    def after_g_step(self, state: GANState, step: int) -> bool:
+        """After G's optimizer step and the (S)EMA update. Return True if any mask changed."""
+        return False
+
+    def stats(self, state: GANState, step: int) -> dict[str, float]:
+        """Extra statistics to log at this step."""
+        return {}
+
+
+def adam(params, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=1e-8)
+
+
+def train(
+    state: GANState,
+    steps: int,
+    spec,
+    batcher: Batcher,
+    num_classes: int,
+    generator: torch.Generator,
+    step_cost: Callable[[], float],
+    hooks: Hooks | None = None,
+    log: Callable[[int, dict], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Train for `steps` G steps, continuing from `state.step`."""
+    hooks = hooks or Hooks()
+    G, D = state.G, state.D
+    device = next(G.parameters()).device
+    cost = step_cost()
+    d_params = [p for p in D.parameters()]
+
+    def noise(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(n, spec.z_dim, generator=generator, device=generator.device).to(device)
+        y = torch.randint(max(num_classes, 1), (n,), generator=generator, device=generator.device).to(device)
+        return z, y
+
+    G.train()
+    D.train()
+    for _ in range(steps):
+        t = state.step + 1
+        for _ in range(spec.n_critic):
+            x, y = batcher(spec.batch_size)
+            z, yf = noise(spec.batch_size)
+            with torch.no_grad():
+                fake = G(z, yf)
+            d_loss = F.relu(1.0 - D(x, y)).mean() + F.relu(1.0 + D(fake, yf)).mean()
+            state.d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            if state.d_masks is not None:
+                state.d_masks.mask_grads()
+            state.d_opt.step()
+            if state.d_masks is not None:
+                state.d_masks.apply()
+
+        for p in d_params:
+            p.requires_grad_(False)
+        z, yf = noise(spec.g_batch_size)
+        g_loss = -D(G(z, yf), yf).mean()
+        state.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        for p in d_params:
+            p.requires_grad_(True)
+        hooks.after_g_backward(state, t)
+        if state.g_masks is not None:
+            state.g_masks.mask_grads()
+        state.g_opt.step()
+        if state.g_masks is not None:
+            state.g_masks.apply()
+        if state.ema is not None:
+            state.ema.update(t)
+        state.step = t
+        if hooks.after_g_step(state, t):
+            cost = step_cost()
+        state.flops += cost
+
+        d_val, g_val = float(d_loss), float(g_loss)
+        if not math.isfinite(d_val):
+            raise Diverged(t, "D loss")
+        if not math.isfinite(g_val):
+            raise Diverged(t, "G loss")
+        if log is not None and (t % spec.log_every == 0 or t == 1):
+            log(t, {"loss_d": d_val, "loss_g": g_val, **hooks.stats(state, t)})
+        if progress is not None:
+            progress(1)
