@@ -244,3 +244,76 @@ def results(fmt, store_path):
 def main():
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     cli(prog_name="sparsebench")
+
+
+@cli.command()
+@click.option("--arch", required=True, help="architecture")
+@click.option("--preset", default="quick", show_default=True, help="quick or paper")
+@click.option("--sg", default="0.9", show_default=True, help="generator sparsity for the per-layer densities")
+@click.option("--sd", default="0.5", show_default=True, help="discriminator sparsity for the per-layer densities")
+@click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
+@click.option("--distribution", default="erk", show_default=True, help="erk, er, uniform (global shown as uniform)")
+@click.option("--format", "fmt", default="text", show_default=True, help="text or json")
+def describe(arch, preset, sg, sd, scope, distribution, fmt):
+    """Parameter counts, per-layer shapes and densities, and dense FLOPs of G and D."""
+    from tabulate import tabulate
+
+    from sparsebench.config import DISTRIBUTIONS, PRESETS, SCOPES
+    from sparsebench.describe import describe as describe_arch
+
+    plugins = _plugins()
+    if preset not in PRESETS:
+        raise SparsebenchError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if scope not in SCOPES:
+        raise SparsebenchError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")
+    if distribution not in DISTRIBUTIONS:
+        raise SparsebenchError(f"unknown distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
+    if fmt not in ("text", "json"):
+        raise SparsebenchError(f"--format {fmt!r}: allowed: text, json")
+    spec = plugins.archs.get(arch).presets[preset]
+    info = describe_arch(plugins, arch, spec, scope, _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], distribution)
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, name, s in (("g", "generator", info["sg"]), ("d", "discriminator", info["sd"])):
+        click.echo(f"{name}: {info[key + '_params']:,} parameters, {info[key + '_scope_params']:,} in scope "
+                   f"'{scope}', {info[key + '_flops']:,.0f} FLOPs per image (dense forward, 1 FMA = 1 FLOP)")
+        rows = [[l["name"], "x".join(map(str, l["shape"])), f"{l['params']:,}", f"{l['density']:.4f}",
+                 f"{l['flops']:,.0f}"] for l in info[key + "_layers"]]
+        click.echo(tabulate(rows, headers=["layer", "shape", "params", f"density at s={s:g}", "FLOPs"]))
+        click.echo()
+
+
+@cli.command()
+@click.option("--arch", required=True, help="architecture")
+@click.option("--preset", default="paper", show_default=True, help="quick or paper")
+@click.option("--methods", default="dense,pf-global,pf-uniform,gan-tickets,static,stugan", show_default=True,
+              help="comma-separated methods")
+@click.option("--sg", default="0.95,0.9,0.8", show_default=True, help="generator sparsities")
+@click.option("--sd", default="0.5,0.7", show_default=True, help="discriminator sparsities")
+@click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
+@click.option("--steps", type=str, default=None, help="G steps (default: the preset's)")
+@click.option("--format", "fmt", default="text", show_default=True, help="text or csv")
+def flops(arch, preset, methods, sg, sd, scope, steps, fmt):
+    """The training / testing FLOP table of a grid, computed without training."""
+    import pandas as pd
+
+    from sparsebench.config import GridRequest, expand_grid
+    from sparsebench.describe import cost_table
+
+    if fmt not in ("text", "csv"):
+        raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")
+    plugins = _plugins()
+    req = GridRequest(methods=expand_methods(methods, plugins.methods.names()), arch=arch,
+                      sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=[0], preset=preset,
+                      steps=_ints(steps, "--steps")[0] if steps else None, scope=scope)
+    df = pd.DataFrame(cost_table(plugins, expand_grid(req, plugins)))
+    if fmt == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+        return
+    from tabulate import tabulate
+
+    rows = [[r.method, r.arch, f"{r.sg:g}", f"{r.sd:g}", f"{r.train_flops:.3e}", f"{r.test_flops:.3e}",
+             f"{r.train_rel:.2f}x", f"{r.test_rel:.2f}x"] for r in df.itertuples()]
+    click.echo(tabulate(rows, headers=["method", "arch", "sg", "sd", "train_flops", "test_flops", "train_rel", "test_rel"]))
+    click.echo("FLOPs as fvcore counts them: one fused multiply-add = 1; backward = 2 x forward.")

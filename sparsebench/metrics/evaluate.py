@@ -101,7 +101,7 @@ class Evaluator:
         kwargs: dict[str, Any] = dict(
             input1=UInt8Images(images), cuda=self.device.type == "cuda", verbose=False,
             feature_extractor=self.extractor, feature_extractor_weights_path=self.weights_path,
-            cache_root=str(self.cache_dir / "fidelity"), batch_size=100,
+            cache_root=str(self.cache_dir / "fidelity"), batch_size=100, save_cpu_ram=True,
             isc="isc" in flags, fid="fid" in flags, kid="kid" in flags, prc="prc" in flags,
             kid_subset_size=min(1000, len(images), len(self.data.train)),
         )

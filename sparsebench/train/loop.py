@@ -154,7 +154,7 @@ def train(
             cost = step_cost()
         state.flops += cost
 
-        d_val, g_val = float(d_loss), float(g_loss)
+        d_val, g_val = d_loss.item(), g_loss.detach().item()
         if not math.isfinite(d_val):
             raise Diverged(t, "D loss")
         if not math.isfinite(g_val):

@@ -1,0 +1,70 @@
+"""Analysis without training: model sizes (`sparsebench describe`) and cost tables (`sparsebench flops`)."""
+
+from __future__ import annotations
+
+from sparsebench.api import FlopPlan
+from sparsebench.config import RunConfig
+from sparsebench.flops import count_gan
+from sparsebench.sparse.distributions import layer_densities
+from sparsebench.sparse.scope import scope_parameters
+
+NUM_CLASSES = 10
+
+
+def _build(plugins, arch_name: str, spec, width: float = 1.0):
+    import torch
+
+    torch.manual_seed(0)
+    arch = plugins.archs.get(arch_name)
+    return arch.build(spec, NUM_CLASSES, width)
+
+
+def describe(plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk") -> dict:
+    """Parameter counts, per-layer shapes with their densities, and dense forward FLOPs per image."""
+    G, D = _build(plugins, arch_name, spec)
+    flops = count_gan(G, D, spec, scope, NUM_CLASSES)
+    out = {"arch": arch_name, "resolution": spec.resolution, "width": spec.width, "scope": scope,
+           "distribution": distribution, "sg": sg, "sd": sd}
+    for key, model, sparsity, mf in (("g", G, sg, flops.g), ("d", D, sd, flops.d)):
+        params = scope_parameters(model, scope)
+        shapes = {n: tuple(p.shape) for n, p in params.items()}
+        kind = distribution if distribution != "global" else "uniform"
+        dens = layer_densities(shapes, 1.0 - sparsity, kind) if sparsity > 0 else {n: 1.0 for n in shapes}
+        out[f"{key}_params"] = sum(p.numel() for p in model.parameters())
+        out[f"{key}_scope_params"] = sum(p.numel() for p in params.values())
+        out[f"{key}_flops"] = mf.total
+        out[f"{key}_layers"] = [
+            {"name": n, "shape": list(s), "params": params[n].numel(), "density": dens[n], "flops": mf.layers[n]}
+            for n, s in shapes.items()
+        ]
+    return out
+
+
+def cost_table(plugins, configs: list[RunConfig]) -> list[dict]:
+    """Training and testing FLOPs of each config from its method's phases, without training."""
+    rows = []
+    cache: dict = {}
+    for cfg in configs:
+        method = plugins.methods.get(cfg.method)
+        key = (cfg.arch, cfg.train, cfg.scope)
+        if key not in cache:
+            G, D = _build(plugins, cfg.arch, cfg.train)
+            shapes = (
+                {n: tuple(p.shape) for n, p in scope_parameters(G, cfg.scope).items()},
+                {n: tuple(p.shape) for n, p in scope_parameters(D, cfg.scope).items()},
+            )
+            cache[key] = (count_gan(G, D, cfg.train, cfg.scope, NUM_CLASSES), shapes)
+        dense, shapes = cache[key]
+        gan = dense
+        if method.width != 1.0:
+            G, D = _build(plugins, cfg.arch, cfg.train, method.width)
+            gan = count_gan(G, D, cfg.train, cfg.scope, NUM_CLASSES)
+            shapes = ({n: tuple(p.shape) for n, p in scope_parameters(G, cfg.scope).items()},
+                      {n: tuple(p.shape) for n, p in scope_parameters(D, cfg.scope).items()})
+        phases = method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1]))
+        train = sum(ph.steps * gan.step(ph.g_density, ph.d_density) for ph in phases)
+        test = gan.test(phases[-1].g_density)
+        dense_train = cfg.train.steps * dense.step()
+        rows.append({"method": cfg.method, "arch": cfg.arch, "sg": cfg.sg, "sd": cfg.sd, "train_flops": train,
+                     "test_flops": test, "train_rel": train / dense_train, "test_rel": test / dense.test()})
+    return rows
