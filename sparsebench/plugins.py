@@ -147,9 +147,7 @@ def get_plugins() -> Plugins:
     """The process-wide plugin set, loaded on first use."""
     global _PLUGINS
     if _PLUGINS is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", PluginWarning)
-            _PLUGINS = Plugins()
+        _PLUGINS = Plugins()
     return _PLUGINS
 
 

@@ -9,10 +9,12 @@ one as `failed` with its error, and the grid goes on.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,12 @@ from sparsebench.train.context import RunArtifacts, RunContext
 from sparsebench.train.loop import Diverged
 
 log = logging.getLogger("sparsebench.run")
+
+
+def cache_dir() -> Path:
+    """Where extractor weights and reference statistics are cached (shared by all stores)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparsebench"
+    return Path(os.environ.get("SPARSEBENCH_CACHE", default))
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -76,7 +84,7 @@ class Runner:
         key = (config.dataset, config.train.resolution, config.train.extractor)
         if key not in self._evaluators:
             self._evaluators[key] = Evaluator(
-                self.data(config), config.dataset, config.train.extractor, self.store.path.parent / "cache",
+                self.data(config), config.dataset, config.train.extractor, cache_dir(),
                 self.device, self.inception_weights,
             )
         return self._evaluators[key]

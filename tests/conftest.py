@@ -6,10 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# One extractor cache for the whole session: the digits classifier is trained once, then loaded.
+os.environ.setdefault("SPARSEBENCH_CACHE", tempfile.mkdtemp(prefix="sparsebench-cache-"))
 EXE = shutil.which("sparsebench") or str(Path(sys.executable).with_name("sparsebench"))
 TINY = ["--steps", "4", "--no-progress"]
 
@@ -26,12 +29,6 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: i
 @pytest.fixture
 def store(tmp_path) -> Path:
     return tmp_path / "store" / "results.db"
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory) -> Path:
-    """One cache folder for the digits extractor across tests (it is trained once, then loaded)."""
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,102 @@
+"""Plugins: built-ins through entry points, isolation of broken plugins, a pip-installed third party."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+from sparsebench.hookspecs import hookimpl
+from sparsebench.plugins import Plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_names_every_builtin_from_entry_points():
+    out = run_cli("list", check=True).stdout
+    for name in ["dense", "small-dense", "static", "stugan", "pf-global", "pf-uniform", "gan-tickets",
+                 "biggan", "sngan", "fid", "is", "kid", "prc", "digits", "cifar10", "imagefolder"]:
+        line = next((l for l in out.splitlines() if l.split() and l.split()[0] == name), None)
+        assert line is not None, name
+        assert line.rstrip().endswith("built-in"), line
+
+
+def test_builtins_are_loaded_as_entry_points():
+    plugins = Plugins()
+    assert plugins.methods.entries["stugan"].plugin == "methods-stugan"
+    assert plugins.methods.source("stugan") == "built-in"
+
+
+def test_hook_that_raises_and_duplicate_names_are_isolated():
+    bad = types.ModuleType("bad")
+    dup = types.ModuleType("dup")
+
+    @hookimpl
+    def register_methods(register):
+        raise RuntimeError("boom")
+
+    class FakeStatic:
+        name = "static"
+        description = "an impostor"
+        options = ()
+
+    @hookimpl
+    def register_methods_dup(register):
+        register(FakeStatic())
+
+    bad.register_methods = register_methods
+    dup.register_methods = register_methods_dup
+    with pytest.warns(UserWarning) as caught:
+        plugins = Plugins(extra=[("bad-plugin", bad), ("dup-plugin", dup)])
+    messages = [str(w.message) for w in caught]
+    assert any("bad-plugin" in m and "boom" in m for m in messages)
+    assert any("dup-plugin" in m and "'static'" in m and "already registered" in m for m in messages)
+    assert plugins.methods.get("static").description != "an impostor"
+    assert "stugan" in plugins.methods
+
+
+def test_plugin_with_import_error_warns_once_and_the_rest_works(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "broken_dist-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dist\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[sparsebench]\nbroken = broken_module_that_does_not_exist\n")
+    proc = run_cli("list", env={"PYTHONPATH": str(site)})
+    assert proc.returncode == 0
+    warnings = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(warnings) == 1
+    assert "'broken'" in warnings[0] and "broken-dist" in warnings[0]
+    assert "stugan" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def example_installed():
+    pkg = ROOT / "examples" / "sparsebench-set"
+    try:
+        import setuptools  # noqa: F401
+
+        isolation = ["--no-build-isolation"]
+    except ImportError:
+        isolation = []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, str(pkg)], check=True)
+    yield
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "sparsebench-set"], check=True)
+
+
+def test_third_party_plugin_installed_with_pip_lists_and_runs(example_installed, store):
+    out = run_cli("list", check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("set-gan"))
+    assert line.rstrip().endswith("sparsebench-set")
+    run_cli("run", "--methods", "set-gan,static", "--arch", "sngan", "-o", "set-gan.zeta=0.4",
+            "-o", "set-gan.delta_t=2", "--store", str(store), *TINY, check=True)
+    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    by = {r["method"]: r for r in rows}
+    assert by["set-gan"]["status"] == "done" and by["set-gan"]["fid"]
+    assert float(by["set-gan"]["exploration_rate"]) > float(by["static"]["exploration_rate"])
