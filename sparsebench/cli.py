@@ -229,12 +229,14 @@ def results(fmt, store_path):
     """Dump the flat results table, one row per run."""
     import pandas as pd
 
-    from sparsebench.store import EXTRA_COLUMNS, RESULT_COLUMNS
+    from sparsebench.store import EXTRA_COLUMNS, INT_COLUMNS, RESULT_COLUMNS
 
     if fmt not in ("csv", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
     store = _store(store_path)
     df = pd.DataFrame(store.results_table(), columns=RESULT_COLUMNS + EXTRA_COLUMNS)
+    for col in INT_COLUMNS:
+        df[col] = df[col].astype("Int64")
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     else:

@@ -29,6 +29,7 @@ EXTRA_COLUMNS = [
     "rounds", "pruned_from", "scope", "eval_weights", "extractor", "extractor_accuracy",
     "eval_samples", "steps", "diverged_step", "error",
 ]
+INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

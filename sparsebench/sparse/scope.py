@@ -15,11 +15,15 @@ from torch.nn.utils import parametrize
 _KINDS = {"conv": (nn.Conv2d,), "conv+linear": (nn.Conv2d, nn.Linear)}
 
 
-def weight_tensor(module: nn.Module) -> nn.Parameter:
-    """The trainable tensor behind `module.weight` (the original under a parametrization)."""
+def weight_tensor(module: nn.Module) -> nn.Parameter | None:
+    """The trainable tensor behind `module.weight` (the original under a parametrization).
+
+    Never reads `module.weight` itself: under spectral norm that runs a power iteration and
+    changes the module's u/v vectors.
+    """
     if parametrize.is_parametrized(module, "weight"):
         return module.parametrizations.weight.original
-    return module.weight
+    return module._parameters.get("weight")
 
 
 def scope_parameters(model: nn.Module, scope: str = "conv") -> dict[str, nn.Parameter]:
@@ -29,7 +33,7 @@ def scope_parameters(model: nn.Module, scope: str = "conv") -> dict[str, nn.Para
     kinds = _KINDS[scope]
     out: dict[str, nn.Parameter] = {}
     for name, module in model.named_modules():
-        if isinstance(module, kinds) and isinstance(getattr(module, "weight", None), torch.Tensor):
+        if isinstance(module, kinds) and weight_tensor(module) is not None:
             out[name] = weight_tensor(module)
     return out
 
