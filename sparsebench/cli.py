@@ -171,9 +171,9 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
         if outcome.skipped:
             click.echo("  already done, skipped", err=True)
         outcomes.append(outcome)
-    _summary(outcomes)
+    _summary(runner.outcomes)
     click.echo(f"results: {store.path}", err=True)
-    bad = [o for o in outcomes if o.status != "done"]
+    bad = [o for o in runner.outcomes if o.status != "done"]
     return 1 if bad else 0
 
 

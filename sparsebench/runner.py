@@ -69,6 +69,8 @@ class Runner:
         self.data_dir = data_dir
         self.inception_weights = inception_weights
         self.progress = progress
+        self._nested_wall = 0.0  # seconds spent inside runs this run required
+        self.outcomes: list[Outcome] = []  # every run looked at, dependencies included, in order
         self._data: dict[tuple, DataSplits] = {}
         self._evaluators: dict[tuple, Evaluator] = {}
 
@@ -100,7 +102,7 @@ class Runner:
         run_id = config.run_id
         stored = self.store.get(run_id)
         if stored is not None and stored["status"] == "done":
-            return Outcome(run_id, config, "done", stored["results"], skipped=True)
+            return self._record(Outcome(run_id, config, "done", stored["results"], skipped=True))
         method = self.plugins.methods.get(config.method)
         arch = self.plugins.archs.get(config.arch)
         data = self.data(config)
@@ -123,6 +125,7 @@ class Runner:
             log_fn=log_fn, progress=bar.update if bar is not None else None, width=method.width,
         )
         t0 = time.perf_counter()
+        outer_nested, self._nested_wall = self._nested_wall, 0.0
         status, results = "done", {}
         try:
             method.run(ctx)
@@ -146,12 +149,19 @@ class Runner:
             if bar is not None:
                 bar.close()
             self.store.log_stats(run_id, pending)
-        wall = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        wall = elapsed - self._nested_wall  # a dependency's time is its own run's wall_s
+        self._nested_wall = outer_nested + elapsed
         results["wall_s"] = wall
         if ctx.final is not None and status == "done":
             self._save_artifacts(ctx)
         self.store.finish_run(run_id, status, results, wall)
-        return Outcome(run_id, config, status, results)
+        return self._record(Outcome(run_id, config, status, results))
+
+    def _record(self, outcome: Outcome) -> Outcome:
+        if all(o.run_id != outcome.run_id for o in self.outcomes):
+            self.outcomes.append(outcome)
+        return outcome
 
     def _bar(self, config: RunConfig):
         if not self.progress:

@@ -122,7 +122,7 @@ PAPER = TrainSpec(
 QUICK = TrainSpec(
     dataset="digits", resolution=16, width=8, z_dim=32, batch_size=32, g_batch_size=32, n_critic=2,
     lr_g=5e-4, lr_d=5e-4, beta1=0.0, beta2=0.999, steps=400, ema_decay=0.99, ema_start=100,
-    explore_interval=50, eval_samples=1000, extractor="sparsebench-digits", eval_batch_stats=True,
+    explore_interval=100, eval_samples=1000, extractor="sparsebench-digits", eval_batch_stats=True,
     log_every=10,
 )
 

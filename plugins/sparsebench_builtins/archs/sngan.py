@@ -123,7 +123,7 @@ PAPER = TrainSpec(
 QUICK = TrainSpec(
     dataset="digits", resolution=16, width=16, z_dim=32, batch_size=32, g_batch_size=64, n_critic=2,
     lr_g=2e-4, lr_d=2e-4, beta1=0.0, beta2=0.9, steps=400, ema_decay=0.99, ema_start=0,
-    explore_interval=50, eval_samples=1000, extractor="sparsebench-digits", log_every=10,
+    explore_interval=100, eval_samples=1000, extractor="sparsebench-digits", log_every=10,
 )
 
 
