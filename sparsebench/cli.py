@@ -319,3 +319,24 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt):
              f"{r.train_rel:.2f}x", f"{r.test_rel:.2f}x"] for r in df.itertuples()]
     click.echo(tabulate(rows, headers=["method", "arch", "sg", "sd", "train_flops", "test_flops", "train_rel", "test_rel"]))
     click.echo("FLOPs as fvcore counts them: one fused multiply-add = 1; backward = 2 x forward.")
+
+
+@cli.command()
+@click.option("--format", "fmt", default="all", show_default=True, help="md, latex or all")
+@click.option("--out", default=None, help="output folder (default reports/<name>)")
+@click.option("--name", default=None, help="report name (default: the preset filter, or 'all')")
+@click.option("--arch", default=None, help="only these architectures (comma-separated)")
+@click.option("--method", default=None, help="only these methods (comma-separated)")
+@click.option("--preset", default=None, help="only this preset")
+@click.option("--no-samples", is_flag=True, help="skip the per-run sample grids")
+@store_option
+def report(fmt, out, name, arch, method, preset, no_samples, store_path):
+    """Turn the results store into the paper's tables (Markdown, LaTeX), plots and sample grids."""
+    from pathlib import Path
+
+    from sparsebench.report.build import build_report, default_command
+
+    store = _store(store_path)
+    target = Path(out) if out else Path("reports") / (name or preset or "all")
+    written = build_report(store, target, fmt, arch, method, preset, samples=not no_samples, command=default_command())
+    click.echo(f"report: {target / 'index.md'} ({len(written)} files)")

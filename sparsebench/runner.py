@@ -214,6 +214,9 @@ class Runner:
             total = sum(p.numel() for p in params.values())
             res[f"density_{which}"] = sum(int((p != 0).sum()) for p in params.values()) / total
         res["scope"] = config.scope
+        method = self.plugins.methods.get(config.method)
+        defaults = {o.name: o.default for o in method.options}
+        res["variant"] = ",".join(f"{k}={v}" for k, v in config.method_options if defaults.get(k) != v)
         if st.g_masks is not None:
             res["exploration_rate"] = st.g_masks.exploration_rate()
             res["g_layer_density"] = st.g_masks.layer_density()

@@ -27,7 +27,7 @@ RESULT_COLUMNS = [
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "reached_sg",
     "rounds", "pruned_from", "scope", "eval_weights", "extractor", "extractor_accuracy",
-    "eval_samples", "steps", "diverged_step", "error",
+    "eval_samples", "steps", "diverged_step", "variant", "error",
 ]
 INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step"]
 
@@ -181,6 +181,13 @@ class Store:
     def stats(self, run_id: str) -> list[tuple[int, str, float]]:
         return self.conn.execute(
             "SELECT step, key, value FROM stats WHERE run_id = ? ORDER BY step, key", (run_id,)
+        ).fetchall()
+
+    def stats_rows(self, keys: list[str]) -> list[tuple[str, int, str, float]]:
+        """(run_id, step, key, value) for every run and the given keys."""
+        marks = ",".join("?" * len(keys))
+        return self.conn.execute(
+            f"SELECT run_id, step, key, value FROM stats WHERE key IN ({marks}) ORDER BY run_id, step", keys
         ).fetchall()
 
     def all_runs(self) -> list[dict]:

@@ -1,0 +1,152 @@
+"""Building a report folder from the results store."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from sparsebench import SparsebenchError
+from sparsebench.report import plots
+from sparsebench.report.render import latex, latex_document, markdown
+from sparsebench.report.tables import cost_table, length_table, quality_table
+from sparsebench.store import EXTRA_COLUMNS, RESULT_COLUMNS, Store
+
+FORMATS = ("md", "latex", "all")
+
+
+def _frame(store: Store, arch: str | None, method: str | None, preset: str | None) -> pd.DataFrame:
+    df = pd.DataFrame(store.results_table(), columns=RESULT_COLUMNS + EXTRA_COLUMNS)
+    for col, value in (("arch", arch), ("method", method), ("preset", preset)):
+        if value:
+            df = df[df[col].isin(value.split(","))]
+    return df.reset_index(drop=True)
+
+
+def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = None, method: str | None = None,
+                 preset: str | None = None, samples: bool = True, command: str | None = None) -> list[Path]:
+    if fmt not in FORMATS:
+        raise SparsebenchError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
+    df = _frame(store, arch, method, preset)
+    if df.empty:
+        filters = ", ".join(f"{k}={v}" for k, v in (("arch", arch), ("method", method), ("preset", preset)) if v)
+        raise SparsebenchError(f"no runs in {store.path}" + (f" matching {filters}" if filters else "")
+                               + "; run 'sparsebench run --methods ... --arch ...' first")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    tables = [("table1", quality_table(df), "quality"), ("table2", cost_table(df), "cost")]
+    t3 = length_table(df)
+    if t3 is not None:
+        tables.append(("table3", t3, "quality"))
+    tex_parts = []
+    for stem, table, kind in tables:
+        if fmt in ("md", "all"):
+            p = out / f"{stem}.md"
+            p.write_text(markdown(table))
+            written.append(p)
+        if fmt in ("latex", "all"):
+            body = latex(table, kind)
+            tex_parts.append(body)
+            p = out / f"{stem}.tex"
+            p.write_text(body)
+            written.append(p)
+    if tex_parts:
+        p = out / "tables.tex"
+        p.write_text(latex_document("\n".join(tex_parts)))
+        written.append(p)
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    written += plots.fid_vs_sg(df, figures)
+    written += plots.fid_vs_flops(df, figures)
+    stats = pd.DataFrame(store.stats_rows(["exploration_rate", "loss_d", "loss_g"]),
+                         columns=["run_id", "step", "key", "value"])
+    stats = stats[stats["run_id"].isin(df["run_id"])]
+    written += plots.curves(stats, df, "exploration_rate", "exploration_rate", "explored fraction of G's scope", figures)
+    written += plots.curves(stats, df, "loss_g", "loss_g", "G loss (hinge)", figures)
+    written += plots.curves(stats, df, "loss_d", "loss_d", "D loss (hinge)", figures)
+
+    grids = []
+    if samples:
+        (out / "samples").mkdir(exist_ok=True)
+        for r in df[df["status"] == "done"].itertuples():
+            target = out / "samples" / f"{r.run_id}.png"
+            if plots.sample_grid(store.artifacts_dir / r.run_id / "samples.pt", target):
+                grids.append((r, target))
+                written.append(target)
+    written += _tensorboard(stats, out)
+    written.append(_index(store, df, out, written, grids, command))
+    return written
+
+
+def _tensorboard(stats: pd.DataFrame, out: Path) -> list[Path]:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return []
+    written = []
+    for run_id, g in stats.groupby("run_id"):
+        writer = SummaryWriter(str(out / "tensorboard" / run_id))
+        for r in g.itertuples():
+            writer.add_scalar(r.key, r.value, r.step)
+        writer.close()
+        written.append(out / "tensorboard" / run_id)
+    return written
+
+
+def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids, command: str | None) -> Path:
+    rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
+    counts = df["status"].value_counts().to_dict()
+    protocol = df.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False).size().reset_index()
+    lines = ["# sparsebench report", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{store.path}`: "
+             f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
+    if command:
+        lines += ["Command:", "", f"```\n{command}\n```", ""]
+    lines += ["## Protocol", "", "| preset | data | feature extractor | samples per run | runs |", "|---|---|---|---|---|"]
+    for r in protocol.itertuples(index=False):
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |")
+    acc = df["extractor_accuracy"].dropna()
+    if not acc.empty:
+        lines += ["", f"Offline extractor held-out accuracy: {acc.iloc[0]:.4f}."]
+    floor = df["fid_floor"].dropna()
+    if not floor.empty:
+        lines += [f"FID floor (held-out real vs train real, same extractor): {floor.iloc[0]:.2f}."]
+    lines += ["Sparsity is measured over the scope "
+              + ", ".join(f"`{s}`" for s in sorted(df["scope"].dropna().unique())) + " (conv weights unless "
+              "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward).", ""]
+    lines += ["## Tables", ""]
+    for p in written:
+        if p.suffix == ".md" and p.parent == out:
+            lines += [p.read_text(), f"([{p.name}]({rel(p)}), LaTeX: [{p.stem}.tex]({p.stem}.tex))"
+                      if (out / f"{p.stem}.tex").exists() else "", ""]
+    if (out / "tables.tex").exists():
+        lines += ["All tables as one LaTeX document: [tables.tex](tables.tex).", ""]
+    lines += ["## Figures", ""]
+    for p in written:
+        if p.suffix == ".png" and p.parent.name == "figures":
+            lines += [f"![{p.stem}]({rel(p)}) ([PDF]({rel(p.with_suffix('.pdf'))}))", ""]
+    if grids:
+        lines += ["## Samples", "", "| run | method | arch | s_G | s_D | seed | FID | samples |", "|---|---|---|---|---|---|---|---|"]
+        for r, target in grids:
+            fid = f"{r.fid:.2f}" if pd.notna(r.fid) else "n/a"
+            lines.append(f"| `{r.run_id}` | {r.method} | {r.arch} | {r.sg:g} | {r.sd:g} | {r.seed} | {fid} | "
+                         f"![{r.run_id}]({rel(target)}) |")
+        lines.append("")
+    envs = {json.dumps(run["env"], sort_keys=True) for run in (store.get(i) for i in df["run_id"][:200]) if run}
+    lines += ["## Environment", ""]
+    for e in sorted(envs):
+        env = json.loads(e)
+        lines.append("- " + ", ".join(f"{k} {v}" for k, v in sorted(env.items()) if k != "host"))
+    path = out / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def default_command() -> str:
+    return "sparsebench " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,91 @@
+"""Rendering tables as GitHub Markdown and as LaTeX (booktabs), escaping every user string."""
+
+from __future__ import annotations
+
+import re
+
+from sparsebench.report.tables import Table
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+_UNICODE = {"±": r"$\pm$", "×": r"$\times$", "↓": r"$\downarrow$", "↑": r"$\uparrow$"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters (and spell out the few symbols our captions use)."""
+    out = re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIALS[m.group()], str(text))
+    for char, tex in _UNICODE.items():
+        out = out.replace(char, tex)
+    return out
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", r"\|")
+
+
+def markdown(table: Table) -> str:
+    groups = [g for g, _ in table.columns]
+    head = table.row_header + [f"{_md_escape(g)}: {_md_escape(c)}" for g, c in table.columns]
+    lines = [f"**{table.title}.** {table.caption}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join([" --- "] * len(table.row_header) + [" :-: "] * len(groups)) + "|"]
+    for names, cells in table.rows:
+        out = [_md_escape(n) for n in names]
+        for c in cells:
+            text = _md_escape(c.text)
+            out.append(f"**{text}**" if c.bold else text)
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_cell(cell, kind: str) -> str:
+    if not cell.parts:
+        return latex_escape(cell.text)
+    if kind == "quality":
+        (fm, fs), (im, is_) = cell.parts
+        pm = lambda m, s: f"{m:.2f}" + (rf" \pm {s:.2f}" if s is not None else "")  # noqa: E731
+        body = f"${pm(fm, fs)}$ / ${pm(im, is_)}$"
+        note = latex_escape(cell.note)
+        body = rf"\textbf{{{body}}}" if cell.bold else body
+        return f"{body} {{\\scriptsize ({note})}}"
+    (tr, trr), (te, ter) = cell.parts
+    body = rf"{tr:.3g} ({trr:.2f}$\times$) / {te:.3g} ({ter:.2f}$\times$)"
+    return rf"\textbf{{{body}}}" if cell.bold else body
+
+
+def latex(table: Table, kind: str) -> str:
+    n_rows = len(table.row_header)
+    groups: list[tuple[str, int]] = []
+    for g, _ in table.columns:
+        if groups and groups[-1][0] == g:
+            groups[-1] = (g, groups[-1][1] + 1)
+        else:
+            groups.append((g, 1))
+    spec = "l" * n_rows + "c" * len(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\scriptsize", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    head1 = [""] * n_rows + [rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(g)}}}" for g, n in groups]
+    lines.append(" & ".join(head1) + r" \\")
+    start = n_rows + 1
+    rules = []
+    for _, n in groups:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules))
+    head2 = [latex_escape(h) for h in table.row_header] + [latex_escape(c) for _, c in table.columns]
+    lines.append(" & ".join(head2) + r" \\")
+    lines.append(r"\midrule")
+    for names, cells in table.rows:
+        lines.append(" & ".join([latex_escape(n) for n in names] + [_latex_cell(c, kind) for c in cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              rf"\caption{{{latex_escape(table.title)}: {latex_escape(table.caption)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_document(body: str) -> str:
+    """A standalone document around the tables (compiles with pdflatex)."""
+    return "\n".join([r"\documentclass{article}", r"\usepackage[utf8]{inputenc}", r"\usepackage{booktabs}",
+                      r"\usepackage{amsmath}", r"\usepackage[margin=1cm,landscape]{geometry}",
+                      r"\begin{document}", body, r"\end{document}", ""])
