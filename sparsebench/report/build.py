@@ -62,14 +62,15 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    written += plots.fid_vs_sg(df, figures)
-    written += plots.fid_vs_flops(df, figures)
     stats = pd.DataFrame(store.stats_rows(["exploration_rate", "loss_d", "loss_g"]),
                          columns=["run_id", "step", "key", "value"])
     stats = stats[stats["run_id"].isin(df["run_id"])]
-    written += plots.curves(stats, df, "exploration_rate", "exploration_rate", "explored fraction of G's scope", figures)
-    written += plots.curves(stats, df, "loss_g", "loss_g", "G loss (hinge)", figures)
-    written += plots.curves(stats, df, "loss_d", "loss_d", "D loss (hinge)", figures)
+    written += plots.render_all([
+        (plots.fid_vs_sg, (df, figures)),
+        (plots.fid_vs_flops, (df, figures)),
+        (plots.curves, (stats, df, [("exploration_rate", "explored fraction of G's scope")], "exploration_rate", figures)),
+        (plots.curves, (stats, df, [("loss_d", "D loss (hinge)"), ("loss_g", "G loss (hinge)")], "losses", figures)),
+    ])
 
     grids = []
     if samples:

@@ -42,6 +42,13 @@ def label(row) -> str:
     return f"{title} [{row['variant']}]" if isinstance(row.get("variant"), str) and row["variant"] else title
 
 
+def labels(df: pd.DataFrame) -> pd.Series:
+    """`label` for every row of a results frame, vectorised."""
+    titles = df["method"].map(lambda m: METHOD_TITLES.get(m, m))
+    variant = df["variant"].fillna("").astype(str)
+    return titles.where(variant == "", titles + " [" + variant + "]")
+
+
 def _order(df: pd.DataFrame) -> list[tuple[str, str, float]]:
     keys = df[["method", "variant", "sd"]].drop_duplicates().itertuples(index=False)
     rank = lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)  # noqa: E731
@@ -66,21 +73,21 @@ def _fmt(mean: float, std: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _cells(df: pd.DataFrame, make) -> Table:
+def _cells(df: pd.DataFrame, make) -> tuple[list, list]:
     """Rows (method, variant, s_D) x columns (arch, s_G); methods without s_G fill every column."""
     df = df.copy()
     df["variant"] = df["variant"].fillna("")
     cols = _columns(df)
+    groups = dict(tuple(df.groupby(["method", "variant", "sd", "arch", "sg"], sort=False)))
+    empty = df.iloc[0:0]
+    sgs: dict[tuple, set] = {}
+    for method, variant, sd, _, sg in groups:
+        sgs.setdefault((method, variant, sd), set()).add(sg)
     rows = []
     for method, variant, sd in _order(df):
-        sub = df[(df["method"] == method) & (df["variant"] == variant) & (df["sd"] == sd)]
-        broadcast = (sub["sg"] == 0).all()
-        cells = []
-        for arch, sg in cols:
-            here = sub[(sub["arch"] == arch) & ((sub["sg"] == sg) | broadcast)]
-            cells.append(make(here))
-        name = label({"method": method, "variant": variant})
-        rows.append(([name, f"{100 * sd:g}"], cells))
+        broadcast = sgs[(method, variant, sd)] == {0.0}
+        cells = [make(groups.get((method, variant, sd, arch, 0.0 if broadcast else sg), empty)) for arch, sg in cols]
+        rows.append(([label({"method": method, "variant": variant}), f"{100 * sd:g}"], cells))
     return cols, rows
 
 
