@@ -106,7 +106,7 @@ def main() -> None:
             plain_step(Ga, Da, ga, da, ema_a, src_a, spec, data.train.images, data.train.labels, gen_a)
         times_a.append((time.perf_counter() - t0) / args.block)
         t0 = time.perf_counter()
-        train(state, args.block, spec, batcher, 10, noise, lambda: 0.0, hooks)
+        train(state, state.step + args.block, spec, batcher, 10, noise, lambda: 0.0, hooks)
         times_b.append((time.perf_counter() - t0) / args.block)
 
     # one topology update (gradient capture + prune/regrow + optimizer-state reset + SEMA notice)

@@ -135,9 +135,12 @@ def cli(verbose: bool):
 @click.option("--data-dir", default=None, help="where data sets live (CIFAR-10, image folders)")
 @click.option("--inception-weights", default=None, help="local Inception weights file for offline use")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--checkpoint-every", type=str, default="500", show_default=True,
+              help="G steps between checkpoints (0: only at the end of each phase and on SIGTERM / Ctrl-C)")
+@click.option("--retry-failed", is_flag=True, help="run again the cells stored as failed or diverged")
 @store_option
 def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, metrics, options, device,
-        data_dir, inception_weights, no_progress, store_path):
+        data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, store_path):
     """Run the grid methods x s_G x s_D x seeds and store every result.
 
     Cells already done in the store are skipped; methods whose s_G or s_D is fixed by
@@ -160,17 +163,28 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     )
     configs = expand_grid(req, plugins)
     store = _store(store_path)
+    every = _ints(checkpoint_every, "--checkpoint-every")[0]
+    if every < 0:
+        raise SparsebenchError(f"--checkpoint-every must be >= 0, got {every}")
     runner = Runner(store, plugins, device=device, data_dir=data_dir, inception_weights=inception_weights,
-                    progress=not no_progress)
+                    progress=not no_progress, checkpoint_every=every, retry_failed=retry_failed)
     runner.preflight(configs)
-    outcomes = []
+    runner.install_signal_handlers()
+    from sparsebench.train.loop import Interrupted
+
     for i, config in enumerate(configs, 1):
         click.echo(f"[{i}/{len(configs)}] {config.method} {config.arch} sG={config.sg:g} sD={config.sd:g} "
                    f"seed={config.seed} ({config.run_id})", err=True)
-        outcome = runner.run(config)
-        if outcome.skipped:
+        try:
+            outcome = runner.run(config)
+        except Interrupted as exc:
+            _summary(runner.outcomes)
+            click.echo(f"Stopped: {config.run_id} {exc}, checkpoint saved; run the same command to resume.", err=True)
+            return 130
+        if outcome.skipped and outcome.status == "done":
             click.echo("  already done, skipped", err=True)
-        outcomes.append(outcome)
+        elif outcome.skipped:
+            click.echo(f"  {outcome.status} before, skipped (--retry-failed runs it again)", err=True)
     _summary(runner.outcomes)
     click.echo(f"results: {store.path}", err=True)
     bad = [o for o in runner.outcomes if o.status != "done"]

@@ -28,7 +28,7 @@ from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
 from sparsebench.store import Store
 from sparsebench.train.context import RunArtifacts, RunContext
-from sparsebench.train.loop import Diverged
+from sparsebench.train.loop import Diverged, Interrupted
 
 log = logging.getLogger("sparsebench.run")
 
@@ -60,7 +60,8 @@ class Outcome:
 
 class Runner:
     def __init__(self, store: Store, plugins: Plugins, device: str = "cpu", data_dir: str | None = None,
-                 inception_weights: str | None = None, progress: bool = True):
+                 inception_weights: str | None = None, progress: bool = True, checkpoint_every: int = 500,
+                 retry_failed: bool = False):
         if device == "cuda" and not torch.cuda.is_available():
             raise SparsebenchError("--device cuda: no CUDA device is available here; use --device cpu")
         self.store = store
@@ -69,6 +70,9 @@ class Runner:
         self.data_dir = data_dir
         self.inception_weights = inception_weights
         self.progress = progress
+        self.checkpoint_every = checkpoint_every
+        self.retry_failed = retry_failed
+        self.stop = False  # set by SIGTERM / Ctrl-C: the current run checkpoints and stops
         self._nested_wall = 0.0  # seconds spent inside runs this run required
         self.outcomes: list[Outcome] = []  # every run looked at, dependencies included, in order
         self._data: dict[tuple, DataSplits] = {}
@@ -103,6 +107,8 @@ class Runner:
         stored = self.store.get(run_id)
         if stored is not None and stored["status"] == "done":
             return self._record(Outcome(run_id, config, "done", stored["results"], skipped=True))
+        if stored is not None and stored["status"] in ("failed", "diverged") and not self.retry_failed:
+            return self._record(Outcome(run_id, config, stored["status"], stored["results"], skipped=True))
         method = self.plugins.methods.get(config.method)
         arch = self.plugins.archs.get(config.arch)
         data = self.data(config)
@@ -123,6 +129,7 @@ class Runner:
             build_fn=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
             require_fn=lambda name, changes: self.require(config, name, changes),
             log_fn=log_fn, progress=bar.update if bar is not None else None, width=method.width,
+            checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop,
         )
         t0 = time.perf_counter()
         outer_nested, self._nested_wall = self._nested_wall, 0.0
@@ -135,6 +142,11 @@ class Runner:
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
+        except Interrupted as exc:  # checkpoint saved: the run stays `running` until it is resumed
+            self.store.finish_run(run_id, "running", {"interrupted_step": exc.step,
+                                                      "error": f"{exc}; run the same command to resume"},
+                                  time.perf_counter() - t0)
+            raise
         except SparsebenchError:
             self.store.finish_run(run_id, "failed", {"error": "interrupted by a setup error"}, time.perf_counter() - t0)
             raise
@@ -155,6 +167,9 @@ class Runner:
         results["wall_s"] = wall
         if ctx.final is not None and status == "done":
             self._save_artifacts(ctx)
+        if status in ("done", "diverged"):  # finished for good: phase checkpoints are spent
+            for ckpt in ctx.run_dir.glob("checkpoint-*.pt"):
+                ckpt.unlink()
         self.store.finish_run(run_id, status, results, wall)
         return self._record(Outcome(run_id, config, status, results))
 
@@ -162,6 +177,19 @@ class Runner:
         if all(o.run_id != outcome.run_id for o in self.outcomes):
             self.outcomes.append(outcome)
         return outcome
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and the first Ctrl-C ask the current run to checkpoint and stop; a second Ctrl-C
+        stops at once."""
+        import signal
+
+        def handler(signum, frame):
+            if self.stop and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
     def _bar(self, config: RunConfig):
         if not self.progress:

@@ -27,9 +27,9 @@ RESULT_COLUMNS = [
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "reached_sg",
     "rounds", "pruned_from", "scope", "eval_weights", "extractor", "extractor_accuracy",
-    "eval_samples", "steps", "diverged_step", "variant", "error",
+    "eval_samples", "steps", "diverged_step", "interrupted_step", "variant", "error",
 ]
-INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step"]
+INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step", "interrupted_step"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

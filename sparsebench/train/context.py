@@ -21,6 +21,7 @@ from sparsebench.config import RunConfig
 from sparsebench.flops import GANFlops, count_gan
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
+from sparsebench.train.checkpoint import Checkpoint
 from sparsebench.train.loop import Batcher, GANState, Hooks, adam, train
 
 log = logging.getLogger("sparsebench.run")
@@ -54,9 +55,12 @@ class RunContext:
     width: float = 1.0
     info: dict = field(default_factory=dict)
     final: GANState | None = None
+    checkpoint_every: int = 0  # G steps between checkpoints (0: only at the end of a phase / on stop)
+    stop_requested: Callable[[], bool] | None = None
     extra_flops: float = 0.0  # FLOPs spent in runs this one builds on (pre-training)
     spent_flops: float = 0.0  # FLOPs of every training phase this run ran itself
     init_state: dict | None = None  # G and D as first built (GAN Tickets rewinds to it)
+    phases: int = 0  # training phases started so far (checkpoints are kept per phase)
     _flops: GANFlops | None = None
 
     # -- shortcuts ----------------------------------------------------------------------------
@@ -115,8 +119,18 @@ class RunContext:
     def train(self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train") -> None:
         """Run the training loop; FLOPs are added to `state.flops` at the current densities."""
         steps = self.spec.steps if steps is None else steps
+        hooks = hooks or Hooks()
         batcher = Batcher(self.data.train, self.device, self.generator(11))
         noise = self.generator(13, self.device)
+        self.phases += 1
+        ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self.phases}.pt", self.config)
+        if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
+            done = ckpt.restore(state, batcher, noise, hooks)
+            log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self.phases, label,
+                        state.step)
+            if done:
+                self.spent_flops += state.flops
+                return
 
         def cost() -> float:
             g = state.g_masks.layer_density() if state.g_masks else None
@@ -126,11 +140,15 @@ class RunContext:
         def log_step(step: int, values: dict) -> None:
             self.log_fn(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
 
-        before = state.flops
+        def save(done: bool = False) -> None:
+            ckpt.save(state, batcher, noise, hooks, label, done)
+
         try:
-            train(state, steps, self.spec, batcher, self.num_classes, noise, cost, hooks, log_step, self.progress)
+            train(state, steps, self.spec, batcher, self.num_classes, noise, cost, hooks, log_step, self.progress,
+                  save, self.checkpoint_every, self.stop_requested)
+            save(done=True)
         finally:
-            self.spent_flops += state.flops - before
+            self.spent_flops += state.flops
 
     def require(self, method: str, **changes: Any) -> RunArtifacts:
         """The finished run of `method` with this run's arch, data, preset, seed and steps.

@@ -49,7 +49,19 @@ class Batcher:
         return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]
 
     def state_dict(self) -> dict:
-        return {"perm": self.perm, "pos": self.pos}
+        return {"perm": self.perm.clone(), "pos": self.pos, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
+        self.generator.set_state(state["rng"])
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on request (SIGTERM / Ctrl-C) after saving a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at G step {step}")
+        self.step = step
 
 
 @dataclass
@@ -86,6 +98,13 @@ class Hooks:
         """Extra statistics to log at this step."""
         return {}
 
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep of the hooks (counters, random generators)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 def adam(params, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=1e-8)
@@ -102,8 +121,15 @@ def train(
     hooks: Hooks | None = None,
     log: Callable[[int, dict], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: int = 0,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> None:
-    """Train for `steps` G steps, continuing from `state.step`."""
+    """Train until `state.step` reaches `steps` G steps (continuing a resumed state).
+
+    `checkpoint()` is called every `checkpoint_every` G steps, and before raising Interrupted
+    when `stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
+    """
     hooks = hooks or Hooks()
     G, D = state.G, state.D
     device = next(G.parameters()).device
@@ -117,7 +143,7 @@ def train(
 
     G.train()
     D.train()
-    for _ in range(steps):
+    while state.step < steps:
         t = state.step + 1
         for _ in range(spec.n_critic):
             x, y = batcher(spec.batch_size)
@@ -163,3 +189,9 @@ def train(
             log(t, {"loss_d": d_val, "loss_g": g_val, **hooks.stats(state, t)})
         if progress is not None:
             progress(1)
+        if checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps:
+            checkpoint()
+        if stop_requested is not None and stop_requested():
+            if checkpoint is not None:
+                checkpoint()
+            raise Interrupted(t)

@@ -47,6 +47,13 @@ class Exploration(Hooks):
         self.updates += 1
         return True
 
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["rng"])
+
     def stats(self, state: GANState, step: int) -> dict[str, float]:
         out = {"update_fraction": self.schedule(step)}
         if state.g_masks is not None:

@@ -1,0 +1,87 @@
+"""Checkpoints of one training phase: everything needed to continue bit for bit.
+
+G, D, the (S)EMA, both optimizers, the masks (and what was ever active), the step and FLOP
+counters, the data order and every random generator the loop and its hooks draw from. Written
+atomically (temporary file, then rename) and read with `torch.load(weights_only=True)`, so a
+file that carries a pickled object is refused instead of executed. The run's config is stored
+inside and compared on load: a checkpoint never continues under different settings.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from sparsebench import SparsebenchError
+from sparsebench.config import RunConfig
+from sparsebench.train.loop import Batcher, GANState, Hooks
+
+
+class CheckpointError(SparsebenchError):
+    pass
+
+
+def load_plain(path: Path) -> dict:
+    """Load a checkpoint of tensors and plain containers only; anything else is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise CheckpointError(
+            f"checkpoint {path} holds more than tensors and plain data, refused without loading it ({first}); "
+            f"delete it to restart that run"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to restart that run") from None
+
+
+class Checkpoint:
+    def __init__(self, path: Path, config: RunConfig):
+        self.path = Path(path)
+        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks, label: str,
+             done: bool) -> None:
+        blob = {
+            "config": self.config_json, "label": label, "done": done, "step": state.step, "flops": state.flops,
+            "G": state.G.state_dict(), "D": state.D.state_dict(),
+            "g_opt": state.g_opt.state_dict(), "d_opt": state.d_opt.state_dict(),
+            "g_masks": state.g_masks.state_dict() if state.g_masks is not None else None,
+            "d_masks": state.d_masks.state_dict() if state.d_masks is not None else None,
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            "batcher": batcher.state_dict(), "noise": noise.get_state(), "hooks": hooks.state_dict(),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(self.path)
+
+    def restore(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks) -> bool:
+        """Load into the live objects; returns whether the phase had finished."""
+        blob = load_plain(self.path)
+        if blob.get("config") != self.config_json:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written under other settings than this run's; refusing to resume "
+                f"(delete it to restart the run)"
+            )
+        state.G.load_state_dict(blob["G"])
+        state.D.load_state_dict(blob["D"])
+        state.g_opt.load_state_dict(blob["g_opt"])
+        state.d_opt.load_state_dict(blob["d_opt"])
+        for masks, key in ((state.g_masks, "g_masks"), (state.d_masks, "d_masks")):
+            if (masks is None) != (blob[key] is None):
+                raise CheckpointError(f"checkpoint {self.path} does not match this run's sparse layout")
+            if masks is not None:
+                masks.load_state_dict(blob[key])
+        if state.ema is not None and blob["ema"] is not None:
+            state.ema.load_state_dict(blob["ema"])
+        state.step, state.flops = int(blob["step"]), float(blob["flops"])
+        batcher.load_state_dict(blob["batcher"])
+        noise.set_state(blob["noise"])
+        hooks.load_state_dict(blob["hooks"])
+        return bool(blob["done"])
