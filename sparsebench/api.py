@@ -34,6 +34,7 @@ class Method(PluginObject):
 
     fixed: ClassVar[dict[str, float]] = {}
     width: ClassVar[float] = 1.0
+    requires: ClassVar[tuple[str, ...]] = ()  # methods whose finished run this one builds on
 
     def run(self, ctx: "RunContext") -> None:
         """Train, leaving the final models in `ctx` (see `RunContext.finish`)."""

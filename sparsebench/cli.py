@@ -138,9 +138,12 @@ def cli(verbose: bool):
 @click.option("--checkpoint-every", type=str, default="500", show_default=True,
               help="G steps between checkpoints (0: only at the end of each phase and on SIGTERM / Ctrl-C)")
 @click.option("--retry-failed", is_flag=True, help="run again the cells stored as failed or diverged")
+@click.option("--executor", default="local", show_default=True, help="local (worker processes) or ray")
+@click.option("--jobs", type=str, default="1", show_default=True, help="local worker processes (1: in this process)")
+@click.option("--address", default=None, help="Ray cluster address (default: start a local Ray)")
 @store_option
 def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, metrics, options, device,
-        data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, store_path):
+        data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, executor, jobs, address, store_path):
     """Run the grid methods x s_G x s_D x seeds and store every result.
 
     Cells already done in the store are skipped; methods whose s_G or s_D is fixed by
@@ -166,25 +169,40 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     every = _ints(checkpoint_every, "--checkpoint-every")[0]
     if every < 0:
         raise SparsebenchError(f"--checkpoint-every must be >= 0, got {every}")
-    runner = Runner(store, plugins, device=device, data_dir=data_dir, inception_weights=inception_weights,
-                    progress=not no_progress, checkpoint_every=every, retry_failed=retry_failed)
-    runner.preflight(configs)
-    runner.install_signal_handlers()
+    from sparsebench.executors import EXECUTORS, execute
     from sparsebench.train.loop import Interrupted
 
-    for i, config in enumerate(configs, 1):
-        click.echo(f"[{i}/{len(configs)}] {config.method} {config.arch} sG={config.sg:g} sD={config.sd:g} "
-                   f"seed={config.seed} ({config.run_id})", err=True)
-        try:
-            outcome = runner.run(config)
-        except Interrupted as exc:
-            _summary(runner.outcomes)
-            click.echo(f"Stopped: {config.run_id} {exc}, checkpoint saved; run the same command to resume.", err=True)
-            return 130
+    if executor not in EXECUTORS:
+        raise SparsebenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    n_jobs = _ints(jobs, "--jobs")[0]
+    if n_jobs < 1:
+        raise SparsebenchError(f"--jobs must be >= 1, got {n_jobs}")
+    runner = Runner(store, plugins, device=device, data_dir=data_dir, inception_weights=inception_weights,
+                    progress=not no_progress and executor == "local" and n_jobs == 1,
+                    checkpoint_every=every, retry_failed=retry_failed)
+    runner.preflight(configs)
+    runner.install_signal_handlers()
+    started = []
+
+    def on_start(config, i, total):
+        started.append(config.run_id)
+        click.echo(f"[{i}/{total}] {config.method} {config.arch} sG={config.sg:g} "
+                   f"sD={config.sd:g} seed={config.seed} ({config.run_id})", err=True)
+
+    def on_done(config, outcome):
         if outcome.skipped and outcome.status == "done":
-            click.echo("  already done, skipped", err=True)
+            click.echo(f"  {config.run_id} already done, skipped", err=True)
         elif outcome.skipped:
-            click.echo(f"  {outcome.status} before, skipped (--retry-failed runs it again)", err=True)
+            click.echo(f"  {config.run_id} {outcome.status} before, skipped (--retry-failed runs it again)", err=True)
+        elif len(started) > 1 and (executor == "ray" or n_jobs > 1):
+            click.echo(f"  {config.run_id} {outcome.status}", err=True)
+
+    try:
+        execute(configs, runner, store, executor, n_jobs, address, on_start, on_done)
+    except Interrupted as exc:
+        _summary(runner.outcomes)
+        click.echo(f"Stopped: {exc}, checkpoint saved; run the same command to resume.", err=True)
+        return 130
     _summary(runner.outcomes)
     click.echo(f"results: {store.path}", err=True)
     bad = [o for o in runner.outcomes if o.status != "done"]

@@ -99,7 +99,9 @@ class Runner:
         """Load data and extractors before any run starts, so bad setups fail before training."""
         for config in configs:
             if self.store.status(config.run_id) != "done":
-                self.evaluator(config)
+                ev = self.evaluator(config)
+                if "fid" in config.metrics:
+                    ev.floor({"fid"})  # also caches the reference features before workers need them
 
     # -- one run --------------------------------------------------------------------------------
     def run(self, config: RunConfig) -> Outcome:
@@ -200,15 +202,19 @@ class Runner:
         return tqdm(total=None, desc=label, unit="G step", leave=False, dynamic_ncols=True)
 
     # -- dependencies (PF and GAN Tickets build on the dense run) -------------------------------
-    def require(self, config: RunConfig, method_name: str, changes: dict) -> RunArtifacts:
+    def dependency(self, config: RunConfig, method_name: str, changes: dict | None = None) -> RunConfig:
+        """The config of the `method_name` run that `config` builds on (same arch, data, seed...)."""
         method = self.plugins.methods.get(method_name)
-        dep = config.replace(
+        return config.replace(
             method=method_name,
             sg=method.fixed.get("sg", config.sg),
             sd=method.fixed.get("sd", config.sd),
             method_options=tuple(sorted(validate_options(method.options, {}, method_name).items())),
-            **changes,
+            **(changes or {}),
         )
+
+    def require(self, config: RunConfig, method_name: str, changes: dict) -> RunArtifacts:
+        dep = self.dependency(config, method_name, changes)
         outcome = self.run(dep)
         if outcome.status != "done":
             raise RuntimeError(f"the {method_name} run {dep.run_id} this run builds on ended {outcome.status}")

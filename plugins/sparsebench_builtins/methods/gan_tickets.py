@@ -28,6 +28,7 @@ class GANTickets(Method):
     name = "gan-tickets"
     description = "iterative magnitude pruning of G with rewinding to init, 20 % per round (GAN-LTH)"
     fixed = {"sd": 0.0}
+    requires = ("dense",)
     options = (Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round"),)
 
     def run(self, ctx) -> None:

@@ -16,6 +16,7 @@ from sparsebench.sparse import MaskState, layer_densities, magnitude_masks, scop
 class PruneFinetune(Method):
     how = ""
     fixed = {"sd": 0.0}
+    requires = ("dense",)
 
     def run(self, ctx) -> None:
         dense = ctx.require("dense")

@@ -1,0 +1,54 @@
+"""Grid executors: worker processes and Ray; only the driver writes the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from conftest import run_cli
+from sparsebench.config import GridRequest, expand_grid
+from sparsebench.executors import CellJob, apply_ops, run_cell
+from sparsebench.store import Store
+
+TINY = ["--steps", "4", "--no-progress"]
+
+
+def rows(store):
+    return list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+
+
+def test_a_worker_never_touches_the_store(tmp_path, plugins):
+    cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=3), plugins)[0]
+    db = tmp_path / "store" / "results.db"
+    job = CellJob(cfg.to_dict(), str(db), {}, "cpu", None, None, 0, False)
+    ops, summary = run_cell(job)
+    assert summary["status"] == "done"
+    assert not db.exists()  # the worker recorded its writes instead of making them
+    assert [op for op, _ in ops][0] == "start_run" and [op for op, _ in ops][-1] == "finish_run"
+    store = Store(db)
+    apply_ops(store, ops)
+    assert store.get(cfg.run_id)["status"] == "done"
+    assert (db.parent / "artifacts" / cfg.run_id / "final.pt").exists()
+
+
+def test_local_jobs_run_dependencies_once(tmp_path):
+    store = tmp_path / "r.db"
+    proc = run_cli("run", "--methods", "pf,static", "--arch", "sngan", "--seeds", "0,1", "--jobs", "2",
+                   "--store", str(store), *TINY, check=True)
+    got = rows(store)
+    assert sorted(r["method"] for r in got) == ["dense"] * 2 + ["pf-global"] * 2 + ["pf-uniform"] * 2 + ["static"] * 2
+    assert all(r["status"] == "done" for r in got)
+    assert "[8/8]" in proc.stderr
+    dense = {r["seed"]: r["run_id"] for r in got if r["method"] == "dense"}
+    assert all(r["pruned_from"] == dense[r["seed"]] for r in got if r["method"].startswith("pf"))
+
+
+def test_ray_executor_runs_a_4_cell_grid(tmp_path):
+    pytest.importorskip("ray")
+    store = tmp_path / "r.db"
+    run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--seeds", "0,1", "--executor", "ray",
+            "--store", str(store), *TINY, check=True, timeout=900)
+    got = rows(store)
+    assert len(got) == 4 and all(r["status"] == "done" for r in got)
