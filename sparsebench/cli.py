@@ -155,6 +155,8 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
 
     if device not in ("cpu", "cuda"):
         raise SparsebenchError(f"--device {device!r}: allowed: cpu, cuda")
+    if executor != "local" and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        raise SparsebenchError("under torchrun, use the local executor (each rank runs the same grid)")
     plugins = _plugins()
     if steps is not None:
         steps = _ints(steps, "--steps")[0]
@@ -165,7 +167,18 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
         metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
     )
     configs = expand_grid(req, plugins)
-    store = _store(store_path)
+    from sparsebench import distributed
+
+    device = distributed.init_from_env(device)
+    leader = distributed.rank() == 0
+    if leader:
+        store = _store(store_path)
+        distributed.barrier()
+    else:  # rank 0 creates the store first; the other ranks only read it
+        from sparsebench.store import FollowerStore, Store, default_store_path
+
+        distributed.barrier()
+        store = FollowerStore(Store(store_path or default_store_path(), readonly=True))
     every = _ints(checkpoint_every, "--checkpoint-every")[0]
     if every < 0:
         raise SparsebenchError(f"--checkpoint-every must be >= 0, got {every}")
@@ -178,9 +191,11 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     if n_jobs < 1:
         raise SparsebenchError(f"--jobs must be >= 1, got {n_jobs}")
     runner = Runner(store, plugins, device=device, data_dir=data_dir, inception_weights=inception_weights,
-                    progress=not no_progress and executor == "local" and n_jobs == 1,
+                    progress=not no_progress and executor == "local" and n_jobs == 1 and leader,
                     checkpoint_every=every, retry_failed=retry_failed)
-    runner.preflight(configs)
+    if leader:  # data and extractor caches are prepared once, before the other ranks read them
+        runner.preflight(configs)
+    distributed.barrier()
     runner.install_signal_handlers()
     started = []
 
@@ -198,11 +213,14 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
             click.echo(f"  {config.run_id} {outcome.status}", err=True)
 
     try:
-        execute(configs, runner, store, executor, n_jobs, address, on_start, on_done)
+        execute(configs, runner, store, executor, n_jobs, address, on_start if leader else lambda *a: None,
+                on_done if leader else lambda *a: None)
     except Interrupted as exc:
         _summary(runner.outcomes)
         click.echo(f"Stopped: {exc}, checkpoint saved; run the same command to resume.", err=True)
         return 130
+    if not leader:
+        return 0
     _summary(runner.outcomes)
     click.echo(f"results: {store.path}", err=True)
     bad = [o for o in runner.outcomes if o.status != "done"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sparsebench import SparsebenchError, __version__
+from sparsebench import SparsebenchError, __version__, distributed
 from sparsebench.api import DataSplits
 from sparsebench.config import RunConfig
 from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
@@ -74,6 +74,7 @@ class Runner:
         self.retry_failed = retry_failed
         self.stop = False  # set by SIGTERM / Ctrl-C: the current run checkpoints and stops
         self._nested_wall = 0.0  # seconds spent inside runs this run required
+        self.last_context: RunContext | None = None
         self.outcomes: list[Outcome] = []  # every run looked at, dependencies included, in order
         self._data: dict[tuple, DataSplits] = {}
         self._evaluators: dict[tuple, Evaluator] = {}
@@ -136,11 +137,14 @@ class Runner:
         t0 = time.perf_counter()
         outer_nested, self._nested_wall = self._nested_wall, 0.0
         status, results = "done", {}
+        leader = distributed.rank() == 0
+        self.last_context = ctx
         try:
             method.run(ctx)
             if ctx.final is None:
                 raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
-            results = self._results(config, ctx)
+            if leader:  # rank 0 evaluates and stores for the whole process group
+                results = self._results(config, ctx)
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
@@ -167,12 +171,13 @@ class Runner:
         wall = elapsed - self._nested_wall  # a dependency's time is its own run's wall_s
         self._nested_wall = outer_nested + elapsed
         results["wall_s"] = wall
-        if ctx.final is not None and status == "done":
+        if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
         if status in ("done", "diverged"):  # finished for good: phase checkpoints are spent
             for ckpt in ctx.run_dir.glob("checkpoint-*.pt"):
                 ckpt.unlink()
         self.store.finish_run(run_id, status, results, wall)
+        distributed.barrier()  # followers read this run's artifacts only after rank 0 wrote them
         return self._record(Outcome(run_id, config, status, results))
 
     def _record(self, outcome: Outcome) -> Outcome:

@@ -58,9 +58,12 @@ def default_store_path() -> Path:
 class Store:
     """A results store at `path` (created on first use)."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
         hint = "pass --store PATH or set SPARSEBENCH_STORE to a writable location"
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=120, isolation_level=None)
+            return
         if self.path.is_dir():
             raise SparsebenchError(f"results store {self.path} is a directory; {hint}")
         try:
@@ -100,6 +103,10 @@ class Store:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def follower(self) -> "FollowerStore":
+        """A view of this store for data-parallel ranks other than 0: it reads, never writes."""
+        return FollowerStore(Store(self.path, readonly=True))
 
     def close(self) -> None:
         self.conn.close()
@@ -217,3 +224,23 @@ class Store:
             row["scope"] = run["config"].get("scope")
             table.append(row)
         return table
+
+
+class FollowerStore:
+    """Reads through to a store; writes are dropped (rank 0 writes for the whole process group)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self.path = store.path
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def start_run(self, *args, **kwargs) -> None:
+        pass
+
+    def finish_run(self, *args, **kwargs) -> None:
+        pass
+
+    def log_stats(self, *args, **kwargs) -> None:
+        pass

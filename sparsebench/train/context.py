@@ -118,12 +118,19 @@ class RunContext:
     # -- training -----------------------------------------------------------------------------
     def train(self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train") -> None:
         """Run the training loop; FLOPs are added to `state.flops` at the current densities."""
+        from sparsebench import distributed
+
         steps = self.spec.steps if steps is None else steps
         hooks = hooks or Hooks()
-        batcher = Batcher(self.data.train, self.device, self.generator(11))
-        noise = self.generator(13, self.device)
+        world, rank = distributed.world_size(), distributed.rank()
+        spec = self.spec
+        if world > 1:  # each rank takes its share of the preset's global batch
+            spec = spec.replace(batch_size=max(1, spec.batch_size // world), g_batch_size=max(1, spec.g_batch_size // world))
+        batcher = Batcher(self.data.train, self.device, self.generator(11 + 1000 * rank))
+        noise = self.generator(13 + 1000 * rank, self.device)
         self.phases += 1
-        ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self.phases}.pt", self.config)
+        suffix = f"-rank{rank}" if world > 1 else ""
+        ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self.phases}{suffix}.pt", self.config)
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
             done = ckpt.restore(state, batcher, noise, hooks)
             log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self.phases, label,
@@ -144,8 +151,9 @@ class RunContext:
             ckpt.save(state, batcher, noise, hooks, label, done)
 
         try:
-            train(state, steps, self.spec, batcher, self.num_classes, noise, cost, hooks, log_step, self.progress,
-                  save, self.checkpoint_every, self.stop_requested)
+            train(state, steps, spec, batcher, self.num_classes, noise, cost, hooks, log_step, self.progress,
+                  save, self.checkpoint_every, self.stop_requested,
+                  distributed.average_gradients if world > 1 else None)
             save(done=True)
         finally:
             self.spent_flops += state.flops

@@ -106,6 +106,14 @@ class Hooks:
         pass
 
 
+def on_topology_change(state: GANState) -> None:
+    """Under data parallelism, rank 0's masks are authoritative after a topology update."""
+    from sparsebench.distributed import broadcast_masks
+
+    broadcast_masks(state.g_masks)
+    broadcast_masks(state.d_masks)
+
+
 def adam(params, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=1e-8)
 
@@ -124,6 +132,7 @@ def train(
     checkpoint: Callable[[], None] | None = None,
     checkpoint_every: int = 0,
     stop_requested: Callable[[], bool] | None = None,
+    sync_grads: Callable[[nn.Module], None] | None = None,
 ) -> None:
     """Train until `state.step` reaches `steps` G steps (continuing a resumed state).
 
@@ -153,6 +162,8 @@ def train(
             d_loss = F.relu(1.0 - D(x, y)).mean() + F.relu(1.0 + D(fake, yf)).mean()
             state.d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
+            if sync_grads is not None:
+                sync_grads(D)
             if state.d_masks is not None:
                 state.d_masks.mask_grads()
             state.d_opt.step()
@@ -167,6 +178,8 @@ def train(
         g_loss.backward()
         for p in d_params:
             p.requires_grad_(True)
+        if sync_grads is not None:
+            sync_grads(G)
         hooks.after_g_backward(state, t)
         if state.g_masks is not None:
             state.g_masks.mask_grads()
@@ -177,6 +190,8 @@ def train(
             state.ema.update(t)
         state.step = t
         if hooks.after_g_step(state, t):
+            if sync_grads is not None:
+                on_topology_change(state)
             cost = step_cost()
         state.flops += cost
 
