@@ -11,18 +11,23 @@ from sparsebench.sparse.scope import scope_parameters
 NUM_CLASSES = 10
 
 
+def num_classes(arch, spec) -> int:
+    """Classes the preset's data set has (10 unless the architecture says otherwise)."""
+    return getattr(arch, "preset_classes", {}).get(spec.dataset, NUM_CLASSES)
+
+
 def _build(plugins, arch_name: str, spec, width: float = 1.0):
     import torch
 
     torch.manual_seed(0)
     arch = plugins.archs.get(arch_name)
-    return arch.build(spec, NUM_CLASSES, width)
+    return arch.build(spec, num_classes(arch, spec), width)
 
 
 def describe(plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk") -> dict:
     """Parameter counts, per-layer shapes with their densities, and dense forward FLOPs per image."""
     G, D = _build(plugins, arch_name, spec)
-    flops = count_gan(G, D, spec, scope, NUM_CLASSES)
+    flops = count_gan(G, D, spec, scope, 1)
     out = {"arch": arch_name, "resolution": spec.resolution, "width": spec.width, "scope": scope,
            "distribution": distribution, "sg": sg, "sd": sd}
     for key, model, sparsity, mf in (("g", G, sg, flops.g), ("d", D, sd, flops.d)):
@@ -53,12 +58,12 @@ def cost_table(plugins, configs: list[RunConfig]) -> list[dict]:
                 {n: tuple(p.shape) for n, p in scope_parameters(G, cfg.scope).items()},
                 {n: tuple(p.shape) for n, p in scope_parameters(D, cfg.scope).items()},
             )
-            cache[key] = (count_gan(G, D, cfg.train, cfg.scope, NUM_CLASSES), shapes)
+            cache[key] = (count_gan(G, D, cfg.train, cfg.scope, 1), shapes)
         dense, shapes = cache[key]
         gan = dense
         if method.width != 1.0:
             G, D = _build(plugins, cfg.arch, cfg.train, method.width)
-            gan = count_gan(G, D, cfg.train, cfg.scope, NUM_CLASSES)
+            gan = count_gan(G, D, cfg.train, cfg.scope, 1)
             shapes = ({n: tuple(p.shape) for n, p in scope_parameters(G, cfg.scope).items()},
                       {n: tuple(p.shape) for n, p in scope_parameters(D, cfg.scope).items()})
         phases = method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1]))

@@ -1,10 +1,14 @@
-"""BigGAN at 32x32 (ajbrock/BigGAN-PyTorch, CIFAR-10 launch script), class-conditional.
+"""BigGAN (ajbrock/BigGAN-PyTorch), class-conditional: 32x32 (CIFAR-10) and 128x128 (ImageNet).
 
 G: linear z -> 4x4x(4ch); up-blocks of 4ch with conditional BN (per-layer class embeddings,
 nearest upsampling, 1x1 shortcut); BN, ReLU, 3x3 conv -> 3, tanh. D: "wide" blocks of 4ch,
 the first ones downsampling, ReLU, sum pooling, linear -> 1 plus a projection embedding.
 Spectral norm on every conv and linear of G and D (not G's class embeddings); N(0, 0.02) init.
 At ch=64, 32x32: G has 4,304,387 and D 4,207,361 parameters.
+
+The `imagenet` preset builds the reference 128x128 table (ch=96, G channels 16-16-8-4-2-1 x ch,
+D 1-2-4-8-16-16 x ch, self-attention at 64x64, a shared class embedding of 128 with hierarchical
+z of 120 split over the blocks, orthogonal init) for the paper's Table 4.
 """
 
 from __future__ import annotations
@@ -17,15 +21,22 @@ from sparsebench.api import Architecture
 from sparsebench.config import TrainSpec
 from sparsebench.hookspecs import hookimpl
 from sparsebench.options import Option
-from sparsebench_builtins.archs.layers import BatchNorm, ConditionalBatchNorm, log2_int, set_batch_stats_in_eval, sn
+from sparsebench_builtins.archs.layers import (
+    Attention,
+    BatchNorm,
+    ConditionalBatchNorm,
+    log2_int,
+    set_batch_stats_in_eval,
+    sn,
+)
 
 
 class GBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, num_classes: int):
+    def __init__(self, c_in: int, c_out: int, num_classes: int, cond_dim: int = 0):
         super().__init__()
-        self.bn1 = ConditionalBatchNorm(c_in, num_classes)
+        self.bn1 = ConditionalBatchNorm(c_in, num_classes, linear_in=cond_dim)
         self.conv1 = sn(nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.bn2 = ConditionalBatchNorm(c_out, num_classes)
+        self.bn2 = ConditionalBatchNorm(c_out, num_classes, linear_in=cond_dim)
         self.conv2 = sn(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.conv_sc = sn(nn.Conv2d(c_in, c_out, 1))  # learnable: every block upsamples
 
@@ -69,48 +80,79 @@ class DBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, ch: int, z_dim: int, resolution: int, num_classes: int):
+    """`channels` = [c0, c1, ...]: block i maps c_i -> c_{i+1}, each doubling the resolution."""
+
+    def __init__(self, channels: list[int], z_dim: int, num_classes: int, attention: set[int] = frozenset(),
+                 shared_dim: int = 0, hier: bool = False):
         super().__init__()
-        c = 4 * ch
-        self.c, self.z_dim, self.num_classes = c, z_dim, num_classes
-        self.linear = sn(nn.Linear(z_dim, 4 * 4 * c))
-        self.blocks = nn.ModuleList(GBlock(c, c, num_classes) for _ in range(log2_int(resolution, "resolution") - 2))
-        self.out_bn = BatchNorm(c)
-        self.out_conv = sn(nn.Conv2d(c, 3, 3, padding=1))
+        n_blocks = len(channels) - 1
+        self.c, self.num_classes, self.hier = channels[0], num_classes, hier
+        self.z_chunk = z_dim // (n_blocks + 1) if hier else 0
+        self.z_dim = self.z_chunk * (n_blocks + 1) if hier else z_dim
+        self.shared = nn.Embedding(num_classes, shared_dim) if shared_dim else None
+        cond_dim = (shared_dim + self.z_chunk) if shared_dim else 0
+        self.linear = sn(nn.Linear(self.z_chunk if hier else z_dim, 4 * 4 * channels[0]))
+        self.blocks = nn.ModuleList(GBlock(channels[i], channels[i + 1], num_classes, cond_dim) for i in range(n_blocks))
+        self.attn = nn.ModuleDict({str(i): Attention(channels[i + 1]) for i in range(n_blocks)
+                                   if 8 * 2**i in attention})
+        self.out_bn = BatchNorm(channels[-1])
+        self.out_conv = sn(nn.Conv2d(channels[-1], 3, 3, padding=1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hier:
+            zs = torch.split(z, self.z_chunk, dim=1)
+            z, cond = zs[0], self.shared(y)
+            conds = [torch.cat([cond, zi], 1) for zi in zs[1:]]
+        else:
+            conds = [self.shared(y) if self.shared is not None else y] * len(self.blocks)
         h = self.linear(z).view(z.shape[0], self.c, 4, 4)
-        for block in self.blocks:
-            h = block(h, y)
+        for i, block in enumerate(self.blocks):
+            h = block(h, conds[i])
+            if str(i) in self.attn:
+                h = self.attn[str(i)](h)
         return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))
 
 
 class Discriminator(nn.Module):
-    def __init__(self, ch: int, resolution: int, num_classes: int):
+    """`channels` = [3, c1, ...] with `downsample[i]` for block i; attention after blocks whose
+    input resolution is listed."""
+
+    def __init__(self, channels: list[int], downsample: list[bool], resolution: int, num_classes: int,
+                 attention: set[int] = frozenset()):
         super().__init__()
-        c = 4 * ch
-        n_down = log2_int(resolution, "resolution") - 3  # 32 -> 2 downsampling blocks, as [T, T, F, F]
         self.blocks = nn.ModuleList(
-            DBlock(3 if i == 0 else c, c, downsample=i < n_down, preactivation=i > 0) for i in range(4)
+            DBlock(channels[i], channels[i + 1], downsample=downsample[i], preactivation=i > 0)
+            for i in range(len(downsample))
         )
-        self.linear = sn(nn.Linear(c, 1))
-        self.embed = sn(nn.Embedding(num_classes, c))
+        res, self.attn = resolution, nn.ModuleDict()
+        for i, down in enumerate(downsample):
+            res = res // 2 if down else res
+            if res in attention:
+                self.attn[str(i)] = Attention(channels[i + 1])
+        self.linear = sn(nn.Linear(channels[-1], 1))
+        self.embed = sn(nn.Embedding(num_classes, channels[-1]))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = x
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             h = block(h)
+            if str(i) in self.attn:
+                h = self.attn[str(i)](h)
         h = torch.sum(F.relu(h), dim=(2, 3))
         return self.linear(h).squeeze(1) + torch.sum(self.embed(y) * h, dim=1)
 
 
-def init_n02(model: nn.Module) -> None:
-    """N(0, 0.02) for every conv, linear and embedding weight (BigGAN's `--G_init N02`)."""
+def init_weights(model: nn.Module, how: str) -> None:
+    """BigGAN's `--G_init` / `--D_init`: N02 (CIFAR) or ortho (ImageNet) for conv, linear, embedding."""
     from sparsebench.sparse.scope import weight_tensor
 
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
-            nn.init.normal_(weight_tensor(m), 0.0, 0.02)
+            w = weight_tensor(m)
+            if how == "ortho":
+                nn.init.orthogonal_(w)
+            else:
+                nn.init.normal_(w, 0.0, 0.02)
 
 
 PAPER = TrainSpec(
@@ -127,19 +169,38 @@ QUICK = TrainSpec(
 )
 
 
+IMAGENET = TrainSpec(
+    dataset="imagefolder", resolution=128, width=96, z_dim=120, batch_size=256, g_batch_size=256, n_critic=1,
+    lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.999, steps=150_000, ema_decay=0.9999, ema_start=20_000,
+    explore_interval=500, eval_samples=50_000, extractor="inception-v3-compat", eval_batch_stats=True,
+    log_every=100,
+)
+
+
 class BigGAN(Architecture):
     name = "biggan"
-    description = "BigGAN (class-conditional, projection D, spectral norm everywhere) at 32x32"
+    description = "BigGAN (class-conditional, projection D, spectral norm everywhere) at 32x32 and 128x128"
     conditional = True
-    presets = {"paper": PAPER, "quick": QUICK}
+    presets = {"paper": PAPER, "quick": QUICK, "imagenet": IMAGENET}
+    preset_classes = {"imagefolder": 1000}  # ImageNet, for counting without data
     options = ()
 
     def build(self, spec: TrainSpec, num_classes: int, width: float = 1.0, **options):
         ch = max(1, round(spec.width * width))
-        G = Generator(ch, spec.z_dim, spec.resolution, num_classes)
-        D = Discriminator(ch, spec.resolution, num_classes)
-        init_n02(G)
-        init_n02(D)
+        if spec.resolution == 128:  # the reference 128x128 table
+            G = Generator([ch * k for k in (16, 16, 8, 4, 2, 1)], spec.z_dim, num_classes, {64}, shared_dim=128,
+                          hier=True)
+            D = Discriminator([3] + [ch * k for k in (1, 2, 4, 8, 16, 16)], [True] * 5 + [False], 128, num_classes,
+                              {64})
+            init = "ortho"
+        else:
+            n_up = log2_int(spec.resolution, "resolution") - 2
+            n_down = n_up - 1  # 32 -> [T, T, F, F]
+            G = Generator([4 * ch] * (n_up + 1), spec.z_dim, num_classes)
+            D = Discriminator([3] + [4 * ch] * 4, [i < n_down for i in range(4)], spec.resolution, num_classes)
+            init = "n02"
+        init_weights(G, init)
+        init_weights(D, init)
         set_batch_stats_in_eval(G, spec.eval_batch_stats)
         return G, D
 

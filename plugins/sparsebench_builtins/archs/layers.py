@@ -25,13 +25,21 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class ConditionalBatchNorm(nn.Module):
-    """BigGAN's ccbn: BN without affine, gain 1 + E_g[y] and bias E_b[y] from class embeddings."""
+    """BigGAN's ccbn: BN without affine, gain 1 + g(y) and bias b(y).
 
-    def __init__(self, channels: int, num_classes: int, eps: float = 1e-5):
+    g and b are class embeddings (`y` = labels), or, with a shared embedding and hierarchical z
+    (`linear_in` > 0), spectrally normalised linears of the conditioning vector.
+    """
+
+    def __init__(self, channels: int, num_classes: int, eps: float = 1e-5, linear_in: int = 0):
         super().__init__()
         self.bn = BatchNorm(channels, affine=False, eps=eps)
-        self.gain = nn.Embedding(num_classes, channels)
-        self.bias = nn.Embedding(num_classes, channels)
+        if linear_in:
+            self.gain = sn(nn.Linear(linear_in, channels, bias=False))
+            self.bias = sn(nn.Linear(linear_in, channels, bias=False))
+        else:
+            self.gain = nn.Embedding(num_classes, channels)
+            self.bias = nn.Embedding(num_classes, channels)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gain = 1.0 + self.gain(y).view(y.shape[0], -1, 1, 1)
@@ -50,3 +58,25 @@ def log2_int(x: int, what: str) -> int:
     if x <= 0 or 1 << n != x:
         raise ValueError(f"{what} must be a power of two, got {x}")
     return n
+
+
+class Attention(nn.Module):
+    """SAGAN self-attention as BigGAN uses it (1x1 SN convs, 2x2 max-pooled keys and values)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.ch = ch
+        self.theta = sn(nn.Conv2d(ch, ch // 8, 1, bias=False))
+        self.phi = sn(nn.Conv2d(ch, ch // 8, 1, bias=False))
+        self.g = sn(nn.Conv2d(ch, ch // 2, 1, bias=False))
+        self.o = sn(nn.Conv2d(ch // 2, ch, 1, bias=False))
+        self.gamma = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        theta = self.theta(x).view(b, self.ch // 8, h * w)
+        phi = F.max_pool2d(self.phi(x), 2).view(b, self.ch // 8, h * w // 4)
+        g = F.max_pool2d(self.g(x), 2).view(b, self.ch // 2, h * w // 4)
+        beta = F.softmax(torch.bmm(theta.transpose(1, 2), phi), -1)
+        o = self.o(torch.bmm(g, beta.transpose(1, 2)).view(b, self.ch // 2, h, w))
+        return x + self.gamma * o
