@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
 from sparsebench.runner import Outcome, Runner
-from sparsebench.store import Store
+from sparsebench.store import ArtifactPaths, Store
 
 EXECUTORS = ("local", "ray")
 
@@ -38,22 +38,13 @@ class CellJob:
     threads: int = 0
 
 
-class RecordingStore:
+class RecordingStore(ArtifactPaths):
     """The part of Store a Runner uses, reading from a snapshot and recording every write."""
 
     def __init__(self, path: str, known: dict[str, dict]):
         self.path = Path(path)
         self.known = dict(known)
         self.ops: list[tuple[str, tuple]] = []
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.path.parent / "artifacts"
-
-    def run_dir(self, run_id: str) -> Path:
-        d = self.artifacts_dir / run_id
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
     def get(self, run_id: str) -> dict | None:
         return self.known.get(run_id)

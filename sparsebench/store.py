@@ -55,7 +55,22 @@ def default_store_path() -> Path:
     return Path(os.environ.get("SPARSEBENCH_STORE") or DEFAULT_STORE)
 
 
-class Store:
+class ArtifactPaths:
+    """Where a store at `self.path` keeps model weights: `artifacts/<run_id>/` beside it."""
+
+    path: Path
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.path.parent / "artifacts"
+
+    def run_dir(self, run_id: str) -> Path:
+        d = self.artifacts_dir / run_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+class Store(ArtifactPaths):
     """A results store at `path` (created on first use)."""
 
     def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
@@ -104,21 +119,8 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
 
-    def follower(self) -> "FollowerStore":
-        """A view of this store for data-parallel ranks other than 0: it reads, never writes."""
-        return FollowerStore(Store(self.path, readonly=True))
-
     def close(self) -> None:
         self.conn.close()
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.path.parent / "artifacts"
-
-    def run_dir(self, run_id: str) -> Path:
-        d = self.artifacts_dir / run_id
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
     # -- writes (each one short transaction) ----------------------------------------------------
     def _write(self, sql: str, params: Iterable[Any] = ()) -> None:

@@ -6,7 +6,6 @@ import csv
 import io
 import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 

@@ -129,6 +129,6 @@ def test_failed_cells_are_skipped_until_retry_failed(tmp_path):
         conn.execute("UPDATE runs SET status = 'failed', results = '{\"error\": \"x\"}'")
     again = run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store", str(store))
     assert again.returncode == 1 and "failed before, skipped" in again.stderr
-    retry = run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store",
+    run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store",
                     str(store), "--retry-failed", check=True)
     assert results(store)[0]["status"] == "done"

@@ -20,7 +20,7 @@ def test_wal_and_schema_version(store):
 
 
 def test_results_csv_contract_and_skip_done(store):
-    first = run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
+    run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
     table = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     assert len(table) == 2
     assert list(table[0].keys())[: len(RESULT_COLUMNS)] == RESULT_COLUMNS

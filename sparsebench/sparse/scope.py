@@ -8,7 +8,6 @@ matrix.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 

@@ -20,7 +20,6 @@ from torch import nn
 from sparsebench.api import Architecture
 from sparsebench.config import TrainSpec
 from sparsebench.hookspecs import hookimpl
-from sparsebench.options import Option
 from sparsebench_builtins.archs.layers import (
     Attention,
     BatchNorm,
