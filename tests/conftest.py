@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# One thread per process: several tests run sparsebench processes side by side on small machines,
+# and oversubscribed OpenMP threads slow everything down by orders of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # One extractor cache for the whole session: the digits classifier is trained once, then loaded.
 os.environ.setdefault("SPARSEBENCH_CACHE", tempfile.mkdtemp(prefix="sparsebench-cache-"))
 EXE = shutil.which("sparsebench") or str(Path(sys.executable).with_name("sparsebench"))
