@@ -39,7 +39,7 @@ def render_all(jobs: list[tuple]) -> list[Path]:
 def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for p in paths:
-        fig.savefig(p, dpi=100)
+        fig.savefig(p, dpi=100, bbox_inches="tight")
     _plt().close(fig)
     return paths
 
