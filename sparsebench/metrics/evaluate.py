@@ -81,7 +81,10 @@ class Evaluator:
         self.weights_path: str | None = None
         if extractor == digits_extractor.NAME:
             if data.heldout is None or data.train.num_classes != 10:
-                raise SparsebenchError(f"the {extractor} extractor only fits the digits data; use --extractor {INCEPTION}")
+                raise SparsebenchError(
+                    f"the quick preset scores with the {extractor} extractor, which only fits the digits data; "
+                    f"use --preset paper (Inception features) for {dataset}"
+                )
             digits_extractor.register()
             path, acc = digits_extractor.ensure_weights(self.cache_dir, data.train, data.heldout)
             self.weights_path, self.extractor_accuracy = str(path), acc
