@@ -105,3 +105,20 @@ def test_flops_table_has_the_structure_of_table_2(arch):
         assert rel("gan-tickets", sg, 0.0) > 3.0
         test_rel = float(cell[("stugan", sg, 0.5)]["test_rel"])
         assert test_rel == pytest.approx(1 - sg, abs=0.02)
+
+
+def test_inception_offline_without_weights_is_one_clear_error(tmp_path, plugins, monkeypatch):
+    from sparsebench import SparsebenchError
+
+    for var in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # no network, whatever the machine has
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    data = plugins.datasets.get("digits").load(16)
+    ev = Evaluator(data, "digits", "inception-v3-compat", tmp_path / "cache", torch.device("cpu"))
+    with pytest.raises(SparsebenchError) as err:
+        ev.compute(data.heldout.images[:20], {"isc"})
+    message = str(err.value)
+    assert "weights-inception-2015-12-05-6726825d.pth" in message and "--inception-weights" in message
+    assert "\n" not in message
+    with pytest.raises(SparsebenchError, match="no such file"):
+        Evaluator(data, "digits", "inception-v3-compat", tmp_path, torch.device("cpu"), str(tmp_path / "missing.pt"))
