@@ -132,6 +132,7 @@ class Runner:
             build_fn=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
             require_fn=lambda name, changes: self.require(config, name, changes),
             log_fn=log_fn, progress=bar.update if bar is not None else None, width=method.width,
+            progress_phase=(lambda total, done, label: _phase_bar(bar, total, done, label)) if bar is not None else None,
             checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop,
         )
         t0 = time.perf_counter()
@@ -204,7 +205,9 @@ class Runner:
         from tqdm.auto import tqdm
 
         label = f"{config.method} sG={config.sg:g} sD={config.sd:g} seed={config.seed}"
-        return tqdm(total=None, desc=label, unit="G step", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=config.train.steps, desc=label, unit=" G steps", leave=False, dynamic_ncols=True)
+        bar.base_desc = label
+        return bar
 
     # -- dependencies (PF and GAN Tickets build on the dense run) -------------------------------
     def dependency(self, config: RunConfig, method_name: str, changes: dict | None = None) -> RunConfig:
@@ -292,6 +295,13 @@ class Runner:
         arch = self.plugins.archs.get(config.arch)
         G, D = arch.build(config.train, ctx.num_classes, 1.0, **dict(config.arch_options))
         return count_gan(G, D, config.train, config.scope, ctx.num_classes)
+
+
+def _phase_bar(bar, total: int, done: int, label: str) -> None:
+    """Point the run's progress bar at a new training phase (fine-tuning, a ticket round...)."""
+    bar.reset(total=total)
+    bar.update(done)
+    bar.set_description(bar.base_desc if label == "train" else f"{bar.base_desc} [{label}]")
 
 
 def _atomic_save(obj: Any, path) -> None:

@@ -52,6 +52,7 @@ class RunContext:
     require_fn: Callable[[str, dict], RunArtifacts]
     log_fn: Callable[[int, dict], None]
     progress: Callable[[int], None] | None = None
+    progress_phase: Callable[[int, int, str], None] | None = None  # (total steps, done, label)
     width: float = 1.0
     info: dict = field(default_factory=dict)
     final: GANState | None = None
@@ -146,6 +147,9 @@ class RunContext:
 
         def log_step(step: int, values: dict) -> None:
             self.log_fn(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
+
+        if self.progress_phase is not None:
+            self.progress_phase(steps, state.step, label)
 
         def save(done: bool = False) -> None:
             ckpt.save(state, batcher, noise, hooks, label, done)
