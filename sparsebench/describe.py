@@ -45,6 +45,10 @@ def describe(plugins, arch_name: str, spec, scope: str, sg: float, sd: float, di
     return out
 
 
+def _shapes(G, D, scope: str) -> tuple[dict, dict]:
+    return tuple({n: tuple(p.shape) for n, p in scope_parameters(m, scope).items()} for m in (G, D))
+
+
 def cost_table(plugins, configs: list[RunConfig]) -> list[dict]:
     """Training and testing FLOPs of each config from its method's phases, without training."""
     rows = []
@@ -54,18 +58,12 @@ def cost_table(plugins, configs: list[RunConfig]) -> list[dict]:
         key = (cfg.arch, cfg.train, cfg.scope)
         if key not in cache:
             G, D = _build(plugins, cfg.arch, cfg.train)
-            shapes = (
-                {n: tuple(p.shape) for n, p in scope_parameters(G, cfg.scope).items()},
-                {n: tuple(p.shape) for n, p in scope_parameters(D, cfg.scope).items()},
-            )
-            cache[key] = (count_gan(G, D, cfg.train, cfg.scope, 1), shapes)
+            cache[key] = (count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope))
         dense, shapes = cache[key]
         gan = dense
         if method.width != 1.0:
             G, D = _build(plugins, cfg.arch, cfg.train, method.width)
-            gan = count_gan(G, D, cfg.train, cfg.scope, 1)
-            shapes = ({n: tuple(p.shape) for n, p in scope_parameters(G, cfg.scope).items()},
-                      {n: tuple(p.shape) for n, p in scope_parameters(D, cfg.scope).items()})
+            gan, shapes = count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope)
         phases = method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1]))
         train = sum(ph.steps * gan.step(ph.g_density, ph.d_density) for ph in phases)
         test = gan.test(phases[-1].g_density)

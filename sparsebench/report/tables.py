@@ -6,7 +6,6 @@ Markdown or LaTeX is done elsewhere, so both formats show the same numbers.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -158,7 +157,3 @@ def length_table(df: pd.DataFrame) -> Table | None:
         return None
     base = stu[stu["variant"] == ""]
     return quality_table(pd.concat([base, stu[longer]]), "Table 3")
-
-
-def is_finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))

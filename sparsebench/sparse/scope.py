@@ -35,7 +35,3 @@ def scope_parameters(model: nn.Module, scope: str = "conv") -> dict[str, nn.Para
         if isinstance(module, kinds) and weight_tensor(module) is not None:
             out[name] = weight_tensor(module)
     return out
-
-
-def scope_shapes(model: nn.Module, scope: str = "conv") -> dict[str, tuple[int, ...]]:
-    return {name: tuple(p.shape) for name, p in scope_parameters(model, scope).items()}
