@@ -155,7 +155,7 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
 
     if device not in ("cpu", "cuda"):
         raise SparsebenchError(f"--device {device!r}: allowed: cpu, cuda")
-    if executor != "local" and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    if executor != "local" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SparsebenchError("under torchrun, use the local executor (each rank runs the same grid)")
     plugins = _plugins()
     if steps is not None:

@@ -14,7 +14,6 @@ from typing import Any
 
 from sparsebench import SparsebenchError
 
-PRESETS = ("quick", "paper")
 SCOPES = ("conv", "conv+linear")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1

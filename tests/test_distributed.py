@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
@@ -74,7 +75,7 @@ def test_two_gloo_ranks_keep_identical_masks_through_topology_updates(tmp_path):
 
 
 def test_torchrun_cli_only_rank0_writes(tmp_path):
-    torchrun = shutil.which("torchrun") or str(__import__("pathlib").Path(sys.executable).with_name("torchrun"))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     store = tmp_path / "r.db"
     proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "sparsebench",
                            "run", "--methods", "static,dense", "--arch", "sngan", "--steps", "4", "--no-progress",
