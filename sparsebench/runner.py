@@ -283,7 +283,7 @@ class Runner:
         res["extractor"] = config.train.extractor
         res["extractor_accuracy"] = ev.extractor_accuracy
         res["eval_samples"] = spec.eval_samples
-        res.update({k: v for k, v in ctx.info.items() if not k.startswith("_")})
+        res.update(ctx.info)
         _atomic_save({"images": images[:64]}, ctx.run_dir / "samples.pt")
         return res
 

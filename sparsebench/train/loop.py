@@ -10,7 +10,7 @@ Order inside one G step t (paper Algorithm 1):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -77,7 +77,6 @@ class GANState:
     ema: SparseEMA | None = None
     step: int = 0
     flops: float = 0.0
-    history: list = field(default_factory=list)
 
     @property
     def eval_model(self) -> nn.Module:
