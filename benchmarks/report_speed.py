@@ -44,13 +44,13 @@ def main() -> None:
         configs = configs[: args.runs]
         t0 = time.perf_counter()
         for cfg in configs:
-            store.start_run(cfg, {"torch": "2", "device": "cpu"})
+            store.claim(cfg, {"torch": "2", "device": "cpu"}, "filler")
             status = "diverged" if rng.random() < 0.03 else "done"
             res = {"fid": rng.uniform(10, 40), "is_mean": rng.uniform(7, 9), "is_std": 0.1, "density_g": 1 - cfg.sg,
                    "density_d": 1 - cfg.sd, "train_flops": 1e17, "test_flops": 1e9, "train_flops_rel": rng.uniform(0.2, 5),
                    "test_flops_rel": 1 - cfg.sg, "extractor": "inception-v3-compat", "eval_samples": 50000,
                    "scope": "conv", "variant": ""}
-            store.finish_run(cfg.run_id, status, res, 1.0)
+            store.finish_run(cfg.run_id, status, res, 1.0, "filler")
             store.log_stats(cfg.run_id, [(s, k, rng.random()) for s in range(0, 1000, 100)
                                          for k in ("loss_d", "loss_g", "exploration_rate")])
         fill = time.perf_counter() - t0

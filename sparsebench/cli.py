@@ -182,7 +182,7 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     every = _ints(checkpoint_every, "--checkpoint-every")[0]
     if every < 0:
         raise SparsebenchError(f"--checkpoint-every must be >= 0, got {every}")
-    from sparsebench.executors import EXECUTORS, execute
+    from sparsebench.executors import EXECUTORS, GridInterrupted, execute
     from sparsebench.train.loop import Interrupted
 
     if executor not in EXECUTORS:
@@ -205,7 +205,10 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
                    f"sD={config.sd:g} seed={config.seed} ({config.run_id})", err=True)
 
     def on_done(config, outcome):
-        if outcome.skipped and outcome.status == "done":
+        if outcome.taken:
+            click.echo(f"  {config.run_id} is being trained by another process ({outcome.results.get('owner')}); "
+                       f"left to it, looked at again at the end", err=True)
+        elif outcome.skipped and outcome.status == "done":
             click.echo(f"  {config.run_id} already done, skipped", err=True)
         elif outcome.skipped:
             click.echo(f"  {config.run_id} {outcome.status} before, skipped (--retry-failed runs it again)", err=True)
@@ -217,7 +220,8 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
                 on_done if leader else lambda *a: None)
     except Interrupted as exc:
         _summary(runner.outcomes)
-        click.echo(f"Stopped: {exc}, checkpoint saved; run the same command to resume.", err=True)
+        saved = "" if isinstance(exc, GridInterrupted) else ", checkpoint saved"
+        click.echo(f"Stopped: {exc}{saved}; run the same command to resume.", err=True)
         return 130
     if not leader:
         return 0

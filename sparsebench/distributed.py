@@ -63,3 +63,12 @@ def broadcast_masks(masks) -> None:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (e.g. its claim decision for a cell)."""
+    if world_size() <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, 0)
+    return box[0]

@@ -13,16 +13,25 @@ runs, so a dependency is trained once, not once per worker.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
-from sparsebench.runner import Outcome, Runner
+from sparsebench.runner import POLL_S, Outcome, Runner
 from sparsebench.store import ArtifactPaths, Store
+from sparsebench.train.loop import Interrupted
 
 EXECUTORS = ("local", "ray")
+
+
+class GridInterrupted(Interrupted):
+    """The grid stopped on request; every running cell checkpointed first."""
+
+    def __str__(self) -> str:
+        return "interrupted; every cell that was running saved a checkpoint"
 
 
 @dataclass
@@ -36,10 +45,15 @@ class CellJob:
     checkpoint_every: int
     retry_failed: bool
     threads: int = 0
+    owner: str = ""  # the driver's claim on this cell, which the worker trains under
+    parent_pid: int = 0  # a local worker stops (checkpointing) when this process is gone
 
 
 class RecordingStore(ArtifactPaths):
-    """The part of Store a Runner uses, reading from a snapshot and recording every write."""
+    """The part of Store a Runner uses, reading from a snapshot and recording every write.
+
+    The driver claimed the cell before sending it, so a claim here only checks the snapshot.
+    """
 
     def __init__(self, path: str, known: dict[str, dict]):
         self.path = Path(path)
@@ -53,24 +67,66 @@ class RecordingStore(ArtifactPaths):
         row = self.known.get(run_id)
         return row["status"] if row else None
 
-    def start_run(self, config: RunConfig, env: dict) -> None:
-        self.ops.append(("start_run", (config.to_dict(), env)))
+    def holder(self, run_id: str) -> str | None:
+        return None
 
-    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None) -> None:
+    def claim(self, config: RunConfig, env: dict, owner: str, retry_failed: bool = False) -> str:
+        status = self.status(config.run_id)
+        if status == "done" or (status in ("failed", "diverged") and not retry_failed):
+            return status
+        self.ops.append(("update_env", (config.run_id, env)))
+        return "claimed"
+
+    def keep_alive(self, owner: str) -> None:
+        pass  # the driver renews its claims
+
+    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
         self.ops.append(("finish_run", (run_id, status, results, wall_s)))
         self.known[run_id] = {"run_id": run_id, "status": status, "results": results}
+        return True
+
+    def remove_checkpoints(self, run_id: str) -> None:
+        self.ops.append(("remove_checkpoints", (run_id,)))
 
     def log_stats(self, run_id: str, rows: list) -> None:
         if rows:
             self.ops.append(("log_stats", (run_id, list(rows))))
 
 
-def apply_ops(store: Store, ops: list[tuple[str, tuple]]) -> None:
+def apply_ops(store: Store, ops: list[tuple[str, tuple]], owner: str) -> None:
+    """Make a worker's recorded writes, under the driver's claim `owner`."""
+    finished: dict[str, bool] = {}
     for name, args in ops:
-        if name == "start_run":
-            store.start_run(RunConfig.from_dict(args[0]), args[1])
+        if name == "update_env":
+            store.update_env(args[0], args[1], owner)
+        elif name == "finish_run":
+            finished[args[0]] = store.finish_run(*args, owner)
+        elif name == "remove_checkpoints":
+            if finished.get(args[0]):  # only once the outcome is committed
+                store.remove_checkpoints(*args)
         else:
             getattr(store, name)(*args)
+
+
+_busy = False  # this worker is running a cell
+_watching = False  # this worker's parent watch has started
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Stop this worker when its driver is gone: an idle worker exits at once; a running cell gets
+    SIGTERM, which makes it checkpoint and stop (run_cell then exits), or is ended a minute later."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        if _busy:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="sparsebench-parent-watch").start()
 
 
 def run_cell(job: CellJob) -> tuple[list, dict]:
@@ -87,13 +143,29 @@ def run_cell(job: CellJob) -> tuple[list, dict]:
     sink = RecordingStore(job.store_path, job.known)
     runner = Runner(sink, get_plugins(), device=job.device, data_dir=job.data_dir,
                     inception_weights=job.inception_weights, progress=False,
-                    checkpoint_every=job.checkpoint_every, retry_failed=job.retry_failed)
+                    checkpoint_every=job.checkpoint_every, retry_failed=job.retry_failed, owner=job.owner)
+    try:
+        runner.install_signal_handlers()  # SIGTERM from the driver: checkpoint and stop
+    except ValueError:  # not the main thread (some Ray workers): the driver waits for the cell instead
+        pass
+    global _busy, _watching
+    if job.parent_pid and not _watching:
+        _watching = True
+        _watch_parent(job.parent_pid)
     config = RunConfig.from_dict(job.config)
+    _busy = True
     try:
         outcome = runner.run(config)
         summary = {"status": outcome.status, "results": outcome.results, "skipped": outcome.skipped}
+    except Interrupted as exc:
+        summary = {"status": "running", "results": {"interrupted_step": exc.step}, "skipped": False,
+                   "interrupted": True}
     except SparsebenchError as exc:
         summary = {"status": "failed", "results": {"error": str(exc)}, "skipped": False}
+    finally:
+        _busy = False
+    if job.parent_pid and os.getppid() != job.parent_pid:  # the driver is gone: nobody takes the result
+        os._exit(1)
     return sink.ops, summary
 
 
@@ -111,41 +183,102 @@ def waves(configs: list[RunConfig], runner: Runner) -> list[list[RunConfig]]:
 def execute(configs: list[RunConfig], runner: Runner, store: Store, executor: str, jobs: int,
             address: str | None, on_start: Callable[[RunConfig, int, int], None],
             on_done: Callable[[RunConfig, Outcome], None]) -> list[Outcome]:
-    """Run `configs` with the chosen executor; the callbacks run in the driver."""
+    """Run `configs` with the chosen executor; the callbacks run in the driver.
+
+    Cells another live process holds are left to it and looked at again once the rest is done
+    (taken over if that process died), so several commands can share one grid.
+    """
     if executor not in EXECUTORS:
         raise SparsebenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     if executor == "local" and jobs <= 1:
-        out = []
-        for i, cfg in enumerate(configs, 1):
-            on_start(cfg, i, len(configs))
-            outcome = runner.run(cfg)
-            on_done(cfg, outcome)
-            out.append(outcome)
-        return out
-    submit, close = (_ray_pool(address, runner) if executor == "ray" else _process_pool(jobs))
+        return _serial(configs, runner, on_start, on_done)
+    pool = _ray_pool(address, runner) if executor == "ray" else _ProcessPool(jobs)
     outcomes: list[Outcome] = []
     plan = waves(configs, runner)
-    total, started = sum(len(w) for w in plan), 0
+    total, counter = sum(len(w) for w in plan), iter(range(1, 10**9))
     try:
         for wave in plan:
-            pending = []
-            for cfg in wave:
-                known = {r["run_id"]: r for r in (store.get(i) for i in _dep_ids(cfg, runner) + [cfg.run_id]) if r}
-                job = CellJob(cfg.to_dict(), str(store.path), known, str(runner.device), runner.data_dir,
-                              runner.inception_weights, runner.checkpoint_every, runner.retry_failed,
-                              threads=max(1, (os.cpu_count() or 1) // max(jobs, 1)) if executor == "local" else 0)
-                started += 1
-                on_start(cfg, started, total)
-                pending.append((cfg, submit(job)))
-            for cfg, result in _as_completed(pending):
-                ops, summary = result
-                apply_ops(store, ops)
-                outcome = Outcome(cfg.run_id, cfg, summary["status"], summary["results"], summary["skipped"])
-                runner.outcomes.append(outcome)
+            outcomes += _run_wave(wave, runner, store, pool, jobs if executor == "local" else 10**9, executor,
+                                  lambda cfg: on_start(cfg, next(counter), total), on_done)
+    finally:
+        pool.close()
+    return outcomes
+
+
+def _serial(configs, runner: Runner, on_start, on_done) -> list[Outcome]:
+    out: list[Outcome] = []
+    waiting: list[RunConfig] = []
+    for i, cfg in enumerate(configs, 1):
+        on_start(cfg, i, len(configs))
+        outcome = runner.run(cfg)
+        on_done(cfg, outcome)
+        if outcome.taken:
+            waiting.append(cfg)
+        else:
+            out.append(outcome)
+    for cfg in waiting:  # held by other processes: wait for them (or take over a dead one's claim)
+        outcome = runner.run(cfg, wait=True)
+        on_done(cfg, outcome)
+        out.append(outcome)
+    return out
+
+
+def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: str, on_start, on_done):
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    outcomes: list[Outcome] = []
+    queue, waiting, inflight = list(wave), [], {}
+    announced: set[str] = set()
+    while queue or waiting or inflight:
+        if runner.stop:
+            pool.interrupt()
+        while queue and len(inflight) < slots and not runner.stop:
+            cfg = queue.pop(0)
+            decision = runner.claim(cfg)
+            if decision == "taken":
+                if cfg.run_id not in announced:
+                    announced.add(cfg.run_id)
+                    outcome = Outcome(cfg.run_id, cfg, "running", {"owner": store.holder(cfg.run_id)}, True, True)
+                    on_done(cfg, outcome)
+                waiting.append(cfg)
+                continue
+            on_start(cfg)
+            if decision != "claimed":
+                row = store.get(cfg.run_id)
+                outcome = Outcome(cfg.run_id, cfg, decision, row["results"] if row else {}, skipped=True)
+                runner._record(outcome)
                 on_done(cfg, outcome)
                 outcomes.append(outcome)
-    finally:
-        close()
+                continue
+            known = {r["run_id"]: r for r in (store.get(i) for i in _dep_ids(cfg, runner) + [cfg.run_id]) if r}
+            job = CellJob(cfg.to_dict(), str(store.path), known, str(runner.device), runner.data_dir,
+                          runner.inception_weights, runner.checkpoint_every, runner.retry_failed,
+                          threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
+                          owner=runner.owner, parent_pid=os.getpid() if executor == "local" else 0)
+            inflight[pool.submit(job)] = cfg
+        if not inflight:
+            if runner.stop:
+                break
+            if waiting and not queue:  # only cells others hold are left: look again in a while
+                time.sleep(POLL_S)
+                queue, waiting = waiting, []
+            continue
+        done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+        for future in done:
+            cfg = inflight.pop(future)
+            try:
+                ops, summary = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died: the cell is failed, the grid goes on
+                ops, summary = [], {"status": "failed", "results": {"error": f"worker died: {exc}"}, "skipped": False}
+                store.finish_run(cfg.run_id, "failed", summary["results"], None, runner.owner)
+            apply_ops(store, ops, runner.owner)
+            if summary.get("interrupted"):
+                continue
+            outcome = runner._record(Outcome(cfg.run_id, cfg, summary["status"], summary["results"], summary["skipped"]))
+            on_done(cfg, outcome)
+            outcomes.append(outcome)
+    if runner.stop:
+        raise GridInterrupted(0)
     return outcomes
 
 
@@ -153,12 +286,31 @@ def _dep_ids(cfg: RunConfig, runner: Runner) -> list[str]:
     return [runner.dependency(cfg, d).run_id for d in runner.plugins.methods.get(cfg.method).requires]
 
 
-def _process_pool(jobs: int):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+class _ProcessPool:
+    """Worker processes (spawned, so no state is inherited); SIGTERM is forwarded to them on stop."""
 
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-    return (lambda job: pool.submit(run_cell, job)), (lambda: pool.shutdown(cancel_futures=True))
+    def __init__(self, jobs: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.signalled = False
+
+    def submit(self, job: CellJob):
+        return self.pool.submit(run_cell, job)
+
+    def interrupt(self) -> None:
+        """Ask every running cell to checkpoint and stop (once)."""
+        import signal
+
+        if not self.signalled:
+            self.signalled = True
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
 
 
 def _ray_pool(address: str | None, runner: Runner):
@@ -173,21 +325,17 @@ def _ray_pool(address: str | None, runner: Runner):
     gpus = 1 if runner.device.type == "cuda" else 0
     remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(run_cell)
 
-    class RayFuture:
-        def __init__(self, ref):
-            self.ref = ref
+    class RayPool:
+        """Ray tasks as futures; on stop, cells already running finish (no new ones start)."""
 
-        def result(self):
-            return ray.get(self.ref)
+        def submit(self, job: CellJob):
+            return remote.remote(job).future()
 
-    def close():
-        if started:
-            ray.shutdown()
+        def interrupt(self) -> None:
+            pass
 
-    return (lambda job: RayFuture(remote.remote(job))), close
+        def close(self) -> None:
+            if started:
+                ray.shutdown()
 
-
-def _as_completed(pending: list[tuple[RunConfig, Any]]) -> Iterator[tuple[RunConfig, Any]]:
-    """Results in submission order (each is waited for; the workers run concurrently meanwhile)."""
-    for cfg, future in pending:
-        yield cfg, future.result()
+    return RayPool()

@@ -1,9 +1,10 @@
 """Running a grid: one RunConfig at a time, from method plugin to stored result.
 
-For each cell: skip it when its run id is already `done`; otherwise mark it `running`, let the
-method train through a RunContext, evaluate the final generator with the metric plugins, count
-its FLOPs, and store everything. A diverged run is stored as `diverged` with its step, a crashing
-one as `failed` with its error, and the grid goes on.
+For each cell: skip it when its run id is already `done`; otherwise claim it in the store (a cell
+another live process holds is left to it), let the method train through a RunContext, evaluate
+the final generator with the metric plugins, count its FLOPs, and store everything. A diverged run
+is stored as `diverged` with its step, a crashing one as `failed` with its error, and the grid
+goes on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,11 +28,13 @@ from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
 from sparsebench.options import validate_options
 from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
-from sparsebench.store import Store
+from sparsebench.store import Store, process_owner
+from sparsebench.train.checkpoint import atomic_save
 from sparsebench.train.context import RunArtifacts, RunContext
 from sparsebench.train.loop import Diverged, Interrupted
 
 log = logging.getLogger("sparsebench.run")
+POLL_S = 2.0  # seconds between looks at a cell another process holds
 
 
 def cache_dir() -> Path:
@@ -56,12 +60,13 @@ class Outcome:
     status: str
     results: dict = field(default_factory=dict)
     skipped: bool = False
+    taken: bool = False  # held by another live process: left to it
 
 
 class Runner:
     def __init__(self, store: Store, plugins: Plugins, device: str = "cpu", data_dir: str | None = None,
                  inception_weights: str | None = None, progress: bool = True, checkpoint_every: int = 500,
-                 retry_failed: bool = False):
+                 retry_failed: bool = False, owner: str | None = None):
         if device == "cuda" and not torch.cuda.is_available():
             raise SparsebenchError("--device cuda: no CUDA device is available here; use --device cpu")
         self.store = store
@@ -72,6 +77,7 @@ class Runner:
         self.progress = progress
         self.checkpoint_every = checkpoint_every
         self.retry_failed = retry_failed
+        self.owner = owner or process_owner()  # whose claims this runner's cells are
         self.stop = False  # set by SIGTERM / Ctrl-C: the current run checkpoints and stops
         self._nested_wall = 0.0  # seconds spent inside runs this run required
         self.last_context: RunContext | None = None
@@ -105,25 +111,50 @@ class Runner:
                     ev.floor({"fid"})  # also caches the reference features before workers need them
 
     # -- one run --------------------------------------------------------------------------------
-    def run(self, config: RunConfig) -> Outcome:
+    def claim(self, config: RunConfig, wait: bool = False) -> str:
+        """The store's decision on `config` for this runner (see Store.claim); with `wait`, a cell
+        another process holds is waited for until it is done or its claim goes stale."""
+        env = environment(self.device)
+        while True:
+            decision = self.store.claim(config, env, self.owner, self.retry_failed)
+            if distributed.world_size() > 1:  # rank 0's decision holds for every rank
+                decision = distributed.broadcast_object(decision)
+            if decision == "claimed":
+                self.store.keep_alive(self.owner)
+            if decision != "taken" or not wait:
+                return decision
+            if self.stop:
+                raise Interrupted(0)
+            time.sleep(POLL_S)
+
+    def run(self, config: RunConfig, wait: bool = False) -> Outcome:
         run_id = config.run_id
-        stored = self.store.get(run_id)
-        if stored is not None and stored["status"] == "done":
-            return self._record(Outcome(run_id, config, "done", stored["results"], skipped=True))
-        if stored is not None and stored["status"] in ("failed", "diverged") and not self.retry_failed:
-            return self._record(Outcome(run_id, config, stored["status"], stored["results"], skipped=True))
+        decision = self.claim(config, wait)
+        if decision == "taken":
+            holder = {"owner": self.store.holder(run_id)}
+            return self._record(Outcome(run_id, config, "running", holder, skipped=True, taken=True))
+        if decision != "claimed":
+            stored = self.store.get(run_id)
+            return self._record(Outcome(run_id, config, decision, stored["results"] if stored else {}, skipped=True))
+        return self._record(self._train(config))
+
+    def _train(self, config: RunConfig) -> Outcome:
+        run_id = config.run_id
         method = self.plugins.methods.get(config.method)
         arch = self.plugins.archs.get(config.arch)
         data = self.data(config)
-        self.store.start_run(config, environment(self.device))
         bar = self._bar(config)
         pending: list[tuple[int, str, float]] = []
+
+        def flush() -> None:
+            """Logged statistics reach the store with every checkpoint and before evaluation."""
+            self.store.log_stats(run_id, pending)
+            pending.clear()
 
         def log_fn(step: int, values: dict) -> None:
             pending.extend((step, k, float(v)) for k, v in values.items())
             if len(pending) > 200:
-                self.store.log_stats(run_id, pending)
-                pending.clear()
+                flush()
             if bar is not None and "loss_g" in values:
                 bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", refresh=False)
 
@@ -133,32 +164,36 @@ class Runner:
             require_fn=lambda name, changes: self.require(config, name, changes),
             log_fn=log_fn, progress=bar.update if bar is not None else None, width=method.width,
             progress_phase=(lambda total, done, label: _phase_bar(bar, total, done, label)) if bar is not None else None,
-            checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop,
+            checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop, flush_fn=flush,
         )
         t0 = time.perf_counter()
         outer_nested, self._nested_wall = self._nested_wall, 0.0
         status, results = "done", {}
         leader = distributed.rank() == 0
+        threads = torch.get_num_threads()
+        used_threads = threads
         self.last_context = ctx
         try:
             method.run(ctx)
             if ctx.final is None:
                 raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
+            flush()
             if leader:  # rank 0 evaluates and stores for the whole process group
                 results = self._results(config, ctx)
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
         except Interrupted as exc:  # checkpoint saved: the run stays `running` until it is resumed
+            flush()
             self.store.finish_run(run_id, "running", {"interrupted_step": exc.step,
                                                       "error": f"{exc}; run the same command to resume"},
-                                  time.perf_counter() - t0)
+                                  time.perf_counter() - t0, self.owner)
             raise
-        except SparsebenchError:
-            self.store.finish_run(run_id, "failed", {"error": "interrupted by a setup error"}, time.perf_counter() - t0)
+        except SparsebenchError as exc:
+            self.store.finish_run(run_id, "failed", {"error": str(exc)}, time.perf_counter() - t0, self.owner)
             raise
         except KeyboardInterrupt:
-            self.store.finish_run(run_id, "failed", {"error": "interrupted"}, time.perf_counter() - t0)
+            self.store.finish_run(run_id, "failed", {"error": "interrupted"}, time.perf_counter() - t0, self.owner)
             raise
         except Exception as exc:  # noqa: BLE001 - a crashing cell is stored, the grid goes on
             status = "failed"
@@ -167,23 +202,25 @@ class Runner:
         finally:
             if bar is not None:
                 bar.close()
-            self.store.log_stats(run_id, pending)
+            used_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with
+        flush()
         elapsed = time.perf_counter() - t0
         wall = elapsed - self._nested_wall  # a dependency's time is its own run's wall_s
         self._nested_wall = outer_nested + elapsed
         results["wall_s"] = wall
+        results["threads"] = used_threads
         if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
-        if status in ("done", "diverged"):  # finished for good: phase checkpoints are spent
-            for ckpt in ctx.run_dir.glob("checkpoint-*.pt"):
-                ckpt.unlink()
-        self.store.finish_run(run_id, status, results, wall)
+        self.store.finish_run(run_id, status, results, wall, self.owner)
+        if status in ("done", "diverged"):  # finished for good (and committed): phase checkpoints are spent
+            self.store.remove_checkpoints(run_id)
         distributed.barrier()  # followers read this run's artifacts only after rank 0 wrote them
-        return self._record(Outcome(run_id, config, status, results))
+        return Outcome(run_id, config, status, results)
 
     def _record(self, outcome: Outcome) -> Outcome:
-        if all(o.run_id != outcome.run_id for o in self.outcomes):
-            self.outcomes.append(outcome)
+        """Keep one outcome per run id, the latest (a cell first found taken may be finished later)."""
+        self.outcomes = [o for o in self.outcomes if o.run_id != outcome.run_id] + [outcome]
         return outcome
 
     def install_signal_handlers(self) -> None:
@@ -202,9 +239,11 @@ class Runner:
     def _bar(self, config: RunConfig):
         if not self.progress:
             return None
+        label = f"{config.method} sG={config.sg:g} sD={config.sd:g} seed={config.seed}"
+        if not sys.stderr.isatty():  # logs (CI, nohup, Ray) get a compact line now and then, not a bar
+            return LineProgress(config.train.steps, label)
         from tqdm.auto import tqdm
 
-        label = f"{config.method} sG={config.sg:g} sD={config.sd:g} seed={config.seed}"
         bar = tqdm(total=config.train.steps, desc=label, unit=" G steps", leave=False, dynamic_ncols=True)
         bar.base_desc = label
         return bar
@@ -223,7 +262,7 @@ class Runner:
 
     def require(self, config: RunConfig, method_name: str, changes: dict) -> RunArtifacts:
         dep = self.dependency(config, method_name, changes)
-        outcome = self.run(dep)
+        outcome = self.run(dep, wait=True)
         if outcome.status != "done":
             raise RuntimeError(f"the {method_name} run {dep.run_id} this run builds on ended {outcome.status}")
         run_dir = self.store.run_dir(dep.run_id)
@@ -238,9 +277,9 @@ class Runner:
             "g_masks": st.g_masks.state_dict() if st.g_masks else None,
             "d_masks": st.d_masks.state_dict() if st.d_masks else None,
         }
-        _atomic_save(blob, ctx.run_dir / "final.pt")
+        atomic_save(blob, ctx.run_dir / "final.pt")
         if ctx.init_state is not None:
-            _atomic_save(ctx.init_state, ctx.run_dir / "init.pt")
+            atomic_save(ctx.init_state, ctx.run_dir / "init.pt")
 
     def _partial(self, config: RunConfig, ctx: RunContext) -> dict:
         return {"train_flops": ctx.total_train_flops()} if ctx._flops is not None else {}
@@ -284,7 +323,7 @@ class Runner:
         res["extractor_accuracy"] = ev.extractor_accuracy
         res["eval_samples"] = spec.eval_samples
         res.update(ctx.info)
-        _atomic_save({"images": images[:64]}, ctx.run_dir / "samples.pt")
+        atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage
         return res
 
     def _dense_flops(self, config: RunConfig, ctx: RunContext):
@@ -304,7 +343,34 @@ def _phase_bar(bar, total: int, done: int, label: str) -> None:
     bar.set_description(bar.base_desc if label == "train" else f"{bar.base_desc} [{label}]")
 
 
-def _atomic_save(obj: Any, path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+class LineProgress:
+    """The part of tqdm's interface the runner uses, printing one line per tenth of a phase (or
+    every 5 minutes) instead of redrawing a bar: readable in non-interactive logs."""
+
+    EVERY_S = 300.0
+
+    def __init__(self, total: int, label: str):
+        self.base_desc = self.desc = label
+        self.postfix = ""
+        self.reset(total)
+
+    def reset(self, total: int) -> None:
+        self.total, self.n, self.mark = max(total, 1), 0, 0
+        self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        tenth = 10 * self.n // self.total
+        if tenth > self.mark or time.monotonic() - self.last > self.EVERY_S:
+            self.mark = tenth
+            self.last = time.monotonic()
+            print(f"{self.desc}: G step {self.n}/{self.total}{self.postfix}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, refresh: bool = False, **values: str) -> None:
+        self.postfix = "".join(f" {k}={v}" for k, v in values.items())
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def close(self) -> None:
+        pass

@@ -1,21 +1,33 @@
 """The results store: one SQLite file (WAL mode, versioned schema) holding every run.
 
 Each write is one short transaction, so several `sparsebench run` processes can share a store.
-Model weights live beside it in `artifacts/<run_id>/`.
+A process trains a cell only after claiming it: the claim names its owner and carries a lease that
+the owner's heartbeat renews, so no two processes train one cell; a claim whose owner died (same
+host, process gone) or whose lease expired is taken over and the run resumes from its checkpoint.
+Status changes are guarded: only the owner of a `running` row can finish it, so a late failure never
+replaces `done`. Model weights live beside the database in `artifacts/<run_id>/`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import platform
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sparsebench import SparsebenchError
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("sparsebench.store")
+
+SCHEMA_VERSION = 2
+LEASE_S = 300.0  # a claim not renewed for this long is stale (its owner is taken as gone)
+HEARTBEAT_S = 30.0
 DEFAULT_STORE = "sparsebench-results/results.db"
 STATUSES = ("running", "done", "failed", "diverged")
 
@@ -27,9 +39,9 @@ RESULT_COLUMNS = [
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "reached_sg",
     "rounds", "pruned_from", "scope", "eval_weights", "extractor", "extractor_accuracy",
-    "eval_samples", "steps", "diverged_step", "interrupted_step", "variant", "error",
+    "eval_samples", "steps", "diverged_step", "interrupted_step", "variant", "threads", "error",
 ]
-INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step", "interrupted_step"]
+INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,13 +54,79 @@ CREATE TABLE IF NOT EXISTS runs (
     results TEXT NOT NULL DEFAULT '{}',
     env TEXT NOT NULL DEFAULT '{}',
     wall_s REAL,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    owner TEXT, lease_until REAL
 );
 CREATE TABLE IF NOT EXISTS stats (
     run_id TEXT NOT NULL, step INTEGER NOT NULL, key TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_id, step, key)
 );
 """
+
+
+def process_owner() -> str:
+    """This process's claim owner: host, pid and a token that is new in every process."""
+    return f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _alive(owner: str) -> bool:
+    """False when `owner` ran on this host and its process is gone; True when we cannot tell."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != platform.node() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def decide(row: tuple | None, owner: str, retry_failed: bool, now: float) -> str:
+    """What a process may do with a cell whose row is (status, owner, lease_until), or None when absent."""
+    if row is None:
+        return "claimed"
+    status, holder, lease = row
+    if status == "done":
+        return "done"
+    if status in ("failed", "diverged") and not retry_failed:
+        return status
+    if status == "running" and holder and holder != owner and (lease or 0) > now and _alive(holder):
+        return "taken"
+    return "claimed"
+
+
+class Heartbeat(threading.Thread):
+    """Renews the leases of one owner's claims on its own connection, until the process ends."""
+
+    def __init__(self, path: Path, owner: str):
+        super().__init__(daemon=True, name="sparsebench-heartbeat")
+        self.path, self.owner = path, owner
+
+    def run(self) -> None:  # pragma: no cover - timing-dependent; covered by the lease tests via renew()
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                renew(conn, self.owner)
+            except sqlite3.Error as exc:
+                log.warning("could not renew the claims of this process: %s", exc)
+
+
+def renew(conn: sqlite3.Connection, owner: str) -> int:
+    """Extend every `running` claim of `owner` by LEASE_S from now; returns how many."""
+    with conn:
+        return conn.execute("UPDATE runs SET lease_until = ? WHERE owner = ? AND status = 'running'",
+                            (time.time() + LEASE_S, owner)).rowcount
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id as it may become a path: 16 lowercase hex digits, nothing else."""
+    if len(run_id) != 16 or any(c not in "0123456789abcdef" for c in run_id):
+        raise SparsebenchError(f"malformed run id {run_id!r} (expected 16 hex digits); the store is not ours")
+    return run_id
 
 
 def default_store_path() -> Path:
@@ -65,7 +143,7 @@ class ArtifactPaths:
         return self.path.parent / "artifacts"
 
     def run_dir(self, run_id: str) -> Path:
-        d = self.artifacts_dir / run_id
+        d = self.artifacts_dir / check_run_id(run_id)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -90,6 +168,8 @@ class Store(ArtifactPaths):
             self.conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout = 120000")
             self._init_schema()
+        except sqlite3.OperationalError as exc:  # the file is a database, but it cannot be written
+            raise SparsebenchError(f"cannot write results store {self.path}: {exc}; {hint}") from None
         except sqlite3.DatabaseError as exc:
             raise SparsebenchError(
                 f"{self.path} is not a sparsebench results store (not a SQLite database: {exc}); {hint}"
@@ -109,6 +189,10 @@ class Store(ArtifactPaths):
             row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] == "1":  # version 1 had no claims: add the owner and lease columns
+                self.conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+                self.conn.execute("ALTER TABLE runs ADD COLUMN lease_until REAL")
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise SparsebenchError(
                     f"results store {self.path} has schema version {row[0]}, this sparsebench reads "
@@ -123,47 +207,109 @@ class Store(ArtifactPaths):
         self.conn.close()
 
     # -- writes (each one short transaction) ----------------------------------------------------
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
+    def _transaction(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `body(conn)` inside one IMMEDIATE transaction, retrying while another writer holds the lock."""
         for attempt in range(20):
             try:
                 with self.conn:
                     self.conn.execute("BEGIN IMMEDIATE")
-                    self.conn.execute(sql, tuple(params))
-                    return
-            except sqlite3.OperationalError as exc:  # pragma: no cover - only under heavy contention
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                    return body(self.conn)
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    raise SparsebenchError(
+                        f"results store {self.path}: the disk is full ({exc}); free space and run the same "
+                        f"command again (finished runs are kept)"
+                    ) from None
+                if "locked" not in str(exc) and "busy" not in str(exc):  # pragma: no cover
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise SparsebenchError(f"results store {self.path} stayed locked; try again")
 
-    def start_run(self, config, env: dict) -> None:
-        now = time.time()
-        self._write(
-            """INSERT INTO runs (run_id, method, arch, dataset, preset, sg, sd, seed, status, config,
-                                 results, env, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, '{}', ?, ?, ?)
-               ON CONFLICT(run_id) DO UPDATE SET status = 'running', env = excluded.env,
-                                                 updated_at = excluded.updated_at""",
-            (config.run_id, config.method, config.arch, config.dataset, config.preset, config.sg,
-             config.sd, config.seed, json.dumps(config.to_dict(), sort_keys=True), json.dumps(env), now, now),
-        )
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
+        return self._transaction(lambda conn: conn.execute(sql, tuple(params)).rowcount)
 
-    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None) -> None:
+    def claim(self, config, env: dict, owner: str, retry_failed: bool = False) -> str:
+        """Take the cell of `config` for `owner`, atomically.
+
+        Returns "claimed" (the caller trains it now), "done", "failed" or "diverged" (stored before,
+        left alone), or "taken" (another live process holds it).
+        """
+
+        def body(conn: sqlite3.Connection) -> str:
+            now = time.time()
+            row = conn.execute("SELECT status, owner, lease_until FROM runs WHERE run_id = ?",
+                               (config.run_id,)).fetchone()
+            decision = decide(row, owner, retry_failed, now)
+            if decision != "claimed":
+                return decision
+            conn.execute(
+                """INSERT INTO runs (run_id, method, arch, dataset, preset, sg, sd, seed, status, config,
+                                     results, env, created_at, updated_at, owner, lease_until)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?)
+                   ON CONFLICT(run_id) DO UPDATE SET status = 'running', env = excluded.env,
+                       updated_at = excluded.updated_at, owner = excluded.owner,
+                       lease_until = excluded.lease_until""",
+                (config.run_id, config.method, config.arch, config.dataset, config.preset, config.sg,
+                 config.sd, config.seed, json.dumps(config.to_dict(), sort_keys=True), json.dumps(env), now, now,
+                 owner, now + LEASE_S),
+            )
+            return "claimed"
+
+        return self._transaction(body)
+
+    def holder(self, run_id: str) -> str | None:
+        row = self.conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def update_env(self, run_id: str, env: dict, owner: str) -> None:
+        self._write("UPDATE runs SET env = ? WHERE run_id = ? AND owner = ?", (json.dumps(env), run_id, owner))
+
+    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
+        """Store a run's outcome and release its claim; only the claim's owner can (returns whether it did).
+
+        `status` "running" stores an interrupted run, left for the next command to resume.
+        """
         if status not in STATUSES:
             raise ValueError(f"bad status {status!r}")
-        self._write(
-            "UPDATE runs SET status = ?, results = ?, wall_s = ?, updated_at = ? WHERE run_id = ?",
-            (status, json.dumps(results, sort_keys=True, default=float), wall_s, time.time(), run_id),
+        changed = self._write(
+            """UPDATE runs SET status = ?, results = ?, wall_s = ?, updated_at = ?, owner = NULL,
+                               lease_until = NULL
+               WHERE run_id = ? AND status = 'running' AND owner = ?""",
+            (status, json.dumps(results, sort_keys=True, default=float), wall_s, time.time(), run_id, owner),
         )
+        if not changed:
+            log.warning("run %s is no longer held by this process (taken over or finished elsewhere); "
+                        "its %s result is not stored", run_id, status)
+        return bool(changed)
+
+    def release(self, run_id: str, owner: str) -> None:
+        """Give up a claim that never started training (a row it created is removed again)."""
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM runs WHERE run_id = ? AND owner = ? AND status = 'running' AND results = '{}'"
+                         " AND NOT EXISTS (SELECT 1 FROM stats WHERE stats.run_id = runs.run_id)", (run_id, owner))
+            conn.execute("UPDATE runs SET owner = NULL, lease_until = NULL WHERE run_id = ? AND owner = ?",
+                         (run_id, owner))
+
+        self._transaction(body)
+
+    def keep_alive(self, owner: str) -> None:
+        """Renew `owner`'s leases every HEARTBEAT_S seconds from a background thread (started once)."""
+        if getattr(self, "_heartbeat", None) is None:
+            self._heartbeat = Heartbeat(self.path, owner)
+            self._heartbeat.start()
+
+    def remove_checkpoints(self, run_id: str) -> None:
+        """A finished run's phase checkpoints are spent: delete them (after its row is committed)."""
+        for path in (self.artifacts_dir / check_run_id(run_id)).glob("checkpoint-*.pt"):
+            path.unlink(missing_ok=True)
 
     def log_stats(self, run_id: str, rows: list[tuple[int, str, float]]) -> None:
         if not rows:
             return
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows]
-            )
+        self._transaction(lambda conn: conn.executemany(
+            "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows]
+        ))
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, run_id: str) -> dict | None:
@@ -229,7 +375,7 @@ class Store(ArtifactPaths):
 
 
 class FollowerStore:
-    """Reads through to a store; writes are dropped (rank 0 writes for the whole process group)."""
+    """Reads through to a store; writes are dropped (rank 0 writes and claims for the whole group)."""
 
     def __init__(self, store: Store):
         self._store = store
@@ -238,11 +384,23 @@ class FollowerStore:
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def start_run(self, *args, **kwargs) -> None:
-        pass
+    def claim(self, *args, **kwargs) -> str:
+        return "claimed"  # a placeholder: the runner takes rank 0's decision
 
-    def finish_run(self, *args, **kwargs) -> None:
-        pass
+    def finish_run(self, *args, **kwargs) -> bool:
+        return True
 
     def log_stats(self, *args, **kwargs) -> None:
+        pass
+
+    def keep_alive(self, *args, **kwargs) -> None:
+        pass
+
+    def update_env(self, *args, **kwargs) -> None:
+        pass
+
+    def release(self, *args, **kwargs) -> None:
+        pass
+
+    def remove_checkpoints(self, *args, **kwargs) -> None:
         pass

@@ -22,15 +22,19 @@ def rows(store):
 def test_a_worker_never_touches_the_store(tmp_path, plugins):
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=3), plugins)[0]
     db = tmp_path / "store" / "results.db"
-    job = CellJob(cfg.to_dict(), str(db), {}, "cpu", None, None, 0, False)
+    job = CellJob(cfg.to_dict(), str(db), {}, "cpu", None, None, 0, False, owner="driver")
     ops, summary = run_cell(job)
     assert summary["status"] == "done"
     assert not db.exists()  # the worker recorded its writes instead of making them
-    assert [op for op, _ in ops][0] == "start_run" and [op for op, _ in ops][-1] == "finish_run"
+    names = [op for op, _ in ops]
+    assert names[0] == "update_env" and names[-2:] == ["finish_run", "remove_checkpoints"]
+    run_dir = db.parent / "artifacts" / cfg.run_id
+    assert (run_dir / "checkpoint-phase1.pt").exists()  # kept until the driver has committed the outcome
     store = Store(db)
-    apply_ops(store, ops)
+    assert store.claim(cfg, {}, "driver") == "claimed"
+    apply_ops(store, ops, "driver")
     assert store.get(cfg.run_id)["status"] == "done"
-    assert (db.parent / "artifacts" / cfg.run_id / "final.pt").exists()
+    assert (run_dir / "final.pt").exists() and not list(run_dir.glob("checkpoint-*"))
 
 
 def test_local_jobs_run_dependencies_once(tmp_path):

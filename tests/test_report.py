@@ -18,7 +18,7 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
     store = Store(path)
     configs = expand_grid(GridRequest(methods=list(methods), arch="sngan", sg=list(sgs), seeds=list(seeds)), plugins)
     for i, cfg in enumerate(configs):
-        store.start_run(cfg, {"torch": "x", "device": "cpu"})
+        store.claim(cfg, {"torch": "x", "device": "cpu"}, "filler")
         status = "diverged" if (cfg.method == "stugan" and cfg.seed == 1 and cfg.sg == 0.8) else "done"
         res = {"fid": 50.0 + i, "is_mean": 3.0 + 0.01 * i, "is_std": 0.1, "density_g": 1 - cfg.sg,
                "density_d": 1 - cfg.sd, "train_flops": 1e12 * (1 - cfg.sg / 2), "test_flops": 1e8 * (1 - cfg.sg),
@@ -26,14 +26,15 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
                "eval_samples": 1000, "scope": "conv", "variant": ""}
         if status == "diverged":
             res = {"diverged_step": 7}
-        store.finish_run(cfg.run_id, status, res, 1.0)
+        store.finish_run(cfg.run_id, status, res, 1.0, "filler")
         store.log_stats(cfg.run_id, [(s, "loss_g", 1.0 / s) for s in range(1, 5)]
                         + [(s, "exploration_rate", 0.1 * s) for s in range(1, 5)] * (cfg.method == "stugan"))
     for method, variant in extra:
         cfg = configs[0].replace(method=method)
-        store.start_run(cfg, {})
+        store.claim(cfg, {}, "filler")
         store.finish_run(cfg.run_id, "done", {"fid": 1.0, "is_mean": 2.0, "train_flops": 1.0, "test_flops": 1.0,
-                                              "train_flops_rel": 1.0, "test_flops_rel": 1.0, "variant": variant}, 1.0)
+                                              "train_flops_rel": 1.0, "test_flops_rel": 1.0, "variant": variant}, 1.0,
+                         "filler")
     return store
 
 

@@ -16,7 +16,7 @@ def test_wal_and_schema_version(store):
     run_cli("run", "--methods", "static", "--arch", "sngan", "--store", str(store), *TINY, check=True)
     with sqlite3.connect(store) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
 
 
 def test_results_csv_contract_and_skip_done(store):

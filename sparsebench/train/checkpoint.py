@@ -4,20 +4,30 @@ G, D, the (S)EMA, both optimizers, the masks (and what was ever active), the ste
 counters, the data order and every random generator the loop and its hooks draw from. Written
 atomically (temporary file, then rename) and read with `torch.load(weights_only=True)`, so a
 file that carries a pickled object is refused instead of executed. The run's config is stored
-inside and compared on load: a checkpoint never continues under different settings.
+inside and compared on load: a checkpoint never continues under different settings. The thread
+count is saved too, and a resume continues with it (CPU results depend on it through float
+reassociation). Everything is checked before anything is loaded into the live objects, so a bad
+file can be set aside and its phase restarted from scratch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pickle
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
 from sparsebench.train.loop import Batcher, GANState, Hooks
+
+
+log = logging.getLogger("sparsebench.run")
 
 
 class CheckpointError(SparsebenchError):
@@ -38,6 +48,18 @@ def load_plain(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to restart that run") from None
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file of this process, renamed into place; no temporary file
+    is left behind when the write fails."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Checkpoint:
     def __init__(self, path: Path, config: RunConfig):
         self.path = Path(path)
@@ -56,26 +78,35 @@ class Checkpoint:
             "d_masks": state.d_masks.state_dict() if state.d_masks is not None else None,
             "ema": state.ema.state_dict() if state.ema is not None else None,
             "batcher": batcher.state_dict(), "noise": noise.get_state(), "hooks": hooks.state_dict(),
+            "threads": torch.get_num_threads(),
         }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(self.path)
+        atomic_save(blob, self.path)
+
+    def set_aside(self, reason: str) -> Path:
+        """Move an unusable checkpoint out of the way (kept for inspection, never loaded)."""
+        aside = self.path.with_name(f"{self.path.name}.bad-{int(time.time())}")
+        self.path.replace(aside)
+        log.warning("%s; moved it to %s, that training phase restarts from scratch", reason, aside.name)
+        return aside
 
     def restore(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks) -> bool:
         """Load into the live objects; returns whether the phase had finished."""
         blob = load_plain(self.path)
-        if blob.get("config") != self.config_json:
+        if not isinstance(blob, dict) or blob.get("config") != self.config_json:
             raise CheckpointError(
                 f"checkpoint {self.path} was written under other settings than this run's; refusing to resume "
                 f"(delete it to restart the run)"
             )
+        self._check_shapes(blob, state)
+        threads = blob.get("threads")
+        if isinstance(threads, int) and threads > 0 and threads != torch.get_num_threads():
+            log.warning("resuming with %d threads, as this run started (not %d)", threads, torch.get_num_threads())
+            torch.set_num_threads(threads)
         state.G.load_state_dict(blob["G"])
         state.D.load_state_dict(blob["D"])
         state.g_opt.load_state_dict(blob["g_opt"])
         state.d_opt.load_state_dict(blob["d_opt"])
         for masks, key in ((state.g_masks, "g_masks"), (state.d_masks, "d_masks")):
-            if (masks is None) != (blob[key] is None):
-                raise CheckpointError(f"checkpoint {self.path} does not match this run's sparse layout")
             if masks is not None:
                 masks.load_state_dict(blob[key])
         if state.ema is not None and blob["ema"] is not None:
@@ -85,3 +116,18 @@ class Checkpoint:
         noise.set_state(blob["noise"])
         hooks.load_state_dict(blob["hooks"])
         return bool(blob["done"])
+
+    def _check_shapes(self, blob: dict, state: GANState) -> None:
+        """Refuse a checkpoint whose parts do not fit the live objects before loading any of them."""
+        for key, model in (("G", state.G), ("D", state.D)):
+            saved, live = blob.get(key), model.state_dict()
+            if not isinstance(saved, dict) or {k: tuple(v.shape) for k, v in saved.items()} != {
+                k: tuple(v.shape) for k, v in live.items()
+            }:
+                raise CheckpointError(f"checkpoint {self.path} does not fit this run's {key}")
+        for masks, key in ((state.g_masks, "g_masks"), (state.d_masks, "d_masks")):
+            if (masks is None) != (blob.get(key) is None):
+                raise CheckpointError(f"checkpoint {self.path} does not match this run's sparse layout")
+        missing = {"g_opt", "d_opt", "step", "flops", "batcher", "noise", "hooks", "done"} - set(blob)
+        if missing:
+            raise CheckpointError(f"checkpoint {self.path} lacks {', '.join(sorted(missing))}")

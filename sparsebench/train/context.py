@@ -21,7 +21,7 @@ from sparsebench.config import RunConfig
 from sparsebench.flops import GANFlops, count_gan
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
-from sparsebench.train.checkpoint import Checkpoint
+from sparsebench.train.checkpoint import Checkpoint, CheckpointError
 from sparsebench.train.loop import Batcher, GANState, Hooks, adam, train
 
 log = logging.getLogger("sparsebench.run")
@@ -58,6 +58,7 @@ class RunContext:
     final: GANState | None = None
     checkpoint_every: int = 0  # G steps between checkpoints (0: only at the end of a phase / on stop)
     stop_requested: Callable[[], bool] | None = None
+    flush_fn: Callable[[], None] | None = None  # writes the logged statistics out (before each checkpoint)
     extra_flops: float = 0.0  # FLOPs spent in runs this one builds on (pre-training)
     spent_flops: float = 0.0  # FLOPs of every training phase this run ran itself
     init_state: dict | None = None  # G and D as first built (GAN Tickets rewinds to it)
@@ -133,12 +134,16 @@ class RunContext:
         suffix = f"-rank{rank}" if world > 1 else ""
         ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self.phases}{suffix}.pt", self.config)
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
-            done = ckpt.restore(state, batcher, noise, hooks)
-            log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self.phases, label,
-                        state.step)
-            if done:
-                self.spent_flops += state.flops
-                return
+            try:
+                done = ckpt.restore(state, batcher, noise, hooks)
+            except CheckpointError as exc:  # checked before loading: the live state is still fresh
+                ckpt.set_aside(str(exc).split(";")[0])
+            else:
+                log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self.phases,
+                            label, state.step)
+                if done:
+                    self.spent_flops += state.flops
+                    return
 
         def cost() -> float:
             g = state.g_masks.layer_density() if state.g_masks else None
@@ -152,6 +157,8 @@ class RunContext:
             self.progress_phase(steps, state.step, label)
 
         def save(done: bool = False) -> None:
+            if self.flush_fn is not None:  # the curve up to here is stored before the checkpoint exists
+                self.flush_fn()
             ckpt.save(state, batcher, noise, hooks, label, done)
 
         try:
