@@ -321,6 +321,8 @@ class Runner:
         res["eval_weights"] = ctx.info.pop("eval_weights", "ema" if st.ema is not None else "raw")
         res["extractor"] = config.train.extractor
         res["extractor_accuracy"] = ev.extractor_accuracy
+        res["data_hash"] = ev.data_hash
+        res["extractor_hash"] = ev.extractor_hash
         res["eval_samples"] = spec.eval_samples
         res.update(ctx.info)
         atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage

@@ -39,7 +39,8 @@ RESULT_COLUMNS = [
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "reached_sg",
     "rounds", "pruned_from", "scope", "eval_weights", "extractor", "extractor_accuracy",
-    "eval_samples", "steps", "diverged_step", "interrupted_step", "variant", "threads", "error",
+    "data_hash", "extractor_hash", "eval_samples", "steps", "diverged_step", "interrupted_step", "variant",
+    "threads", "error",
 ]
 INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
 

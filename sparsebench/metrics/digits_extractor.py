@@ -1,8 +1,9 @@
 """An offline feature extractor for the embedded digits data, registered in torch-fidelity.
 
 A small CNN classifier trained deterministically on the digits train split. Its penultimate
-layer ('128') serves FID / KID / precision-recall, its logits IS. Weights are cached on disk under
-a name that hashes the extractor's config, and its held-out accuracy travels with every result.
+layer ('128') serves FID / KID / precision-recall, its logits IS. Weights are cached on disk (.npz,
+no pickle) under a name that hashes the extractor's config and the data it was trained on, and its
+held-out accuracy travels with every result.
 Inception features mean nothing on 16x16 digits; this extractor is the honest stand-in.
 """
 
@@ -12,9 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sparsebench.metrics.cache import load_arrays, save_arrays
 
 NAME = "sparsebench-digits"
 FEATURES = ("128", "logits_unbiased")
@@ -41,17 +45,31 @@ class DigitsNet(nn.Module):
         return feat, self.out(feat)
 
 
-def weights_path(cache_dir: Path) -> Path:
+def weights_path(cache_dir: Path, data_key: str) -> Path:
+    """Where the classifier trained with CONFIG on the data hashed `data_key` is cached."""
     key = hashlib.sha256(json.dumps(CONFIG, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / "extractors" / f"{NAME}-{key}.pt"
+    return Path(cache_dir) / "extractors" / f"{NAME}-{key}-data-{data_key}.npz"
 
 
-def ensure_weights(cache_dir: Path, train, heldout) -> tuple[Path, float]:
-    """Train (once) and cache the classifier; returns its weights path and held-out accuracy."""
-    path = weights_path(cache_dir)
-    if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return path, float(blob["accuracy"])
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], float] | None:
+    """The cached state dict and held-out accuracy, or None when the file is missing or unusable."""
+    arrays = load_arrays(path)
+    if arrays is None or arrays.get("accuracy", np.empty(0)).shape != () or arrays["accuracy"].dtype.kind != "f":
+        return None
+    with torch.device("meta"):  # shapes and dtypes only, without touching the global RNG
+        expected = DigitsNet(CONFIG["resolution"]).state_dict()
+    state = {k: torch.from_numpy(arrays.get(f"state.{k}", np.empty(0))) for k in expected}
+    if any(state[k].shape != v.shape or state[k].dtype != v.dtype for k, v in expected.items()):
+        return None
+    return state, float(arrays["accuracy"])
+
+
+def ensure_weights(cache_dir: Path, train, heldout, data_key: str) -> tuple[Path, float]:
+    """Train (once per data set) and cache the classifier; returns its weights path and held-out accuracy."""
+    path = weights_path(cache_dir, data_key)
+    cached = load_weights(path)
+    if cached is not None:
+        return path, cached[1]
     g = torch.Generator().manual_seed(CONFIG["seed"])
     torch.manual_seed(CONFIG["seed"])
     net = DigitsNet(CONFIG["resolution"])
@@ -72,10 +90,8 @@ def ensure_weights(cache_dir: Path, train, heldout) -> tuple[Path, float]:
     with torch.no_grad():
         pred = net.features(heldout.images)[1].argmax(1)
     accuracy = float((pred == heldout.labels).float().mean())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": net.state_dict(), "accuracy": accuracy, "config": CONFIG}, tmp)
-    tmp.replace(path)
+    state = {f"state.{k}": v.numpy() for k, v in net.state_dict().items()}
+    save_arrays(path, {**state, "accuracy": np.array(accuracy)})
     return path, accuracy
 
 
@@ -87,9 +103,11 @@ def _fidelity_extractor_class():
             super().__init__(name, features_list)
             if feature_extractor_weights_path is None:
                 raise ValueError(f"{NAME} needs feature_extractor_weights_path")
-            blob = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-            self.net = DigitsNet(blob["config"]["resolution"])
-            self.net.load_state_dict(blob["state_dict"])
+            cached = load_weights(feature_extractor_weights_path)
+            if cached is None:
+                raise ValueError(f"{NAME}: {feature_extractor_weights_path} holds no usable weights")
+            self.net = DigitsNet(CONFIG["resolution"])
+            self.net.load_state_dict(cached[0])
 
         def forward(self, x):
             feat, logits = self.net.features(x)

@@ -1,4 +1,4 @@
-"""Sampling a generator and computing metrics with torch-fidelity.
+"""Sampling a generator and computing metrics with torch-fidelity's feature extractors and metric functions.
 
 Class-conditional generators are sampled through our own loop (uniform labels), not through
 torch-fidelity's module wrapper, whose num_classes > 0 path fails on current NumPy. Samples are
@@ -7,20 +7,22 @@ converted to uint8 as the references do: x * 127.5 + 127.5, clamped.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, ImageData
+from sparsebench.api import DataSplits
 from sparsebench.metrics import digits_extractor
+from sparsebench.metrics.cache import content_hash, data_hash, load_arrays, save_arrays, write_atomic
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+METRICS = ("isc", "fid", "kid", "prc")
 
 
 class UInt8Images(torch.utils.data.Dataset):
@@ -53,21 +55,13 @@ def sample(G: nn.Module, n: int, z_dim: int, num_classes: int, device, seed: int
     return torch.cat(out)
 
 
-def inception_weights(path: str | None) -> str | None:
-    """The Inception weights to use: `path`, or torch.hub's cached copy, or None to download."""
-    if path:
-        if not os.path.isfile(path):
-            raise SparsebenchError(f"--inception-weights {path}: no such file")
-        return path
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    return str(hub) if hub.is_file() else None
-
-
 class Evaluator:
     """Metrics of generated samples against one data set's train split, with one extractor.
 
-    torch-fidelity is called once per sample set for all requested metrics; reference features
-    are cached under `cache_dir`.
+    torch-fidelity extracts the features and does the metric math, all in this process: its own
+    file cache (which unpickles whatever it finds) stays off. The train split's features are cached
+    here as .npz named by the data's and the extractor weights' content hashes, which every result
+    records (`data_hash`, `extractor_hash`).
     """
 
     def __init__(self, data: DataSplits, dataset: str, extractor: str, cache_dir: Path, device: torch.device,
@@ -77,8 +71,14 @@ class Evaluator:
         self.extractor = extractor
         self.cache_dir = Path(cache_dir)
         self.device = device
+        self.data_hash = data_hash(data)
+        self.extractor_hash: str | None = None  # known once the extractor is built
         self.extractor_accuracy: float | None = None
-        self.weights_path: str | None = None
+        self.inception_path = inception_path
+        self._digits_weights: str | None = None
+        self._extractor = None
+        self._reference_features: dict[str, torch.Tensor] | None = None
+        self._reference_stats: dict[str, dict] = {}
         if extractor == digits_extractor.NAME:
             if data.heldout is None or data.train.num_classes != 10:
                 raise SparsebenchError(
@@ -86,56 +86,142 @@ class Evaluator:
                     f"use --preset paper (Inception features) for {dataset}"
                 )
             digits_extractor.register()
-            path, acc = digits_extractor.ensure_weights(self.cache_dir, data.train, data.heldout)
-            self.weights_path, self.extractor_accuracy = str(path), acc
+            path, acc = digits_extractor.ensure_weights(self.cache_dir, data.train, data.heldout, self.data_hash)
+            self._digits_weights, self.extractor_accuracy = str(path), acc
+            self.feature_extractor()
         elif extractor == INCEPTION:
-            self.weights_path = inception_weights(inception_path)
+            if inception_path:
+                if not os.path.isfile(inception_path):
+                    raise SparsebenchError(f"--inception-weights {inception_path}: no such file")
+                self.feature_extractor()  # a wrong file fails here, before any training
         else:
             raise SparsebenchError(f"unknown feature extractor {extractor!r}; known: {digits_extractor.NAME}, {INCEPTION}")
 
-    def _reference_name(self) -> str:
-        res = self.data.train.images.shape[-1]
-        return f"sb-{self.dataset}-{res}-train-{len(self.data.train)}"
+    # -- the feature extractor --------------------------------------------------------------------
+    def feature_extractor(self):
+        """torch-fidelity's feature extractor, built once with every layer a metric uses; sets `extractor_hash`."""
+        if self._extractor is None:
+            from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+            from torch_fidelity.utils import create_feature_extractor
 
-    def compute(self, images: torch.Tensor, flags: set[str], reference: ImageData | None = None) -> dict[str, float]:
-        """torch-fidelity metrics (`flags` among isc, fid, kid, prc) of `images` vs the train split."""
-        import torch_fidelity
+            cls = FEATURE_EXTRACTORS_REGISTRY[self.extractor]
+            layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in METRICS})
+            weights = self._digits_weights if self.extractor == digits_extractor.NAME else self._inception_weights()
+            try:
+                fe = create_feature_extractor(self.extractor, layers, cuda=self.device.type == "cuda", verbose=False,
+                                              feature_extractor_weights_path=weights)
+            except RuntimeError:  # load_state_dict: missing or mismatched parameters
+                if self.extractor != INCEPTION:
+                    raise
+                raise SparsebenchError(self._not_inception("parameters do not fit Inception v3")) from None
+            self.extractor_hash = content_hash(fe.state_dict().items())
+            self._extractor = fe
+        return self._extractor
 
-        kwargs: dict[str, Any] = dict(
-            input1=UInt8Images(images), cuda=self.device.type == "cuda", verbose=False,
-            feature_extractor=self.extractor, feature_extractor_weights_path=self.weights_path,
-            cache_root=str(self.cache_dir / "fidelity"), batch_size=100, save_cpu_ram=True,
-            isc="isc" in flags, fid="fid" in flags, kid="kid" in flags, prc="prc" in flags,
-            kid_subset_size=min(1000, len(images), len(self.data.train)),
-        )
-        if flags & {"fid", "kid", "prc"}:
-            kwargs["input2"] = UInt8Images((reference or self.data.train).images)
-            if reference is None:
-                kwargs["input2_cache_name"] = self._reference_name()
-        try:
-            return torch_fidelity.calculate_metrics(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - torch-fidelity raises plain exceptions for a missing download
-            if self.extractor == INCEPTION and self.weights_path is None:
-                hub = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    def _inception_weights(self) -> io.BytesIO:
+        """The Inception state dict, loaded with weights_only=True (a pickled object is refused, never run) and
+        handed to torch-fidelity in memory, so its own unrestricted torch.load only sees what we wrote."""
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        source = self.inception_path or (str(hub) if hub.is_file() else None)
+        if source is None:
+            try:
+                state = torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", progress=False,
+                                                           weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError... when offline
                 raise SparsebenchError(
                     f"Inception weights could not be downloaded ({type(exc).__name__}); put {INCEPTION_FILE} at "
                     f"{hub} or pass --inception-weights PATH"
                 ) from None
-            raise
+        else:
+            try:
+                state = torch.load(source, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError... for a foreign file
+                raise SparsebenchError(self._not_inception("not a weights file of plain tensors")) from None
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise SparsebenchError(self._not_inception("not a state dict of tensors"))
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        buf.seek(0)
+        return buf
+
+    def _not_inception(self, why: str) -> str:
+        if self.inception_path:
+            where = f"--inception-weights {self.inception_path}"
+            fix = f"expected {INCEPTION_FILE}, the PyTorch state dict of torch-fidelity's TF-compatible Inception v3"
+        else:
+            where = str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE)
+            fix = "delete it to download it again, or pass --inception-weights PATH"
+        return f"{where}: unusable Inception weights ({why}); {fix}"
+
+    # -- features and metrics -------------------------------------------------------------------
+    def _features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        return get_featuresdict_from_dataset(UInt8Images(images), self.feature_extractor(), batch_size=100,
+                                             cuda=self.device.type == "cuda", save_cpu_ram=True, verbose=False)
+
+    def _cache_name(self) -> str:
+        self.feature_extractor()
+        return f"{self.dataset}-data-{self.data_hash}-{self.extractor}-{self.extractor_hash}"
+
+    def reference(self) -> dict[str, torch.Tensor]:
+        """The train split's features for FID / KID / PRC: once per process, cached on disk by content hash."""
+        if self._reference_features is None:
+            fe = self.feature_extractor()
+            layers = sorted({fe.get_default_feature_layer_for_metric(m) for m in ("fid", "kid", "prc")})
+            path = self.cache_dir / "references" / f"{self._cache_name()}.npz"
+            arrays = load_arrays(path) or {}
+            n = len(self.data.train)
+            if all(k in arrays and arrays[k].ndim == 2 and arrays[k].shape[0] == n and arrays[k].dtype.kind == "f"
+                   for k in layers):
+                self._reference_features = {k: torch.from_numpy(arrays[k]) for k in layers}
+            else:
+                features = self._features(self.data.train.images)
+                self._reference_features = {k: features[k] for k in layers}
+                save_arrays(path, {k: v.numpy() for k, v in self._reference_features.items()})
+        return self._reference_features
+
+    def compute(self, images: torch.Tensor, flags: set[str]) -> dict[str, float]:
+        """torch-fidelity metrics (`flags` among isc, fid, kid, prc) of `images` vs the train split."""
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+        from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+        from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+
+        fe = self.feature_extractor()
+        layer = {m: fe.get_default_feature_layer_for_metric(m) for m in METRICS}
+        features = self._features(images)
+        values: dict[str, float] = {}
+        if "isc" in flags:
+            values.update(isc_featuresdict_to_metric(features, layer["isc"], verbose=False))
+        if "fid" in flags:
+            if layer["fid"] not in self._reference_stats:
+                self._reference_stats[layer["fid"]] = fid_features_to_statistics(self.reference()[layer["fid"]])
+            stats = fid_features_to_statistics(features[layer["fid"]])
+            values.update(fid_statistics_to_metric(stats, self._reference_stats[layer["fid"]], verbose=False))
+        if "kid" in flags:
+            values.update(kid_featuresdict_to_metric(features, self.reference(), layer["kid"], verbose=False,
+                                                     kid_subset_size=min(1000, len(images), len(self.data.train))))
+        if "prc" in flags:
+            values.update(prc_featuresdict_to_metric(features, self.reference(), layer["prc"], verbose=False,
+                                                     save_cpu_ram=True))
+        return values
 
     def floor(self, flags: set[str]) -> dict[str, float]:
         """The metrics between the held-out and the train split of real data (cached)."""
         if self.data.heldout is None:
             return {}
-        key = f"{self._reference_name()}-{self.extractor}-floor.json"
-        path = self.cache_dir / "floors" / key
-        if path.exists():
+        path = self.cache_dir / "floors" / f"{self._cache_name()}-floor.json"
+        try:
             cached = json.loads(path.read_text())
-            if flags <= set(cached["flags"]):
+            if flags <= set(cached["flags"]) and all(isinstance(v, float) for v in cached["values"].values()):
                 return cached["values"]
-        values = self.compute(self.data.heldout.images, flags & {"fid", "kid", "prc", "isc"})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"flags": sorted(flags), "values": values}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or not ours: recompute
+            pass
+        values = self.compute(self.data.heldout.images, flags & set(METRICS))
+        write_atomic(path, json.dumps({"flags": sorted(flags), "values": values}).encode())
         return values
 
 
