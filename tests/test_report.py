@@ -145,7 +145,8 @@ def test_table1_bolds_only_a_best_cell_whose_interval_excludes_zero(tmp_path, pl
     assert not stu[overlap].bold and stu[overlap].value == min(c.value for c in [r[overlap] for r in rows.values()]
                                                               if c.value is not None)
     assert not any(cells[overlap].bold for cells in rows.values())
-    assert "n=1, no interval" in rows["GAN Tickets"][win].text and "Δ vs Dense GAN -11.50" in rows["GAN Tickets"][win].text
+    tickets = rows["GAN Tickets"][win].text
+    assert "n=1, no interval" in tickets and "Δ vs Dense GAN -11.50" in tickets
     assert "Δ" not in rows["Dense GAN"][win].text  # the reference itself has no difference
     assert "**" in markdown(table) and r"\textbf" in latex(table, "quality") and r"$\Delta$" in latex(table, "quality")
 
