@@ -247,6 +247,11 @@ def _summary(outcomes) -> None:
                      _fmt(r.get("wall_s"), ".1f")])
     click.echo(tabulate(rows, headers=["method", "sG", "sD", "seed", "status", "FID", "IS", "density G",
                                        "train FLOPs", "test FLOPs", "wall s"]))
+    quick = sorted({o.config.train.steps for o in outcomes if o.config.preset == "quick"})
+    if quick:
+        click.echo(f"quick preset: a smoke test of the pipeline ({', '.join(map(str, quick))} G steps); "
+                   "its numbers are not converged and compare no methods. For comparisons use --preset paper "
+                   "with several --seeds.")
 
 
 @cli.command("list")
@@ -280,7 +285,11 @@ def show(run_id, store_path):
 @click.option("--format", "fmt", default="csv", show_default=True, help="csv or json")
 @store_option
 def results(fmt, store_path):
-    """Dump the flat results table, one row per run."""
+    """Dump the flat results table, one row per run.
+
+    JSON is an object: "runs" (one record per run) and "cells" (one per Table 1 cell: FID / IS over the
+    seeds done and the FID difference to the reference method with its 95 % Welch interval).
+    """
     import pandas as pd
 
     from sparsebench.store import EXTRA_COLUMNS, INT_COLUMNS, RESULT_COLUMNS
@@ -293,8 +302,11 @@ def results(fmt, store_path):
         df[col] = df[col].astype("Int64")
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
-    else:
-        click.echo(df.to_json(orient="records", indent=2))
+        return
+    from sparsebench.report.tables import cell_aggregates
+
+    cells = cell_aggregates(df) if not df.empty else []
+    click.echo(json.dumps({"runs": json.loads(df.to_json(orient="records")), "cells": cells}, indent=2))
 
 
 def main():
@@ -338,6 +350,13 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt):
         click.echo()
 
 
+convention_option = click.option(
+    "--convention", default="fvcore", show_default=True,
+    help="FLOP convention: fvcore (1 per multiply-add, D counted at its density) or paper (the paper's Table 2: "
+         "2 per multiply-add, a sparse G beside a dense D scaled by G's density alone)",
+)
+
+
 @cli.command()
 @click.option("--arch", required=True, help="architecture")
 @click.option("--preset", default="paper", show_default=True, help="quick or paper")
@@ -348,20 +367,27 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt):
 @click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
 @click.option("--steps", type=str, default=None, help="G steps (default: the preset's)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or csv")
-def flops(arch, preset, methods, sg, sd, scope, steps, fmt):
+@click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE",
+              help="a plugin option, e.g. gan-tickets.rounds=9 (repeatable)")
+@convention_option
+def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention):
     """The training / testing FLOP table of a grid, computed without training."""
     import pandas as pd
 
     from sparsebench.config import GridRequest, expand_grid
     from sparsebench.describe import cost_table
+    from sparsebench.flop_conventions import CONVENTION_NOTES, check_convention
+    from sparsebench.options import parse_option_strings
 
     if fmt not in ("text", "csv"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")
+    check_convention(convention)
     plugins = _plugins()
     req = GridRequest(methods=expand_methods(methods, plugins.methods.names()), arch=arch,
                       sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=[0], preset=preset,
-                      steps=_ints(steps, "--steps")[0] if steps else None, scope=scope)
-    df = pd.DataFrame(cost_table(plugins, expand_grid(req, plugins)))
+                      steps=_ints(steps, "--steps")[0] if steps else None, scope=scope,
+                      options=parse_option_strings(options))
+    df = pd.DataFrame(cost_table(plugins, expand_grid(req, plugins), convention))
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
@@ -370,7 +396,10 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt):
     rows = [[r.method, r.arch, f"{r.sg:g}", f"{r.sd:g}", f"{r.train_flops:.3e}", f"{r.test_flops:.3e}",
              f"{r.train_rel:.2f}x", f"{r.test_rel:.2f}x"] for r in df.itertuples()]
     click.echo(tabulate(rows, headers=["method", "arch", "sg", "sd", "train_flops", "test_flops", "train_rel", "test_rel"]))
-    click.echo("FLOPs as fvcore counts them: one fused multiply-add = 1; backward = 2 x forward.")
+    click.echo(CONVENTION_NOTES[convention].replace("×", "x") if convention == "fvcore" else
+               "FLOPs in the paper's convention: 2 FLOPs per multiply-add; a phase that trains a sparse G beside a "
+               "dense D costs a dense step times G's FLOP density (the dense D's share left out); backward = 2 x "
+               "forward. The default (--convention fvcore) counts 1 per multiply-add and D as dense.")
 
 
 @cli.command()
@@ -381,14 +410,18 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt):
 @click.option("--method", default=None, help="only these methods (comma-separated)")
 @click.option("--preset", default=None, help="only this preset")
 @click.option("--no-samples", is_flag=True, help="skip the per-run sample grids")
+@convention_option
 @store_option
-def report(fmt, out, name, arch, method, preset, no_samples, store_path):
+def report(fmt, out, name, arch, method, preset, no_samples, convention, store_path):
     """Turn the results store into the paper's tables (Markdown, LaTeX), plots and sample grids."""
     from pathlib import Path
 
+    from sparsebench.flop_conventions import check_convention
     from sparsebench.report.build import build_report, default_command
 
+    check_convention(convention)
     store = _store(store_path)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
-    written = build_report(store, target, fmt, arch, method, preset, samples=not no_samples, command=default_command())
+    written = build_report(store, target, fmt, arch, method, preset, samples=not no_samples,
+                           command=default_command(), convention=convention)
     click.echo(f"report: {target / 'index.md'} ({len(written)} files)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sparsebench.api import FlopPlan
 from sparsebench.config import RunConfig
+from sparsebench.flop_conventions import PAPER_FLOPS_PER_FMA
 from sparsebench.flops import count_gan
 from sparsebench.sparse.distributions import layer_densities
 from sparsebench.sparse.scope import scope_parameters
@@ -49,8 +50,9 @@ def _shapes(G, D, scope: str) -> tuple[dict, dict]:
     return tuple({n: tuple(p.shape) for n, p in scope_parameters(m, scope).items()} for m in (G, D))
 
 
-def cost_table(plugins, configs: list[RunConfig]) -> list[dict]:
-    """Training and testing FLOPs of each config from its method's phases, without training."""
+def cost_table(plugins, configs: list[RunConfig], convention: str = "fvcore") -> list[dict]:
+    """Training and testing FLOPs of each config from its method's phases, without training, in `convention`."""
+    scale = PAPER_FLOPS_PER_FMA if convention == "paper" else 1.0
     rows = []
     cache: dict = {}
     for cfg in configs:
@@ -65,9 +67,10 @@ def cost_table(plugins, configs: list[RunConfig]) -> list[dict]:
             G, D = _build(plugins, cfg.arch, cfg.train, method.width)
             gan, shapes = count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope)
         phases = method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1]))
-        train = sum(ph.steps * gan.step(ph.g_density, ph.d_density) for ph in phases)
+        train = sum(ph.steps * gan.phase_step(ph.g_density, ph.d_density, convention) for ph in phases)
         test = gan.test(phases[-1].g_density)
         dense_train = cfg.train.steps * dense.step()
-        rows.append({"method": cfg.method, "arch": cfg.arch, "sg": cfg.sg, "sd": cfg.sd, "train_flops": train,
-                     "test_flops": test, "train_rel": train / dense_train, "test_rel": test / dense.test()})
+        rows.append({"method": cfg.method, "arch": cfg.arch, "sg": cfg.sg, "sd": cfg.sd,
+                     "train_flops": scale * train, "test_flops": scale * test,
+                     "train_rel": train / dense_train, "test_rel": test / dense.test()})
     return rows

@@ -87,6 +87,16 @@ class GANFlops:
         g_step = self.g_batch_size * fb * (gf + df)
         return d_steps + g_step
 
+    def phase_step(self, g_density: dict | None, d_density: dict | None, convention: str = "fvcore") -> float:
+        """FLOPs of one step of a training phase at these densities, in `convention` (sparsebench.flop_conventions).
+
+        The paper's convention costs a phase with a sparse G beside a dense D as a dense step times G's FLOP
+        density; both conventions differ further only by the factor of 2 per multiply-add, applied by the caller.
+        """
+        if convention == "paper" and g_density is not None and d_density is None:
+            return self.step() * self.g.forward(g_density) / self.g.total
+        return self.step(g_density, d_density)
+
     def test(self, g_density: dict | None = None) -> float:
         """FLOPs of one generator forward for one image."""
         return self.g.forward(g_density)

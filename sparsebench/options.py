@@ -23,6 +23,7 @@ class Option:
     default: Any
     help: str
     choices: tuple | None = None
+    minimum: float | None = None  # smallest allowed value of a numeric option
 
     def __post_init__(self):
         if self.type not in _TYPES:
@@ -58,6 +59,8 @@ class Option:
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(map(str, self.choices))
             raise SparsebenchError(f"{owner}: option {self.name!r} must be one of {allowed}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise SparsebenchError(f"{owner}: option {self.name!r} must be >= {self.minimum:g}, got {value!r}")
         return value
 
 

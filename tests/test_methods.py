@@ -93,6 +93,16 @@ def test_pf_names_the_dense_run_and_never_retrains_it(grid):
     assert "[1/2] pf-global" in again.stderr and "dense" not in again.stderr.split("[1/2]")[1].split("\n")[0]
 
 
+def test_gan_tickets_runs_the_rounds_asked_for(tmp_path):
+    store = tmp_path / "results.db"
+    run_cli("run", "--methods", "gan-tickets", "--arch", "sngan", "--sg", "0.9", "--steps", "4", "--no-progress",
+            "-o", "gan-tickets.rounds=2", "--store", str(store), check=True)
+    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    tickets = next(r for r in rows if r["method"] == "gan-tickets")
+    assert tickets["status"] == "done" and int(float(tickets["rounds"])) == 2  # not the 10 that s_G = 0.9 implies
+    assert f(tickets, "density_g") == pytest.approx(0.8**2, abs=1e-4)
+
+
 def test_diverged_run_is_stored_and_the_grid_goes_on(tmp_path):
     from sparsebench.api import Method
     from sparsebench.train.loop import Hooks

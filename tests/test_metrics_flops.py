@@ -122,3 +122,60 @@ def test_inception_offline_without_weights_is_one_clear_error(tmp_path, plugins,
     assert "\n" not in message
     with pytest.raises(SparsebenchError, match="no such file"):
         Evaluator(data, "digits", "inception-v3-compat", tmp_path, torch.device("cpu"), str(tmp_path / "missing.pt"))
+
+
+# The paper's Table 2 (stu-gan-paper.md, "Table 2: Training and testing FLOPs of sparse BigGAN and SNGAN on
+# CIFAR-10"), normalised to the dense GAN: (method, s_G, s_D) -> (training x, testing x), same for both archs
+# except where noted. GAN Tickets at "90 %" is the paper's nominal 90 % ticket.
+PAPER_TABLE_2 = {
+    "sngan": {
+        ("pf-global", 0.95, 0.0): (1.06, 0.05), ("pf-global", 0.9, 0.0): (1.11, 0.10),
+        ("pf-global", 0.8, 0.0): (1.21, 0.20),
+        ("pf-uniform", 0.95, 0.0): (1.05, 0.05), ("pf-uniform", 0.9, 0.0): (1.10, 0.10),
+        ("pf-uniform", 0.8, 0.0): (1.20, 0.20),
+        ("gan-tickets", 0.9, 0.0): (4.57, 0.13), ("gan-tickets", 0.8, 0.0): (4.16, 0.21),
+        ("static", 0.95, 0.5): (0.23, 0.05), ("static", 0.9, 0.5): (0.26, 0.10), ("static", 0.8, 0.5): (0.32, 0.20),
+        ("static", 0.95, 0.7): (0.16, 0.05), ("static", 0.9, 0.7): (0.19, 0.10), ("static", 0.8, 0.7): (0.25, 0.20),
+        ("stugan", 0.95, 0.5): (0.23, 0.05), ("stugan", 0.9, 0.5): (0.26, 0.10), ("stugan", 0.8, 0.5): (0.32, 0.20),
+        ("stugan", 0.95, 0.7): (0.16, 0.05), ("stugan", 0.9, 0.7): (0.19, 0.10), ("stugan", 0.8, 0.7): (0.25, 0.20),
+    },
+    "biggan": {
+        ("pf-global", 0.95, 0.0): (1.05, 0.05), ("pf-global", 0.9, 0.0): (1.10, 0.10),
+        ("pf-global", 0.8, 0.0): (1.20, 0.20),
+        ("pf-uniform", 0.95, 0.0): (1.05, 0.05), ("pf-uniform", 0.9, 0.0): (1.10, 0.10),
+        ("pf-uniform", 0.8, 0.0): (1.20, 0.20),
+        ("gan-tickets", 0.9, 0.0): (4.57, 0.13), ("gan-tickets", 0.8, 0.0): (4.17, 0.21),
+        ("static", 0.95, 0.5): (0.37, 0.05), ("static", 0.9, 0.5): (0.39, 0.10), ("static", 0.8, 0.5): (0.41, 0.20),
+        ("static", 0.95, 0.7): (0.23, 0.05), ("static", 0.9, 0.7): (0.25, 0.10), ("static", 0.8, 0.7): (0.27, 0.20),
+        ("stugan", 0.95, 0.5): (0.37, 0.05), ("stugan", 0.9, 0.5): (0.39, 0.10), ("stugan", 0.8, 0.5): (0.41, 0.20),
+        ("stugan", 0.95, 0.7): (0.23, 0.05), ("stugan", 0.9, 0.7): (0.25, 0.10), ("stugan", 0.8, 0.7): (0.27, 0.20),
+    },
+}
+
+
+def _flops_csv(*args: str) -> dict:
+    out = run_cli("flops", "--preset", "paper", "--format", "csv", *args, check=True).stdout
+    return {(r["method"], float(r["sg"]), float(r["sd"])): r for r in csv.DictReader(io.StringIO(out))}
+
+
+@pytest.mark.parametrize("arch", ["sngan", "biggan"])
+def test_paper_convention_reproduces_the_papers_table_2(arch):
+    ours = _flops_csv("--arch", arch, "--convention", "paper")
+    fvcore = _flops_csv("--arch", arch)
+    for key, (train, test) in PAPER_TABLE_2[arch].items():
+        assert float(ours[key]["train_rel"]) == pytest.approx(train, abs=0.03), key
+        assert float(ours[key]["test_rel"]) == pytest.approx(test, abs=0.03), key
+    dense = ("dense", 0.0, 0.0)
+    assert float(ours[dense]["test_flops"]) == pytest.approx(2 * float(fvcore[dense]["test_flops"]))
+    # counting the dense D of a fine-tuning phase (fvcore) costs far more than G's density alone
+    assert float(fvcore[("pf-global", 0.9, 0.0)]["train_rel"]) > float(ours[("pf-global", 0.9, 0.0)]["train_rel"]) + 0.2
+
+
+def test_gan_tickets_rounds_option_sets_the_counted_rounds():
+    nine = _flops_csv("--arch", "sngan", "--methods", "gan-tickets", "--sg", "0.9", "--convention", "paper",
+                      "-o", "gan-tickets.rounds=9")[("gan-tickets", 0.9, 0.0)]
+    assert float(nine["test_rel"]) == pytest.approx(0.8**9, abs=0.005)  # the paper's 87 % ticket
+    assert float(nine["train_rel"]) == pytest.approx(sum(0.8**k for k in range(10)), abs=0.02)
+    bad = run_cli("flops", "--arch", "sngan", "--methods", "gan-tickets", "-o", "gan-tickets.rounds=-1")
+    assert bad.returncode != 0
+    assert bad.stderr.strip() == "Error: gan-tickets: option 'rounds' must be >= 0, got -1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -9,7 +10,9 @@ import pytest
 
 from conftest import run_cli
 from sparsebench.config import GridRequest, expand_grid
-from sparsebench.report.render import latex_escape
+from sparsebench.report.build import _frame
+from sparsebench.report.render import latex, latex_escape, markdown
+from sparsebench.report.tables import quality_table, welch_interval
 from sparsebench.store import Store
 
 
@@ -96,3 +99,92 @@ def test_report_of_real_runs_has_sample_grids(tmp_path):
     assert len(list((out / "samples").glob("*.png"))) == 8
     t1 = (out / "table1.md").read_text()
     assert "STU-GAN" in t1 and "Static Sparse GAN" in t1 and "n=2" in t1
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    # a = 1, 2, 3 (var 1), b = 4, 5, 6, 7 (var 5/3): se^2 = 1/3 + 5/12 = 0.75, Welch-Satterthwaite
+    # df = 0.75^2 / ((1/3)^2 / 2 + (5/12)^2 / 3) = 4.9592, t(0.975, 4.9592) = 2.57696, half-width 2.23172
+    diff, low, high = welch_interval([1, 2, 3], [4, 5, 6, 7])
+    assert diff == pytest.approx(-3.5)
+    assert low == pytest.approx(-5.73171, abs=1e-4) and high == pytest.approx(-1.26829, abs=1e-4)
+    assert welch_interval([1.0], [4, 5, 6]) is None  # one seed: no interval
+    assert welch_interval([2, 2], [3, 3]) == (-1.0, -1.0, -1.0)  # no spread anywhere: the difference is exact
+
+
+# FIDs per (method, s_G) over seeds 0, 1, 2; gan-tickets has one seed only.
+FIDS = {
+    ("dense", 0.0): [35.0, 35.5, 36.0],
+    ("static", 0.9): [30.0, 30.5, 31.0], ("stugan", 0.9): [20.0, 20.5, 21.0],  # STU-GAN clearly better
+    ("static", 0.8): [22.0, 31.0, 39.0], ("stugan", 0.8): [20.0, 30.0, 40.0],  # best, but samples overlap
+    ("gan-tickets", 0.9): [24.0],
+}
+
+
+def significance_store(path, plugins) -> Store:
+    """A store whose FIDs are chosen: one clear win, one overlap, one single-seed cell (real Store API)."""
+    store = Store(path)
+    req = GridRequest(methods=["dense", "static", "stugan", "gan-tickets"], arch="sngan", sg=[0.9, 0.8], sd=[0.5],
+                      seeds=[0, 1, 2])
+    for cfg in expand_grid(req, plugins):
+        fids = FIDS.get((cfg.method, cfg.sg), [])
+        if cfg.seed < len(fids):
+            store.start_run(cfg, {})
+            store.finish_run(cfg.run_id, "done", {"fid": fids[cfg.seed], "is_mean": 5.0, "train_flops": 1.0,
+                                                  "test_flops": 1.0, "train_flops_rel": 1.0, "test_flops_rel": 1.0,
+                                                  "variant": ""}, 1.0)
+    return store
+
+
+def test_table1_bolds_only_a_best_cell_whose_interval_excludes_zero(tmp_path, plugins):
+    store = significance_store(tmp_path / "r.db", plugins)
+    table = quality_table(_frame(store, None, None, None))
+    rows = {names[0]: cells for names, cells in table.rows}
+    columns = [label for _, label in table.columns]
+    win, overlap = columns.index("s_G = 90%"), columns.index("s_G = 80%")
+    stu = rows["STU-GAN"]
+    assert stu[win].bold and "Δ vs Static Sparse GAN -10.00 [" in stu[win].text
+    assert not stu[overlap].bold and stu[overlap].value == min(c.value for c in [r[overlap] for r in rows.values()]
+                                                              if c.value is not None)
+    assert not any(cells[overlap].bold for cells in rows.values())
+    tickets = rows["GAN Tickets"][win].text
+    assert "n=1, no interval" in tickets and "Δ vs Dense GAN -11.50" in tickets
+    assert "Δ" not in rows["Dense GAN"][win].text  # the reference itself has no difference
+    assert "**" in markdown(table) and r"\textbf" in latex(table, "quality") and r"$\Delta$" in latex(table, "quality")
+
+
+def test_results_json_has_runs_and_the_table_cells(tmp_path, plugins):
+    significance_store(tmp_path / "r.db", plugins)
+    out = json.loads(run_cli("results", "--store", str(tmp_path / "r.db"), "--format", "json", check=True).stdout)
+    assert len(out["runs"]) == sum(len(v) for v in FIDS.values())
+    cells = {(c["method"], c["sg"]): c for c in out["cells"]}
+    win = cells[("stugan", 0.9)]
+    assert win["n"] == 3 and win["reference"] == "static" and win["n_reference"] == 3
+    assert win["fid_mean"] == pytest.approx(20.5) and win["diff"] == pytest.approx(-10.0)
+    assert win["ci_high"] < 0 < win["ci_low"] + 20
+    expected = welch_interval(FIDS[("stugan", 0.9)], FIDS[("static", 0.9)])
+    assert (win["diff"], win["ci_low"], win["ci_high"]) == pytest.approx(expected)
+    assert cells[("stugan", 0.8)]["ci_low"] < 0 < cells[("stugan", 0.8)]["ci_high"]
+    single = cells[("gan-tickets", 0.9)]
+    assert single["reference"] == "dense" and single["diff"] == pytest.approx(-11.5) and single["ci_low"] is None
+    dense = cells[("dense", 0.0)]
+    assert dense["reference"] is None and dense["diff"] is None and dense["fid_std"] == pytest.approx(0.5)
+
+
+def test_report_states_its_flop_convention(tmp_path, plugins):
+    fake_store(tmp_path / "r.db", plugins, methods=("static", "dense", "pf-global"))
+    for convention in ("fvcore", "paper"):
+        out = tmp_path / convention
+        run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--no-samples",
+                "--convention", convention, check=True)
+        t2 = (out / "table2.md").read_text()
+        assert "dense D" in t2  # one footnote says how the other convention differs
+        pf_row = next(line for line in t2.splitlines() if line.startswith("| PF (global)"))
+        static_row = next(line for line in t2.splitlines() if line.startswith("| Static Sparse GAN"))
+        if convention == "paper":
+            assert "2 FLOPs per multiply-add" in t2 and "†" in pf_row and "†" not in static_row
+            assert "1.1e+12 (0.55×)" in static_row  # 2 per multiply-add: twice the stored 5.5e+11, same ratio
+        else:
+            assert "5.5e+11 (0.55×)" in static_row and "fvcore" in t2.split("\n")[0]
+            assert "†" not in t2.split("\n", 1)[1]
+    bad = run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(tmp_path / "x"), "--convention", "mine")
+    assert bad.returncode != 0 and bad.stderr.strip() == "Error: --convention 'mine': allowed: fvcore, paper"

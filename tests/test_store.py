@@ -20,7 +20,10 @@ def test_wal_and_schema_version(store):
 
 
 def test_results_csv_contract_and_skip_done(store):
-    run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
+    first = run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
+    summary = first.stdout.strip().splitlines()
+    assert summary[-1].startswith("quick preset: a smoke test of the pipeline (4 G steps)")  # under the table
+    assert "not converged" in summary[-1] and summary[-2].split()[0] in ("static", "dense")
     table = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     assert len(table) == 2
     assert list(table[0].keys())[: len(RESULT_COLUMNS)] == RESULT_COLUMNS
@@ -30,7 +33,10 @@ def test_results_csv_contract_and_skip_done(store):
     again = run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
     assert again.stderr.count("already done, skipped") == 2
     as_json = json.loads(run_cli("results", "--store", str(store), "--format", "json", check=True).stdout)
-    assert {r["run_id"] for r in as_json} == {r["run_id"] for r in table}
+    assert {r["run_id"] for r in as_json["runs"]} == {r["run_id"] for r in table}
+    cells = {c["method"]: c for c in as_json["cells"]}
+    assert set(cells) == {"static", "dense"} and cells["static"]["reference"] == "dense"
+    assert cells["static"]["n"] == 1 and cells["static"]["fid_mean"] == float(by_method["static"]["fid"])
     shown = json.loads(run_cli("show", table[0]["run_id"][:8], "--store", str(store), check=True).stdout)
     assert shown["config"]["method"] == table[0]["method"]
 

@@ -28,7 +28,8 @@ def _frame(store: Store, arch: str | None, method: str | None, preset: str | Non
 
 
 def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = None, method: str | None = None,
-                 preset: str | None = None, samples: bool = True, command: str | None = None) -> list[Path]:
+                 preset: str | None = None, samples: bool = True, command: str | None = None,
+                 convention: str = "fvcore") -> list[Path]:
     if fmt not in FORMATS:
         raise SparsebenchError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     df = _frame(store, arch, method, preset)
@@ -39,7 +40,7 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    tables = [("table1", quality_table(df), "quality"), ("table2", cost_table(df), "cost")]
+    tables = [("table1", quality_table(df), "quality"), ("table2", cost_table(df, convention=convention), "cost")]
     t3 = length_table(df)
     if t3 is not None:
         tables.append(("table3", t3, "quality"))
@@ -81,7 +82,7 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
                 grids.append((r, target))
                 written.append(target)
     written += _tensorboard(stats, out)
-    written.append(_index(store, df, out, written, grids, command))
+    written.append(_index(store, df, out, written, grids, command, convention))
     return written
 
 
@@ -100,7 +101,8 @@ def _tensorboard(stats: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
-def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids, command: str | None) -> Path:
+def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids, command: str | None,
+           convention: str) -> Path:
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     counts = df["status"].value_counts().to_dict()
     protocol = df.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False).size().reset_index()
@@ -120,7 +122,9 @@ def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids
         lines += [f"FID floor (held-out real vs train real, same extractor): {floor.iloc[0]:.2f}."]
     lines += ["Sparsity is measured over the scope "
               + ", ".join(f"`{s}`" for s in sorted(df["scope"].dropna().unique())) + " (conv weights unless "
-              "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward).", ""]
+              "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward)"
+              + (", except Table 2, which is in the paper's convention (see its caption)." if convention == "paper"
+                 else "."), ""]
     lines += ["## Tables", ""]
     for p in written:
         if p.suffix == ".md" and p.parent == out:

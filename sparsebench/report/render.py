@@ -12,7 +12,8 @@ _LATEX_SPECIALS = {
 }
 
 
-_UNICODE = {"±": r"$\pm$", "×": r"$\times$", "↓": r"$\downarrow$", "↑": r"$\uparrow$"}
+_UNICODE = {"±": r"$\pm$", "×": r"$\times$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "Δ": r"$\Delta$",
+            "†": r"\textsuperscript{\dag}"}
 
 
 def latex_escape(text: str) -> str:
@@ -50,9 +51,10 @@ def _latex_cell(cell, kind: str) -> str:
         body = f"${pm(fm, fs)}$ / ${pm(im, is_)}$"
         note = latex_escape(cell.note)
         body = rf"\textbf{{{body}}}" if cell.bold else body
-        return f"{body} {{\\scriptsize ({note})}}"
+        comparison = f"; {latex_escape(cell.comparison)}" if cell.comparison else ""
+        return f"{body} {{\\scriptsize ({note}{comparison})}}"
     (tr, trr), (te, ter) = cell.parts
-    body = rf"{tr:.3g} ({trr:.2f}$\times$) / {te:.3g} ({ter:.2f}$\times$)"
+    body = rf"{tr:.3g} ({trr:.2f}$\times${latex_escape(cell.note)}) / {te:.3g} ({ter:.2f}$\times$)"
     return rf"\textbf{{{body}}}" if cell.bold else body
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
+from scipy import stats
+
+from sparsebench.flop_conventions import CONVENTION_NOTES, PAPER_FLOPS_PER_FMA
 
 METHOD_ORDER = ["dense", "small-dense", "pf-global", "pf-uniform", "gan-tickets", "static", "stugan"]
 METHOD_TITLES = {
@@ -16,6 +19,12 @@ METHOD_TITLES = {
     "pf-uniform": "PF (uniform)", "gan-tickets": "GAN Tickets", "static": "Static Sparse GAN", "stugan": "STU-GAN",
 }
 BAD = ("failed", "diverged")
+# What each method's difference in Table 1 is taken against, at the same arch (and s_G, s_D unless the
+# reference is dense): STU-GAN against the baseline it adds exploration to, everything else against the dense
+# GAN. The dense GAN itself has no reference.
+REFERENCE_METHOD = {"stugan": "static"}
+DEFAULT_REFERENCE = "dense"
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -25,6 +34,8 @@ class Cell:
     bold: bool = False
     parts: list = field(default_factory=list)  # (mean, std) pairs for LaTeX rendering
     note: str = ""
+    comparison: str = ""  # the difference to the reference method, format-neutral
+    significant: bool = False  # that difference's interval excludes zero
 
 
 @dataclass
@@ -62,9 +73,9 @@ def _columns(df: pd.DataFrame) -> list[tuple[str, float]]:
     return cols
 
 
-def _stat(values: pd.Series) -> tuple[float, float | None]:
+def _stat(values: pd.Series) -> tuple[float | None, float | None]:
     values = values.dropna().astype(float)
-    mean = float(values.mean())
+    mean = float(values.mean()) if len(values) else None
     return mean, (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
@@ -73,7 +84,10 @@ def _fmt(mean: float, std: float | None, digits: int = 2) -> str:
 
 
 def _cells(df: pd.DataFrame, make) -> tuple[list, list]:
-    """Rows (method, variant, s_D) x columns (arch, s_G); methods without s_G fill every column."""
+    """Rows (method, variant, s_D) x columns (arch, s_G); methods without s_G fill every column.
+
+    `make(key, runs)` builds one cell from its key (method, variant, arch, s_G, s_D) and its runs.
+    """
     df = df.copy()
     df["variant"] = df["variant"].fillna("")
     cols = _columns(df)
@@ -84,19 +98,22 @@ def _cells(df: pd.DataFrame, make) -> tuple[list, list]:
         sgs.setdefault((method, variant, sd), set()).add(sg)
     rows = []
     for method, variant, sd in _order(df):
-        broadcast = sgs[(method, variant, sd)] == {0.0}
-        cells = [make(groups.get((method, variant, sd, arch, 0.0 if broadcast else sg), empty)) for arch, sg in cols]
+        cells = []
+        for arch, sg in cols:
+            sg = 0.0 if sgs[(method, variant, sd)] == {0.0} else sg
+            cells.append(make((method, variant, arch, sg, sd), groups.get((method, variant, sd, arch, sg), empty)))
         rows.append(([label({"method": method, "variant": variant}), f"{100 * sd:g}"], cells))
     return cols, rows
 
 
-def _mark_best(rows, n_cols: int) -> None:
+def _mark_best(rows, n_cols: int, eligible=lambda cell: True) -> None:
+    """Bold the lowest value of each column, where that cell is `eligible`."""
     for j in range(n_cols):
         vals = [(r[1][j].value, i) for i, r in enumerate(rows) if r[1][j].value is not None]
         if vals:
             best = min(v for v, _ in vals)
             for v, i in vals:
-                if v == best:
+                if v == best and eligible(rows[i][1][j]):
                     rows[i][1][j].bold = True
 
 
@@ -109,41 +126,129 @@ def _status_note(here: pd.DataFrame) -> str:
     return ", ".join(notes)
 
 
+def reference_method(method: str) -> str | None:
+    """The method whose FID a cell of `method` is compared with (None for the dense GAN itself)."""
+    return None if method == DEFAULT_REFERENCE else REFERENCE_METHOD.get(method, DEFAULT_REFERENCE)
+
+
+def welch_interval(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
+    """mean(a) - mean(b) with its Welch t confidence interval, or None when either side has fewer than 2 values.
+
+    Welch's interval does not assume equal variances: seeds are few and methods differ in stability.
+    """
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if len(set(a)) == 1 and len(set(b)) == 1:  # no spread on either side: the difference is exact
+        return diff, diff, diff
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return diff, float(ci.low), float(ci.high)
+
+
+CELL_KEYS = ["method", "variant", "arch", "sg", "sd"]
+
+
+def cell_aggregates(df: pd.DataFrame) -> list[dict]:
+    """One record per Table 1 cell: FID / IS over the seeds done, and the FID difference to the reference
+    method (same arch; same s_G and s_D, or the reference's own when it fixes them, as the dense GAN does)
+    with its Welch interval. Table 1 and `sparsebench results --format json` both read these records.
+    """
+    df = df.copy()
+    df["variant"] = df["variant"].fillna("")
+    done = df[(df["status"] == "done") & df["fid"].notna()]
+    fids = {key: g["fid"].astype(float).tolist() for key, g in done.groupby(CELL_KEYS)}
+    out = []
+    for key, runs in df.groupby(CELL_KEYS, sort=False):
+        method, variant, arch, sg, sd = key
+        ok = runs[(runs["status"] == "done") & runs["fid"].notna()]
+        fid, is_ = _stat(ok["fid"]), _stat(ok["is_mean"])
+        rec = {"method": method, "variant": variant, "arch": arch, "sg": float(sg), "sd": float(sd), "n": len(ok),
+               "fid_mean": fid[0], "fid_std": fid[1], "is_mean": is_[0], "is_std": is_[1],
+               "reference": reference_method(method), "n_reference": None, "diff": None, "ci_low": None,
+               "ci_high": None}
+        if rec["reference"] is not None:
+            ref = fids.get((rec["reference"], "", arch, sg, sd), fids.get((rec["reference"], "", arch, 0.0, 0.0), []))
+            rec["n_reference"] = len(ref)
+            if ok.empty or not ref:
+                pass
+            elif (interval := welch_interval(ok["fid"], ref)) is not None:
+                rec["diff"], rec["ci_low"], rec["ci_high"] = interval
+            else:
+                rec["diff"] = fid[0] - sum(ref) / len(ref)
+        out.append(rec)
+    return out
+
+
+def significant(rec: dict) -> bool:
+    """Whether a cell's interval of the FID difference to its reference excludes zero."""
+    return rec["ci_low"] is not None and (rec["ci_low"] > 0 or rec["ci_high"] < 0)
+
+
+def _comparison(rec: dict) -> str:
+    ref = rec["reference"]
+    if ref is None:
+        return ""
+    title = METHOD_TITLES.get(ref, ref)
+    if not rec["n_reference"]:
+        return f"Δ vs {title}: no {title} run"
+    if rec["diff"] is None:
+        return f"Δ vs {title}: n/a"
+    if rec["ci_low"] is None:
+        return f"Δ vs {title} {rec['diff']:+.2f} (n=1, no interval)"
+    return f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
+
+
 def quality_table(df: pd.DataFrame, title: str = "Table 1") -> Table:
-    def make(here: pd.DataFrame) -> Cell:
-        done = here[(here["status"] == "done") & here["fid"].notna()]
+    aggregates = {tuple(r[k] for k in CELL_KEYS): r for r in cell_aggregates(df)}
+
+    def make(key, here: pd.DataFrame) -> Cell:
         note = _status_note(here)
-        if done.empty:
+        rec = aggregates.get(key)
+        if rec is None or not rec["n"]:
             return Cell("n/a" + (f" ({note})" if note else ""), note=note)
-        fid, is_ = _stat(done["fid"]), _stat(done["is_mean"])
-        text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={len(done)}" + (f"; {note})" if note else ")")
-        return Cell(text, value=fid[0], parts=[fid, is_], note=f"n={len(done)}" + (f"; {note}" if note else ""))
+        fid, is_ = (rec["fid_mean"], rec["fid_std"]), (rec["is_mean"], rec["is_std"])
+        comparison = _comparison(rec)
+        text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={rec['n']}" + (f"; {note})" if note else ")")
+        return Cell(text + (f"; {comparison}" if comparison else ""), value=fid[0], parts=[fid, is_],
+                    note=f"n={rec['n']}" + (f"; {note}" if note else ""), comparison=comparison,
+                    significant=significant(rec))
 
     cols, rows = _cells(df, make)
-    _mark_best(rows, len(cols))
+    _mark_best(rows, len(cols), lambda cell: cell.significant)
+    references = "; ".join(f"{METHOD_TITLES.get(m, m)}: {METHOD_TITLES.get(r, r)} at the same s_G and s_D"
+                           for m, r in REFERENCE_METHOD.items())
     return Table(
         title, "(FID ↓ / IS ↑), mean ± std over seeds, n = seeds done; failed or diverged runs are counted, "
-        "not dropped; best FID per column in bold.",
+        f"not dropped. Δ = FID difference to the reference method ({references}; every other method: "
+        f"{METHOD_TITLES[DEFAULT_REFERENCE]}) with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
+        "(none when either side has one seed). The best FID per column is in bold only when its interval "
+        "excludes zero.",
         ["Method", "s_D (%)"], [(a, f"s_G = {100 * sg:g}%") for a, sg in cols], rows,
     )
 
 
-def cost_table(df: pd.DataFrame, title: str = "Table 2") -> Table:
-    def make(here: pd.DataFrame) -> Cell:
+def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvcore") -> Table:
+    """Training / testing FLOPs from the store (fvcore counts), shown in `convention` (see `CONVENTIONS`)."""
+    scale = PAPER_FLOPS_PER_FMA if convention == "paper" else 1.0
+
+    def make(key, here: pd.DataFrame) -> Cell:
         done = here[(here["status"] == "done") & here["train_flops"].notna()]
         if done.empty:
             return Cell("n/a")
-        tr, te = float(done["train_flops"].mean()), float(done["test_flops"].mean())
+        tr, te = scale * float(done["train_flops"].mean()), scale * float(done["test_flops"].mean())
         trr, ter = float(done["train_flops_rel"].mean()), float(done["test_flops_rel"].mean())
-        return Cell(f"{tr:.3g} ({trr:.2f}×) / {te:.3g} ({ter:.2f}×)", value=trr,
-                    parts=[(tr, trr), (te, ter)])
+        # a sparse G beside a dense D: the store's count has D dense, the paper's would scale by G's density
+        mark = "†" if convention == "paper" and key[3] > 0 and key[4] == 0 else ""
+        return Cell(f"{tr:.3g} ({trr:.2f}×{mark}) / {te:.3g} ({ter:.2f}×)", value=trr,
+                    parts=[(tr, trr), (te, ter)], note=mark)
 
     cols, rows = _cells(df, make)
     _mark_best(rows, len(cols))
     return Table(
         title, "Training FLOPs / testing FLOPs (one generator forward for one image), absolute and "
-        "normalised to the dense GAN of the same arch and preset; fvcore's convention (1 FMA = 1 FLOP). "
-        "Fewest training FLOPs in bold.",
+        "normalised to the dense GAN of the same arch and preset. Fewest training FLOPs in bold. "
+        + CONVENTION_NOTES[convention],
         ["Method", "s_D (%)"], [(a, f"s_G = {100 * sg:g}%") for a, sg in cols], rows,
     )
 
