@@ -29,7 +29,9 @@ class GANTickets(Method):
     description = "iterative magnitude pruning of G with rewinding to init, 20 % per round (GAN-LTH)"
     fixed = {"sd": 0.0}
     requires = ("dense",)
-    options = (Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round"),)
+    options = (
+        Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round", interval="(0, 1)"),
+    )
 
     def run(self, ctx) -> None:
         keep = 1.0 - ctx.options["prune_rate"]
