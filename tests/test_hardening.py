@@ -44,7 +44,8 @@ def insert_row(path: Path, run_id: str, method: str = "static", arch: str = "sng
         config = conn.execute("SELECT config FROM runs LIMIT 1").fetchone()[0]
         conn.execute(
             "INSERT INTO runs (run_id, method, arch, dataset, preset, sg, sd, seed, status, config, results, env, "
-            "wall_s, created_at, updated_at) VALUES (?, ?, ?, 'digits', 'quick', 0.8, 0.5, 0, 'done', ?, ?, ?, 1, 0, 0)",
+            "wall_s, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'digits', 'quick', 0.8, 0.5, 0, 'done', ?, ?, ?, 1, 0, 0)",
             (run_id, method, arch, config, json.dumps(results), json.dumps(env or {})),
         )
         conn.execute("INSERT INTO stats VALUES (?, 1, 'loss_g', 1.0)", (run_id,))
