@@ -97,10 +97,10 @@ def expand_methods(value: str, known: list[str]) -> list[str]:
     return out
 
 
-def _store(path: str | None):
+def _store(path: str | None, readonly: bool = False):
     from sparsebench.store import Store
 
-    return Store(path)
+    return Store(path, readonly=readonly)
 
 
 store_option = click.option(
@@ -124,7 +124,7 @@ def cli(verbose: bool):
 @click.option("--dataset", default=None, help="data set (default: the preset's: digits for quick)")
 @click.option("--sg", default="0.9", show_default=True, help="generator sparsities, comma-separated, in [0, 1)")
 @click.option("--sd", default="0.5", show_default=True, help="discriminator sparsities, comma-separated, in [0, 1)")
-@click.option("--seeds", default="0", show_default=True, help="seeds, comma-separated integers")
+@click.option("--seeds", default="0", show_default=True, help="seeds, comma-separated integers in [0, 2^32)")
 @click.option("--preset", default="quick", show_default=True, help="quick (minutes on CPU, digits), paper (CIFAR-10 reference settings); biggan also imagenet (128x128)")
 @click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
 @click.option("--scope", default="conv", show_default=True, help="sparse tensors: conv, or conv+linear")
@@ -274,7 +274,7 @@ def list_cmd():
 @store_option
 def show(run_id, store_path):
     """Print one run's config and results (a unique prefix of the id is enough)."""
-    store = _store(store_path)
+    store = _store(store_path, readonly=True)
     run = store.find(run_id)
     if run is None:
         raise SparsebenchError(f"no run {run_id!r} in {store.path}; see 'sparsebench results'")
@@ -296,7 +296,7 @@ def results(fmt, store_path):
 
     if fmt not in ("csv", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
-    store = _store(store_path)
+    store = _store(store_path, readonly=True)
     df = pd.DataFrame(store.results_table(), columns=RESULT_COLUMNS + EXTRA_COLUMNS)
     for col in INT_COLUMNS:
         df[col] = df[col].astype("Int64")
@@ -420,7 +420,7 @@ def report(fmt, out, name, arch, method, preset, no_samples, convention, store_p
     from sparsebench.report.build import build_report, default_command
 
     check_convention(convention)
-    store = _store(store_path)
+    store = _store(store_path, readonly=True)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
     written = build_report(store, target, fmt, arch, method, preset, samples=not no_samples,
                            command=default_command(), convention=convention)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ from sparsebench import SparsebenchError
 SCOPES = ("conv", "conv+linear")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
+RUN_ID_LENGTH = 16
+SEED_LIMIT = 2**32  # seeds lie in [0, 2^32): derived torch seeds (seed * 1_000_003 + offset) stay in 64 bits
+_RUN_ID = re.compile(f"[0-9a-f]{{{RUN_ID_LENGTH}}}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class RunConfig:
             )
         if self.train.steps < 1:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise SparsebenchError(f"seed {self.seed} is outside [0, {SEED_LIMIT - 1}]")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -98,13 +104,21 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_LENGTH]
 
     def option(self, name: str) -> Any:
         return dict(self.method_options)[name]
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_run_id(run_id: object) -> str:
+    """`run_id` if it has the form `RunConfig.run_id` gives: run ids become folder and file names, so an
+    id read from a store must not be able to point outside them (`../x`, `/etc`)."""
+    if not isinstance(run_id, str) or _RUN_ID.fullmatch(run_id) is None:
+        raise SparsebenchError(f"invalid run id {run_id!r}: expected {RUN_ID_LENGTH} lowercase hex characters")
+    return run_id
 
 
 def preset_spec(arch, preset: str) -> TrainSpec:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sparsebench import SparsebenchError
+from sparsebench.config import check_run_id
 
 log = logging.getLogger("sparsebench.store")
 
@@ -63,6 +64,8 @@ CREATE TABLE IF NOT EXISTS stats (
     PRIMARY KEY (run_id, step, key)
 );
 """
+TABLES = {"meta", "runs", "stats"}
+HINT = "pass --store PATH or set SPARSEBENCH_STORE"
 
 
 def process_owner() -> str:
@@ -123,13 +126,6 @@ def renew(conn: sqlite3.Connection, owner: str) -> int:
                             (time.time() + LEASE_S, owner)).rowcount
 
 
-def check_run_id(run_id: str) -> str:
-    """A run id as it may become a path: 16 lowercase hex digits, nothing else."""
-    if len(run_id) != 16 or any(c not in "0123456789abcdef" for c in run_id):
-        raise SparsebenchError(f"malformed run id {run_id!r} (expected 16 hex digits); the store is not ours")
-    return run_id
-
-
 def default_store_path() -> Path:
     return Path(os.environ.get("SPARSEBENCH_STORE") or DEFAULT_STORE)
 
@@ -150,16 +146,29 @@ class ArtifactPaths:
 
 
 class Store(ArtifactPaths):
-    """A results store at `path` (created on first use)."""
+    """A results store at `path`: created on first use, or opened `readonly` (then it must exist, and
+    neither it nor its folder is changed)."""
 
     def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
-        hint = "pass --store PATH or set SPARSEBENCH_STORE to a writable location"
-        if readonly:
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=120, isolation_level=None)
-            return
+        hint = f"{HINT} to a writable location"
         if self.path.is_dir():
-            raise SparsebenchError(f"results store {self.path} is a directory; {hint}")
+            raise SparsebenchError(f"results store {self.path} is a directory; {HINT}")
+        if readonly:
+            if not self.path.exists():
+                raise SparsebenchError(f"no results store at {self.path.absolute()}; {HINT}")
+            try:
+                self.conn = self._connect_readonly()
+                version = self._schema_version()
+            except sqlite3.OperationalError as exc:
+                raise SparsebenchError(f"cannot read results store {self.path}: {exc}; {HINT}") from None
+            except sqlite3.DatabaseError as exc:
+                raise SparsebenchError(
+                    f"{self.path} is not a sparsebench results store (not a SQLite database: {exc}); {HINT}"
+                ) from None
+            if version is None:
+                raise SparsebenchError(f"{self.path} is not a sparsebench results store (an empty database); {HINT}")
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(self.path.parent, os.W_OK) or (
@@ -179,7 +188,61 @@ class Store(ArtifactPaths):
             raise SparsebenchError(f"cannot write results store {self.path}: {exc.strerror or exc}; {hint}") from None
 
     # -- schema -------------------------------------------------------------------------------
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.path.absolute().as_uri()  # percent-encoded: '?' or '#' in a path stay part of it
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=120, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc):
+                raise
+        # A WAL store on a read-only filesystem: SQLite cannot create the shared-memory file it reads
+        # through, but nothing can write there either, so the file is read as it stands.
+        conn.close()
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+    def _schema_version(self) -> int | None:
+        """The store's schema version, None for an empty database; a database of anything else is refused
+        before anything is written to it."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        row = None
+        if TABLES <= tables:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            raise SparsebenchError(
+                f"{self.path} is not a sparsebench results store (a SQLite database without its tables); {HINT}"
+            )
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise SparsebenchError(
+                f"results store {self.path} has an unreadable schema version {row[0]!r}; use another --store"
+            ) from None
+        if version not in (1, SCHEMA_VERSION):  # version 1 is read as it is, and migrated before a write
+            raise SparsebenchError(
+                f"results store {self.path} has schema version {row[0]}, this sparsebench reads "
+                f"version {SCHEMA_VERSION}; use another --store"
+            )
+        return version
+
     def _init_schema(self) -> None:
+        version = self._schema_version()
+        if version == 1:  # version 1 had no claims: add the owner and lease columns
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._schema_version() == 1:  # still, now that we hold the write lock
+                    self.conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+                    self.conn.execute("ALTER TABLE runs ADD COLUMN lease_until REAL")
+                    self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        if version is not None:
+            return
         mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":  # pragma: no cover - filesystems without shared memory
             raise sqlite3.DatabaseError(f"cannot enable WAL mode (got {mode})")
@@ -187,18 +250,7 @@ class Store(ArtifactPaths):
         try:
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 self.conn.execute(stmt)
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] == "1":  # version 1 had no claims: add the owner and lease columns
-                self.conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
-                self.conn.execute("ALTER TABLE runs ADD COLUMN lease_until REAL")
-                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise SparsebenchError(
-                    f"results store {self.path} has schema version {row[0]}, this sparsebench reads "
-                    f"version {SCHEMA_VERSION}; use another --store"
-                )
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")

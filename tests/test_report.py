@@ -56,7 +56,7 @@ def test_report_writes_tables_plots_and_index(tmp_path, plugins):
     assert t1.count("**") >= 2 * 2  # a bold best cell in each s_G column
     assert "Dense GAN" in t1
     t3 = (out / "table3.md").read_text()
-    assert "STU-GAN [length=5]" in t3 and "STU-GAN |" in t3
+    assert r"STU-GAN \[length=5\]" in t3 and "STU-GAN |" in t3  # brackets escaped: no Markdown link can form
     index = (out / "index.md").read_text()
     assert "sparsebench-digits" in index and "table1.md" in index
 
@@ -84,6 +84,7 @@ def test_latex_compiles(tmp_path, plugins):
 
 
 def test_empty_store_is_one_line(tmp_path):
+    Store(tmp_path / "empty.db").close()
     proc = run_cli("report", "--store", str(tmp_path / "empty.db"), "--out", str(tmp_path / "rep"))
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

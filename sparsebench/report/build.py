@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shlex
 import sys
 import time
@@ -11,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from sparsebench import SparsebenchError
+from sparsebench.config import check_run_id
 from sparsebench.report import plots
-from sparsebench.report.render import latex, latex_document, markdown
+from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
 from sparsebench.report.tables import cost_table, length_table, quality_table
 from sparsebench.store import EXTRA_COLUMNS, RESULT_COLUMNS, Store
 
@@ -37,7 +40,19 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
         filters = ", ".join(f"{k}={v}" for k, v in (("arch", arch), ("method", method), ("preset", preset)) if v)
         raise SparsebenchError(f"no runs in {store.path}" + (f" matching {filters}" if filters else "")
                                + "; run 'sparsebench run --methods ... --arch ...' first")
-    out.mkdir(parents=True, exist_ok=True)
+    for run_id in df["run_id"]:  # ids become file names below: none may lead out of the report or artifacts
+        try:
+            check_run_id(run_id)
+        except SparsebenchError as exc:
+            raise SparsebenchError(
+                f"results store {store.path} holds an {exc}; it was not written by sparsebench"
+            ) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise SparsebenchError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
     written: list[Path] = []
 
     tables = [("table1", quality_table(df), "quality"), ("table2", cost_table(df, convention=convention), "cost")]
@@ -93,12 +108,20 @@ def _tensorboard(stats: pd.DataFrame, out: Path) -> list[Path]:
         return []
     written = []
     for run_id, g in stats.groupby("run_id"):
-        writer = SummaryWriter(str(out / "tensorboard" / run_id))
+        folder = out / "tensorboard" / run_id
+        for old in folder.glob("events.out.tfevents.*"):  # a report built again replaces, never repeats, its curves
+            old.unlink()
+        writer = SummaryWriter(str(folder))
         for r in g.itertuples():
-            writer.add_scalar(r.key, r.value, r.step)
+            writer.add_scalar(r.key, r.value, int(r.step))
         writer.close()
-        written.append(out / "tensorboard" / run_id)
+        written.append(folder)
     return written
+
+
+def _code(text: object) -> str:
+    """`text` as a Markdown code span, which shows everything literally but a backtick or a new line."""
+    return "`" + " ".join(str(text).replace("`", "'").splitlines()) + "`"
 
 
 def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids, command: str | None,
@@ -107,13 +130,13 @@ def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids
     counts = df["status"].value_counts().to_dict()
     protocol = df.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False).size().reset_index()
     lines = ["# sparsebench report", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{store.path}`: "
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {_code(store.path)}: "
              f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
     if command:
         lines += ["Command:", "", f"```\n{command}\n```", ""]
     lines += ["## Protocol", "", "| preset | data | feature extractor | samples per run | runs |", "|---|---|---|---|---|"]
     for r in protocol.itertuples(index=False):
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |")
+        lines.append("| " + " | ".join(map(markdown_escape, r)) + " |")
     acc = df["extractor_accuracy"].dropna()
     if not acc.empty:
         lines += ["", f"Offline extractor held-out accuracy: {acc.iloc[0]:.4f}."]
@@ -121,7 +144,7 @@ def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids
     if not floor.empty:
         lines += [f"FID floor (held-out real vs train real, same extractor): {floor.iloc[0]:.2f}."]
     lines += ["Sparsity is measured over the scope "
-              + ", ".join(f"`{s}`" for s in sorted(df["scope"].dropna().unique())) + " (conv weights unless "
+              + ", ".join(_code(s) for s in sorted(df["scope"].dropna().unique())) + " (conv weights unless "
               "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward)"
               + (", except Table 2, which is in the paper's convention (see its caption)." if convention == "paper"
                  else "."), ""]
@@ -140,14 +163,15 @@ def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids
         lines += ["## Samples", "", "| run | method | arch | s_G | s_D | seed | FID | samples |", "|---|---|---|---|---|---|---|---|"]
         for r, target in grids:
             fid = f"{r.fid:.2f}" if pd.notna(r.fid) else "n/a"
-            lines.append(f"| `{r.run_id}` | {r.method} | {r.arch} | {r.sg:g} | {r.sd:g} | {r.seed} | {fid} | "
+            lines.append(f"| `{r.run_id}` | {markdown_escape(r.method)} | {markdown_escape(r.arch)} | {r.sg:g} | "
+                         f"{r.sd:g} | {r.seed} | {fid} | "
                          f"![{r.run_id}]({rel(target)}) |")
         lines.append("")
     envs = {json.dumps(run["env"], sort_keys=True) for run in (store.get(i) for i in df["run_id"][:200]) if run}
     lines += ["## Environment", ""]
     for e in sorted(envs):
         env = json.loads(e)
-        lines.append("- " + ", ".join(f"{k} {v}" for k, v in sorted(env.items()) if k != "host"))
+        lines.append("- " + markdown_escape(", ".join(f"{k} {v}" for k, v in sorted(env.items()) if k != "host")))
     path = out / "index.md"
     path.write_text("\n".join(lines) + "\n")
     return path

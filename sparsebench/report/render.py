@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 from sparsebench.report.tables import Table
@@ -24,19 +25,25 @@ def latex_escape(text: str) -> str:
     return out
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", r"\|")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~])")
+
+
+def markdown_escape(text: object) -> str:
+    """`text` shown as itself in GitHub Markdown: names read from a store can hold no HTML, link, image,
+    emphasis, table cell or new line."""
+    one_line = " ".join(str(text).splitlines())
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(one_line, quote=False))
 
 
 def markdown(table: Table) -> str:
     groups = [g for g, _ in table.columns]
-    head = table.row_header + [f"{_md_escape(g)}: {_md_escape(c)}" for g, c in table.columns]
+    head = table.row_header + [f"{markdown_escape(g)}: {markdown_escape(c)}" for g, c in table.columns]
     lines = [f"**{table.title}.** {table.caption}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join([" --- "] * len(table.row_header) + [" :-: "] * len(groups)) + "|"]
     for names, cells in table.rows:
-        out = [_md_escape(n) for n in names]
+        out = [markdown_escape(n) for n in names]
         for c in cells:
-            text = _md_escape(c.text)
+            text = markdown_escape(c.text)
             out.append(f"**{text}**" if c.bold else text)
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"

@@ -30,8 +30,8 @@ class SETGAN(Method):
     name = "set-gan"
     description = "sparse G and D, G explored by magnitude pruning and random regrowth (SET)"
     options = (
-        Option("zeta", float, 0.3, "initial fraction of active weights replaced per update"),
-        Option("delta_t", int, 0, "G steps between updates (0: the preset's)"),
+        Option("zeta", float, 0.3, "initial fraction of active weights replaced per update", interval="(0, 1]"),
+        Option("delta_t", int, 0, "G steps between updates (0: the preset's)", interval="[0, inf)"),
     )
 
     def run(self, ctx):

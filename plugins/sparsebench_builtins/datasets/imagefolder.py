@@ -20,7 +20,7 @@ from sparsebench_builtins.datasets.common import split
 class ImageFolderData(Dataset):
     name = "imagefolder"
     description = "your own images, one folder per class (pass --data-dir DIR)"
-    options = (Option("heldout", float, 0.05, "fraction held out for the metric floor"),)
+    options = (Option("heldout", float, 0.05, "fraction held out for the metric floor", interval="(0, 1)"),)
 
     def load(self, resolution: int, data_dir: str | None = None, heldout: float = 0.05, **options) -> DataSplits:
         from torchvision import transforms
@@ -36,10 +36,19 @@ class ImageFolderData(Dataset):
             ds = ImageFolder(data_dir, transform=tf)
         except (FileNotFoundError, RuntimeError) as exc:
             raise SparsebenchError(f"imagefolder: {exc}") from None
-        images = torch.stack([ds[i][0][:3].expand(3, -1, -1) for i in range(len(ds))])
+        images = torch.stack([_image(ds, i)[:3].expand(3, -1, -1) for i in range(len(ds))])
         data = ImageData(images.to(torch.uint8), torch.tensor(ds.targets, dtype=torch.long), len(ds.classes))
         train, held = split(data, heldout)
         return DataSplits(train, held)
+
+
+def _image(ds, index: int) -> torch.Tensor:
+    """Image `index` of `ds`; a file that is not a readable image is named in a one-line error."""
+    try:
+        return ds[index][0]
+    except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for unreadable or truncated files
+        path = ds.samples[index][0]
+        raise SparsebenchError(f"imagefolder: cannot read image {path}: {exc}; remove or replace it") from None
 
 
 @hookimpl

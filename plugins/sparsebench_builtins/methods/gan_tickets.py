@@ -31,8 +31,9 @@ class GANTickets(Method):
     fixed = {"sd": 0.0}
     requires = ("dense",)
     options = (
-        Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round"),
-        Option("rounds", int, 0, "pruning rounds (0: the number whose density 0.8^k is nearest 1 - s_G)", minimum=0),
+        Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round", interval="(0, 1)"),
+        Option("rounds", int, 0, "pruning rounds (0: the number whose density 0.8^k is nearest 1 - s_G)",
+               interval="[0, inf)"),
     )
 
     def run(self, ctx) -> None:

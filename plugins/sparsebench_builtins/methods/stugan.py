@@ -68,10 +68,12 @@ class STUGAN(Method):
     description = "STU-GAN: sparse G and D from scratch, G explored by prune-and-regrow, SEMA"
     options = (
         Option("explore", str, "g", "which networks explore their connectivity (paper Fig. 5)", ("g", "d", "gd")),
-        Option("p0", float, 0.5, "initial update fraction p"),
-        Option("p_min", float, 0.005, "final update fraction of the cosine decay"),
-        Option("delta_t", int, 0, "G steps between topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)"),
-        Option("length", int, 1, "training-length multiplier at the same delta_t (paper Table 3: 5)"),
+        Option("p0", float, 0.5, "initial update fraction p", interval="(0, 1]"),
+        Option("p_min", float, 0.005, "final update fraction of the cosine decay", interval="[0, 1]"),
+        Option("delta_t", int, 0, "G steps between topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
+               interval="[0, inf)"),
+        Option("length", int, 1, "training-length multiplier at the same delta_t (paper Table 3: 5)",
+               interval="[1, inf)"),
     )
 
     def run(self, ctx) -> None:
