@@ -102,6 +102,26 @@ def test_pruned_weights_never_revive_in_the_loop(plugins, policy):
     assert pushed == (policy == "dense")
 
 
+def test_without_regrowth_every_policy_trains_identically(plugins):
+    """Adam is elementwise and masked weights are zeroed after each step: the policy only matters for regrowth."""
+    spec = TrainSpec(**SMALL)
+    data = plugins.datasets.get("digits").load(16).train
+    finals = []
+    for policy in POLICIES:
+        torch.manual_seed(0)
+        G, D = plugins.archs.get("sngan").build(spec, 10)
+        g_masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(1))
+        d_masks = MaskState.from_distribution(D, 0.5, "erk", "conv", torch.Generator().manual_seed(2))
+        g_masks.opt_state = d_masks.opt_state = policy
+        state = GANState(G, D, adam(G.parameters(), 1e-3, 0.0, 0.999), adam(D.parameters(), 1e-3, 0.0, 0.999),
+                         g_masks, d_masks)
+        train(state, 3, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4)), 10,
+              torch.Generator().manual_seed(5), lambda: 0.0)
+        finals.append({**G.state_dict(), **{f"D.{k}": v for k, v in D.state_dict().items()}})
+    for other in finals[1:]:
+        assert all(torch.equal(finals[0][k], other[k]) for k in finals[0])
+
+
 def adam_state_after_training(plugins, policy: str):
     torch.manual_seed(0)
     G, _ = plugins.archs.get("biggan").build(TrainSpec(**SMALL), 10)

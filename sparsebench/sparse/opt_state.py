@@ -14,7 +14,8 @@ How that is avoided is a choice that changes results, so it is part of every run
 - `zero`: gradients are masked between updates; state at pruned and grown positions is zeroed.
 
 Under every policy the weights are masked after every optimizer step (MaskState.apply), so no
-moment, momentum or weight decay can revive a pruned weight.
+moment, momentum or weight decay can revive a pruned weight. Adam is elementwise, so masks that
+never change (static, PF, GAN Tickets) train identically under all three; regrowth is what differs.
 """
 
 from __future__ import annotations
