@@ -129,6 +129,9 @@ def cli(verbose: bool):
 @click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
 @click.option("--scope", default="conv", show_default=True, help="sparse tensors: conv, or conv+linear")
 @click.option("--distribution", default="erk", show_default=True, help="layer-wise sparsity: erk, er, uniform, global")
+@click.option("--opt-state", default="dense", show_default=True,
+              help="Adam state of masked weights: dense (dense gradients, warm regrowth), mean (regrown get the "
+                   "layer's mean), zero (regrown start at zero)")
 @click.option("--metrics", "metrics", default="fid,is", show_default=True, help="metrics to compute, comma-separated")
 @click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE", help="a plugin option, e.g. stugan.explore=gd (repeatable)")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
@@ -142,7 +145,7 @@ def cli(verbose: bool):
 @click.option("--jobs", type=str, default="1", show_default=True, help="local worker processes (1: in this process)")
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray)")
 @store_option
-def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, metrics, options, device,
+def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, opt_state, metrics, options, device,
         data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, executor, jobs, address, store_path):
     """Run the grid methods x s_G x s_D x seeds and store every result.
 
@@ -163,8 +166,8 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     req = GridRequest(
         methods=expand_methods(methods, plugins.methods.names()), arch=arch, dataset=dataset,
         sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=_ints(seeds, "--seeds"), preset=preset,
-        steps=steps, scope=scope, distribution=distribution, options=parse_option_strings(options),
-        metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
+        steps=steps, scope=scope, distribution=distribution, opt_state=opt_state,
+        options=parse_option_strings(options), metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
     )
     configs = expand_grid(req, plugins)
     from sparsebench import distributed

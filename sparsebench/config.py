@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsebench import SparsebenchError
+from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
 
 SCOPES = ("conv", "conv+linear")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
@@ -46,6 +47,8 @@ class TrainSpec:
     extractor: str  # feature extractor used for FID / IS
     eval_batch_stats: bool = False  # sample with batch-statistics BN (BigGAN's G_eval_mode off)
     log_every: int = 10
+    accumulate: int = 1  # minibatches whose gradients are averaged into each D and each G step
+    adam_eps: float = 1e-8
 
     def replace(self, **changes: Any) -> "TrainSpec":
         return dataclasses.replace(self, **changes)
@@ -67,6 +70,7 @@ class RunConfig:
     arch_options: tuple = ()
     dataset_options: tuple = ()
     metrics: tuple = ("fid", "is")
+    opt_state: str = DEFAULT_POLICY  # optimizer state at inactive / regrown weights (sparsebench.sparse.opt_state)
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
@@ -80,10 +84,14 @@ class RunConfig:
             raise SparsebenchError(
                 f"unknown distribution {self.distribution!r}; known: {', '.join(DISTRIBUTIONS)}"
             )
+        if self.opt_state not in POLICIES:
+            raise SparsebenchError(f"unknown opt_state {self.opt_state!r}; known: {', '.join(POLICIES)}")
         if self.train.steps < 1:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise SparsebenchError(f"seed {self.seed} is outside [0, {SEED_LIMIT - 1}]")
+        if self.train.accumulate < 1:
+            raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -147,6 +155,7 @@ class GridRequest:
     steps: int | None = None
     scope: str = "conv"
     distribution: str = "erk"
+    opt_state: str = DEFAULT_POLICY
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: tuple = ("fid", "is")
     data_dir: str | None = None
@@ -209,6 +218,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         arch_options=arch_options,
                         dataset_options=dataset_options,
                         metrics=tuple(req.metrics),
+                        opt_state=req.opt_state,
                     )
                     if cfg.run_id not in seen:
                         seen.add(cfg.run_id)

@@ -7,6 +7,7 @@ density, plus the dense FLOPs of everything else. Training FLOPs follow the sche
     per D step: G forward on the fakes + D forward and backward on real and fake
     per G step: G and D forward and backward
     backward = 2 x forward
+    with gradient accumulation, each D and G step runs all of it on `accumulate` minibatches
 
 Counting runs on eval copies of the models, so it never touches the training models' BN
 statistics or spectral-norm vectors; fvcore's unsupported-operator warnings are collected and
@@ -78,14 +79,15 @@ class GANFlops:
     batch_size: int
     g_batch_size: int
     n_critic: int
+    accumulate: int = 1
 
     def step(self, g_density: dict | None = None, d_density: dict | None = None) -> float:
-        """FLOPs of one G step and its n_critic D steps."""
+        """FLOPs of one G step and its n_critic D steps, each over `accumulate` minibatches."""
         gf, df = self.g.forward(g_density), self.d.forward(d_density)
         fb = 1.0 + BACKWARD_FACTOR
         d_steps = self.n_critic * (self.batch_size * gf + 2 * self.batch_size * fb * df)
         g_step = self.g_batch_size * fb * (gf + df)
-        return d_steps + g_step
+        return self.accumulate * (d_steps + g_step)
 
     def phase_step(self, g_density: dict | None, d_density: dict | None, convention: str = "fvcore") -> float:
         """FLOPs of one step of a training phase at these densities, in `convention` (sparsebench.flop_conventions).
@@ -110,4 +112,4 @@ def count_gan(G: nn.Module, D: nn.Module, spec, scope: str, num_classes: int) ->
     x = torch.zeros(batch, 3, spec.resolution, spec.resolution, device=device)
     g = count_model(G, (z, y), scope, batch)
     d = count_model(D, (x, y), scope, batch)
-    return GANFlops(g, d, spec.batch_size, spec.g_batch_size, spec.n_critic)
+    return GANFlops(g, d, spec.batch_size, spec.g_batch_size, spec.n_critic, spec.accumulate)

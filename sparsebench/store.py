@@ -39,7 +39,7 @@ RESULT_COLUMNS = [
 ]
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "reached_sg",
-    "rounds", "pruned_from", "scope", "eval_weights", "extractor", "extractor_accuracy",
+    "rounds", "pruned_from", "scope", "opt_state", "eval_weights", "extractor", "extractor_accuracy",
     "data_hash", "extractor_hash", "eval_samples", "steps", "diverged_step", "interrupted_step", "variant",
     "threads", "error",
 ]
@@ -423,6 +423,7 @@ class Store(ArtifactPaths):
                     row[key] = res[key]
             row["steps"] = run["config"]["train"]["steps"]
             row["scope"] = run["config"].get("scope")
+            row["opt_state"] = run["config"].get("opt_state", "zero")  # stored before the choice existed: zero
             table.append(row)
         return table
 

@@ -29,8 +29,8 @@ def one_run_store(path: Path, plugins) -> str:
     """A closed store holding one done run, written through the real Store API; returns its run id."""
     store = Store(path)
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan"), plugins)[0]
-    store.start_run(cfg, {"torch": "x", "device": "cpu"})
-    store.finish_run(cfg.run_id, "done", RESULTS, 1.0)
+    store.claim(cfg, {"torch": "x", "device": "cpu"}, "filler")
+    store.finish_run(cfg.run_id, "done", RESULTS, 1.0, "filler")
     store.log_stats(cfg.run_id, [(1, "loss_g", 1.0), (1, "loss_d", 0.5)])
     store.close()
     return cfg.run_id

@@ -1,7 +1,8 @@
 """MaskState: binary masks over a model's sparse scope, applied in place.
 
-Masks multiply the weights at init and after every optimizer step, and multiply the gradients
-before every step, so Adam moments, momentum and weight decay never move a pruned weight.
+Masks multiply the weights at init and after every optimizer step, so Adam moments, momentum and
+weight decay never leave a pruned weight non-zero. Whether they also multiply the gradients before
+each step is the optimizer-state policy's choice (sparsebench.sparse.opt_state).
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ import torch
 from torch import nn
 
 from sparsebench.sparse.distributions import exact_counts, layer_densities, magnitude_masks, random_masks
+from sparsebench.sparse.opt_state import DEFAULT_POLICY, check_policy, masks_gradients
 from sparsebench.sparse.scope import scope_parameters
 
 
 class MaskState:
-    """Masks for the tensors `params` (module name -> Parameter)."""
+    """Masks for the tensors `params` (module name -> Parameter), under an optimizer-state policy."""
 
-    def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]):
+    def __init__(
+        self, params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor], opt_state: str = DEFAULT_POLICY
+    ):
         if set(params) != set(masks):
             raise ValueError("masks and parameters name different layers")
         self.params = params
+        self.opt_state = check_policy(opt_state)
         self.masks = {name: masks[name].to(device=p.device, dtype=p.dtype) for name, p in params.items()}
         self.ever_active = {name: m.bool().clone() for name, m in self.masks.items()}
         self.apply()
@@ -50,6 +55,11 @@ class MaskState:
     def apply(self) -> None:
         """Zero the weights outside the masks (in place, keeps parameter identity)."""
         torch._foreach_mul_(list(self.params.values()), list(self.masks.values()))
+
+    def before_step(self) -> None:
+        """Prepare the gradients for the optimizer step: masked unless the policy keeps them dense."""
+        if masks_gradients(self.opt_state):
+            self.mask_grads()
 
     @torch.no_grad()
     def mask_grads(self) -> None:

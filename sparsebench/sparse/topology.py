@@ -4,10 +4,8 @@ Per layer (as RigL and the STU-GAN authors), so per-layer densities, and with th
 stay constant. Counts are exact, ties are broken by position, grown weights start at zero, and a
 position pruned in this update is not regrown in the same update.
 
-Optimizer-state policy: the optimizer state (e.g. Adam's moments) at every pruned and every grown
-position is reset to zero, so a regrown weight starts like a fresh parameter and no stale moment
-from an earlier life moves it. Between updates gradients are masked, so state at inactive
-positions stays zero.
+What the optimizer state holds at pruned and grown positions follows the masks' optimizer-state
+policy (`dense`, `mean` or `zero`, see sparsebench.sparse.opt_state).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.sparse.masks import MaskState
+from sparsebench.sparse.opt_state import on_topology_update
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,8 @@ def prune_and_regrow(
     """Prune `fraction` of each layer's active weights by |w|, regrow as many by |grad| (or at random).
 
     `grads` holds the dense gradients of the current minibatch; None means random regrowth
-    (SET-style), drawn from `generator`.
+    (SET-style), drawn from `generator`. With `optimizer`, its state at the changed positions is set
+    by `masks.opt_state`.
     """
     pruned, grown, counts = {}, {}, {}
     for name, p in masks.params.items():
@@ -85,16 +85,6 @@ def prune_and_regrow(
         p.view(-1)[off | on] = 0.0  # pruned weights vanish; grown weights start at zero
         pruned[name], grown[name] = off.view_as(mask), on.view_as(mask)
         if optimizer is not None:
-            reset_optimizer_state(optimizer, p, off | on)
+            on_topology_update(optimizer, p, off, on, active & ~off, masks.opt_state)
     return UpdateResult(pruned, grown, counts)
 
-
-@torch.no_grad()
-def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, positions: torch.Tensor) -> None:
-    """Zero every per-element optimizer state tensor of `param` at `positions` (flat bool)."""
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    for value in state.values():
-        if isinstance(value, torch.Tensor) and value.shape == param.shape:
-            value.view(-1)[positions] = 0

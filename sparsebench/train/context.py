@@ -109,12 +109,17 @@ class RunContext:
         )
 
     def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None, d_masks: MaskState | None) -> GANState:
-        """Fresh Adam optimizers and a (S)EMA of G for a training phase."""
+        """Fresh Adam optimizers and a (S)EMA of G for a training phase; the masks take the run's
+        optimizer-state policy."""
         s = self.spec
+        for masks in (g_masks, d_masks):
+            if masks is not None:
+                masks.opt_state = self.config.opt_state
         ema = SparseEMA(G, s.ema_decay, s.ema_start, g_masks)
         return GANState(
-            G=G, D=D, g_opt=adam(G.parameters(), s.lr_g, s.beta1, s.beta2),
-            d_opt=adam(D.parameters(), s.lr_d, s.beta1, s.beta2), g_masks=g_masks, d_masks=d_masks, ema=ema,
+            G=G, D=D, g_opt=adam(G.parameters(), s.lr_g, s.beta1, s.beta2, s.adam_eps),
+            d_opt=adam(D.parameters(), s.lr_d, s.beta1, s.beta2, s.adam_eps), g_masks=g_masks, d_masks=d_masks,
+            ema=ema,
         )
 
     # -- training -----------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """The GAN training loop: hinge loss, n_critic D steps per G step, Adam, masks, (S)EMA.
 
 Order inside one G step t (paper Algorithm 1):
-    n_critic x [D forward/backward, mask D grads, Adam, mask D weights]
-    G forward/backward -> hooks.after_g_backward (dense gradients visible)
-    mask G grads, Adam, mask G weights, (S)EMA update
+    n_critic x [accumulate x D forward/backward, masks.before_step, Adam, mask D weights]
+    accumulate x G forward/backward -> hooks.after_g_backward (dense gradients visible)
+    masks.before_step, Adam, mask G weights, (S)EMA update
     hooks.after_g_step (topology updates happen here, counted in G steps)
+
+`masks.before_step` masks the gradients unless the optimizer-state policy keeps them dense
+(sparsebench.sparse.opt_state). Gradient accumulation is BigGAN-PyTorch's: each of the
+`accumulate` minibatch losses is divided by `accumulate` before its backward, so one optimizer
+step sees the gradient of the mean loss over all of them.
 """
 
 from __future__ import annotations
@@ -113,8 +118,9 @@ def on_topology_change(state: GANState) -> None:
     broadcast_masks(state.d_masks)
 
 
-def adam(params, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=1e-8)
+def adam(params, lr: float, beta1: float, beta2: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam without weight decay (masking after every step keeps pruned weights at zero regardless)."""
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps)
 
 
 def train(
@@ -143,6 +149,7 @@ def train(
     device = next(G.parameters()).device
     cost = step_cost()
     d_params = [p for p in D.parameters()]
+    accumulate = spec.accumulate
 
     def noise(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(n, spec.z_dim, generator=generator, device=generator.device).to(device)
@@ -154,34 +161,40 @@ def train(
     while state.step < steps:
         t = state.step + 1
         for _ in range(spec.n_critic):
-            x, y = batcher(spec.batch_size)
-            z, yf = noise(spec.batch_size)
-            with torch.no_grad():
-                fake = G(z, yf)
-            d_loss = F.relu(1.0 - D(x, y)).mean() + F.relu(1.0 + D(fake, yf)).mean()
             state.d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
+            d_loss = torch.zeros((), device=device)
+            for _ in range(accumulate):
+                x, y = batcher(spec.batch_size)
+                z, yf = noise(spec.batch_size)
+                with torch.no_grad():
+                    fake = G(z, yf)
+                loss = (F.relu(1.0 - D(x, y)).mean() + F.relu(1.0 + D(fake, yf)).mean()) / accumulate
+                loss.backward()
+                d_loss += loss.detach()
             if sync_grads is not None:
                 sync_grads(D)
             if state.d_masks is not None:
-                state.d_masks.mask_grads()
+                state.d_masks.before_step()
             state.d_opt.step()
             if state.d_masks is not None:
                 state.d_masks.apply()
 
         for p in d_params:
             p.requires_grad_(False)
-        z, yf = noise(spec.g_batch_size)
-        g_loss = -D(G(z, yf), yf).mean()
         state.g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
+        g_loss = torch.zeros((), device=device)
+        for _ in range(accumulate):
+            z, yf = noise(spec.g_batch_size)
+            loss = -D(G(z, yf), yf).mean() / accumulate
+            loss.backward()
+            g_loss += loss.detach()
         for p in d_params:
             p.requires_grad_(True)
         if sync_grads is not None:
             sync_grads(G)
         hooks.after_g_backward(state, t)
         if state.g_masks is not None:
-            state.g_masks.mask_grads()
+            state.g_masks.before_step()
         state.g_opt.step()
         if state.g_masks is not None:
             state.g_masks.apply()
@@ -194,7 +207,7 @@ def train(
             cost = step_cost()
         state.flops += cost
 
-        d_val, g_val = d_loss.item(), g_loss.detach().item()
+        d_val, g_val = d_loss.item(), g_loss.item()
         if not math.isfinite(d_val):
             raise Diverged(t, "D loss")
         if not math.isfinite(g_val):

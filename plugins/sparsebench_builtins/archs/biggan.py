@@ -168,11 +168,11 @@ QUICK = TrainSpec(
 )
 
 
-IMAGENET = TrainSpec(
+IMAGENET = TrainSpec(  # launch_BigGAN_bs256x8.sh: 8 accumulated batches of 256, adam_eps 1e-6, G_eval_mode
     dataset="imagefolder", resolution=128, width=96, z_dim=120, batch_size=256, g_batch_size=256, n_critic=1,
     lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.999, steps=150_000, ema_decay=0.9999, ema_start=20_000,
-    explore_interval=500, eval_samples=50_000, extractor="inception-v3-compat", eval_batch_stats=True,
-    log_every=100,
+    explore_interval=500, eval_samples=50_000, extractor="inception-v3-compat", eval_batch_stats=False,
+    log_every=100, accumulate=8, adam_eps=1e-6,
 )
 
 
