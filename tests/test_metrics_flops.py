@@ -178,4 +178,4 @@ def test_gan_tickets_rounds_option_sets_the_counted_rounds():
     assert float(nine["train_rel"]) == pytest.approx(sum(0.8**k for k in range(10)), abs=0.02)
     bad = run_cli("flops", "--arch", "sngan", "--methods", "gan-tickets", "-o", "gan-tickets.rounds=-1")
     assert bad.returncode != 0
-    assert bad.stderr.strip() == "Error: gan-tickets: option 'rounds' must be >= 0, got -1"
+    assert bad.stderr.strip() == "Error: gan-tickets: option 'rounds' must lie in [0, inf), got -1"
