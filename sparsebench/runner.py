@@ -94,8 +94,8 @@ class Runner:
         return self._data[key]
 
     def evaluator(self, config: RunConfig) -> Evaluator:
-        key = (config.dataset, config.train.resolution, config.train.extractor)
-        if key not in self._evaluators:
+        key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
+        if key not in self._evaluators:  # keyed like `data`: a data set option changes the reference
             self._evaluators[key] = Evaluator(
                 self.data(config), config.dataset, config.train.extractor, cache_dir(),
                 self.device, self.inception_weights,
