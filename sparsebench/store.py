@@ -440,7 +440,7 @@ class Store(ArtifactPaths):
         table = []
         for run in self.all_runs():
             res = run["results"]
-            row = {c: None for c in columns}
+            row: dict[str, Any] = {c: None for c in columns}
             row.update({k: run[k] for k in ("run_id", "method", "arch", "dataset", "preset", "sg", "sd",
                                             "seed", "status", "wall_s")})
             for key in columns:

@@ -31,7 +31,7 @@ class MethodInfo:
         self.methods = dict(methods)
 
     @classmethod
-    def of(cls, methods: "MethodInfo | Mapping[str, Any] | None" = None) -> "MethodInfo":
+    def of(cls, methods: Any = None) -> MethodInfo:
         """From a name -> method mapping, a plugin registry, or (None) the installed plugins' methods."""
         if isinstance(methods, MethodInfo):
             return methods
