@@ -67,7 +67,8 @@ class InceptionExtractor(FeatureExtractor):
             try:
                 state = torch.load(source, map_location="cpu", weights_only=True)
             except Exception:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError... for a foreign file
-                raise SparsebenchError(self._not_inception(weights_file, "not a weights file of plain tensors")) from None
+                why = "not a weights file of plain tensors"
+                raise SparsebenchError(self._not_inception(weights_file, why)) from None
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise SparsebenchError(self._not_inception(weights_file, "not a state dict of tensors"))
         buf = io.BytesIO()
