@@ -7,6 +7,7 @@ only ever talks to plugins through these interfaces, so it knows no method or ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -30,11 +31,19 @@ class Method(PluginObject):
     `fixed` pins grid axes the method defines for itself (e.g. PF trains a dense D: {"sd": 0.0});
     the grid records those values and does not repeat the method along them.
     `width` scales the channels of G and D (small-dense uses 0.5).
+    The remaining attributes tell the command line and the report how to present the method, so a
+    plugin's method is shown exactly as the built-ins are; the core knows no method by name.
     """
 
     fixed: ClassVar[dict[str, float]] = {}
     width: ClassVar[float] = 1.0
     requires: ClassVar[tuple[str, ...]] = ()  # methods whose finished run this one builds on
+    title: ClassVar[str] = ""  # its name in tables and figures ("": the method's name)
+    group: ClassVar[str] = ""  # a `--methods` shorthand it shares with sibling methods, e.g. "pf"
+    order: ClassVar[float] = 100.0  # table rows sort by it, then by name (the built-ins use 10 to 70)
+    reference: ClassVar[str] = ""  # the method Table 1 gives its FID difference to ("": none)
+    result_columns: ClassVar[tuple[str, ...]] = ()  # result keys it stores beyond the core's: results columns
+    length_option: ClassVar[str] = ""  # its option that multiplies the training length: runs above 1x fill Table 3
 
     def run(self, ctx: "RunContext") -> None:
         """Train, leaving the final models in `ctx` (see `RunContext.finish`)."""
@@ -94,7 +103,13 @@ class DataSplits:
 
 
 class Dataset(PluginObject):
-    """A data set that loads at a given resolution."""
+    """A data set that loads at a given resolution.
+
+    `extractor` names a registered `FeatureExtractor` that scores this data in place of the preset's
+    ("": the preset's, e.g. Inception with the paper preset).
+    """
+
+    extractor: ClassVar[str] = ""
 
     def load(self, resolution: int, data_dir: str | None = None, **options: Any) -> DataSplits:
         raise NotImplementedError
@@ -105,3 +120,41 @@ class Metric(PluginObject):
 
     def compute(self, ev: Any, **options: Any) -> dict[str, float]:
         raise NotImplementedError
+
+
+@dataclass
+class ExtractorWeights:
+    """What `FeatureExtractor.prepare` readied for one data set."""
+
+    path: Any = None  # what torch-fidelity's `feature_extractor_weights_path` gets (None: see `FeatureExtractor.load`)
+    accuracy: float | None = None  # held-out accuracy of an extractor trained on the data, stored with every result
+    check_now: bool = True  # build the extractor at once, so that unusable weights fail before any training
+
+
+class FeatureExtractor(PluginObject):
+    """The feature space in which the torch-fidelity metrics (FID, IS, KID, PRC) compare samples with data.
+
+    A data set whose images Inception features do not fit can bring its own (offline) extractor and
+    name it in `Dataset.extractor`. `fidelity_class` is registered with torch-fidelity under `name`;
+    `prepare` readies the weights for one data set before any training (trains and caches a
+    classifier, or checks a local file); `load` hands torch-fidelity the weights when it is built.
+    """
+
+    needs_heldout: ClassVar[bool] = False  # fitted on the train split and validated on the held-out one
+
+    def fidelity_class(self) -> type | None:
+        """The torch-fidelity `FeatureExtractorBase` subclass to register under `name` (None: torch-fidelity's own)."""
+        return None
+
+    def prepare(self, data: DataSplits, dataset: str, data_key: str, cache_dir: Path,
+                weights_file: str | None) -> ExtractorWeights:
+        """Ready the weights for `data` (content hash `data_key`), offline; `weights_file` is the user's local file."""
+        return ExtractorWeights(weights_file, check_now=weights_file is not None)
+
+    def load(self, prepared: ExtractorWeights, weights_file: str | None) -> Any:
+        """What torch-fidelity's `feature_extractor_weights_path` gets when the extractor is built."""
+        return prepared.path
+
+    def unusable(self, weights_file: str | None, error: Exception) -> str | None:
+        """The one-line message for weights torch-fidelity could not load (None: let `error` through)."""
+        return None

@@ -12,8 +12,6 @@ import click
 
 from sparsebench import SparsebenchError, __version__
 
-METHOD_GROUPS = {"pf": ["pf-global", "pf-uniform"]}
-
 
 class OneLineErrors(click.Group):
     """Every usage or input error is one line on stderr and a non-zero exit."""
@@ -85,13 +83,15 @@ def _ints(value: str, what: str) -> list[int]:
     return out
 
 
-def expand_methods(value: str, known: list[str]) -> list[str]:
+def expand_methods(value: str, plugins) -> list[str]:
+    """`--methods` as method names: a group the methods declare stands for all of its methods."""
+    known, groups = plugins.methods.names(), plugins.method_groups()
     out: list[str] = []
     for name in _split(value, "--methods"):
-        for m in METHOD_GROUPS.get(name, [name]):
+        for m in groups.get(name, [name]):
             if m not in known:
-                groups = ", ".join(f"{g} (= {','.join(ms)})" for g, ms in METHOD_GROUPS.items())
-                raise SparsebenchError(f"unknown method {m!r}; known: {', '.join(known)}; groups: {groups}")
+                listed = ", ".join(f"{g} (= {','.join(ms)})" for g, ms in groups.items()) or "none"
+                raise SparsebenchError(f"unknown method {m!r}; known: {', '.join(known)}; groups: {listed}")
             if m not in out:
                 out.append(m)
     return out
@@ -164,7 +164,7 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     if steps is not None:
         steps = _ints(steps, "--steps")[0]
     req = GridRequest(
-        methods=expand_methods(methods, plugins.methods.names()), arch=arch, dataset=dataset,
+        methods=expand_methods(methods, plugins), arch=arch, dataset=dataset,
         sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=_ints(seeds, "--seeds"), preset=preset,
         steps=steps, scope=scope, distribution=distribution, opt_state=opt_state,
         options=parse_option_strings(options), metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
@@ -259,17 +259,19 @@ def _summary(outcomes) -> None:
 
 @cli.command("list")
 def list_cmd():
-    """Show every registered method, architecture, metric and data set."""
+    """Show every registered method, architecture, metric, data set and feature extractor."""
     from tabulate import tabulate
 
     plugins = _plugins()
     for title, registry in (("methods", plugins.methods), ("architectures", plugins.archs),
-                            ("metrics", plugins.metrics), ("datasets", plugins.datasets)):
+                            ("metrics", plugins.metrics), ("datasets", plugins.datasets),
+                            ("feature extractors", plugins.extractors)):
         rows = [[name, registry.get(name).description, registry.source(name)] for name in registry.names()]
         click.echo(f"{title}:")
         click.echo(tabulate(rows, headers=["name", "description", "source"]))
         click.echo()
-    click.echo("method groups: " + ", ".join(f"{g} = {','.join(ms)}" for g, ms in METHOD_GROUPS.items()))
+    groups = plugins.method_groups()
+    click.echo("method groups: " + (", ".join(f"{g} = {','.join(ms)}" for g, ms in groups.items()) or "none"))
 
 
 @cli.command()
@@ -290,26 +292,35 @@ def show(run_id, store_path):
 def results(fmt, store_path):
     """Dump the flat results table, one row per run.
 
+    Columns: the core's, then the result columns the installed methods declare, then "other": any further
+    stored results of the run as a JSON object.
+
     JSON is an object: "runs" (one record per run) and "cells" (one per Table 1 cell: FID / IS over the
     seeds done and the FID difference to the reference method with its 95 % Welch interval).
     """
     import pandas as pd
 
-    from sparsebench.store import EXTRA_COLUMNS, INT_COLUMNS, RESULT_COLUMNS
+    from sparsebench.store import OTHER_COLUMN, int_columns, method_columns, table_columns
 
     if fmt not in ("csv", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
     store = _store(store_path, readonly=True)
-    df = pd.DataFrame(store.results_table(), columns=RESULT_COLUMNS + EXTRA_COLUMNS)
-    for col in INT_COLUMNS:
+    methods = _plugins().methods
+    declared = method_columns(methods.objects().values())
+    table = store.results_table(declared)
+    df = pd.DataFrame(table, columns=table_columns(declared))
+    for col in int_columns(table, declared):
         df[col] = df[col].astype("Int64")
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
     from sparsebench.report.tables import cell_aggregates
 
-    cells = cell_aggregates(df) if not df.empty else []
-    click.echo(json.dumps({"runs": json.loads(df.to_json(orient="records")), "cells": cells}, indent=2))
+    cells = cell_aggregates(df, methods) if not df.empty else []
+    runs = json.loads(df.to_json(orient="records"))
+    for run in runs:
+        run[OTHER_COLUMN] = json.loads(run[OTHER_COLUMN]) if run[OTHER_COLUMN] else None
+    click.echo(json.dumps({"runs": runs, "cells": cells}, indent=2))
 
 
 def main():
@@ -386,7 +397,7 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")
     check_convention(convention)
     plugins = _plugins()
-    req = GridRequest(methods=expand_methods(methods, plugins.methods.names()), arch=arch,
+    req = GridRequest(methods=expand_methods(methods, plugins), arch=arch,
                       sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=[0], preset=preset,
                       steps=_ints(steps, "--steps")[0] if steps else None, scope=scope,
                       options=parse_option_strings(options))
@@ -426,5 +437,5 @@ def report(fmt, out, name, arch, method, preset, no_samples, convention, store_p
     store = _store(store_path, readonly=True)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
     written = build_report(store, target, fmt, arch, method, preset, samples=not no_samples,
-                           command=default_command(), convention=convention)
+                           command=default_command(), convention=convention, methods=_plugins().methods)
     click.echo(f"report: {target / 'index.md'} ({len(written)} files)")

@@ -176,9 +176,12 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
             raise SparsebenchError(f"--steps must be a positive integer, got {req.steps}")
         spec = spec.replace(steps=req.steps)
     dataset = req.dataset or spec.dataset
-    plugins.datasets.get(dataset)
+    own_extractor = getattr(plugins.datasets.get(dataset), "extractor", "")  # a data set may bring the extractor that fits it
     if dataset != spec.dataset:
         spec = spec.replace(dataset=dataset)
+    if own_extractor and own_extractor != spec.extractor:
+        plugins.extractors.get(own_extractor)
+        spec = spec.replace(extractor=own_extractor)
     for metric in req.metrics:
         plugins.metrics.get(metric)
     from sparsebench.options import validate_options

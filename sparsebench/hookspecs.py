@@ -29,3 +29,8 @@ def register_metrics(register):
 @hookspec
 def register_datasets(register):
     """Register data sets (subclasses of `sparsebench.api.Dataset`)."""
+
+
+@hookspec
+def register_feature_extractors(register):
+    """Register feature extractors for the metrics (subclasses of `sparsebench.api.FeatureExtractor`)."""

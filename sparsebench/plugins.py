@@ -47,6 +47,10 @@ class Registry:
             raise SparsebenchError(f"unknown {self.kind} {name!r}; known: {known}")
         return self.entries[name].obj
 
+    def objects(self) -> dict[str, Any]:
+        """The registered objects by name."""
+        return {name: entry.obj for name, entry in self.entries.items()}
+
     def source(self, name: str) -> str:
         return self.entries[name].source
 
@@ -59,11 +63,12 @@ _HOOKS = {
     "register_architectures": "architecture",
     "register_metrics": "metric",
     "register_datasets": "dataset",
+    "register_feature_extractors": "feature extractor",
 }
 
 
 class Plugins:
-    """The loaded plugin set: four registries and the warnings raised while filling them."""
+    """The loaded plugin set: one registry per kind and the warnings raised while filling them."""
 
     def __init__(self, load_entrypoints: bool = True, extra: list[tuple[str, Any]] = ()):
         self.pm = pluggy.PluginManager(GROUP)
@@ -93,6 +98,22 @@ class Plugins:
     @property
     def datasets(self) -> Registry:
         return self.registries["dataset"]
+
+    @property
+    def extractors(self) -> Registry:
+        return self.registries["feature extractor"]
+
+    def method_groups(self) -> dict[str, list[str]]:
+        """The groups the methods declare, each with its methods in table order (`Method.group`)."""
+        from sparsebench.api import Method
+
+        groups: dict[str, list[str]] = {}
+        methods = self.methods.objects()
+        for name in sorted(methods, key=lambda n: (getattr(methods[n], "order", Method.order), n)):
+            group = getattr(methods[name], "group", "")
+            if group and group not in methods:  # a method's own name always means that method
+                groups.setdefault(group, []).append(name)
+        return groups
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)

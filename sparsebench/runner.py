@@ -98,7 +98,7 @@ class Runner:
         if key not in self._evaluators:  # keyed like `data`: a data set option changes the reference
             self._evaluators[key] = Evaluator(
                 self.data(config), config.dataset, config.train.extractor, cache_dir(),
-                self.device, self.inception_weights,
+                self.device, self.inception_weights, self.plugins.extractors,
             )
         return self._evaluators[key]
 

@@ -1,1 +1,1 @@
-"""Evaluation: sampling the generator, torch-fidelity glue, the offline digits feature extractor."""
+"""Evaluation: sampling the generator, torch-fidelity glue over the registered feature extractors."""

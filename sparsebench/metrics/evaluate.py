@@ -7,21 +7,16 @@ converted to uint8 as the references do: x * 127.5 + 127.5, clamped.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits
-from sparsebench.metrics import digits_extractor
+from sparsebench.api import DataSplits, FeatureExtractor
 from sparsebench.metrics.cache import content_hash, data_hash, load_arrays, save_arrays, write_atomic
 
-INCEPTION = "inception-v3-compat"
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 METRICS = ("isc", "fid", "kid", "prc")
 
 
@@ -56,16 +51,21 @@ def sample(G: nn.Module, n: int, z_dim: int, num_classes: int, device, seed: int
 
 
 class Evaluator:
-    """Metrics of generated samples against one data set's train split, with one extractor.
+    """Metrics of generated samples against one data set's train split, with one registered feature extractor.
 
     torch-fidelity extracts the features and does the metric math, all in this process: its own
     file cache (which unpickles whatever it finds) stays off. The train split's features are cached
     here as .npz named by the data's and the extractor weights' content hashes, which every result
-    records (`data_hash`, `extractor_hash`).
+    records (`data_hash`, `extractor_hash`). `weights_file` is the user's local extractor weights
+    (`--inception-weights`); `extractors` the feature extractor registry (default: the installed plugins').
     """
 
     def __init__(self, data: DataSplits, dataset: str, extractor: str, cache_dir: Path, device: torch.device,
-                 inception_path: str | None = None):
+                 weights_file: str | None = None, extractors=None):
+        if extractors is None:
+            from sparsebench.plugins import get_plugins
+
+            extractors = get_plugins().extractors
         self.data = data
         self.dataset = dataset
         self.extractor = extractor
@@ -73,29 +73,30 @@ class Evaluator:
         self.device = device
         self.data_hash = data_hash(data)
         self.extractor_hash: str | None = None  # known once the extractor is built
-        self.extractor_accuracy: float | None = None
-        self.inception_path = inception_path
-        self._digits_weights: str | None = None
+        self.weights_file = weights_file
+        self._plugin: FeatureExtractor = extractors.get(extractor)
         self._extractor = None
         self._reference_features: dict[str, torch.Tensor] | None = None
         self._reference_stats: dict[str, dict] = {}
-        if extractor == digits_extractor.NAME:
-            if data.heldout is None or data.train.num_classes != 10:
-                raise SparsebenchError(
-                    f"the quick preset scores with the {extractor} extractor, which only fits the digits data; "
-                    f"use --preset paper (Inception features) for {dataset}"
-                )
-            digits_extractor.register()
-            path, acc = digits_extractor.ensure_weights(self.cache_dir, data.train, data.heldout, self.data_hash)
-            self._digits_weights, self.extractor_accuracy = str(path), acc
-            self.feature_extractor()
-        elif extractor == INCEPTION:
-            if inception_path:
-                if not os.path.isfile(inception_path):
-                    raise SparsebenchError(f"--inception-weights {inception_path}: no such file")
-                self.feature_extractor()  # a wrong file fails here, before any training
-        else:
-            raise SparsebenchError(f"unknown feature extractor {extractor!r}; known: {digits_extractor.NAME}, {INCEPTION}")
+        if self._plugin.needs_heldout and data.heldout is None:
+            raise SparsebenchError(f"the {extractor} feature extractor needs a held-out split, which {dataset} "
+                                   "does not have; use a preset or data set with another extractor")
+        self._register()
+        self._weights = self._plugin.prepare(data, dataset, self.data_hash, self.cache_dir, weights_file)
+        self.extractor_accuracy = self._weights.accuracy
+        if self._weights.check_now:
+            self.feature_extractor()  # unusable weights fail here, before any training
+
+    def _register(self) -> None:
+        """Make the extractor known to torch-fidelity under its name (once per process)."""
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+        cls = self._plugin.fidelity_class()
+        if cls is not None and self.extractor not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(self.extractor, cls)
+        if self.extractor not in FEATURE_EXTRACTORS_REGISTRY:
+            raise SparsebenchError(f"feature extractor {self.extractor!r} is not known to torch-fidelity; its plugin "
+                                   "must return its torch-fidelity class from fidelity_class()")
 
     # -- the feature extractor --------------------------------------------------------------------
     def feature_extractor(self):
@@ -106,54 +107,18 @@ class Evaluator:
 
             cls = FEATURE_EXTRACTORS_REGISTRY[self.extractor]
             layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in METRICS})
-            weights = self._digits_weights if self.extractor == digits_extractor.NAME else self._inception_weights()
+            weights = self._plugin.load(self._weights, self.weights_file)
             try:
                 fe = create_feature_extractor(self.extractor, layers, cuda=self.device.type == "cuda", verbose=False,
                                               feature_extractor_weights_path=weights)
-            except RuntimeError:  # load_state_dict: missing or mismatched parameters
-                if self.extractor != INCEPTION:
+            except Exception as exc:  # noqa: BLE001 - the plugin says which errors mean unusable weights
+                message = self._plugin.unusable(self.weights_file, exc)
+                if message is None:
                     raise
-                raise SparsebenchError(self._not_inception("parameters do not fit Inception v3")) from None
+                raise SparsebenchError(message) from None
             self.extractor_hash = content_hash(fe.state_dict().items())
             self._extractor = fe
         return self._extractor
-
-    def _inception_weights(self) -> io.BytesIO:
-        """The Inception state dict, loaded with weights_only=True (a pickled object is refused, never run) and
-        handed to torch-fidelity in memory, so its own unrestricted torch.load only sees what we wrote."""
-        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-        source = self.inception_path or (str(hub) if hub.is_file() else None)
-        if source is None:
-            try:
-                state = torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", progress=False,
-                                                           weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError... when offline
-                raise SparsebenchError(
-                    f"Inception weights could not be downloaded ({type(exc).__name__}); put {INCEPTION_FILE} at "
-                    f"{hub} or pass --inception-weights PATH"
-                ) from None
-        else:
-            try:
-                state = torch.load(source, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError... for a foreign file
-                raise SparsebenchError(self._not_inception("not a weights file of plain tensors")) from None
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise SparsebenchError(self._not_inception("not a state dict of tensors"))
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        buf.seek(0)
-        return buf
-
-    def _not_inception(self, why: str) -> str:
-        if self.inception_path:
-            where = f"--inception-weights {self.inception_path}"
-            fix = f"expected {INCEPTION_FILE}, the PyTorch state dict of torch-fidelity's TF-compatible Inception v3"
-        else:
-            where = str(Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE)
-            fix = "delete it to download it again, or pass --inception-weights PATH"
-        return f"{where}: unusable Inception weights ({why}); {fix}"
 
     # -- features and metrics -------------------------------------------------------------------
     def _features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

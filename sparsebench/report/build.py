@@ -16,14 +16,16 @@ from sparsebench import SparsebenchError
 from sparsebench.config import check_run_id
 from sparsebench.report import plots
 from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
-from sparsebench.report.tables import cost_table, length_table, quality_table
-from sparsebench.store import EXTRA_COLUMNS, RESULT_COLUMNS, Store
+from sparsebench.report.tables import MethodInfo, cost_table, labels, length_table, quality_table
+from sparsebench.store import Store, method_columns, table_columns
 
 FORMATS = ("md", "latex", "all")
 
 
-def _frame(store: Store, arch: str | None, method: str | None, preset: str | None) -> pd.DataFrame:
-    df = pd.DataFrame(store.results_table(), columns=RESULT_COLUMNS + EXTRA_COLUMNS)
+def _frame(store: Store, arch: str | None, method: str | None, preset: str | None, methods=None) -> pd.DataFrame:
+    """The results table as a frame (`methods`: see `MethodInfo.of`; their declared result columns included)."""
+    columns = method_columns(MethodInfo.of(methods).methods.values())
+    df = pd.DataFrame(store.results_table(columns), columns=table_columns(columns))
     for col, value in (("arch", arch), ("method", method), ("preset", preset)):
         if value:
             df = df[df[col].isin(value.split(","))]
@@ -32,10 +34,13 @@ def _frame(store: Store, arch: str | None, method: str | None, preset: str | Non
 
 def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = None, method: str | None = None,
                  preset: str | None = None, samples: bool = True, command: str | None = None,
-                 convention: str = "fvcore") -> list[Path]:
+                 convention: str = "fvcore", methods=None) -> list[Path]:
+    """The report folder; tables and figures name, order and compare methods as they declare (`methods`: the
+    registered methods, see `MethodInfo.of`)."""
     if fmt not in FORMATS:
         raise SparsebenchError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
-    df = _frame(store, arch, method, preset)
+    info = MethodInfo.of(methods)
+    df = _frame(store, arch, method, preset, info)
     if df.empty:
         filters = ", ".join(f"{k}={v}" for k, v in (("arch", arch), ("method", method), ("preset", preset)) if v)
         raise SparsebenchError(f"no runs in {store.path}" + (f" matching {filters}" if filters else "")
@@ -55,8 +60,10 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
         raise SparsebenchError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
     written: list[Path] = []
 
-    tables = [("table1", quality_table(df), "quality"), ("table2", cost_table(df, convention=convention), "cost")]
-    t3 = length_table(df)
+    df["label"] = labels(df, info)
+    tables = [("table1", quality_table(df, methods=info), "quality"),
+              ("table2", cost_table(df, convention=convention, methods=info), "cost")]
+    t3 = length_table(df, info)
     if t3 is not None:
         tables.append(("table3", t3, "quality"))
     tex_parts = []

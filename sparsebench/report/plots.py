@@ -1,13 +1,14 @@
 """Figures (PNG and PDF): FID vs s_G (paper Figs. 3-4), FID vs training FLOPs, STU-GAN's
-exploration rate over training, training losses; and a sample grid per run."""
+exploration rate over training, training losses; and a sample grid per run.
+
+Runs are named by the results frame's `label` column (`tables.labels`: the methods' declared titles).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-
-from sparsebench.report.tables import label, labels
 
 
 def _plt():
@@ -51,7 +52,6 @@ def fid_vs_sg(df: pd.DataFrame, out: Path) -> list[Path]:
     if not archs:
         return []
     fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.6), squeeze=False)
-    done["label"] = labels(done)
     for ax, arch in zip(axes[0], archs):
         sub = done[done["arch"] == arch]
         for (name, sd), g in sub.groupby(["label", "sd"]):
@@ -73,7 +73,6 @@ def fid_vs_flops(df: pd.DataFrame, out: Path) -> list[Path]:
     done = df[(df["status"] == "done") & df["fid"].notna() & df["train_flops_rel"].notna()].copy()
     if done.empty:
         return []
-    done["label"] = labels(done)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, g in done.groupby("label"):
         ax.scatter(g["train_flops_rel"], g["fid"], label=name, s=18)
@@ -98,7 +97,7 @@ def curves(stats: pd.DataFrame, runs: pd.DataFrame, panels: list[tuple[str, str]
         for run_id, g in list(sub.groupby("run_id", sort=False))[:max_runs]:
             r = info.loc[run_id]
             ax.plot(g["step"].to_numpy(), g["value"].to_numpy(), lw=1,
-                    label=f"{label(r)} {r['arch']} sG={r['sg']:g} sD={r['sd']:g} seed={r['seed']}")
+                    label=f"{r['label']} {r['arch']} sG={r['sg']:g} sD={r['sd']:g} seed={r['seed']}")
         ax.set_xlabel("G step")
         ax.set_ylabel(ylabel)
     axes[0][0].legend(fontsize=6)

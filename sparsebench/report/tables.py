@@ -6,25 +6,56 @@ Markdown or LaTeX is done elsewhere, so both formats show the same numbers.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import pandas as pd
 from scipy import stats
 
 from sparsebench.flop_conventions import CONVENTION_NOTES, PAPER_FLOPS_PER_FMA
 
-METHOD_ORDER = ["dense", "small-dense", "pf-global", "pf-uniform", "gan-tickets", "static", "stugan"]
-METHOD_TITLES = {
-    "dense": "Dense GAN", "small-dense": "Small Dense GAN", "pf-global": "PF (global)",
-    "pf-uniform": "PF (uniform)", "gan-tickets": "GAN Tickets", "static": "Static Sparse GAN", "stugan": "STU-GAN",
-}
 BAD = ("failed", "diverged")
-# What each method's difference in Table 1 is taken against, at the same arch (and s_G, s_D unless the
-# reference is dense): STU-GAN against the baseline it adds exploration to, everything else against the dense
-# GAN. The dense GAN itself has no reference.
-REFERENCE_METHOD = {"stugan": "static"}
-DEFAULT_REFERENCE = "dense"
 CONFIDENCE = 0.95
+
+
+class MethodInfo:
+    """What the tables take from the registered methods: title, row order, reference, Table 3's length option.
+
+    A stored method that is not registered (any more) keeps its name as title, sorts after the others and is
+    compared with nothing.
+    """
+
+    def __init__(self, methods: Mapping[str, Any]):
+        self.methods = dict(methods)
+
+    @classmethod
+    def of(cls, methods: Any = None) -> MethodInfo:
+        """From a name -> method mapping, a plugin registry, or (None) the installed plugins' methods."""
+        if isinstance(methods, MethodInfo):
+            return methods
+        if methods is None:
+            from sparsebench.plugins import get_plugins
+
+            methods = get_plugins().methods
+        return cls(methods.objects() if hasattr(methods, "objects") else methods)
+
+    def _get(self, name: str, attr: str, default):
+        return getattr(self.methods[name], attr, default) if name in self.methods else default
+
+    def title(self, name: str) -> str:
+        return self._get(name, "title", "") or name
+
+    def rank(self, name: str) -> tuple:
+        return (self._get(name, "order", math.inf), name)
+
+    def reference(self, name: str) -> str | None:
+        """The method whose FID a cell of `name` is compared with (None: no comparison)."""
+        return self._get(name, "reference", "") or None
+
+    def length_option(self, name: str) -> str:
+        return self._get(name, "length_option", "")
 
 
 @dataclass
@@ -47,22 +78,21 @@ class Table:
     rows: list[tuple[list[str], list[Cell]]]
 
 
-def label(row) -> str:
-    title = METHOD_TITLES.get(row["method"], row["method"])
+def label(row, info: MethodInfo) -> str:
+    title = info.title(row["method"])
     return f"{title} [{row['variant']}]" if isinstance(row.get("variant"), str) and row["variant"] else title
 
 
-def labels(df: pd.DataFrame) -> pd.Series:
+def labels(df: pd.DataFrame, info: MethodInfo) -> pd.Series:
     """`label` for every row of a results frame, vectorised."""
-    titles = df["method"].map(lambda m: METHOD_TITLES.get(m, m))
+    titles = df["method"].map(info.title)
     variant = df["variant"].fillna("").astype(str)
     return titles.where(variant == "", titles + " [" + variant + "]")
 
 
-def _order(df: pd.DataFrame) -> list[tuple[str, str, float]]:
+def _order(df: pd.DataFrame, info: MethodInfo) -> list[tuple[str, str, float]]:
     keys = df[["method", "variant", "sd"]].drop_duplicates().itertuples(index=False)
-    rank = lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)  # noqa: E731
-    return sorted(keys, key=lambda k: (rank(k[0]), k[0], k[1] or "", k[2]))
+    return sorted(keys, key=lambda k: (info.rank(k[0]), k[1] or "", k[2]))
 
 
 def _columns(df: pd.DataFrame) -> list[tuple[str, float]]:
@@ -83,7 +113,7 @@ def _fmt(mean: float, std: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def _cells(df: pd.DataFrame, make) -> tuple[list, list]:
+def _cells(df: pd.DataFrame, make, info: MethodInfo) -> tuple[list, list]:
     """Rows (method, variant, s_D) x columns (arch, s_G); methods without s_G fill every column.
 
     `make(key, runs)` builds one cell from its key (method, variant, arch, s_G, s_D) and its runs.
@@ -97,12 +127,12 @@ def _cells(df: pd.DataFrame, make) -> tuple[list, list]:
     for method, variant, sd, _, sg in groups:
         sgs.setdefault((method, variant, sd), set()).add(sg)
     rows = []
-    for method, variant, sd in _order(df):
+    for method, variant, sd in _order(df, info):
         cells = []
         for arch, sg in cols:
             sg = 0.0 if sgs[(method, variant, sd)] == {0.0} else sg
             cells.append(make((method, variant, arch, sg, sd), groups.get((method, variant, sd, arch, sg), empty)))
-        rows.append(([label({"method": method, "variant": variant}), f"{100 * sd:g}"], cells))
+        rows.append(([label({"method": method, "variant": variant}, info), f"{100 * sd:g}"], cells))
     return cols, rows
 
 
@@ -126,11 +156,6 @@ def _status_note(here: pd.DataFrame) -> str:
     return ", ".join(notes)
 
 
-def reference_method(method: str) -> str | None:
-    """The method whose FID a cell of `method` is compared with (None for the dense GAN itself)."""
-    return None if method == DEFAULT_REFERENCE else REFERENCE_METHOD.get(method, DEFAULT_REFERENCE)
-
-
 def welch_interval(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, float] | None:
     """mean(a) - mean(b) with its Welch t confidence interval, or None when either side has fewer than 2 values.
 
@@ -149,11 +174,13 @@ def welch_interval(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, 
 CELL_KEYS = ["method", "variant", "arch", "sg", "sd"]
 
 
-def cell_aggregates(df: pd.DataFrame) -> list[dict]:
-    """One record per Table 1 cell: FID / IS over the seeds done, and the FID difference to the reference
-    method (same arch; same s_G and s_D, or the reference's own when it fixes them, as the dense GAN does)
-    with its Welch interval. Table 1 and `sparsebench results --format json` both read these records.
+def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
+    """One record per Table 1 cell: FID / IS over the seeds done, and the FID difference to the method's
+    declared reference method (same arch; same s_G and s_D, or the reference's own when it fixes them, as
+    the dense GAN does) with its Welch interval. Table 1 and `sparsebench results --format json` both read
+    these records. `methods`: see `MethodInfo.of`.
     """
+    info = MethodInfo.of(methods)
     df = df.copy()
     df["variant"] = df["variant"].fillna("")
     done = df[(df["status"] == "done") & df["fid"].notna()]
@@ -165,7 +192,7 @@ def cell_aggregates(df: pd.DataFrame) -> list[dict]:
         fid, is_ = _stat(ok["fid"]), _stat(ok["is_mean"])
         rec = {"method": method, "variant": variant, "arch": arch, "sg": float(sg), "sd": float(sd), "n": len(ok),
                "fid_mean": fid[0], "fid_std": fid[1], "is_mean": is_[0], "is_std": is_[1],
-               "reference": reference_method(method), "n_reference": None, "diff": None, "ci_low": None,
+               "reference": info.reference(method), "n_reference": None, "diff": None, "ci_low": None,
                "ci_high": None}
         if rec["reference"] is not None:
             ref = fids.get((rec["reference"], "", arch, sg, sd), fids.get((rec["reference"], "", arch, 0.0, 0.0), []))
@@ -185,11 +212,11 @@ def significant(rec: dict) -> bool:
     return rec["ci_low"] is not None and (rec["ci_low"] > 0 or rec["ci_high"] < 0)
 
 
-def _comparison(rec: dict) -> str:
+def _comparison(rec: dict, info: MethodInfo) -> str:
     ref = rec["reference"]
     if ref is None:
         return ""
-    title = METHOD_TITLES.get(ref, ref)
+    title = info.title(ref)
     if not rec["n_reference"]:
         return f"Δ vs {title}: no {title} run"
     if rec["diff"] is None:
@@ -199,8 +226,9 @@ def _comparison(rec: dict) -> str:
     return f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
 
 
-def quality_table(df: pd.DataFrame, title: str = "Table 1") -> Table:
-    aggregates = {tuple(r[k] for k in CELL_KEYS): r for r in cell_aggregates(df)}
+def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Table:
+    info = MethodInfo.of(methods)
+    aggregates = {tuple(r[k] for k in CELL_KEYS): r for r in cell_aggregates(df, info)}
 
     def make(key, here: pd.DataFrame) -> Cell:
         note = _status_note(here)
@@ -208,27 +236,31 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1") -> Table:
         if rec is None or not rec["n"]:
             return Cell("n/a" + (f" ({note})" if note else ""), note=note)
         fid, is_ = (rec["fid_mean"], rec["fid_std"]), (rec["is_mean"], rec["is_std"])
-        comparison = _comparison(rec)
+        comparison = _comparison(rec, info)
         text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={rec['n']}" + (f"; {note})" if note else ")")
         return Cell(text + (f"; {comparison}" if comparison else ""), value=fid[0], parts=[fid, is_],
                     note=f"n={rec['n']}" + (f"; {note}" if note else ""), comparison=comparison,
                     significant=significant(rec))
 
-    cols, rows = _cells(df, make)
+    cols, rows = _cells(df, make, info)
     _mark_best(rows, len(cols), lambda cell: cell.significant)
-    references = "; ".join(f"{METHOD_TITLES.get(m, m)}: {METHOD_TITLES.get(r, r)} at the same s_G and s_D"
-                           for m, r in REFERENCE_METHOD.items())
+    compared: dict[str, list[str]] = {}  # reference -> titles of the methods in this table compared with it
+    for method in sorted(df["method"].unique(), key=info.rank):
+        if (ref := info.reference(method)) is not None:
+            compared.setdefault(ref, []).append(info.title(method))
+    references = "; ".join(f"{', '.join(titles)}: {info.title(ref)}" for ref, titles in compared.items())
     return Table(
         title, "(FID ↓ / IS ↑), mean ± std over seeds, n = seeds done; failed or diverged runs are counted, "
-        f"not dropped. Δ = FID difference to the reference method ({references}; every other method: "
-        f"{METHOD_TITLES[DEFAULT_REFERENCE]}) with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
+        "not dropped. Δ = FID difference to the method's reference method"
+        + (f" ({references})" if references else "") + ", at the same s_G and s_D unless the reference fixes "
+        f"them, with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
         "(none when either side has one seed). The best FID per column is in bold only when its interval "
         "excludes zero.",
         ["Method", "s_D (%)"], [(a, f"s_G = {100 * sg:g}%") for a, sg in cols], rows,
     )
 
 
-def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvcore") -> Table:
+def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvcore", methods=None) -> Table:
     """Training / testing FLOPs from the store (fvcore counts), shown in `convention` (see `CONVENTIONS`)."""
     scale = PAPER_FLOPS_PER_FMA if convention == "paper" else 1.0
 
@@ -243,7 +275,7 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
         return Cell(f"{tr:.3g} ({trr:.2f}×{mark}) / {te:.3g} ({ter:.2f}×)", value=trr,
                     parts=[(tr, trr), (te, ter)], note=mark)
 
-    cols, rows = _cells(df, make)
+    cols, rows = _cells(df, make, MethodInfo.of(methods))
     _mark_best(rows, len(cols))
     return Table(
         title, "Training FLOPs / testing FLOPs (one generator forward for one image), absolute and "
@@ -253,12 +285,15 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
     )
 
 
-def length_table(df: pd.DataFrame) -> Table | None:
-    """Table 3: STU-GAN at 1x and at longer training lengths (the `length` option)."""
-    stu = df[df["method"] == "stugan"].copy()
-    stu["variant"] = stu["variant"].fillna("")
-    longer = stu["variant"].str.contains(r"(?:^|,)length=\d+", regex=True)
-    if not longer.any():
-        return None
-    base = stu[stu["variant"] == ""]
-    return quality_table(pd.concat([base, stu[longer]]), "Table 3")
+def length_table(df: pd.DataFrame, methods=None) -> Table | None:
+    """Table 3: the methods that declare a `length_option` (STU-GAN's `length`), at 1x and trained longer."""
+    info = MethodInfo.of(methods)
+    parts = []
+    for method, runs in df.groupby("method", sort=False):
+        if not (option := info.length_option(method)):
+            continue
+        variant = runs["variant"].fillna("")
+        longer = variant.str.contains(rf"(?:^|,){re.escape(option)}=\d+", regex=True)
+        if longer.any():
+            parts += [runs[variant == ""], runs[longer]]
+    return quality_table(pd.concat(parts), "Table 3", info) if parts else None

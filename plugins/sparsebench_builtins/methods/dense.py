@@ -10,6 +10,8 @@ class Dense(Method):
     name = "dense"
     description = "dense G and D, the architecture's reference training"
     fixed = {"sg": 0.0, "sd": 0.0}
+    title = "Dense GAN"
+    order = 10
 
     def run(self, ctx) -> None:
         G, D = ctx.build_models()

@@ -30,6 +30,10 @@ class GANTickets(Method):
     description = "iterative magnitude pruning of G with rewinding to init, 20 % per round (GAN-LTH)"
     fixed = {"sd": 0.0}
     requires = ("dense",)
+    title = "GAN Tickets"
+    order = 50
+    reference = "dense"
+    result_columns = ("reached_sg", "rounds", "pruned_from")
     options = (
         Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round", interval="(0, 1)"),
         Option("rounds", int, 0, "pruning rounds (0: the number whose density 0.8^k is nearest 1 - s_G)",

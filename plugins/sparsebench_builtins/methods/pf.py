@@ -17,6 +17,9 @@ class PruneFinetune(Method):
     how = ""
     fixed = {"sd": 0.0}
     requires = ("dense",)
+    group = "pf"
+    reference = "dense"
+    result_columns = ("pruned_from",)
 
     def run(self, ctx) -> None:
         dense = ctx.require("dense")
@@ -42,12 +45,16 @@ class PFGlobal(PruneFinetune):
     name = "pf-global"
     description = "prune the trained dense G once with one global magnitude threshold, fine-tune"
     how = "global"
+    title = "PF (global)"
+    order = 30
 
 
 class PFUniform(PruneFinetune):
     name = "pf-uniform"
     description = "prune the trained dense G once layer by layer by magnitude, fine-tune"
     how = "uniform"
+    title = "PF (uniform)"
+    order = 40
 
 
 @hookimpl

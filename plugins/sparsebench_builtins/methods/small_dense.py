@@ -10,6 +10,9 @@ class SmallDense(Dense):
     name = "small-dense"
     description = "dense G and D at half width (the paper's Small Dense baseline)"
     width = 0.5
+    title = "Small Dense GAN"
+    order = 20
+    reference = "dense"
 
 
 @hookimpl

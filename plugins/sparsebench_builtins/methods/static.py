@@ -21,6 +21,9 @@ def sparse_phase_densities(plan, sg: float, sd: float) -> tuple[dict | None, dic
 class Static(Method):
     name = "static"
     description = "Static Sparse GAN: fixed ERK masks on G and D, trained from scratch"
+    title = "Static Sparse GAN"
+    order = 60
+    reference = "dense"
 
     def run(self, ctx) -> None:
         G, D = ctx.build_models()

@@ -66,6 +66,11 @@ class Exploration(Hooks):
 class STUGAN(Method):
     name = "stugan"
     description = "STU-GAN: sparse G and D from scratch, G explored by prune-and-regrow, SEMA"
+    title = "STU-GAN"
+    order = 70
+    reference = "static"  # the baseline it adds exploration to, at the same s_G and s_D
+    result_columns = ("topology_updates", "delta_t")
+    length_option = "length"
     options = (
         Option("explore", str, "g", "which networks explore their connectivity (paper Fig. 5)", ("g", "d", "gd")),
         Option("p0", float, 0.5, "initial update fraction p", interval="(0, 1]"),

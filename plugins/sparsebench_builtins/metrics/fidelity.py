@@ -1,13 +1,14 @@
 """`fid`, `is`, `kid`, `prc`: the standard GAN metrics through torch-fidelity.
 
 With the paper preset they use the TF-compatible Inception (`inception-v3-compat`); with the
-quick preset the offline digits classifier. IS uses 10 splits.
+quick preset the offline digits classifier (both registered here, see `extractors`). IS uses 10 splits.
 """
 
 from __future__ import annotations
 
 from sparsebench.api import Metric
 from sparsebench.hookspecs import hookimpl
+from sparsebench_builtins.metrics.extractors import DigitsExtractor, InceptionExtractor
 
 
 class FidelityMetric(Metric):
@@ -51,3 +52,9 @@ class PRC(FidelityMetric):
 def register_metrics(register):
     for metric in (FID(), IS(), KID(), PRC()):
         register(metric)
+
+
+@hookimpl
+def register_feature_extractors(register):
+    register(InceptionExtractor())
+    register(DigitsExtractor())

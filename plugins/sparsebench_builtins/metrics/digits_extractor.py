@@ -95,7 +95,7 @@ def ensure_weights(cache_dir: Path, train, heldout, data_key: str) -> tuple[Path
     return path, accuracy
 
 
-def _fidelity_extractor_class():
+def fidelity_extractor_class():
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
     class DigitsFeatureExtractor(FeatureExtractorBase):
@@ -132,10 +132,3 @@ def _fidelity_extractor_class():
 
     return DigitsFeatureExtractor
 
-
-def register() -> None:
-    """Register the extractor with torch-fidelity (idempotent)."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-
-    if NAME not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(NAME, _fidelity_extractor_class())
