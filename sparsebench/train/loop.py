@@ -216,11 +216,11 @@ def train(
         if state.ema is not None:
             state.ema.update(t)
         state.step = t
+        state.flops += cost  # this step ran at the densities before any update below
         if hooks.after_g_step(state, t):
             if sync_grads is not None:
                 on_topology_change(state)
-            cost = step_cost()
-        state.flops += cost
+            cost = step_cost()  # the next steps run at the new densities
 
         d_val, g_val = d_loss.item(), g_loss.item()
         if not math.isfinite(d_val):
