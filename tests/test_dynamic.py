@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from conftest import EXE, run_cli
+from sparsebench import SparsebenchError
 from sparsebench.config import TrainSpec
 from sparsebench.flops import count_gan, count_model
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, layer_densities, scope_parameters
 from sparsebench.sparse.dynamic import TopologyUpdate
 from sparsebench.train.context import RunContext
 from sparsebench.train.loop import Batcher, GANState, Hooks, adam, d_hinge_loss, g_hinge_loss, train
+from sparsebench_builtins.methods import adapt
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +36,14 @@ SMALL = dict(dataset="digits", resolution=16, width=4, z_dim=16, batch_size=8, g
 
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
-    """Environment for CLI subprocesses in which the `set` and `rigl` entry points are visible.
+    """Environment for CLI subprocesses in which the `set`, `rigl` and `adapt` entry points are visible.
 
     pyproject.toml declares them; until the package is reinstalled, a throwaway distribution on
     PYTHONPATH declares the same entry points (a no-op once they are installed).
     """
     site = tmp_path_factory.mktemp("site")
     installed = {ep.name for ep in importlib.metadata.entry_points(group="sparsebench")}
-    missing = {"methods-set": "set", "methods-rigl": "rigl"}.keys() - installed
+    missing = {"methods-set", "methods-rigl", "methods-adapt"} - installed
     if missing:
         dist = site / "sparsebench_dst_entrypoints-0.1.dist-info"
         dist.mkdir()
@@ -259,7 +261,7 @@ def test_conv_transpose_is_sparse_with_erk_fans_and_flops():
 
 def test_a_convolution_the_scope_does_not_cover_is_refused_by_name():
     model = nn.Sequential(nn.Conv2d(3, 3, 3), nn.Conv1d(3, 3, 3))
-    with pytest.raises(ValueError, match=r"layer '1' is a Conv1d, which the sparse scope does not cover"):
+    with pytest.raises(SparsebenchError, match=r"layer '1' is a Conv1d, which the sparse scope does not cover"):
         scope_parameters(model, "conv")
 
 
@@ -273,16 +275,19 @@ def test_method_files_stay_small():
 @pytest.mark.parametrize("arch", ["sngan", "biggan"])
 def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     store = tmp_path / "r.db"
-    run_cli("run", "--methods", "set,rigl", "--arch", arch, "--sg", "0.8", "--sd", "0.5", "--steps", "6",
+    run_cli("run", "--methods", "set,rigl,adapt", "--arch", arch, "--sg", "0.8", "--sd", "0.5", "--steps", "6",
             "--no-progress", "-o", "set.delta_t=2", "-o", "rigl.delta_t=2", "-o", "rigl.update=gd",
-            "--store", str(store), env=cli_env, check=True)
+            "-o", "adapt.delta_t=2", "-o", "adapt.ratio_every=1", "--store", str(store), env=cli_env, check=True)
     by = {r["method"]: r for r in results(store, cli_env)}
-    assert set(by) == {"set", "rigl"}
+    assert set(by) == {"set", "rigl", "adapt"}
     for row in by.values():
         assert row["status"] == "done" and row["eval_weights"] == "sema"
         assert float(row["density_g"]) == pytest.approx(0.2, abs=1e-4)
-        assert float(row["density_d"]) == pytest.approx(0.5, abs=1e-4)
         assert float(row["exploration_rate"]) > 0.2 + 0.01  # G's connectivity moved
+    for method in ("set", "rigl"):
+        assert float(by[method]["density_d"]) == pytest.approx(0.5, abs=1e-4)
+    # one adjustment of D (at G step 4): its density moved by 0.05 or stayed
+    assert min(abs(float(by["adapt"]["density_d"]) - d) for d in (0.45, 0.5, 0.55)) < 1e-3
     import sqlite3
 
     with sqlite3.connect(store) as conn:
@@ -290,9 +295,10 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     assert {"exploration_rate", "exploration_rate_d", "update_fraction"} <= keys
 
 
-@pytest.mark.parametrize("method,options", [("set", ["-o", "set.ranking=global"]), ("rigl", ["-o", "rigl.update=gd"])])
+@pytest.mark.parametrize("method,options", [("set", ["-o", "set.ranking=global"]), ("rigl", ["-o", "rigl.update=gd"]),
+                                            ("adapt", ["-o", "adapt.ratio_every=3", "--sd", "0.8"])])
 def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp_path):
-    cmd = ["run", "--methods", method, "--arch", "sngan", "--sg", "0.8", "--steps", "60", "-o", f"{method}.delta_t=7",
+    cmd = ["run", "--methods", method, "--arch", "sngan", "--sg", "0.8", "--steps", "40", "-o", f"{method}.delta_t=7",
            *options, "--checkpoint-every", "5", "--no-progress"]
     ref_store, store = tmp_path / "ref" / "r.db", tmp_path / "kill" / "r.db"
     run_cli(*cmd, "--store", str(ref_store), env=cli_env, check=True)
@@ -311,3 +317,53 @@ def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp
     assert b["status"] == "done" and a["run_id"] == b["run_id"]
     for key in ("fid", "is_mean", "density_g", "density_d", "exploration_rate", "train_flops", "test_flops"):
         assert a[key] == b[key], key
+    if method == "adapt":  # D's density moved (the ratio's window and D's density came through the checkpoint)
+        assert float(a["density_d"]) != pytest.approx(0.2, abs=1e-3)
+
+
+# -- ADAPT ---------------------------------------------------------------------------------------------------
+
+def test_balance_ratio_is_the_mean_of_per_sample_ratios():
+    d_real, d_pre, d_post = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.25])
+    assert adapt.balance_ratio(d_real, d_pre, d_post) == pytest.approx((0.5 / 1.0 + 0.25 / 1.0) / 2)
+
+
+def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
+    data = plugins.datasets.get("digits").load(16).train
+    real = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(7))
+    return cls(2, CosineSchedule(0.5, 0.0, spec.steps), torch.Generator().manual_seed(3),
+                                  mode=mode, d_interval=2, ratio_every=1, d_density=0.5,
+                                  real=lambda step: real(8), z_dim=spec.z_dim, num_classes=10)
+
+
+@pytest.mark.parametrize("forced,mode,expected", [(0.2, "relaxed", 0.4), (0.5, "relaxed", 0.5), (0.8, "relaxed", 0.6),
+                                                  (0.8, "strict", 0.5)])
+def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypatch, forced, mode, expected):
+    monkeypatch.setattr(adapt, "balance_ratio", lambda *outputs: forced)
+    spec, state, batcher = tiny_state(plugins)  # D at density 0.5
+    hooks = adapt_hooks(plugins, spec, mode)
+    train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, hooks)  # adjusts at 2 and 4
+    assert hooks.d_density == pytest.approx(expected)
+    assert state.d_masks.nnz() == round(expected * state.d_masks.numel())
+    assert hooks.networks == ("gd" if mode == "strict" else "g")  # strict: D at its cap trains with DST
+
+
+def test_adapt_train_flops_integrate_its_density_trace(plugins, monkeypatch):
+    monkeypatch.setattr(adapt, "balance_ratio", lambda *outputs: 0.2)
+    spec, state, batcher = tiny_state(plugins)
+    flops = count_gan(state.G, state.D, spec, "conv", 10)
+    trace = []
+
+    class Trace(adapt.BalancedTraining):
+        def after_g_backward(self, state, step):  # the densities this step runs at
+            trace.append(flops.step(state.g_masks.layer_density(), state.d_masks.layer_density()))
+            super().after_g_backward(state, step)
+
+    def cost():
+        return flops.step(state.g_masks.layer_density(), state.d_masks.layer_density())
+
+    hooks = adapt_hooks(plugins, spec, cls=Trace)
+    train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), cost, hooks)
+    assert hooks.d_density == pytest.approx(0.4)
+    assert len(set(trace)) > 2
+    assert state.flops == pytest.approx(sum(trace), rel=1e-12)

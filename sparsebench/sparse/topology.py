@@ -1,8 +1,9 @@
 """Topology updates: prune the smallest active weights, regrow as many inactive ones.
 
 Per layer (as RigL and the STU-GAN authors), so per-layer densities, and with them the FLOPs,
-stay constant, or with one global ranking (ADAPT), so densities move between layers. Counts are exact, ties are broken by position, grown weights start at zero, and a
-position pruned in this update is not regrown in the same update.
+stay constant, or with one global ranking (ADAPT), so densities move between layers. Counts are
+exact, ties are broken by position, grown weights start at zero, and a position pruned in this
+update is not regrown in the same update. `change_density` moves a network's total density (ADAPT's D).
 
 What the optimizer state holds at pruned and grown positions follows the masks' optimizer-state
 policy (`dense`, `mean` or `zero`, see sparsebench.sparse.opt_state).
@@ -111,10 +112,15 @@ def update_topology(
         for n in group:
             off[n], on[n] = drop[n], grow[n]
             counts[n] = int(grow[n].sum())
+    return _commit(masks, active, off, on, optimizer, counts)
+
+
+def _commit(masks: MaskState, active: dict, off: dict, on: dict, optimizer, counts: dict) -> UpdateResult:
+    """Switch the flat positions `off` off and `on` on in each layer, with weights and optimizer state."""
     pruned, grown = {}, {}
-    for n in names:
-        mask, p = masks.masks[n], masks.params[n]
-        if counts[n] or off[n].any():
+    for n, p in masks.params.items():
+        mask = masks.masks[n]
+        if off[n].any() or on[n].any():
             masks.masks[n] = ((active[n] & ~off[n]) | on[n]).view_as(mask).to(mask.dtype)
             masks.ever_active[n] |= on[n].view_as(mask)
             p.view(-1)[off[n] | on[n]] = 0.0  # pruned weights vanish; grown weights start at zero
@@ -129,3 +135,29 @@ def _split(index: torch.Tensor, flat: torch.Tensor, group: list[str], active: di
     chosen = torch.zeros_like(flat)
     chosen[index] = True
     return dict(zip(group, torch.split(chosen, [active[n].numel() for n in group])))
+
+
+@torch.no_grad()
+def change_density(
+    masks: MaskState,
+    density: float,
+    drop_score: ScoreFn,
+    grow_score: ScoreFn,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> UpdateResult:
+    """Bring the masks to round(density * N) non-zeros over all layers together: drop the active weights
+    with the lowest `drop_score`, or grow the inactive ones with the highest `grow_score` (at zero)."""
+    names = list(masks.params)
+    active = {n: masks.masks[n].bool().flatten() for n in names}
+    flat = torch.cat([active[n] for n in names])
+    change = round(density * flat.numel()) - int(flat.sum())
+    none = {n: torch.zeros_like(active[n]) for n in names}
+    off, on = dict(none), dict(none)
+    if change < 0:
+        score = torch.cat([torch.where(active[n], drop_score(n), math.inf) for n in names])
+        off = _split(torch.argsort(score, stable=True)[:-change], flat, names, active)
+    elif change > 0:
+        score = torch.cat([torch.where(active[n], -math.inf, grow_score(n)) for n in names])
+        on = _split(torch.argsort(score, descending=True, stable=True)[:change], flat, names, active)
+    counts = {n: int(on[n].sum()) - int(off[n].sum()) for n in names}
+    return _commit(masks, active, off, on, optimizer, counts)
