@@ -50,8 +50,8 @@ class BalancedTraining(GradientGrowth):
         self.real, self.z_dim, self.num_classes = real, z_dim, num_classes
         self.window: list[float] = []
         self.last_ratio = float("nan")
-        self._pending = None
-        self._d_grads = None
+        self._pending: tuple | None = None  # z, y, D(x), D(G_pre(z)) of this G step
+        self._d_grads: dict[str, torch.Tensor] = {}
         self._follow_cap()
 
     def _follow_cap(self) -> None:
@@ -108,7 +108,7 @@ class BalancedTraining(GradientGrowth):
                 change_density(masks, target, magnitude(masks), gradient_magnitude(self._d_grads), state.d_opt)
                 self._follow_cap()
                 changed = True
-        self._d_grads = None
+        self._d_grads = {}
         return changed
 
     def state_dict(self) -> dict:
