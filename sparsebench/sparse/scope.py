@@ -1,9 +1,11 @@
 """Which tensors of a model are sparse.
 
-`conv` (the authors' choice) makes every Conv2d weight sparse; `conv+linear` adds Linear weights.
-Embeddings, norms, biases and spectral-norm u/v always stay dense. Under a spectral-norm
-parametrization the *original* weight is the sparse tensor, so sigma is computed from the masked
-matrix.
+`conv` (the authors' choice) makes every Conv2d and ConvTranspose2d weight sparse; `conv+linear` adds
+Linear weights. A ConvTranspose2d weight is in_ch x out_ch x k x k, the transpose of a Conv2d's; the
+ERK and ER scores are symmetric in the two fans, so they need no special case. Other convolutions
+(1-D, 3-D) are refused by name rather than silently left dense. Embeddings, norms, biases and
+spectral-norm u/v always stay dense. Under a spectral-norm parametrization the *original* weight is
+the sparse tensor, so sigma is computed from the masked matrix.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import parametrize
 
-_KINDS = {"conv": (nn.Conv2d,), "conv+linear": (nn.Conv2d, nn.Linear)}
+from sparsebench import SparsebenchError
+
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+_KINDS = {"conv": _CONVS, "conv+linear": (*_CONVS, nn.Linear)}
 
 
 def weight_tensor(module: nn.Module) -> nn.Parameter | None:
@@ -34,4 +39,9 @@ def scope_parameters(model: nn.Module, scope: str = "conv") -> dict[str, nn.Para
     for name, module in model.named_modules():
         if isinstance(module, kinds) and weight_tensor(module) is not None:
             out[name] = weight_tensor(module)
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            covered = "Conv2d, ConvTranspose2d" + (", Linear" if scope == "conv+linear" else "")
+            raise SparsebenchError(
+                f"layer {name!r} is a {type(module).__name__}, which the sparse scope does not cover ({covered})"
+            )
     return out

@@ -1,8 +1,9 @@
 """Topology updates: prune the smallest active weights, regrow as many inactive ones.
 
 Per layer (as RigL and the STU-GAN authors), so per-layer densities, and with them the FLOPs,
-stay constant. Counts are exact, ties are broken by position, grown weights start at zero, and a
-position pruned in this update is not regrown in the same update.
+stay constant, or with one global ranking (ADAPT), so densities move between layers. Counts are
+exact, ties are broken by position, grown weights start at zero, and a position pruned in this
+update is not regrown in the same update. `change_density` moves a network's total density (ADAPT's D).
 
 What the optimizer state holds at pruned and grown positions follows the masks' optimizer-state
 policy (`dense`, `mean` or `zero`, see sparsebench.sparse.opt_state).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,6 +41,24 @@ class UpdateResult:
     counts: dict[str, int]
 
 
+ScoreFn = Callable[[str], torch.Tensor]  # layer name -> flat float scores over the layer's weight
+
+
+def magnitude(masks: MaskState) -> ScoreFn:
+    """|w| of each layer: the drop score of RigL, SET and STU-GAN (smallest first)."""
+    return lambda name: masks.params[name].detach().abs().flatten().float()
+
+
+def random_scores(masks: MaskState, generator: torch.Generator | None) -> ScoreFn:
+    """Uniform noise from `generator`: SET-style random growth (one draw per layer that grows)."""
+    return lambda name: torch.rand(masks.params[name].numel(), generator=generator).to(masks.params[name].device)
+
+
+def gradient_magnitude(grads: dict[str, torch.Tensor]) -> ScoreFn:
+    """|grad| of the current minibatch: RigL's and STU-GAN's growth score (largest first)."""
+    return lambda name: grads[name].detach().abs().flatten().float()
+
+
 @torch.no_grad()
 def prune_and_regrow(
     masks: MaskState,
@@ -53,38 +73,91 @@ def prune_and_regrow(
     (SET-style), drawn from `generator`. With `optimizer`, its state at the changed positions is set
     by `masks.opt_state`.
     """
-    pruned, grown, counts = {}, {}, {}
-    for name, p in masks.params.items():
-        mask = masks.masks[name]
-        active = mask.bool().flatten()
-        n_active = int(active.sum())
-        k = min(round(fraction * n_active), int((~active).sum()))
-        counts[name] = k
+    grow = random_scores(masks, generator) if grads is None else gradient_magnitude(grads)
+    return update_topology(masks, fraction, magnitude(masks), grow, optimizer)
+
+
+@torch.no_grad()
+def update_topology(
+    masks: MaskState,
+    fraction: float,
+    drop_score: ScoreFn,
+    grow_score: ScoreFn,
+    optimizer: torch.optim.Optimizer | None = None,
+    per_layer: bool = True,
+) -> UpdateResult:
+    """Drop `fraction` of the active weights with the lowest `drop_score`, grow as many inactive ones with the
+    highest `grow_score`.
+
+    Per layer, each layer's count is its own, so per-layer densities stay constant; globally (`per_layer`
+    False) one ranking spans all layers, so densities move between layers while the total stays exact.
+    Scores are asked for only where something changes (random scores draw only then).
+    """
+    names = list(masks.params)
+    active = {n: masks.masks[n].bool().flatten() for n in names}
+    groups = [[n] for n in names] if per_layer else [names]
+    off = {n: torch.zeros_like(active[n]) for n in names}
+    on = {n: torch.zeros_like(active[n]) for n in names}
+    counts = dict.fromkeys(names, 0)
+    for group in groups:
+        act = torch.cat([active[n] for n in group])
+        k = min(round(fraction * int(act.sum())), int((~act).sum()))
         if k == 0:
-            pruned[name] = torch.zeros_like(mask, dtype=torch.bool)
-            grown[name] = torch.zeros_like(mask, dtype=torch.bool)
             continue
-        w = p.detach().abs().flatten().float()
-        score = torch.where(active, w, torch.full_like(w, math.inf))
-        drop = torch.argsort(score, stable=True)[:k]
-        off = torch.zeros_like(active)
-        off[drop] = True
-        candidates = ~active  # inactive before this update: excludes what was just pruned
-        if grads is None:
-            noise = torch.rand(w.shape, generator=generator).to(w.device)
-            gscore = torch.where(candidates, noise, torch.full_like(w, -1.0))
-        else:
-            g = grads[name].detach().abs().flatten().float()
-            gscore = torch.where(candidates, g, torch.full_like(g, -1.0))
-        grow = torch.argsort(gscore, descending=True, stable=True)[:k]
-        on = torch.zeros_like(active)
-        on[grow] = True
-        new = (active & ~off) | on
-        masks.masks[name] = new.view_as(mask).to(mask.dtype)
-        masks.ever_active[name] |= on.view_as(mask)
-        p.view(-1)[off | on] = 0.0  # pruned weights vanish; grown weights start at zero
-        pruned[name], grown[name] = off.view_as(mask), on.view_as(mask)
-        if optimizer is not None:
-            on_topology_update(optimizer, p, off, on, active & ~off, masks.opt_state)
+        score = torch.cat([torch.where(active[n], drop_score(n), math.inf) for n in group])
+        drop = _split(torch.argsort(score, stable=True)[:k], act, group, active)
+        # candidates are those inactive before this update: what was just pruned is not regrown
+        gscore = torch.cat([torch.where(active[n], -math.inf, grow_score(n)) for n in group])
+        grow = _split(torch.argsort(gscore, descending=True, stable=True)[:k], act, group, active)
+        for n in group:
+            off[n], on[n] = drop[n], grow[n]
+            counts[n] = int(grow[n].sum())
+    return _commit(masks, active, off, on, optimizer, counts)
+
+
+def _commit(masks: MaskState, active: dict, off: dict, on: dict, optimizer, counts: dict) -> UpdateResult:
+    """Switch the flat positions `off` off and `on` on in each layer, with weights and optimizer state."""
+    pruned, grown = {}, {}
+    for n, p in masks.params.items():
+        mask = masks.masks[n]
+        if off[n].any() or on[n].any():
+            masks.masks[n] = ((active[n] & ~off[n]) | on[n]).view_as(mask).to(mask.dtype)
+            masks.ever_active[n] |= on[n].view_as(mask)
+            p.view(-1)[off[n] | on[n]] = 0.0  # pruned weights vanish; grown weights start at zero
+            if optimizer is not None:
+                on_topology_update(optimizer, p, off[n], on[n], active[n] & ~off[n], masks.opt_state)
+        pruned[n], grown[n] = off[n].view_as(mask), on[n].view_as(mask)
     return UpdateResult(pruned, grown, counts)
 
+
+def _split(index: torch.Tensor, flat: torch.Tensor, group: list[str], active: dict) -> dict[str, torch.Tensor]:
+    """Positions `index` into the concatenation of `group`'s flat tensors, as one bool tensor per layer."""
+    chosen = torch.zeros_like(flat)
+    chosen[index] = True
+    return dict(zip(group, torch.split(chosen, [active[n].numel() for n in group])))
+
+
+@torch.no_grad()
+def change_density(
+    masks: MaskState,
+    density: float,
+    drop_score: ScoreFn,
+    grow_score: ScoreFn,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> UpdateResult:
+    """Bring the masks to round(density * N) non-zeros over all layers together: drop the active weights
+    with the lowest `drop_score`, or grow the inactive ones with the highest `grow_score` (at zero)."""
+    names = list(masks.params)
+    active = {n: masks.masks[n].bool().flatten() for n in names}
+    flat = torch.cat([active[n] for n in names])
+    change = round(density * flat.numel()) - int(flat.sum())
+    none = {n: torch.zeros_like(active[n]) for n in names}
+    off, on = dict(none), dict(none)
+    if change < 0:
+        score = torch.cat([torch.where(active[n], drop_score(n), math.inf) for n in names])
+        off = _split(torch.argsort(score, stable=True)[:-change], flat, names, active)
+    elif change > 0:
+        score = torch.cat([torch.where(active[n], -math.inf, grow_score(n)) for n in names])
+        on = _split(torch.argsort(score, descending=True, stable=True)[:change], flat, names, active)
+    counts = {n: int(on[n].sum()) - int(off[n].sum()) for n in names}
+    return _commit(masks, active, off, on, optimizer, counts)

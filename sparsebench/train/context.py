@@ -82,6 +82,16 @@ class RunContext:
         """A torch.Generator seeded from the run's seed (offset separates independent streams)."""
         return torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + offset)
 
+    def batch(self, n: int, offset: int = 17) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` real training images in [-1, 1] and their labels, on the run's device, drawn without
+        replacement from the seeded stream `offset` (the same batch for the same offset; training's
+        own minibatch stream is not touched), for methods that score weights on data (SNIP-style)."""
+        train = self.data.train
+        if not 0 < n <= len(train):
+            raise ValueError(f"batch size must lie in [1, {len(train)}] (the training set's size), got {n}")
+        idx = torch.randperm(len(train), generator=self.generator(offset))[:n]
+        return train.images[idx].to(self.device).float().div_(127.5).sub_(1.0), train.labels[idx].to(self.device)
+
     # -- building -----------------------------------------------------------------------------
     def build_models(self) -> tuple[nn.Module, nn.Module]:
         """G and D, initialised deterministically from the seed, on the run's device."""

@@ -1,7 +1,8 @@
 """The GAN training loop: hinge loss, n_critic D steps per G step, Adam, masks, (S)EMA.
 
 Order inside one G step t (paper Algorithm 1):
-    n_critic x [accumulate x D forward/backward, masks.before_step, Adam, mask D weights]
+    n_critic x [accumulate x D forward/backward -> hooks.after_d_backward (dense gradients visible),
+                masks.before_step, Adam, mask D weights]
     accumulate x G forward/backward -> hooks.after_g_backward (dense gradients visible)
     masks.before_step, Adam, mask G weights, (S)EMA update
     hooks.after_g_step (topology updates happen here, counted in G steps)
@@ -25,6 +26,16 @@ from torch import nn
 from sparsebench.api import ImageData
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
+
+
+def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """D's hinge loss on its outputs for real and generated images."""
+    return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+
+
+def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """G's hinge loss on D's outputs for generated images."""
+    return -d_fake.mean()
 
 
 class Diverged(RuntimeError):
@@ -90,6 +101,9 @@ class GANState:
 
 class Hooks:
     """Extension points of the loop for methods (subclass and override)."""
+
+    def after_d_backward(self, state: GANState, step: int) -> None:
+        """D's dense gradients of this D step are in `.grad` (before masking); called n_critic times per G step."""
 
     def after_g_backward(self, state: GANState, step: int) -> None:
         """G's dense gradients of this minibatch are in `.grad` (before masking)."""
@@ -168,11 +182,12 @@ def train(
                 z, yf = noise(spec.batch_size)
                 with torch.no_grad():
                     fake = G(z, yf)
-                loss = (F.relu(1.0 - D(x, y)).mean() + F.relu(1.0 + D(fake, yf)).mean()) / accumulate
+                loss = d_hinge_loss(D(x, y), D(fake, yf)) / accumulate
                 loss.backward()
                 d_loss += loss.detach()
             if sync_grads is not None:
                 sync_grads(D)
+            hooks.after_d_backward(state, t)
             if state.d_masks is not None:
                 state.d_masks.before_step()
             state.d_opt.step()
@@ -185,7 +200,7 @@ def train(
         g_loss = torch.zeros((), device=device)
         for _ in range(accumulate):
             z, yf = noise(spec.g_batch_size)
-            loss = -D(G(z, yf), yf).mean() / accumulate
+            loss = g_hinge_loss(D(G(z, yf), yf)) / accumulate
             loss.backward()
             g_loss += loss.detach()
         for p in d_params:
@@ -201,11 +216,11 @@ def train(
         if state.ema is not None:
             state.ema.update(t)
         state.step = t
+        state.flops += cost  # this step ran at the densities before any update below
         if hooks.after_g_step(state, t):
             if sync_grads is not None:
                 on_topology_change(state)
-            cost = step_cost()
-        state.flops += cost
+            cost = step_cost()  # the next steps run at the new densities
 
         d_val, g_val = d_loss.item(), g_loss.item()
         if not math.isfinite(d_val):

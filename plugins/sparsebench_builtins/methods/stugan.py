@@ -11,56 +11,20 @@ from __future__ import annotations
 from sparsebench.api import Method, Phase
 from sparsebench.hookspecs import hookimpl
 from sparsebench.options import Option
-from sparsebench.sparse import CosineSchedule, prune_and_regrow
-from sparsebench.train.loop import GANState, Hooks
+from sparsebench.sparse import CosineSchedule
+from sparsebench.sparse.dynamic import TopologyUpdate
+from sparsebench.sparse.topology import gradient_magnitude
 from sparsebench_builtins.methods.static import sparse_phase_densities
 
 
-class Exploration(Hooks):
-    """Prune-and-regrow every `interval` G steps on the explored networks."""
+class Exploration(TopologyUpdate):
+    """STU-GAN's exploration: G grows where the dense gradient is largest, D (if explored) at random."""
 
-    def __init__(self, explore: str, interval: int, schedule: CosineSchedule, generator):
-        self.explore = explore
-        self.interval = interval
-        self.schedule = schedule
-        self.generator = generator
-        self.grads = None
-        self.updates = 0
+    def uses_gradients(self, net: str) -> bool:
+        return net == "g"
 
-    def due(self, step: int) -> bool:
-        return step % self.interval == 0 and step < self.schedule.total
-
-    def after_g_backward(self, state: GANState, step: int) -> None:
-        if "g" in self.explore and state.g_masks is not None and self.due(step):
-            self.grads = {n: p.grad.detach().clone() for n, p in state.g_masks.params.items()}
-
-    def after_g_step(self, state: GANState, step: int) -> bool:
-        if not self.due(step):
-            return False
-        fraction = self.schedule(step)
-        if "g" in self.explore and state.g_masks is not None:
-            result = prune_and_regrow(state.g_masks, fraction, self.grads, optimizer=state.g_opt)
-            state.ema.on_topology_update(result.pruned, result.grown)
-            self.grads = None
-        if "d" in self.explore and state.d_masks is not None:
-            prune_and_regrow(state.d_masks, fraction, None, self.generator, optimizer=state.d_opt)
-        self.updates += 1
-        return True
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates, "rng": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["rng"])
-
-    def stats(self, state: GANState, step: int) -> dict[str, float]:
-        out = {"update_fraction": self.schedule(step)}
-        if state.g_masks is not None:
-            out["exploration_rate"] = state.g_masks.exploration_rate()
-        if state.d_masks is not None:
-            out["exploration_rate_d"] = state.d_masks.exploration_rate()
-        return out
+    def grow_score(self, net, masks, grads):
+        return gradient_magnitude(grads) if net == "g" else super().grow_score(net, masks, grads)
 
 
 class STUGAN(Method):

@@ -1,0 +1,30 @@
+"""`rigl`: SDST-RigL, the dynamic-sparse baseline of ADAPT (Wang et al., NeurIPS 2023; RigL: Evci et al. 2020).
+
+As `set`, but regrowth takes the inactive weights with the largest dense gradient of the current minibatch
+(G's after its backward; D's, with `update=gd`, after its last D backward of that G step).
+"""
+
+from __future__ import annotations
+
+from sparsebench.hookspecs import hookimpl
+from sparsebench.sparse.dynamic import DynamicSparseMethod, TopologyUpdate
+from sparsebench.sparse.topology import gradient_magnitude
+
+
+class GradientGrowth(TopologyUpdate):
+    def uses_gradients(self, net: str) -> bool:
+        return True
+
+    def grow_score(self, net, masks, grads):
+        return gradient_magnitude(grads)
+
+
+class RigL(DynamicSparseMethod):
+    name = "rigl"
+    description = "SDST-RigL: sparse G and D from scratch, G's connectivity updated by gradient regrowth, SEMA"
+    hooks = GradientGrowth
+
+
+@hookimpl
+def register_methods(register):
+    register(RigL())

@@ -1,0 +1,138 @@
+"""Dynamic sparse training: the topology-update loop hooks every prune-and-regrow method shares.
+
+`TopologyUpdate` owns what must be right once for all of them: the schedule (every `interval` G
+steps, a cosine-decayed fraction, counted in G steps), capturing the dense gradients of the current
+minibatch when a score needs them (G's after its backward, D's after its last backward of the G
+step), the optimizer-state policy and the SEMA notification on each update, the FLOP recount (the
+loop recounts the step cost when `after_g_step` returns True), checkpointing of its counter and
+random stream, and its logged statistics. A subclass says only how it scores what to drop and what
+to grow, and whether one ranking spans all layers (`per_layer = False`). The defaults are SET's:
+drop the smallest |w|, grow at random.
+
+`DynamicSparseMethod` is the method around such hooks (ERK masks on G and D, the options, the
+run), so that a method of this family names only its hooks class (see the `set` and `rigl` methods).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.api import Method, Phase
+from sparsebench.options import Option
+from sparsebench.sparse.distributions import layer_densities
+from sparsebench.sparse.masks import MaskState
+from sparsebench.sparse.topology import CosineSchedule, magnitude, random_scores, update_topology
+from sparsebench.train.loop import GANState, Hooks
+
+NETWORKS = ("g", "d", "gd")
+
+
+class TopologyUpdate(Hooks):
+    """Prune-and-regrow on the networks in `networks` ("g", "d" or "gd") every `interval` G steps."""
+
+    per_layer = True  # False: one global ranking per network (densities move between layers)
+
+    def __init__(self, networks: str, interval: int, schedule: CosineSchedule, generator: torch.Generator,
+                 per_layer: bool | None = None):
+        if networks not in NETWORKS:
+            raise ValueError(f"unknown networks {networks!r}; known: {', '.join(NETWORKS)}")
+        self.networks = networks
+        self.interval = interval
+        self.schedule = schedule
+        self.generator = generator
+        self.grads: dict[str, dict[str, torch.Tensor]] = {}
+        self.updates = 0
+        if per_layer is not None:
+            self.per_layer = per_layer
+
+    # -- what a subclass overrides -------------------------------------------------------------
+    def uses_gradients(self, net: str) -> bool:
+        """Whether `grow_score` of network `net` ("g" or "d") reads the dense gradients."""
+        return False
+
+    def drop_score(self, net: str, masks: MaskState, grads: dict[str, torch.Tensor] | None):
+        """Layer name -> flat scores; the active weights with the lowest are dropped."""
+        return magnitude(masks)
+
+    def grow_score(self, net: str, masks: MaskState, grads: dict[str, torch.Tensor] | None):
+        """Layer name -> flat scores; the inactive weights with the highest are grown."""
+        return random_scores(masks, self.generator)
+
+    # -- the shared machinery ------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        return step % self.interval == 0 and step < self.schedule.total
+
+    def _capture(self, net: str, masks: MaskState | None, step: int) -> None:
+        if net in self.networks and masks is not None and self.uses_gradients(net) and self.due(step):
+            self.grads[net] = {n: p.grad.detach().clone() for n, p in masks.params.items()}
+
+    def after_d_backward(self, state: GANState, step: int) -> None:
+        self._capture("d", state.d_masks, step)  # the last of the n_critic D steps is kept
+
+    def after_g_backward(self, state: GANState, step: int) -> None:
+        self._capture("g", state.g_masks, step)
+
+    def after_g_step(self, state: GANState, step: int) -> bool:
+        if not self.due(step):
+            return False
+        fraction = self.schedule(step)
+        for net, masks, opt in (("g", state.g_masks, state.g_opt), ("d", state.d_masks, state.d_opt)):
+            if net not in self.networks or masks is None:
+                continue
+            grads = self.grads.pop(net, None)
+            result = update_topology(masks, fraction, self.drop_score(net, masks, grads),
+                                     self.grow_score(net, masks, grads), opt, self.per_layer)
+            if net == "g" and state.ema is not None:
+                state.ema.on_topology_update(result.pruned, result.grown)
+        self.updates += 1
+        return True
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["rng"])
+
+    def stats(self, state: GANState, step: int) -> dict[str, float]:
+        out = {"update_fraction": self.schedule(step)}
+        if state.g_masks is not None:
+            out["exploration_rate"] = state.g_masks.exploration_rate()
+        if state.d_masks is not None:
+            out["exploration_rate_d"] = state.d_masks.exploration_rate()
+        return out
+
+
+class DynamicSparseMethod(Method):
+    """Sparse G and D from ERK masks (as STU-GAN), trained with the topology updates of `hooks`; evaluated
+    through SEMA. Per-layer updates keep the FLOPs of the initial masks; global ones move density between
+    layers, and the training FLOPs follow the densities step by step."""
+
+    hooks: type[TopologyUpdate] = TopologyUpdate
+    options = (
+        Option("update", str, "g", "networks whose connectivity is updated (D static by default)", NETWORKS),
+        Option("ranking", str, "layer", "drop and grow per layer (densities fixed) or over the whole network",
+               ("layer", "global")),
+        Option("p0", float, 0.5, "initial drop fraction", interval="(0, 1]"),
+        Option("p_min", float, 0.0, "final drop fraction of the cosine decay", interval="[0, 1]"),
+        Option("delta_t", int, 0, "G steps between updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
+               interval="[0, inf)"),
+    )
+
+    def run(self, ctx) -> None:
+        o = ctx.options
+        interval = o["delta_t"] or ctx.spec.explore_interval
+        G, D = ctx.build_models()
+        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, offset=1), ctx.masks(D, ctx.config.sd, offset=2))
+        hooks = self.hooks(o["update"], interval, CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps), ctx.generator(5),
+                           per_layer=o["ranking"] == "layer")
+        ctx.train(state, hooks=hooks)
+        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
+
+    def flop_phases(self, plan) -> list[Phase]:
+        """At the initial per-layer densities (exact for per-layer updates; global ones move them)."""
+        kind = plan.config.distribution if plan.config.distribution != "global" else "uniform"
+        sg, sd = plan.config.sg, plan.config.sd
+        g = layer_densities(plan.g_shapes, 1.0 - sg, kind) if sg > 0 else None
+        d = layer_densities(plan.d_shapes, 1.0 - sd, kind) if sd > 0 else None
+        return [Phase(plan.config.train.steps, g, d)]
