@@ -109,6 +109,8 @@ class DynamicSparseMethod(Method):
     layers, and the training FLOPs follow the densities step by step."""
 
     hooks: type[TopologyUpdate] = TopologyUpdate
+    reference = "dense"
+    result_columns = ("topology_updates", "delta_t")
     options = (
         Option("update", str, "g", "networks whose connectivity is updated (D static by default)", NETWORKS),
         Option("ranking", str, "layer", "drop and grow per layer (densities fixed) or over the whole network",

@@ -130,6 +130,8 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(Method):
     name = "adapt"
+    title, order, reference = "ADAPT", 100, "dense"
+    result_columns = ("topology_updates", "delta_t")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
     options = (
         Option("mode", str, "relaxed", "relaxed: D's density may reach 1; strict: capped at 0.5, then DST on D",

@@ -13,6 +13,7 @@ from sparsebench.sparse.dynamic import DynamicSparseMethod, TopologyUpdate
 
 class SET(DynamicSparseMethod):
     name = "set"
+    title, order = "SDST-SET", 80
     description = "SDST-SET: sparse G and D from scratch, G's connectivity updated by random regrowth, SEMA"
     hooks = TopologyUpdate  # drop the smallest |w|, grow at random
 
