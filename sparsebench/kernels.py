@@ -24,8 +24,8 @@ import contextlib
 import statistics
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -50,9 +50,8 @@ def check_backend(name: str) -> str:
 def require_sparseprop():
     """SparseProp's modules, or one clear error naming the extra that installs them."""
     try:
-        import sparseprop.modules.functions as functions
-        import sparseprop.modules.utils as utils
-    except Exception as exc:  # ImportError, or a compiled extension that fails to load
+        from sparseprop.modules import functions, utils
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a compiled extension that fails to load
         raise SparsebenchError(
             f"--kernels sparseprop needs SparseProp, which is not usable here ({type(exc).__name__}: {exc}); "
             "install it with: pip install pybind11 && pip install --no-build-isolation 'sparsebench[kernels]'"
@@ -100,7 +99,7 @@ class _Kernel:
             self.out_features = module.out_features
 
     def build(self, mask: torch.Tensor) -> None:
-        functions, utils = require_sparseprop()
+        _, utils = require_sparseprop()
         flat = mask.detach().reshape(-1).to(torch.float32)
         labelled = (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float32)).view(mask.shape)
         if self.kind == "conv":

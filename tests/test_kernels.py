@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench import SparsebenchError
-from sparsebench import kernels
+from sparsebench import SparsebenchError, kernels
 from sparsebench.sparse import prune_and_regrow
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.scope import weight_tensor
@@ -101,7 +100,7 @@ def gan_losses(plugins, swap: bool, steps: int = 20) -> tuple[list[float], GANSt
     torch.manual_seed(0)
     G, D = arch.build(spec, 10)
     g_masks, d_masks = masked(G, 0.9, seed=1), masked(D, 0.5, seed=2)
-    state = GANState(G, D, adam(G.parameters(), 2e-3, 0.0, 0.9), adam(D.parameters(), 2e-3, 0.0, 0.9),
+    state = GANState(G, D, adam(G.parameters(), spec.lr_g, 0.0, 0.9), adam(D.parameters(), spec.lr_d, 0.0, 0.9),
                      g_masks, d_masks)
     swapped = []
     if swap:
