@@ -32,7 +32,9 @@ from torch import nn
 
 from sparsebench import SparsebenchError
 from sparsebench.sparse.masks import MaskState
+from sparsebench.sparse.opt_state import masks_gradients
 from sparsebench.sparse.scope import weight_tensor
+from sparsebench.train.loop import GANState, Hooks
 
 BACKENDS = ("dense", "sparseprop")
 DEFAULT_BACKEND = "dense"
@@ -78,17 +80,24 @@ class LayerChoice:
     density: float
     dense_ms: float | None = None  # forward + backward at the measured input shape
     sparse_ms: float | None = None  # the faster of SparseProp's variants
-    variant: str = ""  # "over_on" / "over_b" (conv), "csr" (linear)
-    chosen: bool = False
+    variant: str = ""  # "over_on" / "over_b" (conv), "csr" (linear); "" = dense
+    dense_fwd_ms: float | None = None  # forward without gradients (sampling, D's steps)
+    sparse_fwd_ms: float | None = None
+    infer_variant: str = ""
     reason: str = ""
+
+    @property
+    def chosen(self) -> bool:
+        return bool(self.variant or self.infer_variant)
 
 
 class _Kernel:
     """Index structure of one swapped layer; `positions[i]` is the flat dense index of value i."""
 
-    def __init__(self, kind: str, module: nn.Module, variant: str, enabled: list[bool]):
+    def __init__(self, kind: str, module: nn.Module, variant: str, enabled: list[bool], infer_variant: str = ""):
         self.kind = kind
-        self.variant = variant
+        self.variant = variant  # for forwards that take gradients ("": dense)
+        self.infer_variant = infer_variant or variant  # for forwards without
         self.enabled = enabled  # shared by every layer of a backend: False runs the dense forward
         self.positions = torch.empty(0, dtype=torch.long)
         self.idx: tuple = ()
@@ -108,16 +117,19 @@ class _Kernel:
             values, self.idx = utils.to_csr_2d(labelled.contiguous())
         self.positions = values.round().long() - 1
 
-    def variant_for(self, batch: int) -> str | None:
-        """The variant that computes a batch of `batch` correctly (None: none does, run dense).
+    def variant_for(self, batch: int, grad: bool = True) -> str | None:
+        """The variant to run a batch of `batch` with (None: dense, by choice or because none is correct).
 
         SparseProp's batch-vectorized conv is only correct for batches in multiples of 8, and its
         output-vectorized conv only at stride 1 (its stride-2 backward is wrong); both checked in
         tests/test_kernels.py.
         """
+        variant = self.variant if grad else self.infer_variant
+        if not variant:
+            return None
         if self.kind == "linear":
-            return self.variant
-        if self.variant == "over_b" and batch % 8 == 0:
+            return variant
+        if variant == "over_b" and batch % 8 == 0:
             return "over_b"
         return "over_on" if self.stride == 1 else None
 
@@ -157,7 +169,8 @@ def conv_variants(stride: int, batch: int) -> tuple[str, ...]:
 
 def _sparse_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     kernel: _Kernel = getattr(self, _ATTR)
-    variant = kernel.variant_for(x.shape[0]) if kernel.enabled[0] else None
+    grad = torch.is_grad_enabled()
+    variant = kernel.variant_for(x.shape[0], grad) if kernel.enabled[0] or not grad else None
     if variant is None or x.dtype != torch.float32 or x.device.type != "cpu":
         return type(self).forward(self, x)
     return kernel.run(x, self.weight, self.bias, variant)  # `self.weight` runs the spectral norm, if any
@@ -197,8 +210,9 @@ def _time_ms(fn, repeats: int) -> float:
 
 
 def _measure(module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tuple, repeats: int,
-             enabled: list[bool]) -> dict[str, float]:
-    """Median forward + backward time (ms) of the dense layer and of each kernel variant, interleaved.
+             enabled: list[bool]) -> tuple[dict[str, float], dict[str, float]]:
+    """Median times (ms) of the dense layer and of each kernel variant, interleaved: forward + backward,
+    and forward without gradients.
 
     Works on detached copies of the weight and bias, so no parameter, gradient or spectral-norm
     vector of the model changes.
@@ -211,21 +225,27 @@ def _measure(module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tupl
         kernels[variant] = _Kernel(kind, module, variant, enabled)
         kernels[variant].build(mask)
 
-    def dense() -> None:
-        out = module._conv_forward(x, weight, bias) if kind == "conv" else nn.functional.linear(x, weight, bias)
-        out.sum().backward()
+    def dense() -> torch.Tensor:
+        return module._conv_forward(x, weight, bias) if kind == "conv" else nn.functional.linear(x, weight, bias)
 
-    def sparse(k: _Kernel):
-        return lambda: k.run(x, weight, bias).sum().backward()
+    def train(forward):
+        return lambda: forward().sum().backward()
 
-    runs = {"dense": dense, **{v: sparse(k) for v, k in kernels.items()}}
+    def infer(forward):
+        return lambda: torch.no_grad()(forward)()
+
+    forwards = {"dense": dense, **{v: (lambda k=k: k.run(x, weight, bias)) for v, k in kernels.items()}}
+    runs = {(mode, name): wrap(fn) for mode, wrap in (("train", train), ("infer", infer))
+            for name, fn in forwards.items()}
     for fn in runs.values():  # warm-up (first-touch allocations)
         fn()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
+    samples: dict[tuple, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
-        for name, fn in runs.items():
-            samples[name].append(_time_ms(fn, 1))
-    return {name: statistics.median(ts) for name, ts in samples.items()}
+        for key, fn in runs.items():
+            samples[key].append(_time_ms(fn, 1))
+    medians = {key: statistics.median(ts) for key, ts in samples.items()}
+    return ({n: t for (m, n), t in medians.items() if m == "train"},
+            {n: t for (m, n), t in medians.items() if m == "infer"})
 
 
 def _input_shapes(model: nn.Module, names: list[str], example: tuple) -> dict[str, tuple]:
@@ -287,18 +307,18 @@ class KernelBackend:
                 choice.reason = f"sparsity {1.0 - density:.3f} below {threshold}"
             if choice.reason:
                 continue
-            ms = _measure(module, kind, masks.masks[name], choice.input_shape, repeats, self._enabled)
-            choice.dense_ms = ms.pop("dense")
-            choice.variant, choice.sparse_ms = min(ms.items(), key=lambda item: item[1])
-            if always or choice.sparse_ms < choice.dense_ms:
-                choice.chosen = True
-                choice.reason = "faster" if choice.sparse_ms < choice.dense_ms else "forced"
+            train, infer = _measure(module, kind, masks.masks[name], choice.input_shape, repeats, self._enabled)
+            choice.dense_ms, choice.dense_fwd_ms = train.pop("dense"), infer.pop("dense")
+            variant, choice.sparse_ms = min(train.items(), key=lambda item: item[1])
+            infer_variant, choice.sparse_fwd_ms = min(infer.items(), key=lambda item: item[1])
+            choice.variant = variant if always or choice.sparse_ms < choice.dense_ms else ""
+            choice.infer_variant = infer_variant if always or choice.sparse_fwd_ms < choice.dense_fwd_ms else ""
+            choice.reason = "forced" if always else "faster" if choice.chosen else "kernels slower"
+            if choice.chosen:
                 self._swap(name, module, choice)
-            else:
-                choice.reason = "kernels slower"
 
     def _swap(self, name: str, module: nn.Module, choice: LayerChoice) -> None:
-        kernel = _Kernel(choice.kind, module, choice.variant, self._enabled)
+        kernel = _Kernel(choice.kind, module, choice.variant, self._enabled, choice.infer_variant)
         kernel.build(self.masks.masks[name])
         setattr(module, _ATTR, kernel)
         module.forward = types.MethodType(_sparse_forward, module)
@@ -313,9 +333,13 @@ class KernelBackend:
         for name, kernel in self._kernels.items():
             kernel.build(self.masks.masks[name])
 
+    def set_dense_grads(self, dense: bool) -> None:
+        """Whether forwards with gradients run densely (steps that need dense gradients)."""
+        self._enabled[0] = not dense
+
     @contextlib.contextmanager
     def dense(self) -> Iterator[None]:
-        """Run every swapped layer densely inside (for steps that need dense gradients)."""
+        """Run every swapped layer's gradient-taking forwards densely inside."""
         previous = self._enabled[0]
         self._enabled[0] = False
         try:
@@ -333,12 +357,111 @@ class KernelBackend:
         self._kernels = {}
 
     def table(self) -> str:
-        """One line per sparse layer: shape, density, dense and kernel ms, decision."""
-        rows = [f"{'layer':<28} {'shape':<18} {'density':>7} {'dense ms':>9} {'sparse ms':>9}  chosen"]
+        """One line per sparse layer: shape, density, dense and kernel ms (forward + backward, and forward
+        without gradients), and what runs."""
+
+        def ms(value: float | None) -> str:
+            return f"{value:9.2f}" if value is not None else f"{'-':>9}"
+
+        def use(variant: str) -> str:
+            return variant or "dense"
+
+        header = (f"{'layer':<24} {'shape':<14} {'density':>7} {'dense ms':>9} {'sparse ms':>9} {'train':<8} "
+                  f"{'fwd dense':>9} {'fwd sparse':>10} {'no-grad':<8} chosen")
+        rows = [header]
         for c in self.layers:
             shape = "x".join(str(s) for s in c.shape)
-            dense = f"{c.dense_ms:9.2f}" if c.dense_ms is not None else f"{'-':>9}"
-            sparse = f"{c.sparse_ms:9.2f}" if c.sparse_ms is not None else f"{'-':>9}"
-            decision = f"yes ({c.variant})" if c.chosen else f"no ({c.reason})"
-            rows.append(f"{c.name:<28} {shape:<18} {c.density:7.3f} {dense} {sparse}  {decision}")
+            decision = "yes" if c.chosen else f"no ({c.reason})"
+            train = use(c.variant) if c.dense_ms is not None else "-"
+            infer = use(c.infer_variant) if c.dense_ms is not None else "-"
+            rows.append(f"{c.name:<24} {shape:<14} {c.density:7.3f} {ms(c.dense_ms)} {ms(c.sparse_ms)} {train:<8} "
+                        f"{ms(c.dense_fwd_ms)} {ms(c.sparse_fwd_ms):>10} {infer:<8} {decision}")
         return "\n".join(rows)
+
+
+def needs_dense_grads(hooks: Hooks, step: int) -> bool:
+    """Whether `hooks` read G's dense gradients at G step `step` (a regrowth step).
+
+    Hooks say so through `needs_dense_grads(step)`; hooks that read gradients without saying when
+    are taken to read them at every step.
+    """
+    ask = getattr(hooks, "needs_dense_grads", None)
+    if ask is not None:
+        return bool(ask(step))
+    return type(hooks).after_g_backward is not Hooks.after_g_backward
+
+
+class KernelHooks(Hooks):
+    """A method's hooks, plus what the backends need: dense gradient-taking forwards on the steps that
+    read dense gradients, and a rebuild after every topology update."""
+
+    def __init__(self, inner: Hooks, g: KernelBackend | None, d: KernelBackend | None):
+        self.inner, self.g, self.d = inner, g, d
+
+    def prepare(self, step: int) -> None:
+        """Set up the backends for G step `step` (call before it starts)."""
+        for backend in (self.g, self.d):
+            if backend is not None:
+                dense = not masks_gradients(backend.masks.opt_state)  # the policy keeps dense gradients
+                if backend is self.g:
+                    dense = dense or needs_dense_grads(self.inner, step)
+                backend.set_dense_grads(dense)
+
+    def after_g_backward(self, state: GANState, step: int) -> None:
+        self.inner.after_g_backward(state, step)
+
+    def after_g_step(self, state: GANState, step: int) -> bool:
+        changed = self.inner.after_g_step(state, step)
+        if changed:
+            for backend in (self.g, self.d):
+                if backend is not None:
+                    backend.rebuild()
+        self.prepare(step + 1)
+        return changed
+
+    def stats(self, state: GANState, step: int) -> dict[str, float]:
+        return self.inner.stats(state, step)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+class Attached:
+    """The backends of one training phase (none for the `dense` backend) and the hooks to train with."""
+
+    def __init__(self, hooks: Hooks, g: KernelBackend | None = None, d: KernelBackend | None = None,
+                 next_step: int = 1):
+        self.g, self.d = g, d
+        self.hooks = hooks if g is None and d is None else KernelHooks(hooks, g, d)
+        if isinstance(self.hooks, KernelHooks):
+            self.hooks.prepare(next_step)
+
+    def detach(self) -> None:
+        for backend in (self.g, self.d):
+            if backend is not None:
+                backend.restore()
+
+    def layers(self) -> list[LayerChoice]:
+        return [c for b in (self.g, self.d) if b is not None for c in b.layers]
+
+
+def attach(backend: str, state: GANState, hooks: Hooks, spec) -> Attached:
+    """Swap the kernels into `state`'s sparse G and D for a training phase (nothing for `dense`).
+
+    The measurement runs on random inputs of the training shapes, outside the run's random streams.
+    """
+    if check_backend(backend) == "dense":
+        return Attached(hooks)
+    require_sparseprop()
+    with torch.random.fork_rng(devices=[]):
+        y = torch.zeros(spec.g_batch_size, dtype=torch.long)
+        g = d = None
+        if state.g_masks is not None:
+            g = KernelBackend(state.G, state.g_masks, (torch.randn(spec.g_batch_size, spec.z_dim), y))
+        if state.d_masks is not None:
+            x = torch.randn(spec.batch_size, 3, spec.resolution, spec.resolution)
+            d = KernelBackend(state.D, state.d_masks, (x, torch.zeros(spec.batch_size, dtype=torch.long)))
+    return Attached(hooks, g, d, state.step + 1)

@@ -41,7 +41,7 @@ EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "reached_sg",
     "rounds", "pruned_from", "scope", "opt_state", "eval_weights", "extractor", "extractor_accuracy",
     "data_hash", "extractor_hash", "eval_samples", "steps", "diverged_step", "interrupted_step", "variant",
-    "threads", "error",
+    "threads", "kernels", "error",
 ]
 INT_COLUMNS = ["seed", "rounds", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
 
@@ -424,6 +424,7 @@ class Store(ArtifactPaths):
             row["steps"] = run["config"]["train"]["steps"]
             row["scope"] = run["config"].get("scope")
             row["opt_state"] = run["config"].get("opt_state", "zero")  # stored before the choice existed: zero
+            row["kernels"] = run["config"].get("kernels", "dense")
             table.append(row)
         return table
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import sys
 
 import pytest
@@ -174,3 +177,147 @@ def test_layers_below_the_threshold_or_unsupported_stay_dense():
     assert "multiples of 8" in reasons["0"]  # stride 2 at batch 4: no correct kernel variant
     assert "below 0.8" in reasons["1"]
     assert "no (" in backend.table()
+
+
+def stugan_phase(plugins, policy: str, swap: bool, steps: int = 20, before_training=lambda: None):
+    """20 G steps of STU-GAN's exploration (updates at G steps 5, 10, 15) on the quick SNGAN."""
+    from sparsebench_builtins.methods.stugan import Exploration
+
+    from sparsebench.sparse import CosineSchedule, SparseEMA
+
+    arch = plugins.archs.get("sngan")
+    spec = arch.presets["quick"].replace(log_every=1, n_critic=1, batch_size=16, g_batch_size=16)
+    torch.manual_seed(0)
+    G, D = arch.build(spec, 10)
+    g_masks, d_masks = masked(G, 0.9, seed=1), masked(D, 0.5, seed=2)
+    g_masks.opt_state = d_masks.opt_state = policy
+    state = GANState(G, D, adam(G.parameters(), spec.lr_g, 0.0, 0.9), adam(D.parameters(), spec.lr_d, 0.0, 0.9),
+                     g_masks, d_masks, SparseEMA(G, 0.9, 0, g_masks))
+    hooks = Exploration("g", 5, CosineSchedule(0.5, 0.005, steps), torch.Generator().manual_seed(5))
+    attached = kernels.Attached(hooks)
+    if swap:
+        force = {"threshold": 0.0, "repeats": 1, "always": True}
+        attached = kernels.Attached(hooks, kernels.KernelBackend(G, g_masks, (torch.randn(16, spec.z_dim),), **force))
+    data = plugins.datasets.get("digits").load(spec.resolution).train
+    losses: list[float] = []
+    before_training()
+    train(state, steps, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)), 10,
+          torch.Generator().manual_seed(2), lambda: 0.0, attached.hooks,
+          log=lambda t, v: losses.extend([v["loss_d"], v["loss_g"]]))
+    return losses, state, hooks, attached
+
+
+@needs_sparseprop
+@pytest.mark.parametrize("policy", ["zero", "dense"])
+def test_stugan_through_topology_updates_matches_masked_dense(plugins, policy, monkeypatch):
+    """Regrowth steps run densely (|grad| at inactive positions picks the grown weights), every other step
+    runs the kernels under a masking policy, and the structure follows the masks after each update.
+
+    G only: with D's layers swapped too, Adam's sign-like first updates turn D's float-reassociation noise
+    in near-zero gradients into +-lr steps, and losses drift by ~1e-3 within a few steps (D's gradients
+    agree to float precision: test_sngan_discriminator_gradients_match_masked_dense)."""
+    calls = {"grad": 0, "no_grad": 0}
+    run = kernels._Kernel.run
+
+    def counted(self, x, *args):
+        calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return run(self, x, *args)
+
+    dense_losses, dense_state, dense_hooks, _ = stugan_phase(plugins, policy, swap=False)
+    monkeypatch.setattr(kernels._Kernel, "run", counted)
+    kernel_losses, state, hooks, attached = stugan_phase(plugins, policy, swap=True,
+                                                         before_training=lambda: calls.update(grad=0, no_grad=0))
+    assert hooks.updates == dense_hooks.updates == 3
+    assert kernel_losses == pytest.approx(dense_losses, abs=1e-4)
+    for name, mask in state.g_masks.masks.items():
+        assert torch.equal(mask, dense_state.g_masks.masks[name]), name  # the same weights were regrown
+        assert int(mask.sum()) == int(dense_state.g_masks.masks[name].sum())
+        kernel = attached.g._kernels[name]
+        assert torch.equal(torch.sort(kernel.positions).values, torch.nonzero(mask.reshape(-1)).squeeze(1))
+    ema, dense_ema = dict(state.ema.model.named_parameters()), dict(dense_state.ema.model.named_parameters())
+    for name in state.g_masks.params:  # SEMA averages the same sparse weights (biases before a BN have
+        # gradients of pure rounding noise, which Adam turns into +-lr steps either way)
+        torch.testing.assert_close(ema[f"{name}.weight"], dense_ema[f"{name}.weight"], rtol=1e-3, atol=1e-4)
+    assert calls["no_grad"] > 0  # G's samples for D's steps ran the kernels under every policy
+    assert (calls["grad"] > 0) == (policy != "dense")  # the dense policy keeps dense gradients everywhere
+    attached.detach()
+    assert not any("forward" in vars(m) for m in state.G.modules())
+
+
+@needs_sparseprop
+def test_sngan_discriminator_gradients_match_masked_dense(plugins):
+    """D has spectral norm on every layer: sigma comes from the masked original, the gradient from the kernels."""
+    import copy
+
+    arch = plugins.archs.get("sngan")
+    torch.manual_seed(0)
+    _, D = arch.build(arch.presets["quick"], 10)
+    D_kernels = copy.deepcopy(D)
+    masks, kernel_masks = masked(D, 0.5), masked(D_kernels, 0.5)
+    x = torch.randn(16, 3, 16, 16)
+    backend = kernels.KernelBackend(D_kernels, kernel_masks, (x,), threshold=0.0, repeats=1, always=True)
+    assert backend.swapped == list(masks.params)
+    for model in (D, D_kernels):  # train mode: each forward runs the power iteration, identically
+        model.zero_grad()
+        torch.relu(1 - model(x)).mean().backward()
+    for (name, p), q in zip(D.named_parameters(), D_kernels.parameters()):
+        mask = masks.masks.get(name.replace(".parametrizations.weight.original", ""), torch.ones(()))
+        torch.testing.assert_close(q.grad * mask, p.grad * mask, rtol=1e-4, atol=1e-4), name
+
+
+def test_bad_kernels_value_is_one_clear_error(store):
+    from conftest import TINY, run_cli
+
+    proc = run_cli("run", "--methods", "static", "--arch", "sngan", *TINY, "--kernels", "cuda", "--store", str(store))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:")
+    assert "cuda" in lines[0] and "dense, sparseprop" in lines[0]
+    assert not store.exists()
+
+
+def test_missing_sparseprop_stops_the_run_with_one_line(store, tmp_path):
+    """A SparseProp that fails to import (absent, or a build that does not load): one error naming the extra."""
+    from conftest import TINY, run_cli
+
+    broken = tmp_path / "site" / "sparseprop"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('undefined symbol: sparse_conv2d')\n")
+    path = os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")])
+    proc = run_cli("run", "--methods", "static", "--arch", "sngan", *TINY, "--kernels", "sparseprop",
+                   "--store", str(store), env={"PYTHONPATH": path})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+    assert "pip install" in lines[0] and "'sparsebench[kernels]'" in lines[0]
+    assert not store.exists()
+
+
+def test_backend_is_part_of_the_run_id_and_dense_ids_are_unchanged(plugins):
+    from sparsebench.config import GridRequest, expand_grid
+
+    def config(**kernels):
+        return expand_grid(GridRequest(methods=["static"], arch="sngan", steps=2, **kernels), plugins)[0]
+
+    dense, sparse = config(), config(kernels="sparseprop")
+    assert config(kernels="dense").run_id == dense.run_id
+    assert sparse.run_id != dense.run_id
+    assert "kernels" not in dense.to_dict()  # the id of every run stored before the backend existed stays
+    assert type(dense).from_dict(sparse.to_dict()) == sparse
+
+
+@needs_sparseprop
+def test_stugan_run_with_kernels_through_topology_updates(store):
+    """The real CLI: STU-GAN with two topology updates under the kernels backend keeps exact densities and
+    agrees with the same run on the dense backend; the backend is a column of the results."""
+    from conftest import run_cli
+
+    base = ["run", "--methods", "stugan", "--arch", "sngan", "--sg", "0.9", "--sd", "0.5", "--steps", "3",
+            "--no-progress", "-o", "stugan.delta_t=1", "--opt-state", "zero", "--store", str(store)]
+    run_cli(*base, check=True)
+    run_cli(*base, "--kernels", "sparseprop", check=True)
+    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    by = {r["kernels"]: r for r in rows}
+    assert set(by) == {"dense", "sparseprop"} and all(r["status"] == "done" for r in rows)
+    assert by["dense"]["run_id"] != by["sparseprop"]["run_id"]
+    assert float(by["sparseprop"]["density_g"]) == float(by["dense"]["density_g"])
+    assert float(by["sparseprop"]["density_d"]) == float(by["dense"]["density_d"])
+    assert float(by["sparseprop"]["exploration_rate"]) == pytest.approx(float(by["dense"]["exploration_rate"]))

@@ -30,6 +30,10 @@ class Exploration(Hooks):
     def due(self, step: int) -> bool:
         return step % self.interval == 0 and step < self.schedule.total
 
+    def needs_dense_grads(self, step: int) -> bool:
+        """G's dense gradients are read at G's regrowth steps only (sparse kernels run densely there)."""
+        return "g" in self.explore and self.due(step)
+
     def after_g_backward(self, state: GANState, step: int) -> None:
         if "g" in self.explore and state.g_masks is not None and self.due(step):
             self.grads = {n: p.grad.detach().clone() for n, p in state.g_masks.params.items()}
