@@ -17,6 +17,7 @@ from sparsebench import SparsebenchError
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
 
 SCOPES = ("conv", "conv+linear")
+KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparsebench.kernels)
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
 RUN_ID_LENGTH = 16
@@ -87,8 +88,8 @@ class RunConfig:
             )
         if self.opt_state not in POLICIES:
             raise SparsebenchError(f"unknown opt_state {self.opt_state!r}; known: {', '.join(POLICIES)}")
-        if self.kernels not in ("dense", "sparseprop"):
-            raise SparsebenchError(f"unknown kernels {self.kernels!r}; known: dense, sparseprop")
+        if self.kernels not in KERNELS:
+            raise SparsebenchError(f"unknown kernels {self.kernels!r}; known: {', '.join(KERNELS)}")
         if self.train.steps < 1:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
         if not 0 <= self.seed < SEED_LIMIT:

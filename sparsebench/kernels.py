@@ -12,8 +12,10 @@ active positions. Masks, Adam, SEMA, spectral norm, checkpoints and state dicts 
 their meaning; nothing has to be synced back. What changes:
 
 - gradients at inactive positions are zero, as if masked. That is exact where gradients are
-  masked anyway (optimizer-state policies `mean` and `zero`); a step whose dense gradients are
-  needed (a regrowth step, every step under the `dense` policy) runs under `backend.dense()`;
+  masked anyway (optimizer-state policies `mean` and `zero`); forwards that take gradients on a
+  step whose dense gradients are read (a regrowth step; every step under the `dense` policy) run
+  densely (KernelHooks), while forwards without gradients (G's samples for D) always may use the
+  kernels;
 - the kernels' index structure follows the mask, not the non-zero pattern (a regrown weight is
   active at value zero), and must be rebuilt after each topology update (`backend.rebuild()`).
 """
@@ -31,13 +33,12 @@ import torch
 from torch import nn
 
 from sparsebench import SparsebenchError
+from sparsebench.config import KERNELS as BACKENDS
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.opt_state import masks_gradients
 from sparsebench.sparse.scope import weight_tensor
 from sparsebench.train.loop import GANState, Hooks
 
-BACKENDS = ("dense", "sparseprop")
-DEFAULT_BACKEND = "dense"
 DEFAULT_THRESHOLD = 0.8  # minimum sparsity of a layer worth trying (SparseProp's)
 _EXACT_FLOAT_INDEX = 2**24  # positions are carried through the kernels' format as float32 values
 _ATTR = "_sparsebench_kernel"
@@ -97,7 +98,7 @@ class _Kernel:
     def __init__(self, kind: str, module: nn.Module, variant: str, enabled: list[bool], infer_variant: str = ""):
         self.kind = kind
         self.variant = variant  # for forwards that take gradients ("": dense)
-        self.infer_variant = infer_variant or variant  # for forwards without
+        self.infer_variant = infer_variant  # for forwards without
         self.enabled = enabled  # shared by every layer of a backend: False runs the dense forward
         self.positions = torch.empty(0, dtype=torch.long)
         self.idx: tuple = ()

@@ -321,3 +321,24 @@ def test_stugan_run_with_kernels_through_topology_updates(store):
     assert float(by["sparseprop"]["density_g"]) == float(by["dense"]["density_g"])
     assert float(by["sparseprop"]["density_d"]) == float(by["dense"]["density_d"])
     assert float(by["sparseprop"]["exploration_rate"]) == pytest.approx(float(by["dense"]["exploration_rate"]))
+
+
+@needs_sparseprop
+def test_each_mode_runs_what_was_measured_faster_for_it(monkeypatch):
+    """A layer whose kernels won forward + backward but lost without gradients samples densely, and back."""
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
+    backend = kernels.KernelBackend(model, masked(model, 0.9), (torch.randn(8, 4, 6, 6),), threshold=0.0, repeats=1,
+                                    always=True)
+    kernel = backend._kernels["0"]
+    used = []
+    monkeypatch.setattr(kernels._Kernel, "run", lambda self, x, *a: used.append(torch.is_grad_enabled()) or x[:, :1])
+    kernel.infer_variant = ""
+    with torch.no_grad():
+        model(torch.randn(8, 4, 6, 6))
+    model(torch.randn(8, 4, 6, 6))
+    assert used == [True]
+    kernel.variant, kernel.infer_variant = "", "over_on"
+    with torch.no_grad():
+        model(torch.randn(8, 4, 6, 6))
+    model(torch.randn(8, 4, 6, 6))
+    assert used == [True, False]
