@@ -18,12 +18,9 @@ Prints, per (arch, s_G), the per-layer decision table and exactly the lines
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 import warnings
-
-THREADS = os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch and SparseProp start their thread pools
 
 import torch
 
@@ -68,9 +65,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="images per G step and per inference batch")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timings per variant (medians are reported)")
     ap.add_argument("--threshold", type=float, default=0.8, help="minimum layer sparsity to try the kernels")
+    ap.add_argument("--threads", type=int, default=2, help="threads of torch and of SparseProp's OpenMP kernels")
     args = ap.parse_args()
-    threads = int(THREADS)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)  # SparseProp's OpenMP regions run in torch's OpenMP runtime (one libgomp)
+    threads = torch.get_num_threads()
 
     from sparsebench import kernels
     from sparsebench.plugins import get_plugins
