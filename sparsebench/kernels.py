@@ -23,6 +23,7 @@ their meaning; nothing has to be synced back. What changes:
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import time
 import types
@@ -42,6 +43,7 @@ from sparsebench.train.loop import GANState, Hooks
 DEFAULT_THRESHOLD = 0.8  # minimum sparsity of a layer worth trying (SparseProp's)
 _EXACT_FLOAT_INDEX = 2**24  # positions are carried through the kernels' format as float32 values
 _ATTR = "_sparsebench_kernel"
+log = logging.getLogger("sparsebench.run")
 
 
 def check_backend(name: str) -> str:
@@ -465,4 +467,7 @@ def attach(backend: str, state: GANState, hooks: Hooks, spec) -> Attached:
         if state.d_masks is not None:
             x = torch.randn(spec.batch_size, 3, spec.resolution, spec.resolution)
             d = KernelBackend(state.D, state.d_masks, (x, torch.zeros(spec.batch_size, dtype=torch.long)))
+    for net, chosen in (("G", g), ("D", d)):
+        if chosen is not None:
+            log.info("sparse kernels in %s:\n%s", net, chosen.table())
     return Attached(hooks, g, d, state.step + 1)
