@@ -59,7 +59,7 @@ def require_sparseprop():
     except Exception as exc:  # noqa: BLE001 - ImportError, or a compiled extension that fails to load
         raise SparsebenchError(
             f"--kernels sparseprop needs SparseProp, which is not usable here ({type(exc).__name__}: {exc}); "
-            "install it with: pip install pybind11 && pip install --no-build-isolation 'sparsebench[kernels]'"
+            "install it with: pip install pybind11 wheel && pip install --no-build-isolation 'sparsebench[kernels]'"
         ) from None
     return functions, utils
 
