@@ -133,6 +133,8 @@ def cli(verbose: bool):
               help="Adam state of masked weights: dense (dense gradients, warm regrowth), mean (regrown get the "
                    "layer's mean), zero (regrown start at zero)")
 @click.option("--metrics", "metrics", default="fid,is", show_default=True, help="metrics to compute, comma-separated")
+@click.option("--kernels", default="dense", show_default=True,
+              help="sparse layers computed as masked dense, or with SparseProp's sparse CPU kernels (sparseprop)")
 @click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE", help="a plugin option, e.g. stugan.explore=gd (repeatable)")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--data-dir", default=None, help="where data sets live (CIFAR-10, image folders)")
@@ -145,8 +147,8 @@ def cli(verbose: bool):
 @click.option("--jobs", type=str, default="1", show_default=True, help="local worker processes (1: in this process)")
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray)")
 @store_option
-def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, opt_state, metrics, options, device,
-        data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, executor, jobs, address, store_path):
+def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, opt_state, metrics, kernels, options,
+        device, data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, executor, jobs, address, store_path):
     """Run the grid methods x s_G x s_D x seeds and store every result.
 
     Cells already done in the store are skipped; methods whose s_G or s_D is fixed by
@@ -166,10 +168,14 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     req = GridRequest(
         methods=expand_methods(methods, plugins), arch=arch, dataset=dataset,
         sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=_ints(seeds, "--seeds"), preset=preset,
-        steps=steps, scope=scope, distribution=distribution, opt_state=opt_state,
+        steps=steps, scope=scope, distribution=distribution, opt_state=opt_state, kernels=kernels,
         options=parse_option_strings(options), metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
     )
     configs = expand_grid(req, plugins)
+    if kernels == "sparseprop":
+        from sparsebench.kernels import require_sparseprop
+
+        require_sparseprop()
     from sparsebench import distributed
 
     device = distributed.init_from_env(device)

@@ -17,6 +17,7 @@ from sparsebench import SparsebenchError
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
 
 SCOPES = ("conv", "conv+linear")
+KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparsebench.kernels)
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
 RUN_ID_LENGTH = 16
@@ -72,6 +73,7 @@ class RunConfig:
     metrics: tuple = ("fid", "is")
     opt_state: str = DEFAULT_POLICY  # optimizer state at inactive / regrown weights (sparsebench.sparse.opt_state)
     version: int = CONFIG_VERSION
+    kernels: str = "dense"  # execution backend of sparse layers (sparsebench.kernels); in the id unless dense
 
     def __post_init__(self):
         for axis in ("sg", "sd"):
@@ -86,6 +88,8 @@ class RunConfig:
             )
         if self.opt_state not in POLICIES:
             raise SparsebenchError(f"unknown opt_state {self.opt_state!r}; known: {', '.join(POLICIES)}")
+        if self.kernels not in KERNELS:
+            raise SparsebenchError(f"unknown kernels {self.kernels!r}; known: {', '.join(KERNELS)}")
         if self.train.steps < 1:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
         if not 0 <= self.seed < SEED_LIMIT:
@@ -98,6 +102,8 @@ class RunConfig:
         for key in ("method_options", "arch_options", "dataset_options"):
             d[key] = dict(getattr(self, key))
         d["metrics"] = list(self.metrics)
+        if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
+            del d["kernels"]
         return d
 
     @classmethod
@@ -156,6 +162,7 @@ class GridRequest:
     scope: str = "conv"
     distribution: str = "erk"
     opt_state: str = DEFAULT_POLICY
+    kernels: str = "dense"
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: tuple = ("fid", "is")
     data_dir: str | None = None
@@ -222,6 +229,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         dataset_options=dataset_options,
                         metrics=tuple(req.metrics),
                         opt_state=req.opt_state,
+                        kernels=req.kernels,
                     )
                     if cfg.run_id not in seen:
                         seen.add(cfg.run_id)

@@ -41,7 +41,7 @@ RESULT_COLUMNS = [
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "scope", "opt_state",
     "eval_weights", "extractor", "extractor_accuracy", "data_hash", "extractor_hash", "eval_samples", "steps",
-    "diverged_step", "interrupted_step", "variant", "threads", "error",
+    "diverged_step", "interrupted_step", "variant", "threads", "kernels", "error",
 ]
 INT_COLUMNS = ["seed", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
 # Last column: a run's other results as a JSON object, so that no stored key goes unseen (a method no longer
@@ -451,6 +451,7 @@ class Store(ArtifactPaths):
             row["opt_state"] = run["config"].get("opt_state", "zero")  # stored before the choice existed: zero
             other = {k: v for k, v in res.items() if k not in named}
             row[OTHER_COLUMN] = json.dumps(other, sort_keys=True, default=str) if other else None
+            row["kernels"] = run["config"].get("kernels", "dense")
             table.append(row)
         return table
 

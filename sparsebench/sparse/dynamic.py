@@ -62,6 +62,10 @@ class TopologyUpdate(Hooks):
     def due(self, step: int) -> bool:
         return step % self.interval == 0 and step < self.schedule.total
 
+    def needs_dense_grads(self, step: int) -> bool:
+        """Whether this G step's gradients are read as dense ones (sparse kernels run densely then)."""
+        return self.due(step) and any(self.uses_gradients(net) for net in self.networks if net in "gd")
+
     def _capture(self, net: str, masks: MaskState | None, step: int) -> None:
         if net in self.networks and masks is not None and self.uses_gradients(net) and self.due(step):
             self.grads[net] = {n: p.grad.detach().clone() for n, p in masks.params.items()}

@@ -176,12 +176,16 @@ class RunContext:
                 self.flush_fn()
             ckpt.save(state, batcher, noise, hooks, label, done)
 
+        from sparsebench.kernels import attach  # the execution backend of sparse layers (--kernels)
+
+        kernels = attach(self.config.kernels, state, hooks, spec)
         try:
-            train(state, steps, spec, batcher, self.num_classes, noise, cost, hooks, log_step, self.progress,
+            train(state, steps, spec, batcher, self.num_classes, noise, cost, kernels.hooks, log_step, self.progress,
                   save, self.checkpoint_every, self.stop_requested,
                   distributed.average_gradients if world > 1 else None)
             save(done=True)
         finally:
+            kernels.detach()
             self.spent_flops += state.flops
 
     def require(self, method: str, **changes: Any) -> RunArtifacts:
