@@ -1,7 +1,8 @@
 """Run configuration: immutable, validated, and hashed into the run id.
 
 A run id is a hash of everything that can change a result (method, arch, data, sparsities,
-seed, every training hyperparameter, every plugin option). The device is not part of it.
+seed, every training hyperparameter, every plugin option, the versions of the code that trains:
+core, method and architecture). The device is not part of it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class RunConfig:
     dataset_options: tuple = ()
     metrics: tuple = ("fid", "is")
     opt_state: str = DEFAULT_POLICY  # optimizer state at inactive / regrown weights (sparsebench.sparse.opt_state)
+    code: tuple = ()  # (("arch", version), ("method", version), ("sparsebench", version)): see Plugins.code
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
@@ -95,7 +97,7 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for key in ("method_options", "arch_options", "dataset_options"):
+        for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = dict(getattr(self, key))
         d["metrics"] = list(self.metrics)
         return d
@@ -104,7 +106,7 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         d = dict(d)
         d["train"] = TrainSpec(**d["train"])
-        for key in ("method_options", "arch_options", "dataset_options"):
+        for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = freeze(d.get(key, {}))
         d["metrics"] = tuple(d.get("metrics", ()))
         return cls(**d)
@@ -219,6 +221,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         dataset_options=dataset_options,
                         metrics=tuple(req.metrics),
                         opt_state=req.opt_state,
+                        code=plugins.code(name, req.arch),
                     )
                     if cfg.run_id not in seen:
                         seen.add(cfg.run_id)

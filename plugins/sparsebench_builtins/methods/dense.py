@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
+from sparsebench import Method, MethodContext, Phase, hookimpl
 
 
 class Dense(Method):
@@ -11,7 +10,7 @@ class Dense(Method):
     description = "dense G and D, the architecture's reference training"
     fixed = {"sg": 0.0, "sd": 0.0}
 
-    def run(self, ctx) -> None:
+    def run(self, ctx: MethodContext) -> None:
         G, D = ctx.build_models()
         state = ctx.state(G, D, None, None)
         ctx.train(state)
