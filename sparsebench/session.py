@@ -73,6 +73,7 @@ class Grid:
         configs = expand_grid(req, plugins)
         device = distributed.init_from_env(device)
         leader = distributed.rank() == 0
+        store: Any  # a Store, or under torchrun a FollowerStore on the other ranks
         if leader:
             store = Store(store_path)
             distributed.barrier()
@@ -91,7 +92,7 @@ class Grid:
         """Run every cell (done ones are skipped, unless rerun); returns the grid's outcomes."""
         from sparsebench.executors import execute
 
-        quiet = lambda *args: None  # noqa: E731
+        quiet = lambda *args: None
         return execute(self.configs, self.runner, self.store, self.executor, self.jobs, self.address,
                        on_start if on_start and self.leader else quiet, on_done if on_done and self.leader else quiet)
 
