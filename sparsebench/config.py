@@ -21,7 +21,7 @@ SCOPES = ("conv", "conv+linear")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
 RUN_ID_LENGTH = 16
-SEED_LIMIT = 2**32  # seeds lie in [0, 2^32): derived torch seeds (seed * 1_000_003 + offset) stay in 64 bits
+SEED_LIMIT = 2**32  # seeds lie in [0, 2^32); random streams are derived from (seed, name), see MethodContext.rng
 _RUN_ID = re.compile(f"[0-9a-f]{{{RUN_ID_LENGTH}}}")
 
 

@@ -30,7 +30,7 @@ from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
 from sparsebench.store import Store, process_owner
 from sparsebench.train.checkpoint import atomic_save
-from sparsebench.train.context import RunContext, RunWiring
+from sparsebench.train.context import RunContext, RunWiring, stream_seed
 from sparsebench.train.loop import Diverged, Interrupted
 
 log = logging.getLogger("sparsebench.run")
@@ -329,7 +329,8 @@ class Runner:
         # metrics of the evaluated generator
         metrics = [self.plugins.metrics.get(m) for m in config.metrics]
         flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
-        images = sample(st.eval_model, spec.eval_samples, spec.z_dim, ctx.num_classes, self.device, seed=config.seed + 7919)
+        images = sample(st.eval_model, spec.eval_samples, spec.z_dim, ctx.num_classes, self.device,
+                        seed=stream_seed(config.seed, "eval-samples"))
         samples = SampleSet(ev, images, flags)
         for m in metrics:
             res.update(m.compute(samples))
