@@ -277,3 +277,12 @@ def test_run_from_python_stores_a_done_row(store):
     assert [r["run_id"] for r in cli_rows] == list(df["run_id"]) and cli_rows[0]["status"] == "done"
     with pytest.raises(sparsebench.SparsebenchError, match="unknown option"):
         sparsebench.run(methods="static", arch="sngan", steps=2, store=store, options=["static.nope=1"])
+
+
+def test_describe_takes_architecture_options_and_refuses_others():
+    assert run_cli("describe", "--arch", "sngan", "--format", "json", check=True).stdout.startswith("{")
+    unknown = run_cli("describe", "--arch", "sngan", "-o", "sngan.width=2")
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "Error: sngan: unknown option(s) width; allowed: none"
+    other = run_cli("describe", "--arch", "sngan", "-o", "stugan.p0=0.3")
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
+    assert other.stderr.startswith("Error: --option for 'stugan': describe takes options of the architecture only")
