@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from sparsebench.options import Option
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sparsebench.config import TrainSpec
-    from sparsebench.train.context import RunContext
+    from torch import nn
+
+    from sparsebench.config import RunConfig, TrainSpec
+    from sparsebench.sparse.masks import MaskState
+    from sparsebench.train.loop import GANState, Hooks
 
 
 class PluginObject:
@@ -25,7 +28,79 @@ class PluginObject:
     options: ClassVar[tuple[Option, ...]] = ()
 
 
-class Method(PluginObject):
+class VersionedPlugin(PluginObject):
+    """A plugin object whose code version is part of every run id it takes part in.
+
+    None means the version of the distribution that provides the plugin; set a string and bump it
+    when the object's behaviour changes, so a fixed plugin does not reuse the results of the old one.
+    """
+
+    version: ClassVar[str | None] = None
+
+
+@dataclass
+class RunArtifacts:
+    """A finished run a method depends on: its id, config, results and saved weights."""
+
+    run_id: str
+    config: dict
+    results: dict
+    init_path: Path
+    final_path: Path
+
+    def load(self, which: str = "final") -> dict:
+        """The saved state dicts ("init": G and D as first built; "final": the trained models and masks)."""
+        path = self.final_path if which == "final" else self.init_path
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@runtime_checkable
+class MethodContext(Protocol):
+    """What `Method.run` is given: the run's settings and the only ways a method builds, trains and
+    finishes, so that every method is seeded, counted and stored alike."""
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's configuration (method, arch, sparsities `sg`/`sd`, seed, scope, distribution...)."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The method's validated options, by name."""
+
+    @property
+    def spec(self) -> TrainSpec:
+        """The preset's training settings (steps, batch sizes, learning rates, explore interval...)."""
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the training data (conditional architectures)."""
+
+    def rng(self, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator seeded from the run's seed and `name`: one independent stream per name."""
+
+    def build_models(self) -> tuple[nn.Module, nn.Module]:
+        """G and D, initialised deterministically from the run's seed."""
+
+    def masks(self, model: nn.Module, sparsity: float, distribution: str | None = None,
+              stream: str = "masks") -> MaskState | None:
+        """Random masks of `sparsity` over the run's scope (None when dense), drawn from `rng(stream)`."""
+
+    def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None,
+              d_masks: MaskState | None) -> GANState:
+        """Fresh optimizers and the (sparse) EMA of G for a training phase."""
+
+    def train(self, state: GANState, steps: int | None = None, hooks: Hooks | None = None,
+              label: str = "train") -> None:
+        """One training phase, with FLOP accounting, statistics, checkpoints and resume."""
+
+    def require(self, method: str, **changes: Any) -> RunArtifacts:
+        """The finished run of `method` this run builds on; its training FLOPs count towards this run's."""
+
+    def finish(self, state: GANState, **info: Any) -> None:
+        """Declare `state` the result; `info` goes into the stored results."""
+
+
+class Method(VersionedPlugin):
     """A way of obtaining a (sparse) generator.
 
     `fixed` pins grid axes the method defines for itself (e.g. PF trains a dense D: {"sd": 0.0});
@@ -45,11 +120,11 @@ class Method(PluginObject):
     result_columns: ClassVar[tuple[str, ...]] = ()  # result keys it stores beyond the core's: results columns
     length_option: ClassVar[str] = ""  # its option that multiplies the training length: runs above 1x fill Table 3
 
-    def run(self, ctx: "RunContext") -> None:
-        """Train, leaving the final models in `ctx` (see `RunContext.finish`)."""
+    def run(self, ctx: MethodContext) -> None:
+        """Train, leaving the final models in `ctx` (see `MethodContext.finish`)."""
         raise NotImplementedError
 
-    def flop_phases(self, ctx: "FlopPlan") -> list["Phase"]:
+    def flop_phases(self, ctx: FlopPlan) -> list[Phase]:
         """The training phases with their densities, for FLOP accounting without training."""
         raise NotImplementedError
 
@@ -73,13 +148,13 @@ class FlopPlan:
     d_shapes: dict[str, tuple[int, ...]]
 
 
-class Architecture(PluginObject):
+class Architecture(VersionedPlugin):
     """A generator/discriminator pair with its reference training settings per preset."""
 
     conditional: ClassVar[bool] = False
-    presets: ClassVar[dict[str, "TrainSpec"]] = {}
+    presets: ClassVar[dict[str, TrainSpec]] = {}
 
-    def build(self, spec: "TrainSpec", num_classes: int, width: float = 1.0, **options: Any):
+    def build(self, spec: TrainSpec, num_classes: int, width: float = 1.0, **options: Any):
         """Return (G, D), initialised as the reference does. Seed torch before calling."""
         raise NotImplementedError
 

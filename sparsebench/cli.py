@@ -143,25 +143,26 @@ def cli(verbose: bool):
 @click.option("--checkpoint-every", type=str, default="500", show_default=True,
               help="G steps between checkpoints (0: only at the end of each phase and on SIGTERM / Ctrl-C)")
 @click.option("--retry-failed", is_flag=True, help="run again the cells stored as failed or diverged")
+@click.option("--rerun", is_flag=True, help="train every cell of the grid again, done ones too; a cell's stored "
+              "result is replaced only when its new run ends (runs it builds on are reused)")
 @click.option("--executor", default="local", show_default=True, help="local (worker processes) or ray")
 @click.option("--jobs", type=str, default="1", show_default=True, help="local worker processes (1: in this process)")
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray)")
 @store_option
 def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, opt_state, metrics, kernels, options,
-        device, data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, executor, jobs, address, store_path):
+        device, data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, rerun, executor, jobs, address,
+        store_path):
     """Run the grid methods x s_G x s_D x seeds and store every result.
 
     Cells already done in the store are skipped; methods whose s_G or s_D is fixed by
     definition (dense, pf-*, gan-tickets) run once per seed with the sparsity they really use.
     """
-    from sparsebench.config import GridRequest, expand_grid
+    from sparsebench.config import GridRequest
+    from sparsebench.executors import GridInterrupted
     from sparsebench.options import parse_option_strings
-    from sparsebench.runner import Runner
+    from sparsebench.session import Grid
+    from sparsebench.train.loop import Interrupted
 
-    if device not in ("cpu", "cuda"):
-        raise SparsebenchError(f"--device {device!r}: allowed: cpu, cuda")
-    if executor != "local" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SparsebenchError("under torchrun, use the local executor (each rank runs the same grid)")
     plugins = _plugins()
     if steps is not None:
         steps = _ints(steps, "--steps")[0]
@@ -171,40 +172,11 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
         steps=steps, scope=scope, distribution=distribution, opt_state=opt_state, kernels=kernels,
         options=parse_option_strings(options), metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
     )
-    configs = expand_grid(req, plugins)
-    if kernels == "sparseprop":
-        from sparsebench.kernels import require_sparseprop
-
-        require_sparseprop()
-    from sparsebench import distributed
-
-    device = distributed.init_from_env(device)
-    leader = distributed.rank() == 0
-    if leader:
-        store = _store(store_path)
-        distributed.barrier()
-    else:  # rank 0 creates the store first; the other ranks only read it
-        from sparsebench.store import FollowerStore, Store, default_store_path
-
-        distributed.barrier()
-        store = FollowerStore(Store(store_path or default_store_path(), readonly=True))
-    every = _ints(checkpoint_every, "--checkpoint-every")[0]
-    if every < 0:
-        raise SparsebenchError(f"--checkpoint-every must be >= 0, got {every}")
-    from sparsebench.executors import EXECUTORS, GridInterrupted, execute
-    from sparsebench.train.loop import Interrupted
-
-    if executor not in EXECUTORS:
-        raise SparsebenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     n_jobs = _ints(jobs, "--jobs")[0]
-    if n_jobs < 1:
-        raise SparsebenchError(f"--jobs must be >= 1, got {n_jobs}")
-    runner = Runner(store, plugins, device=device, data_dir=data_dir, inception_weights=inception_weights,
-                    progress=not no_progress and executor == "local" and n_jobs == 1 and leader,
-                    checkpoint_every=every, retry_failed=retry_failed)
-    if leader:  # data and extractor caches are prepared once, before the other ranks read them
-        runner.preflight(configs)
-    distributed.barrier()
+    grid = Grid.open(req, plugins, store_path, device=device, inception_weights=inception_weights,
+                     progress=not no_progress, checkpoint_every=_ints(checkpoint_every, "--checkpoint-every")[0],
+                     retry_failed=retry_failed, rerun=rerun, executor=executor, jobs=n_jobs, address=address)
+    runner, store, leader = grid.runner, grid.store, grid.leader
     runner.install_signal_handlers()
     started = []
 
@@ -220,13 +192,13 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
         elif outcome.skipped and outcome.status == "done":
             click.echo(f"  {config.run_id} already done, skipped", err=True)
         elif outcome.skipped:
-            click.echo(f"  {config.run_id} {outcome.status} before, skipped (--retry-failed runs it again)", err=True)
+            click.echo(f"  {config.run_id} {outcome.status} before, skipped (--retry-failed or --rerun runs it "
+                       f"again)", err=True)
         elif len(started) > 1 and (executor == "ray" or n_jobs > 1):
             click.echo(f"  {config.run_id} {outcome.status}", err=True)
 
     try:
-        execute(configs, runner, store, executor, n_jobs, address, on_start if leader else lambda *a: None,
-                on_done if leader else lambda *a: None)
+        grid.execute(on_start, on_done)
     except Interrupted as exc:
         _summary(runner.outcomes)
         saved = "" if isinstance(exc, GridInterrupted) else ", checkpoint saved"
@@ -304,19 +276,13 @@ def results(fmt, store_path):
     JSON is an object: "runs" (one record per run) and "cells" (one per Table 1 cell: FID / IS over the
     seeds done and the FID difference to the reference method with its 95 % Welch interval).
     """
-    import pandas as pd
-
-    from sparsebench.store import OTHER_COLUMN, int_columns, method_columns, table_columns
+    from sparsebench.session import results_frame
+    from sparsebench.store import OTHER_COLUMN
 
     if fmt not in ("csv", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
-    store = _store(store_path, readonly=True)
     methods = _plugins().methods
-    declared = method_columns(methods.objects().values())
-    table = store.results_table(declared)
-    df = pd.DataFrame(table, columns=table_columns(declared))
-    for col in int_columns(table, declared):
-        df[col] = df[col].astype("Int64")
+    df = results_frame(_store(store_path, readonly=True), methods)
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
@@ -342,12 +308,15 @@ def main():
 @click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
 @click.option("--distribution", default="erk", show_default=True, help="erk, er, uniform (global shown as uniform)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json")
-def describe(arch, preset, sg, sd, scope, distribution, fmt):
+@click.option("--option", "-o", "options", multiple=True, metavar="ARCH.NAME=VALUE",
+              help="an architecture option, as for run (repeatable)")
+def describe(arch, preset, sg, sd, scope, distribution, fmt, options):
     """Parameter counts, per-layer shapes and densities, and dense FLOPs of G and D."""
     from tabulate import tabulate
 
-    from sparsebench.config import DISTRIBUTIONS, SCOPES, preset_spec
+    from sparsebench.config import DISTRIBUTIONS, SCOPES, freeze, preset_spec
     from sparsebench.describe import describe as describe_arch
+    from sparsebench.options import parse_option_strings, validate_options
 
     plugins = _plugins()
     if scope not in SCOPES:
@@ -356,8 +325,16 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt):
         raise SparsebenchError(f"unknown distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
     if fmt not in ("text", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, json")
-    spec = preset_spec(plugins.archs.get(arch), preset)
-    info = describe_arch(plugins, arch, spec, scope, _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], distribution)
+    arch_obj = plugins.archs.get(arch)
+    given = parse_option_strings(options)
+    for target in given:
+        if target != arch:
+            raise SparsebenchError(f"--option for {target!r}: describe takes options of the architecture only "
+                                   f"({arch}.NAME=VALUE)")
+    arch_options = freeze(validate_options(arch_obj.options, given.get(arch, {}), arch))
+    spec = preset_spec(arch_obj, preset)
+    info = describe_arch(plugins, arch, spec, scope, _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], distribution,
+                         arch_options)
     if fmt == "json":
         click.echo(json.dumps(info, indent=2))
         return

@@ -1,7 +1,8 @@
 """Run configuration: immutable, validated, and hashed into the run id.
 
 A run id is a hash of everything that can change a result (method, arch, data, sparsities,
-seed, every training hyperparameter, every plugin option). The device is not part of it.
+seed, every training hyperparameter, every plugin option, the versions of the code that trains:
+core, method and architecture). The device is not part of it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparse
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
 RUN_ID_LENGTH = 16
-SEED_LIMIT = 2**32  # seeds lie in [0, 2^32): derived torch seeds (seed * 1_000_003 + offset) stay in 64 bits
+SEED_LIMIT = 2**32  # seeds lie in [0, 2^32); random streams are derived from (seed, name), see MethodContext.rng
 _RUN_ID = re.compile(f"[0-9a-f]{{{RUN_ID_LENGTH}}}")
 
 
@@ -72,6 +73,7 @@ class RunConfig:
     dataset_options: tuple = ()
     metrics: tuple = ("fid", "is")
     opt_state: str = DEFAULT_POLICY  # optimizer state at inactive / regrown weights (sparsebench.sparse.opt_state)
+    code: tuple = ()  # (("arch", version), ("method", version), ("sparsebench", version)): see Plugins.code
     version: int = CONFIG_VERSION
     kernels: str = "dense"  # execution backend of sparse layers (sparsebench.kernels); in the id unless dense
 
@@ -99,7 +101,7 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for key in ("method_options", "arch_options", "dataset_options"):
+        for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = dict(getattr(self, key))
         d["metrics"] = list(self.metrics)
         if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
@@ -110,7 +112,7 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         d = dict(d)
         d["train"] = TrainSpec(**d["train"])
-        for key in ("method_options", "arch_options", "dataset_options"):
+        for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = freeze(d.get(key, {}))
         d["metrics"] = tuple(d.get("metrics", ()))
         return cls(**d)
@@ -230,6 +232,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         metrics=tuple(req.metrics),
                         opt_state=req.opt_state,
                         kernels=req.kernels,
+                        code=plugins.code(name, req.arch),
                     )
                     if cfg.run_id not in seen:
                         seen.add(cfg.run_id)

@@ -17,17 +17,18 @@ def num_classes(arch, spec) -> int:
     return getattr(arch, "preset_classes", {}).get(spec.dataset, NUM_CLASSES)
 
 
-def _build(plugins, arch_name: str, spec, width: float = 1.0):
+def _build(plugins, arch_name: str, spec, width: float = 1.0, arch_options: tuple = ()):
     import torch
 
     torch.manual_seed(0)
     arch = plugins.archs.get(arch_name)
-    return arch.build(spec, num_classes(arch, spec), width)
+    return arch.build(spec, num_classes(arch, spec), width, **dict(arch_options))
 
 
-def describe(plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk") -> dict:
+def describe(plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk",
+             arch_options: tuple = ()) -> dict:
     """Parameter counts, per-layer shapes with their densities, and dense forward FLOPs per image."""
-    G, D = _build(plugins, arch_name, spec)
+    G, D = _build(plugins, arch_name, spec, arch_options=arch_options)
     flops = count_gan(G, D, spec, scope, 1)
     out = {"arch": arch_name, "resolution": spec.resolution, "width": spec.width, "scope": scope,
            "distribution": distribution, "sg": sg, "sd": sd}
@@ -57,14 +58,14 @@ def cost_table(plugins, configs: list[RunConfig], convention: str = "fvcore") ->
     cache: dict = {}
     for cfg in configs:
         method = plugins.methods.get(cfg.method)
-        key = (cfg.arch, cfg.train, cfg.scope)
+        key = (cfg.arch, cfg.train, cfg.scope, cfg.arch_options)
         if key not in cache:
-            G, D = _build(plugins, cfg.arch, cfg.train)
+            G, D = _build(plugins, cfg.arch, cfg.train, arch_options=cfg.arch_options)
             cache[key] = (count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope))
         dense, shapes = cache[key]
         gan = dense
         if method.width != 1.0:
-            G, D = _build(plugins, cfg.arch, cfg.train, method.width)
+            G, D = _build(plugins, cfg.arch, cfg.train, method.width, cfg.arch_options)
             gan, shapes = count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope)
         phases = method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1]))
         train = sum(ph.steps * gan.phase_step(ph.g_density, ph.d_density, convention) for ph in phases)

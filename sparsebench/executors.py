@@ -44,6 +44,7 @@ class CellJob:
     inception_weights: str | None
     checkpoint_every: int
     retry_failed: bool
+    rerun: bool = False  # the driver holds this finished cell to train it again
     threads: int = 0
     owner: str = ""  # the driver's claim on this cell, which the worker trains under
     parent_pid: int = 0  # a local worker stops (checkpointing) when this process is gone
@@ -70,8 +71,10 @@ class RecordingStore(ArtifactPaths):
     def holder(self, run_id: str) -> str | None:
         return None
 
-    def claim(self, config: RunConfig, env: dict, owner: str, retry_failed: bool = False) -> str:
+    def claim(self, config: RunConfig, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         status = self.status(config.run_id)
+        if rerun and status not in (None, "running"):
+            return "rerun"
         if status == "done" or (status in ("failed", "diverged") and not retry_failed):
             return status
         self.ops.append(("update_env", (config.run_id, env)))
@@ -88,6 +91,9 @@ class RecordingStore(ArtifactPaths):
     def remove_checkpoints(self, run_id: str) -> None:
         self.ops.append(("remove_checkpoints", (run_id,)))
 
+    def release(self, run_id: str, owner: str) -> None:
+        self.ops.append(("release", (run_id,)))
+
     def log_stats(self, run_id: str, rows: list) -> None:
         if rows:
             self.ops.append(("log_stats", (run_id, list(rows))))
@@ -101,6 +107,8 @@ def apply_ops(store: Store, ops: list[tuple[str, tuple]], owner: str) -> None:
             store.update_env(args[0], args[1], owner)
         elif name == "finish_run":
             finished[args[0]] = store.finish_run(*args, owner)
+        elif name == "release":
+            store.release(args[0], owner)
         elif name == "remove_checkpoints":
             if finished.get(args[0]):  # only once the outcome is committed
                 store.remove_checkpoints(*args)
@@ -143,7 +151,8 @@ def run_cell(job: CellJob) -> tuple[list, dict]:
     sink = RecordingStore(job.store_path, job.known)
     runner = Runner(sink, get_plugins(), device=job.device, data_dir=job.data_dir,
                     inception_weights=job.inception_weights, progress=False,
-                    checkpoint_every=job.checkpoint_every, retry_failed=job.retry_failed, owner=job.owner)
+                    checkpoint_every=job.checkpoint_every, retry_failed=job.retry_failed, owner=job.owner,
+                    rerun=job.rerun)
     try:
         runner.install_signal_handlers()  # SIGTERM from the driver: checkpoint and stop
     except ValueError:  # not the main thread (some Ray workers): the driver waits for the cell instead
@@ -243,7 +252,7 @@ def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: st
                 waiting.append(cfg)
                 continue
             on_start(cfg)
-            if decision != "claimed":
+            if decision not in ("claimed", "rerun"):
                 row = store.get(cfg.run_id)
                 outcome = Outcome(cfg.run_id, cfg, decision, row["results"] if row else {}, skipped=True)
                 runner._record(outcome)
@@ -252,9 +261,11 @@ def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: st
                 continue
             known = {r["run_id"]: r for r in (store.get(i) for i in _dep_ids(cfg, runner) + [cfg.run_id]) if r}
             job = CellJob(cfg.to_dict(), str(store.path), known, str(runner.device), runner.data_dir,
-                          runner.inception_weights, runner.checkpoint_every, runner.retry_failed,
+                          runner.inception_weights, runner.checkpoint_every, runner.retry_failed, decision == "rerun",
                           threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
                           owner=runner.owner, parent_pid=os.getpid() if executor == "local" else 0)
+            if decision == "rerun":  # from scratch: the worker only records its store writes
+                store.remove_checkpoints(cfg.run_id)
             inflight[pool.submit(job)] = cfg
         if not inflight:
             if runner.stop:

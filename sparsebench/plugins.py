@@ -29,6 +29,13 @@ class Entry:
     obj: Any
     source: str  # "built-in" or the distribution name of the providing package
     plugin: str  # entry-point (or in-process) plugin name
+    dist_version: str = "unknown"  # version of the providing distribution
+
+    @property
+    def version(self) -> str:
+        """The object's code version: its own `version`, else its distribution's."""
+        declared = getattr(self.obj, "version", None)
+        return str(declared) if declared is not None else self.dist_version
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Plugins:
         self.registries = {kind: Registry(kind) for kind in _HOOKS.values()}
         self.warnings: list[str] = []
         self._source: dict[str, str] = {}
+        self._dist_version: dict[str, str] = {}
         if load_entrypoints:
             self._load_entrypoints()
         for name, module in extra:
@@ -115,6 +123,14 @@ class Plugins:
                 groups.setdefault(group, []).append(name)
         return groups
 
+    def code(self, method: str, arch: str) -> tuple:
+        """The code versions a run of `method` on `arch` depends on, for its run id: rerunning after
+        a plugin or sparsebench changed its version trains anew instead of reusing the old result."""
+        from sparsebench import __version__
+
+        return (("arch", self.archs.entries[arch].version), ("method", self.methods.entries[method].version),
+                ("sparsebench", __version__))
+
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
@@ -134,6 +150,7 @@ class Plugins:
                 self._warn(f"plugin {ep.name!r} from {dist} failed to load: {type(exc).__name__}: {exc}")
                 continue
             self._source[ep.name] = source
+            self._dist_version[ep.name] = ep.dist.version if ep.dist is not None else "unknown"
 
     def _collect(self) -> None:
         for hook_name, kind in _HOOKS.items():
@@ -153,7 +170,7 @@ class Plugins:
                             f"already registered by {first.plugin!r} from {first.source}; ignored"
                         )
                         return
-                    _registry.entries[name] = Entry(obj, _source, _plugin)
+                    _registry.entries[name] = Entry(obj, _source, _plugin, self._dist_version.get(_plugin, "unknown"))
 
                 try:
                     impl.function(register=register)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sparsebench import SparsebenchError, __version__, distributed
-from sparsebench.api import DataSplits
+from sparsebench.api import DataSplits, RunArtifacts
 from sparsebench.config import RunConfig
 from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
 from sparsebench.options import validate_options
@@ -30,7 +30,7 @@ from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
 from sparsebench.store import Store, process_owner
 from sparsebench.train.checkpoint import atomic_save
-from sparsebench.train.context import RunArtifacts, RunContext
+from sparsebench.train.context import RunContext, RunWiring, stream_seed
 from sparsebench.train.loop import Diverged, Interrupted
 
 log = logging.getLogger("sparsebench.run")
@@ -66,7 +66,7 @@ class Outcome:
 class Runner:
     def __init__(self, store: Store, plugins: Plugins, device: str = "cpu", data_dir: str | None = None,
                  inception_weights: str | None = None, progress: bool = True, checkpoint_every: int = 500,
-                 retry_failed: bool = False, owner: str | None = None):
+                 retry_failed: bool = False, owner: str | None = None, rerun: bool = False):
         if device == "cuda" and not torch.cuda.is_available():
             raise SparsebenchError("--device cuda: no CUDA device is available here; use --device cpu")
         self.store = store
@@ -77,6 +77,7 @@ class Runner:
         self.progress = progress
         self.checkpoint_every = checkpoint_every
         self.retry_failed = retry_failed
+        self.rerun = rerun  # train the grid's cells again even when stored (dependencies are reused)
         self.owner = owner or process_owner()  # whose claims this runner's cells are
         self.stop = False  # set by SIGTERM / Ctrl-C: the current run checkpoints and stops
         self._nested_wall = 0.0  # seconds spent inside runs this run required
@@ -111,15 +112,16 @@ class Runner:
                     ev.floor({"fid"})  # also caches the reference features before workers need them
 
     # -- one run --------------------------------------------------------------------------------
-    def claim(self, config: RunConfig, wait: bool = False) -> str:
+    def claim(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> str:
         """The store's decision on `config` for this runner (see Store.claim); with `wait`, a cell
         another process holds is waited for until it is done or its claim goes stale."""
         env = environment(self.device)
+        rerun = self.rerun if rerun is None else rerun
         while True:
-            decision = self.store.claim(config, env, self.owner, self.retry_failed)
+            decision = self.store.claim(config, env, self.owner, self.retry_failed, rerun)
             if distributed.world_size() > 1:  # rank 0's decision holds for every rank
                 decision = distributed.broadcast_object(decision)
-            if decision == "claimed":
+            if decision in ("claimed", "rerun"):
                 self.store.keep_alive(self.owner)
             if decision != "taken" or not wait:
                 return decision
@@ -127,18 +129,20 @@ class Runner:
                 raise Interrupted(0)
             time.sleep(POLL_S)
 
-    def run(self, config: RunConfig, wait: bool = False) -> Outcome:
+    def run(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> Outcome:
         run_id = config.run_id
-        decision = self.claim(config, wait)
+        decision = self.claim(config, wait, rerun)
         if decision == "taken":
             holder = {"owner": self.store.holder(run_id)}
             return self._record(Outcome(run_id, config, "running", holder, skipped=True, taken=True))
-        if decision != "claimed":
+        if decision not in ("claimed", "rerun"):
             stored = self.store.get(run_id)
             return self._record(Outcome(run_id, config, decision, stored["results"] if stored else {}, skipped=True))
-        return self._record(self._train(config))
+        return self._record(self._train(config, rerun=decision == "rerun"))
 
-    def _train(self, config: RunConfig) -> Outcome:
+    def _train(self, config: RunConfig, rerun: bool = False) -> Outcome:
+        """Train a claimed cell. A `rerun` starts from scratch and leaves the stored row as it was
+        unless the new run reaches an outcome (done, diverged, failed)."""
         run_id = config.run_id
         method = self.plugins.methods.get(config.method)
         arch = self.plugins.archs.get(config.arch)
@@ -158,15 +162,18 @@ class Runner:
             if bar is not None and "loss_g" in values:
                 bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}", refresh=False)
 
-        ctx = RunContext(
-            config=config, data=data, device=self.device, run_dir=self.store.run_dir(run_id),
-            build_fn=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
-            require_fn=lambda name, changes: self.require(config, name, changes),
-            log_fn=log_fn, progress=bar.update if bar is not None else None, width=method.width,
-            progress_phase=(lambda total, done, label: _phase_bar(bar, total, done, label)) if bar is not None else None,
-            checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop, flush_fn=flush,
-        )
+        if rerun:
+            self.store.remove_checkpoints(run_id)
         t0 = time.perf_counter()
+        wiring = RunWiring(
+            build=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
+            require=lambda name, changes: self.require(config, name, changes),
+            log=log_fn, progress=bar.update if bar is not None else None,
+            progress_phase=(lambda total, done, label: _phase_bar(bar, total, done, label)) if bar is not None else None,
+            checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop, flush=flush,
+            elapsed=lambda: time.perf_counter() - t0 - self._nested_wall,
+        )
+        ctx = RunContext(config, data, self.device, self.store.run_dir(run_id), wiring, width=method.width)
         outer_nested, self._nested_wall = self._nested_wall, 0.0
         status, results = "done", {}
         leader = distributed.rank() == 0
@@ -185,15 +192,18 @@ class Runner:
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
         except Interrupted as exc:  # checkpoint saved: the run stays `running` until it is resumed
             flush()
-            self.store.finish_run(run_id, "running", {"interrupted_step": exc.step,
-                                                      "error": f"{exc}; run the same command to resume"},
-                                  time.perf_counter() - t0, self.owner)
+            if rerun:  # the stored outcome stays until a rerun reaches its own
+                self.store.release(run_id, self.owner)
+            else:
+                self.store.finish_run(run_id, "running", {"interrupted_step": exc.step,
+                                                          "error": f"{exc}; run the same command to resume"},
+                                      ctx.wall_s(), self.owner)
             raise
         except SparsebenchError as exc:
-            self.store.finish_run(run_id, "failed", {"error": str(exc)}, time.perf_counter() - t0, self.owner)
+            self._abandon(run_id, rerun, "failed", {"error": str(exc)}, ctx.wall_s())
             raise
         except KeyboardInterrupt:
-            self.store.finish_run(run_id, "failed", {"error": "interrupted"}, time.perf_counter() - t0, self.owner)
+            self._abandon(run_id, rerun, "failed", {"error": "interrupted"}, ctx.wall_s())
             raise
         except Exception as exc:  # noqa: BLE001 - a crashing cell is stored, the grid goes on
             status = "failed"
@@ -206,7 +216,7 @@ class Runner:
             torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with
         flush()
         elapsed = time.perf_counter() - t0
-        wall = elapsed - self._nested_wall  # a dependency's time is its own run's wall_s
+        wall = ctx.wall_s()  # a dependency's time is its own run's wall_s; earlier segments count
         self._nested_wall = outer_nested + elapsed
         results["wall_s"] = wall
         results["threads"] = used_threads
@@ -217,6 +227,14 @@ class Runner:
             self.store.remove_checkpoints(run_id)
         distributed.barrier()  # followers read this run's artifacts only after rank 0 wrote them
         return Outcome(run_id, config, status, results)
+
+    def _abandon(self, run_id: str, rerun: bool, status: str, results: dict, wall: float) -> None:
+        """A run stopped by the user or the environment: stored as `status`, except that a rerun
+        leaves the outcome stored before it in place."""
+        if rerun:
+            self.store.release(run_id, self.owner)
+        else:
+            self.store.finish_run(run_id, status, results, wall, self.owner)
 
     def _record(self, outcome: Outcome) -> Outcome:
         """Keep one outcome per run id, the latest (a cell first found taken may be finished later)."""
@@ -253,7 +271,7 @@ class Runner:
         """The config of the `method_name` run that `config` builds on (same arch, data, seed...)."""
         method = self.plugins.methods.get(method_name)
         return config.replace(
-            method=method_name,
+            method=method_name, code=self.plugins.code(method_name, config.arch),
             sg=method.fixed.get("sg", config.sg),
             sd=method.fixed.get("sd", config.sd),
             method_options=tuple(sorted(validate_options(method.options, {}, method_name).items())),
@@ -262,7 +280,7 @@ class Runner:
 
     def require(self, config: RunConfig, method_name: str, changes: dict) -> RunArtifacts:
         dep = self.dependency(config, method_name, changes)
-        outcome = self.run(dep, wait=True)
+        outcome = self.run(dep, wait=True, rerun=False)
         if outcome.status != "done":
             raise RuntimeError(f"the {method_name} run {dep.run_id} this run builds on ended {outcome.status}")
         run_dir = self.store.run_dir(dep.run_id)
@@ -282,7 +300,7 @@ class Runner:
             atomic_save(ctx.init_state, ctx.run_dir / "init.pt")
 
     def _partial(self, config: RunConfig, ctx: RunContext) -> dict:
-        return {"train_flops": ctx.total_train_flops()} if ctx._flops is not None else {}
+        return {"train_flops": ctx.total_train_flops()} if ctx.init_state is not None else {}
 
     def _results(self, config: RunConfig, ctx: RunContext) -> dict:
         st = ctx.final
@@ -311,7 +329,8 @@ class Runner:
         # metrics of the evaluated generator
         metrics = [self.plugins.metrics.get(m) for m in config.metrics]
         flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
-        images = sample(st.eval_model, spec.eval_samples, spec.z_dim, ctx.num_classes, self.device, seed=config.seed + 7919)
+        images = sample(st.eval_model, spec.eval_samples, spec.z_dim, ctx.num_classes, self.device,
+                        seed=stream_seed(config.seed, "eval-samples"))
         samples = SampleSet(ev, images, flags)
         for m in metrics:
             res.update(m.compute(samples))

@@ -41,7 +41,7 @@ RESULT_COLUMNS = [
 EXTRA_COLUMNS = [
     "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "scope", "opt_state",
     "eval_weights", "extractor", "extractor_accuracy", "data_hash", "extractor_hash", "eval_samples", "steps",
-    "diverged_step", "interrupted_step", "variant", "threads", "kernels", "error",
+    "diverged_step", "interrupted_step", "variant", "threads", "kernels", "code", "error",
 ]
 INT_COLUMNS = ["seed", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
 # Last column: a run's other results as a JSON object, so that no stored key goes unseen (a method no longer
@@ -111,18 +111,25 @@ def _alive(owner: str) -> bool:
     return True
 
 
-def decide(row: tuple | None, owner: str, retry_failed: bool, now: float) -> str:
-    """What a process may do with a cell whose row is (status, owner, lease_until), or None when absent."""
+def decide(row: tuple | None, owner: str, retry_failed: bool, now: float, rerun: bool = False) -> str:
+    """What a process may do with a cell whose row is (status, owner, lease_until), or None when absent.
+
+    "rerun": a finished cell is held for training again while its stored outcome stays in place.
+    """
     if row is None:
         return "claimed"
     status, holder, lease = row
-    if status == "done":
+    if rerun and status != "running":
+        decision = "rerun"
+    elif status == "done":
         return "done"
-    if status in ("failed", "diverged") and not retry_failed:
+    elif status in ("failed", "diverged") and not retry_failed:
         return status
-    if status == "running" and holder and holder != owner and (lease or 0) > now and _alive(holder):
+    else:
+        decision = "claimed"
+    if holder and holder != owner and (lease or 0) > now and _alive(holder):  # a live claim (a rerun's too)
         return "taken"
-    return "claimed"
+    return decision
 
 
 class Heartbeat(threading.Thread):
@@ -143,9 +150,9 @@ class Heartbeat(threading.Thread):
 
 
 def renew(conn: sqlite3.Connection, owner: str) -> int:
-    """Extend every `running` claim of `owner` by LEASE_S from now; returns how many."""
+    """Extend every claim of `owner` by LEASE_S from now; returns how many."""
     with conn:
-        return conn.execute("UPDATE runs SET lease_until = ? WHERE owner = ? AND status = 'running'",
+        return conn.execute("UPDATE runs SET lease_until = ? WHERE owner = ?",
                             (time.time() + LEASE_S, owner)).rowcount
 
 
@@ -304,18 +311,22 @@ class Store(ArtifactPaths):
     def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         return self._transaction(lambda conn: conn.execute(sql, tuple(params)).rowcount)
 
-    def claim(self, config, env: dict, owner: str, retry_failed: bool = False) -> str:
+    def claim(self, config, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         """Take the cell of `config` for `owner`, atomically.
 
         Returns "claimed" (the caller trains it now), "done", "failed" or "diverged" (stored before,
-        left alone), or "taken" (another live process holds it).
+        left alone), "taken" (another live process holds it), or, with `rerun`, "rerun" for a finished
+        cell: held by `owner` under its stored status and results until the new outcome replaces them.
         """
 
         def body(conn: sqlite3.Connection) -> str:
             now = time.time()
             row = conn.execute("SELECT status, owner, lease_until FROM runs WHERE run_id = ?",
                                (config.run_id,)).fetchone()
-            decision = decide(row, owner, retry_failed, now)
+            decision = decide(row, owner, retry_failed, now, rerun)
+            if decision == "rerun":
+                conn.execute("UPDATE runs SET env = ?, owner = ?, lease_until = ? WHERE run_id = ?",
+                             (json.dumps(env), owner, now + LEASE_S, config.run_id))
             if decision != "claimed":
                 return decision
             conn.execute(
@@ -343,14 +354,15 @@ class Store(ArtifactPaths):
     def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
         """Store a run's outcome and release its claim; only the claim's owner can (returns whether it did).
 
-        `status` "running" stores an interrupted run, left for the next command to resume.
+        `status` "running" stores an interrupted run, left for the next command to resume. A rerun's
+        claim holds a finished row, which its own outcome replaces.
         """
         if status not in STATUSES:
             raise ValueError(f"bad status {status!r}")
         changed = self._write(
             """UPDATE runs SET status = ?, results = ?, wall_s = ?, updated_at = ?, owner = NULL,
                                lease_until = NULL
-               WHERE run_id = ? AND status = 'running' AND owner = ?""",
+               WHERE run_id = ? AND owner = ?""",
             (status, json.dumps(results, sort_keys=True, default=float), wall_s, time.time(), run_id, owner),
         )
         if not changed:
@@ -452,6 +464,7 @@ class Store(ArtifactPaths):
             other = {k: v for k, v in res.items() if k not in named}
             row[OTHER_COLUMN] = json.dumps(other, sort_keys=True, default=str) if other else None
             row["kernels"] = run["config"].get("kernels", "dense")
+            row["code"] = ",".join(f"{k}={v}" for k, v in sorted(run["config"].get("code", {}).items())) or None
             table.append(row)
         return table
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsebench.config import GridRequest, RunConfig, TrainSpec, expand_grid
 from sparsebench.flops import GANFlops, ModelFlops, count_gan
-from sparsebench.train.context import RunContext
+from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Batcher, GANState, Interrupted, train
 
 SPEC = TrainSpec(dataset="digits", resolution=16, width=4, z_dim=8, batch_size=6, g_batch_size=6, n_critic=2,
@@ -96,9 +96,9 @@ def context(plugins, cfg: RunConfig, run_dir, stop_after: int | None = None) -> 
         checks.append(1)
         return stop_after is not None and len(checks) >= stop_after
 
-    return RunContext(config=cfg, data=data, device=torch.device("cpu"), run_dir=run_dir,
-                      build_fn=lambda width: arch.build(cfg.train, data.train.num_classes, width),
-                      require_fn=None, log_fn=lambda step, values: None, stop_requested=stop)
+    wiring = RunWiring(build=lambda width: arch.build(cfg.train, data.train.num_classes, width), require=None,
+                       log=lambda step, values: None, stop_requested=stop)
+    return RunContext(cfg, data, torch.device("cpu"), run_dir, wiring)
 
 
 def test_optimizers_take_the_presets_adam_eps(plugins, tmp_path):

@@ -220,10 +220,10 @@ def test_hinge_losses_are_public():
 
 def test_ctx_batch_gives_seeded_real_minibatches_on_the_device(plugins):
     data = plugins.datasets.get("digits").load(16)
-    ctx = RunContext(types.SimpleNamespace(seed=0), data, torch.device("cpu"), Path("."), None, None, None)
+    ctx = RunContext(types.SimpleNamespace(seed=0), data, torch.device("cpu"), Path("."), None)
     x, y = ctx.batch(8)
     x2, y2 = ctx.batch(8)
-    x3, _ = ctx.batch(8, offset=99)
+    x3, _ = ctx.batch(8, stream="other")
     assert x.shape == (8, 3, 16, 16) and y.shape == (8,) and x.dtype == torch.float32
     assert x.min() >= -1 and x.max() <= 1
     assert torch.equal(x, x2) and torch.equal(y, y2) and not torch.equal(x, x3)

@@ -108,6 +108,8 @@ def test_a_version_1_store_is_migrated(tmp_path, plugins):
                 seed INTEGER NOT NULL, status TEXT NOT NULL, config TEXT NOT NULL,
                 results TEXT NOT NULL DEFAULT '{}', env TEXT NOT NULL DEFAULT '{}', wall_s REAL,
                 created_at REAL NOT NULL, updated_at REAL NOT NULL);
+            CREATE TABLE stats (run_id TEXT NOT NULL, step INTEGER NOT NULL, key TEXT NOT NULL, value REAL,
+                PRIMARY KEY (run_id, step, key));
             INSERT INTO runs VALUES ('0123456789abcdef', 'dense', 'sngan', 'digits', 'quick', 0, 0, 0, 'done',
                 '{}', '{"fid": 3.5}', '{}', 1.0, 0, 0);
         """)

@@ -129,8 +129,8 @@ class DynamicSparseMethod(Method):
         o = ctx.options
         interval = o["delta_t"] or ctx.spec.explore_interval
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, offset=1), ctx.masks(D, ctx.config.sd, offset=2))
-        hooks = self.hooks(o["update"], interval, CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps), ctx.generator(5),
+        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks"))
+        hooks = self.hooks(o["update"], interval, CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps), ctx.rng("explore"),
                            per_layer=o["ranking"] == "layer")
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)

@@ -1,7 +1,8 @@
 """Checkpoints of one training phase: everything needed to continue bit for bit.
 
 G, D, the (S)EMA, both optimizers, the masks (and what was ever active), the step and FLOP
-counters, the data order and every random generator the loop and its hooks draw from. Written
+counters, the data order, every random generator the loop and its hooks draw from, and the run's
+wall time so far (a resumed run's wall time is the sum of its segments). Written
 atomically (temporary file, then rename) and read with `torch.load(weights_only=True)`, so a
 file that carries a pickled object is refused instead of executed. The run's config is stored
 inside and compared on load: a checkpoint never continues under different settings. The thread
@@ -25,7 +26,6 @@ import torch
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
 from sparsebench.train.loop import Batcher, GANState, Hooks
-
 
 log = logging.getLogger("sparsebench.run")
 
@@ -69,7 +69,7 @@ class Checkpoint:
         return self.path.exists()
 
     def save(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks, label: str,
-             done: bool) -> None:
+             done: bool, wall_s: float = 0.0) -> None:
         blob = {
             "config": self.config_json, "label": label, "done": done, "step": state.step, "flops": state.flops,
             "G": state.G.state_dict(), "D": state.D.state_dict(),
@@ -78,7 +78,7 @@ class Checkpoint:
             "d_masks": state.d_masks.state_dict() if state.d_masks is not None else None,
             "ema": state.ema.state_dict() if state.ema is not None else None,
             "batcher": batcher.state_dict(), "noise": noise.get_state(), "hooks": hooks.state_dict(),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "wall_s": float(wall_s),
         }
         atomic_save(blob, self.path)
 
@@ -89,8 +89,9 @@ class Checkpoint:
         log.warning("%s; moved it to %s, that training phase restarts from scratch", reason, aside.name)
         return aside
 
-    def restore(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks) -> bool:
-        """Load into the live objects; returns whether the phase had finished."""
+    def restore(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks) -> tuple[bool, float]:
+        """Load into the live objects; returns whether the phase had finished and the run's wall
+        seconds at the save."""
         blob = load_plain(self.path)
         if not isinstance(blob, dict) or blob.get("config") != self.config_json:
             raise CheckpointError(
@@ -115,7 +116,7 @@ class Checkpoint:
         batcher.load_state_dict(blob["batcher"])
         noise.set_state(blob["noise"])
         hooks.load_state_dict(blob["hooks"])
-        return bool(blob["done"])
+        return bool(blob["done"]), float(blob.get("wall_s", 0.0))
 
     def _check_shapes(self, blob: dict, state: GANState) -> None:
         """Refuse a checkpoint whose parts do not fit the live objects before loading any of them."""

@@ -8,15 +8,16 @@ final generator and the statistics that go into the store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from sparsebench.api import DataSplits
+from sparsebench.api import DataSplits, RunArtifacts
 from sparsebench.config import RunConfig
 from sparsebench.flops import GANFlops, count_gan
 from sparsebench.sparse.masks import MaskState
@@ -27,43 +28,47 @@ from sparsebench.train.loop import Batcher, GANState, Hooks, adam, train
 log = logging.getLogger("sparsebench.run")
 
 
-@dataclass
-class RunArtifacts:
-    """A finished run a method depends on: its id and saved weights."""
-
-    run_id: str
-    config: dict
-    results: dict
-    init_path: Path
-    final_path: Path
-
-    def load(self, which: str = "final") -> dict:
-        path = self.final_path if which == "final" else self.init_path
-        return torch.load(path, map_location="cpu", weights_only=True)
+def stream_seed(seed: int, name: str) -> int:
+    """The torch seed of the random stream `name` of a run with `seed`: a 63-bit slice of
+    sha256("seed:name"), the same in every process and independent between names."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") >> 1
 
 
 @dataclass
-class RunContext:
-    config: RunConfig
-    data: DataSplits
-    device: torch.device
-    run_dir: Path
-    build_fn: Callable[[float], tuple[nn.Module, nn.Module]]
-    require_fn: Callable[[str, dict], RunArtifacts]
-    log_fn: Callable[[int, dict], None]
+class RunWiring:
+    """How a context reaches the runner (model building, dependencies, logging, progress, stopping);
+    private to the core: methods see only `MethodContext`."""
+
+    build: Callable[[float], tuple[nn.Module, nn.Module]]
+    require: Callable[[str, dict], RunArtifacts]
+    log: Callable[[int, dict], None]
     progress: Callable[[int], None] | None = None
     progress_phase: Callable[[int, int, str], None] | None = None  # (total steps, done, label)
-    width: float = 1.0
-    info: dict = field(default_factory=dict)
-    final: GANState | None = None
     checkpoint_every: int = 0  # G steps between checkpoints (0: only at the end of a phase / on stop)
     stop_requested: Callable[[], bool] | None = None
-    flush_fn: Callable[[], None] | None = None  # writes the logged statistics out (before each checkpoint)
-    extra_flops: float = 0.0  # FLOPs spent in runs this one builds on (pre-training)
-    spent_flops: float = 0.0  # FLOPs of every training phase this run ran itself
-    init_state: dict | None = None  # G and D as first built (GAN Tickets rewinds to it)
-    phases: int = 0  # training phases started so far (checkpoints are kept per phase)
-    _flops: GANFlops | None = None
+    flush: Callable[[], None] | None = None  # writes the logged statistics out (before each checkpoint)
+    elapsed: Callable[[], float] = lambda: 0.0  # this segment's own wall seconds so far (dependencies excluded)
+
+
+class RunContext:
+    """The core's `MethodContext`: what a method plugin trains with."""
+
+    def __init__(self, config: RunConfig, data: DataSplits, device: torch.device, run_dir: Path,
+                 wiring: RunWiring, width: float = 1.0):
+        self.config = config
+        self.data = data
+        self.device = device
+        self.run_dir = run_dir
+        self.width = width
+        self.info: dict = {}  # what `finish` adds to the stored results
+        self.final: GANState | None = None
+        self.init_state: dict | None = None  # G and D as first built (GAN Tickets rewinds to it)
+        self._wiring = wiring
+        self._flops: GANFlops | None = None
+        self._required_flops: dict[str, float] = {}  # train FLOPs of the runs this one builds on, by run id
+        self._spent_flops = 0.0  # FLOPs of every training phase this run ran itself
+        self._phases = 0  # training phases started so far (checkpoints are kept per phase)
+        self._resumed_wall = 0.0  # wall seconds of earlier segments of a resumed run (see `wall_s`)
 
     # -- shortcuts ----------------------------------------------------------------------------
     @property
@@ -78,25 +83,26 @@ class RunContext:
     def num_classes(self) -> int:
         return self.data.train.num_classes
 
-    def generator(self, offset: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
-        """A torch.Generator seeded from the run's seed (offset separates independent streams)."""
-        return torch.Generator(device=device).manual_seed(self.config.seed * 1_000_003 + offset)
+    def rng(self, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A torch.Generator seeded from the run's seed and `name` (see `stream_seed`): streams are
+        named, so adding one never shifts another."""
+        return torch.Generator(device=device).manual_seed(stream_seed(self.config.seed, name))
 
-    def batch(self, n: int, offset: int = 17) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, n: int, stream: str = "batch") -> tuple[torch.Tensor, torch.Tensor]:
         """`n` real training images in [-1, 1] and their labels, on the run's device, drawn without
-        replacement from the seeded stream `offset` (the same batch for the same offset; training's
+        replacement from the named stream `stream` (the same batch for the same name; training's
         own minibatch stream is not touched), for methods that score weights on data (SNIP-style)."""
         train = self.data.train
         if not 0 < n <= len(train):
             raise ValueError(f"batch size must lie in [1, {len(train)}] (the training set's size), got {n}")
-        idx = torch.randperm(len(train), generator=self.generator(offset))[:n]
+        idx = torch.randperm(len(train), generator=self.rng(stream))[:n]
         return train.images[idx].to(self.device).float().div_(127.5).sub_(1.0), train.labels[idx].to(self.device)
 
     # -- building -----------------------------------------------------------------------------
     def build_models(self) -> tuple[nn.Module, nn.Module]:
         """G and D, initialised deterministically from the seed, on the run's device."""
         torch.manual_seed(self.config.seed)
-        G, D = self.build_fn(self.width)
+        G, D = self._wiring.build(self.width)
         G, D = G.to(self.device), D.to(self.device)
         if self._flops is None:
             self._flops = count_gan(G, D, self.spec, self.config.scope, self.num_classes)
@@ -110,12 +116,14 @@ class RunContext:
             self.build_models()
         return self._flops
 
-    def masks(self, model: nn.Module, sparsity: float, distribution: str | None = None, offset: int = 0) -> MaskState | None:
-        """Masks of the given sparsity over the run's scope (None for sparsity 0: dense)."""
+    def masks(self, model: nn.Module, sparsity: float, distribution: str | None = None,
+              stream: str = "masks") -> MaskState | None:
+        """Masks of the given sparsity over the run's scope (None for sparsity 0: dense), drawn from
+        `rng(stream)`: give G and D different streams."""
         if sparsity <= 0.0:
             return None
         return MaskState.from_distribution(
-            model, sparsity, distribution or self.config.distribution, self.config.scope, self.generator(offset)
+            model, sparsity, distribution or self.config.distribution, self.config.scope, self.rng(stream)
         )
 
     def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None, d_masks: MaskState | None) -> GANState:
@@ -143,21 +151,22 @@ class RunContext:
         spec = self.spec
         if world > 1:  # each rank takes its share of the preset's global batch
             spec = spec.replace(batch_size=max(1, spec.batch_size // world), g_batch_size=max(1, spec.g_batch_size // world))
-        batcher = Batcher(self.data.train, self.device, self.generator(11 + 1000 * rank))
-        noise = self.generator(13 + 1000 * rank, self.device)
-        self.phases += 1
         suffix = f"-rank{rank}" if world > 1 else ""
-        ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self.phases}{suffix}.pt", self.config)
+        batcher = Batcher(self.data.train, self.device, self.rng(f"data{suffix}"))
+        noise = self.rng(f"noise{suffix}", self.device)
+        self._phases += 1
+        ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self._phases}{suffix}.pt", self.config)
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
             try:
-                done = ckpt.restore(state, batcher, noise, hooks)
+                done, wall = ckpt.restore(state, batcher, noise, hooks)
             except CheckpointError as exc:  # checked before loading: the live state is still fresh
                 ckpt.set_aside(str(exc).split(";")[0])
             else:
-                log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self.phases,
+                log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self._phases,
                             label, state.step)
+                self._resumed_wall = wall - self._wiring.elapsed()  # the run's clock goes on from the save
                 if done:
-                    self.spent_flops += state.flops
+                    self._spent_flops += state.flops
                     return
 
         def cost() -> float:
@@ -166,34 +175,38 @@ class RunContext:
             return self.flops.step(g, d)
 
         def log_step(step: int, values: dict) -> None:
-            self.log_fn(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
+            self._wiring.log(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
 
-        if self.progress_phase is not None:
-            self.progress_phase(steps, state.step, label)
+        wiring = self._wiring
+        if wiring.progress_phase is not None:
+            wiring.progress_phase(steps, state.step, label)
 
         def save(done: bool = False) -> None:
-            if self.flush_fn is not None:  # the curve up to here is stored before the checkpoint exists
-                self.flush_fn()
-            ckpt.save(state, batcher, noise, hooks, label, done)
+            if wiring.flush is not None:  # the curve up to here is stored before the checkpoint exists
+                wiring.flush()
+            ckpt.save(state, batcher, noise, hooks, label, done, self.wall_s())
 
         from sparsebench.kernels import attach  # the execution backend of sparse layers (--kernels)
 
         kernels = attach(self.config.kernels, state, hooks, spec)
         try:
-            train(state, steps, spec, batcher, self.num_classes, noise, cost, kernels.hooks, log_step, self.progress,
-                  save, self.checkpoint_every, self.stop_requested,
+            train(state, steps, spec, batcher, self.num_classes, noise, cost, kernels.hooks, log_step, wiring.progress,
+                  save, wiring.checkpoint_every, wiring.stop_requested,
                   distributed.average_gradients if world > 1 else None)
             save(done=True)
         finally:
             kernels.detach()
-            self.spent_flops += state.flops
+            self._spent_flops += state.flops
 
     def require(self, method: str, **changes: Any) -> RunArtifacts:
         """The finished run of `method` with this run's arch, data, preset, seed and steps.
 
-        Taken from the store when done; otherwise trained now and stored as its own run.
+        Taken from the store when done; otherwise trained now and stored as its own run. Its training
+        FLOPs count towards this run's (once per required run, however often it is asked for).
         """
-        return self.require_fn(method, changes)
+        artifacts = self._wiring.require(method, changes)
+        self._required_flops[artifacts.run_id] = float(artifacts.results["train_flops"])
+        return artifacts
 
     def finish(self, state: GANState, **info: Any) -> None:
         """Declare `state` the run's result; `info` goes into the stored results."""
@@ -202,7 +215,11 @@ class RunContext:
 
     def total_train_flops(self) -> float:
         """Everything spent to obtain the final generator, pre-training included."""
-        return self.extra_flops + self.spent_flops
+        return sum(self._required_flops.values()) + self._spent_flops
+
+    def wall_s(self) -> float:
+        """This run's wall seconds so far: the earlier segments of a resumed run plus this one's."""
+        return self._resumed_wall + self._wiring.elapsed()
 
 
 def _cpu_copy(state: dict) -> dict:

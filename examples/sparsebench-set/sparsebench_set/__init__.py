@@ -1,14 +1,20 @@
 """`set-gan`: sparse GAN training with SET-style exploration (magnitude prune, *random* regrowth).
 
 A complete third-party method plugin: it registers through the `sparsebench` entry-point group
-and uses only sparsebench's public API (RunContext, MaskState, prune_and_regrow, CosineSchedule).
+and imports only from `sparsebench` itself, the public surface (docs/plugins.md).
 """
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
-from sparsebench.options import Option
-from sparsebench.sparse import CosineSchedule, layer_densities, prune_and_regrow
-from sparsebench.train.loop import Hooks
+from sparsebench import (
+    CosineSchedule,
+    Hooks,
+    Method,
+    MethodContext,
+    Option,
+    Phase,
+    hookimpl,
+    layer_densities,
+    prune_and_regrow,
+)
 
 
 class RandomRegrowth(Hooks):
@@ -34,11 +40,13 @@ class SETGAN(Method):
         Option("delta_t", int, 0, "G steps between updates (0: the preset's)", interval="[0, inf)"),
     )
 
-    def run(self, ctx):
+    def run(self, ctx: MethodContext):
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, offset=1), ctx.masks(D, ctx.config.sd, offset=2))
+        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"),
+                          ctx.masks(D, ctx.config.sd, stream="d-masks"))
         interval = ctx.options["delta_t"] or ctx.spec.explore_interval
-        hooks = RandomRegrowth(interval, CosineSchedule(ctx.options["zeta"], 0.0, ctx.spec.steps), ctx.generator(7))
+        schedule = CosineSchedule(ctx.options["zeta"], 0.0, ctx.spec.steps)
+        hooks = RandomRegrowth(interval, schedule, ctx.rng("regrowth"))
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema")
 

@@ -20,11 +20,9 @@ import math
 
 import torch
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
-from sparsebench.options import Option
-from sparsebench.sparse import CosineSchedule, MaskState
-from sparsebench.sparse.topology import change_density, gradient_magnitude, magnitude
+from sparsebench import (
+    CosineSchedule, MaskState, Method, Option, Phase, change_density, gradient_magnitude, hookimpl, magnitude,
+)
 from sparsebench_builtins.methods.rigl import GradientGrowth
 from sparsebench_builtins.methods.static import sparse_phase_densities
 
@@ -147,12 +145,12 @@ class ADAPT(Method):
         o, spec, cfg = ctx.options, ctx.spec, ctx.config
         interval = o["delta_t"] or spec.explore_interval
         G, D = ctx.build_models()
-        d_masks = ctx.masks(D, cfg.sd, offset=2) or MaskState.dense(D, cfg.scope)  # D may grow from dense too
-        state = ctx.state(G, D, ctx.masks(G, cfg.sg, offset=1), d_masks)
+        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
+        state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
         hooks = BalancedTraining(
-            interval, CosineSchedule(o["p0"], 0.0, spec.steps), ctx.generator(5), mode=o["mode"],
+            interval, CosineSchedule(o["p0"], 0.0, spec.steps), ctx.rng("explore"), mode=o["mode"],
             d_interval=o["delta_t_d"] or 2 * interval, ratio_every=o["ratio_every"], d_density=1.0 - cfg.sd,
-            real=lambda step: ctx.batch(spec.batch_size, offset=100_000 + step), z_dim=spec.z_dim,
+            real=lambda step: ctx.batch(spec.batch_size, stream=f"balance-ratio-{step}"), z_dim=spec.z_dim,
             num_classes=ctx.num_classes)
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)

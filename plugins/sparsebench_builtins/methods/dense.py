@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
+from sparsebench import Method, MethodContext, Phase, hookimpl
 
 
 class Dense(Method):
@@ -13,7 +12,7 @@ class Dense(Method):
     title = "Dense GAN"
     order = 10
 
-    def run(self, ctx) -> None:
+    def run(self, ctx: MethodContext) -> None:
         G, D = ctx.build_models()
         state = ctx.state(G, D, None, None)
         ctx.train(state)

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import math
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
-from sparsebench.options import Option
-from sparsebench.sparse import MaskState, layer_densities, magnitude_masks, scope_parameters
+from sparsebench import (
+    MaskState,
+    Method,
+    MethodContext,
+    Option,
+    Phase,
+    hookimpl,
+    layer_densities,
+    magnitude_masks,
+    scope_parameters,
+)
 
 
 def rounds_for(sparsity: float, keep: float) -> int:
@@ -40,11 +47,10 @@ class GANTickets(Method):
                interval="[0, inf)"),
     )
 
-    def run(self, ctx) -> None:
+    def run(self, ctx: MethodContext) -> None:
         keep = 1.0 - ctx.options["prune_rate"]
         rounds = ctx.options["rounds"] or rounds_for(ctx.config.sg, keep)
         dense = ctx.require("dense")
-        ctx.extra_flops += dense.results["train_flops"]
         init, trained = dense.load("init"), dense.load("final")
         G, D = ctx.build_models()
         G.load_state_dict(trained["G"])

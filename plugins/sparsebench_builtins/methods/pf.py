@@ -8,9 +8,16 @@ EMA (the LR schedule restarted). D stays dense.
 
 from __future__ import annotations
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
-from sparsebench.sparse import MaskState, layer_densities, magnitude_masks, scope_parameters
+from sparsebench import (
+    MaskState,
+    Method,
+    MethodContext,
+    Phase,
+    hookimpl,
+    layer_densities,
+    magnitude_masks,
+    scope_parameters,
+)
 
 
 class PruneFinetune(Method):
@@ -21,7 +28,7 @@ class PruneFinetune(Method):
     reference = "dense"
     result_columns = ("pruned_from",)
 
-    def run(self, ctx) -> None:
+    def run(self, ctx: MethodContext) -> None:
         dense = ctx.require("dense")
         G, D = ctx.build_models()
         trained = dense.load("final")
@@ -30,7 +37,6 @@ class PruneFinetune(Method):
         params = scope_parameters(G, ctx.config.scope)
         masks = magnitude_masks({n: p.detach() for n, p in params.items()}, 1.0 - ctx.config.sg, self.how)
         state = ctx.state(G, D, MaskState(params, masks), None)
-        ctx.extra_flops += dense.results["train_flops"]
         ctx.train(state, label="finetune")
         ctx.finish(state, pruned_from=dense.run_id)
 

@@ -5,9 +5,7 @@ As `set`, but regrowth takes the inactive weights with the largest dense gradien
 
 from __future__ import annotations
 
-from sparsebench.hookspecs import hookimpl
-from sparsebench.sparse.dynamic import DynamicSparseMethod, TopologyUpdate
-from sparsebench.sparse.topology import gradient_magnitude
+from sparsebench import DynamicSparseMethod, TopologyUpdate, gradient_magnitude, hookimpl
 
 
 class GradientGrowth(TopologyUpdate):

@@ -7,8 +7,7 @@ ERK masks on G and D; every delta_t G steps, G drops the fraction p of its activ
 
 from __future__ import annotations
 
-from sparsebench.hookspecs import hookimpl
-from sparsebench.sparse.dynamic import DynamicSparseMethod, TopologyUpdate
+from sparsebench import DynamicSparseMethod, TopologyUpdate, hookimpl
 
 
 class SET(DynamicSparseMethod):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsebench.hookspecs import hookimpl
+from sparsebench import hookimpl
 from sparsebench_builtins.methods.dense import Dense
 
 

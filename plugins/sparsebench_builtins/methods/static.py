@@ -5,9 +5,7 @@ Exactly STU-GAN with exploration switched off, as the paper defines the baseline
 
 from __future__ import annotations
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
-from sparsebench.sparse import layer_densities
+from sparsebench import Method, MethodContext, Phase, hookimpl, layer_densities
 
 
 def sparse_phase_densities(plan, sg: float, sd: float) -> tuple[dict | None, dict | None]:
@@ -25,9 +23,10 @@ class Static(Method):
     order = 60
     reference = "dense"
 
-    def run(self, ctx) -> None:
+    def run(self, ctx: MethodContext) -> None:
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, offset=1), ctx.masks(D, ctx.config.sd, offset=2))
+        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"),
+                          ctx.masks(D, ctx.config.sd, stream="d-masks"))
         ctx.train(state)
         ctx.finish(state)
 

@@ -8,12 +8,7 @@ a cosine over the run, counted in G steps. The generator is evaluated through SE
 
 from __future__ import annotations
 
-from sparsebench.api import Method, Phase
-from sparsebench.hookspecs import hookimpl
-from sparsebench.options import Option
-from sparsebench.sparse import CosineSchedule
-from sparsebench.sparse.dynamic import TopologyUpdate
-from sparsebench.sparse.topology import gradient_magnitude
+from sparsebench import CosineSchedule, Method, Option, Phase, TopologyUpdate, gradient_magnitude, hookimpl
 from sparsebench_builtins.methods.static import sparse_phase_densities
 
 
@@ -50,8 +45,9 @@ class STUGAN(Method):
         steps = ctx.spec.steps * o["length"]
         interval = o["delta_t"] or ctx.spec.explore_interval
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, offset=1), ctx.masks(D, ctx.config.sd, offset=2))
-        hooks = Exploration(o["explore"], interval, CosineSchedule(o["p0"], o["p_min"], steps), ctx.generator(5))
+        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"),
+                          ctx.masks(D, ctx.config.sd, stream="d-masks"))
+        hooks = Exploration(o["explore"], interval, CosineSchedule(o["p0"], o["p_min"], steps), ctx.rng("explore"))
         ctx.train(state, steps, hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
 
