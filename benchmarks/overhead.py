@@ -78,7 +78,10 @@ def main() -> None:
 
     # (a) plain dense
     Ga, Da = models()
-    ga, da = adam(Ga.parameters(), spec.lr_g, spec.beta1, spec.beta2), adam(Da.parameters(), spec.lr_d, spec.beta1, spec.beta2)
+    ga, da = (
+        adam(Ga.parameters(), spec.lr_g, spec.beta1, spec.beta2),
+        adam(Da.parameters(), spec.lr_d, spec.beta1, spec.beta2),
+    )
     ema_a = [p.detach().clone() for p in Ga.parameters()]
     src_a = [p.detach() for p in Ga.parameters()]
     gen_a = torch.Generator().manual_seed(0)
@@ -88,8 +91,15 @@ def main() -> None:
     gm = MaskState.from_distribution(Gb, args.sg, "erk", "conv", torch.Generator().manual_seed(1))
     dm = MaskState.from_distribution(Db, args.sd, "erk", "conv", torch.Generator().manual_seed(2))
     total = 2 * args.steps
-    state = GANState(Gb, Db, adam(Gb.parameters(), spec.lr_g, spec.beta1, spec.beta2),
-                     adam(Db.parameters(), spec.lr_d, spec.beta1, spec.beta2), gm, dm, SparseEMA(Gb, spec.ema_decay, 0, gm))
+    state = GANState(
+        Gb,
+        Db,
+        adam(Gb.parameters(), spec.lr_g, spec.beta1, spec.beta2),
+        adam(Db.parameters(), spec.lr_d, spec.beta1, spec.beta2),
+        gm,
+        dm,
+        SparseEMA(Gb, spec.ema_decay, 0, gm),
+    )
     hooks = Exploration("g", 500, CosineSchedule(0.5, 0.005, total), torch.Generator().manual_seed(5))
     batcher = Batcher(data.train, torch.device("cpu"), torch.Generator().manual_seed(0))
     noise = torch.Generator().manual_seed(1)
@@ -123,8 +133,10 @@ def main() -> None:
         upd.append(time.perf_counter() - t0)
 
     a, b = statistics.median(times_a), statistics.median(times_b)
-    print(f"arch {args.arch}, quick preset, sG={args.sg} sD={args.sd}, {args.threads} threads, "
-          f"{len(times_a)} interleaved blocks of {args.block} G steps (n_critic={spec.n_critic})")
+    print(
+        f"arch {args.arch}, quick preset, sG={args.sg} sD={args.sd}, {args.threads} threads, "
+        f"{len(times_a)} interleaved blocks of {args.block} G steps (n_critic={spec.n_critic})"
+    )
     print(f"plain dense step: {a * 1e3:.2f} ms   masked STU-GAN step: {b * 1e3:.2f} ms (medians over blocks)")
     print(f"one topology update: {statistics.median(upd) * 1e3:.2f} ms")
     print(f"masked/dense step time ratio: {b / a:.3f}")

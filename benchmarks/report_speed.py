@@ -38,21 +38,35 @@ def main() -> None:
         seed = 0
         while len(configs) < args.runs:
             for arch in ("biggan", "sngan"):
-                configs += expand_grid(GridRequest(methods=methods, arch=arch, sg=[0.95, 0.9, 0.8], sd=[0.5, 0.7],
-                                                   seeds=[seed]), plugins)
+                configs += expand_grid(
+                    GridRequest(methods=methods, arch=arch, sg=[0.95, 0.9, 0.8], sd=[0.5, 0.7], seeds=[seed]), plugins
+                )
             seed += 1
         configs = configs[: args.runs]
         t0 = time.perf_counter()
         for cfg in configs:
             store.claim(cfg, {"torch": "2", "device": "cpu"}, "filler")
             status = "diverged" if rng.random() < 0.03 else "done"
-            res = {"fid": rng.uniform(10, 40), "is_mean": rng.uniform(7, 9), "is_std": 0.1, "density_g": 1 - cfg.sg,
-                   "density_d": 1 - cfg.sd, "train_flops": 1e17, "test_flops": 1e9, "train_flops_rel": rng.uniform(0.2, 5),
-                   "test_flops_rel": 1 - cfg.sg, "extractor": "inception-v3-compat", "eval_samples": 50000,
-                   "scope": "conv", "variant": ""}
+            res = {
+                "fid": rng.uniform(10, 40),
+                "is_mean": rng.uniform(7, 9),
+                "is_std": 0.1,
+                "density_g": 1 - cfg.sg,
+                "density_d": 1 - cfg.sd,
+                "train_flops": 1e17,
+                "test_flops": 1e9,
+                "train_flops_rel": rng.uniform(0.2, 5),
+                "test_flops_rel": 1 - cfg.sg,
+                "extractor": "inception-v3-compat",
+                "eval_samples": 50000,
+                "scope": "conv",
+                "variant": "",
+            }
             store.finish_run(cfg.run_id, status, res, 1.0, "filler")
-            store.log_stats(cfg.run_id, [(s, k, rng.random()) for s in range(0, 1000, 100)
-                                         for k in ("loss_d", "loss_g", "exploration_rate")])
+            store.log_stats(
+                cfg.run_id,
+                [(s, k, rng.random()) for s in range(0, 1000, 100) for k in ("loss_d", "loss_g", "exploration_rate")],
+            )
         fill = time.perf_counter() - t0
         t0 = time.perf_counter()
         files = build_report(store, Path(tmp) / "report", "all")

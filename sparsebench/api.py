@@ -81,16 +81,17 @@ class MethodContext(Protocol):
     def build_models(self) -> tuple[nn.Module, nn.Module]:
         """G and D, initialised deterministically from the run's seed."""
 
-    def masks(self, model: nn.Module, sparsity: float, distribution: str | None = None,
-              stream: str = "masks") -> MaskState | None:
+    def masks(
+        self, model: nn.Module, sparsity: float, distribution: str | None = None, stream: str = "masks"
+    ) -> MaskState | None:
         """Random masks of `sparsity` over the run's scope (None when dense), drawn from `rng(stream)`."""
 
-    def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None,
-              d_masks: MaskState | None) -> GANState:
+    def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None, d_masks: MaskState | None) -> GANState:
         """Fresh optimizers and the (sparse) EMA of G for a training phase."""
 
-    def train(self, state: GANState, steps: int | None = None, hooks: Hooks | None = None,
-              label: str = "train") -> None:
+    def train(
+        self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train"
+    ) -> None:
         """One training phase, with FLOP accounting, statistics, checkpoints and resume."""
 
     def require(self, method: str, **changes: Any) -> RunArtifacts:
@@ -221,8 +222,9 @@ class FeatureExtractor(PluginObject):
         """The torch-fidelity `FeatureExtractorBase` subclass to register under `name` (None: torch-fidelity's own)."""
         return None
 
-    def prepare(self, data: DataSplits, dataset: str, data_key: str, cache_dir: Path,
-                weights_file: str | None) -> ExtractorWeights:
+    def prepare(
+        self, data: DataSplits, dataset: str, data_key: str, cache_dir: Path, weights_file: str | None
+    ) -> ExtractorWeights:
         """Ready the weights for `data` (content hash `data_key`), offline; `weights_file` is the user's local file."""
         return ExtractorWeights(weights_file, check_now=weights_file is not None)
 

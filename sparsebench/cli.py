@@ -104,7 +104,10 @@ def _store(path: str | None, readonly: bool = False):
 
 
 store_option = click.option(
-    "--store", "store_path", type=str, default=None,
+    "--store",
+    "store_path",
+    type=str,
+    default=None,
     help="results database (default ./sparsebench-results/results.db or $SPARSEBENCH_STORE)",
 )
 
@@ -125,33 +128,86 @@ def cli(verbose: bool):
 @click.option("--sg", default="0.9", show_default=True, help="generator sparsities, comma-separated, in [0, 1)")
 @click.option("--sd", default="0.5", show_default=True, help="discriminator sparsities, comma-separated, in [0, 1)")
 @click.option("--seeds", default="0", show_default=True, help="seeds, comma-separated integers in [0, 2^32)")
-@click.option("--preset", default="quick", show_default=True, help="quick (minutes on CPU, digits), paper (CIFAR-10 reference settings); biggan also imagenet (128x128)")
+@click.option(
+    "--preset",
+    default="quick",
+    show_default=True,
+    help="quick (minutes on CPU, digits), paper (CIFAR-10 reference settings); biggan also imagenet (128x128)",
+)
 @click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
 @click.option("--scope", default="conv", show_default=True, help="sparse tensors: conv, or conv+linear")
 @click.option("--distribution", default="erk", show_default=True, help="layer-wise sparsity: erk, er, uniform, global")
-@click.option("--opt-state", default="dense", show_default=True,
-              help="Adam state of masked weights: dense (dense gradients, warm regrowth), mean (regrown get the "
-                   "layer's mean), zero (regrown start at zero)")
+@click.option(
+    "--opt-state",
+    default="dense",
+    show_default=True,
+    help="Adam state of masked weights: dense (dense gradients, warm regrowth), mean (regrown get the "
+    "layer's mean), zero (regrown start at zero)",
+)
 @click.option("--metrics", "metrics", default="fid,is", show_default=True, help="metrics to compute, comma-separated")
-@click.option("--kernels", default="dense", show_default=True,
-              help="sparse layers computed as masked dense, or with SparseProp's sparse CPU kernels (sparseprop)")
-@click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE", help="a plugin option, e.g. stugan.explore=gd (repeatable)")
+@click.option(
+    "--kernels",
+    default="dense",
+    show_default=True,
+    help="sparse layers computed as masked dense, or with SparseProp's sparse CPU kernels (sparseprop)",
+)
+@click.option(
+    "--option",
+    "-o",
+    "options",
+    multiple=True,
+    metavar="PLUGIN.NAME=VALUE",
+    help="a plugin option, e.g. stugan.explore=gd (repeatable)",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--data-dir", default=None, help="where data sets live (CIFAR-10, image folders)")
 @click.option("--inception-weights", default=None, help="local Inception weights file for offline use")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
-@click.option("--checkpoint-every", type=str, default="500", show_default=True,
-              help="G steps between checkpoints (0: only at the end of each phase and on SIGTERM / Ctrl-C)")
+@click.option(
+    "--checkpoint-every",
+    type=str,
+    default="500",
+    show_default=True,
+    help="G steps between checkpoints (0: only at the end of each phase and on SIGTERM / Ctrl-C)",
+)
 @click.option("--retry-failed", is_flag=True, help="run again the cells stored as failed or diverged")
-@click.option("--rerun", is_flag=True, help="train every cell of the grid again, done ones too; a cell's stored "
-              "result is replaced only when its new run ends (runs it builds on are reused)")
+@click.option(
+    "--rerun",
+    is_flag=True,
+    help="train every cell of the grid again, done ones too; a cell's stored "
+    "result is replaced only when its new run ends (runs it builds on are reused)",
+)
 @click.option("--executor", default="local", show_default=True, help="local (worker processes) or ray")
 @click.option("--jobs", type=str, default="1", show_default=True, help="local worker processes (1: in this process)")
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray)")
 @store_option
-def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distribution, opt_state, metrics, kernels, options,
-        device, data_dir, inception_weights, no_progress, checkpoint_every, retry_failed, rerun, executor, jobs, address,
-        store_path):
+def run(
+    methods,
+    arch,
+    dataset,
+    sg,
+    sd,
+    seeds,
+    preset,
+    steps,
+    scope,
+    distribution,
+    opt_state,
+    metrics,
+    kernels,
+    options,
+    device,
+    data_dir,
+    inception_weights,
+    no_progress,
+    checkpoint_every,
+    retry_failed,
+    rerun,
+    executor,
+    jobs,
+    address,
+    store_path,
+):
     """Run the grid methods x s_G x s_D x seeds and store every result.
 
     Cells already done in the store are skipped; methods whose s_G or s_D is fixed by
@@ -167,33 +223,63 @@ def run(methods, arch, dataset, sg, sd, seeds, preset, steps, scope, distributio
     if steps is not None:
         steps = _ints(steps, "--steps")[0]
     req = GridRequest(
-        methods=expand_methods(methods, plugins), arch=arch, dataset=dataset,
-        sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=_ints(seeds, "--seeds"), preset=preset,
-        steps=steps, scope=scope, distribution=distribution, opt_state=opt_state, kernels=kernels,
-        options=parse_option_strings(options), metrics=tuple(_split(metrics, "--metrics")), data_dir=data_dir,
+        methods=expand_methods(methods, plugins),
+        arch=arch,
+        dataset=dataset,
+        sg=_floats(sg, "--sg"),
+        sd=_floats(sd, "--sd"),
+        seeds=_ints(seeds, "--seeds"),
+        preset=preset,
+        steps=steps,
+        scope=scope,
+        distribution=distribution,
+        opt_state=opt_state,
+        kernels=kernels,
+        options=parse_option_strings(options),
+        metrics=tuple(_split(metrics, "--metrics")),
+        data_dir=data_dir,
     )
     n_jobs = _ints(jobs, "--jobs")[0]
-    grid = Grid.open(req, plugins, store_path, device=device, inception_weights=inception_weights,
-                     progress=not no_progress, checkpoint_every=_ints(checkpoint_every, "--checkpoint-every")[0],
-                     retry_failed=retry_failed, rerun=rerun, executor=executor, jobs=n_jobs, address=address)
+    grid = Grid.open(
+        req,
+        plugins,
+        store_path,
+        device=device,
+        inception_weights=inception_weights,
+        progress=not no_progress,
+        checkpoint_every=_ints(checkpoint_every, "--checkpoint-every")[0],
+        retry_failed=retry_failed,
+        rerun=rerun,
+        executor=executor,
+        jobs=n_jobs,
+        address=address,
+    )
     runner, store, leader = grid.runner, grid.store, grid.leader
     runner.install_signal_handlers()
     started = []
 
     def on_start(config, i, total):
         started.append(config.run_id)
-        click.echo(f"[{i}/{total}] {config.method} {config.arch} sG={config.sg:g} "
-                   f"sD={config.sd:g} seed={config.seed} ({config.run_id})", err=True)
+        click.echo(
+            f"[{i}/{total}] {config.method} {config.arch} sG={config.sg:g} "
+            f"sD={config.sd:g} seed={config.seed} ({config.run_id})",
+            err=True,
+        )
 
     def on_done(config, outcome):
         if outcome.taken:
-            click.echo(f"  {config.run_id} is being trained by another process ({outcome.results.get('owner')}); "
-                       f"left to it, looked at again at the end", err=True)
+            click.echo(
+                f"  {config.run_id} is being trained by another process ({outcome.results.get('owner')}); "
+                f"left to it, looked at again at the end",
+                err=True,
+            )
         elif outcome.skipped and outcome.status == "done":
             click.echo(f"  {config.run_id} already done, skipped", err=True)
         elif outcome.skipped:
-            click.echo(f"  {config.run_id} {outcome.status} before, skipped (--retry-failed or --rerun runs it "
-                       f"again)", err=True)
+            click.echo(
+                f"  {config.run_id} {outcome.status} before, skipped (--retry-failed or --rerun runs it again)",
+                err=True,
+            )
         elif len(started) > 1 and (executor == "ray" or n_jobs > 1):
             click.echo(f"  {config.run_id} {outcome.status}", err=True)
 
@@ -222,17 +308,46 @@ def _summary(outcomes) -> None:
     rows = []
     for o in outcomes:
         r = o.results
-        rows.append([o.config.method, f"{o.config.sg:g}", f"{o.config.sd:g}", o.config.seed, o.status,
-                     _fmt(r.get("fid")), _fmt(r.get("is_mean")), _fmt(r.get("density_g"), ".3f"),
-                     _fmt(r.get("train_flops_rel"), ".3f"), _fmt(r.get("test_flops_rel"), ".3f"),
-                     _fmt(r.get("wall_s"), ".1f")])
-    click.echo(tabulate(rows, headers=["method", "sG", "sD", "seed", "status", "FID", "IS", "density G",
-                                       "train FLOPs", "test FLOPs", "wall s"]))
+        rows.append(
+            [
+                o.config.method,
+                f"{o.config.sg:g}",
+                f"{o.config.sd:g}",
+                o.config.seed,
+                o.status,
+                _fmt(r.get("fid")),
+                _fmt(r.get("is_mean")),
+                _fmt(r.get("density_g"), ".3f"),
+                _fmt(r.get("train_flops_rel"), ".3f"),
+                _fmt(r.get("test_flops_rel"), ".3f"),
+                _fmt(r.get("wall_s"), ".1f"),
+            ]
+        )
+    click.echo(
+        tabulate(
+            rows,
+            headers=[
+                "method",
+                "sG",
+                "sD",
+                "seed",
+                "status",
+                "FID",
+                "IS",
+                "density G",
+                "train FLOPs",
+                "test FLOPs",
+                "wall s",
+            ],
+        )
+    )
     quick = sorted({o.config.train.steps for o in outcomes if o.config.preset == "quick"})
     if quick:
-        click.echo(f"quick preset: a smoke test of the pipeline ({', '.join(map(str, quick))} G steps); "
-                   "its numbers are not converged and compare no methods. For comparisons use --preset paper "
-                   "with several --seeds.")
+        click.echo(
+            f"quick preset: a smoke test of the pipeline ({', '.join(map(str, quick))} G steps); "
+            "its numbers are not converged and compare no methods. For comparisons use --preset paper "
+            "with several --seeds."
+        )
 
 
 @cli.command("list")
@@ -241,9 +356,13 @@ def list_cmd():
     from tabulate import tabulate
 
     plugins = _plugins()
-    for title, registry in (("methods", plugins.methods), ("architectures", plugins.archs),
-                            ("metrics", plugins.metrics), ("datasets", plugins.datasets),
-                            ("feature extractors", plugins.extractors)):
+    for title, registry in (
+        ("methods", plugins.methods),
+        ("architectures", plugins.archs),
+        ("metrics", plugins.metrics),
+        ("datasets", plugins.datasets),
+        ("feature extractors", plugins.extractors),
+    ):
         rows = [[name, registry.get(name).description, registry.source(name)] for name in registry.names()]
         click.echo(f"{title}:")
         click.echo(tabulate(rows, headers=["name", "description", "source"]))
@@ -308,8 +427,14 @@ def main():
 @click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
 @click.option("--distribution", default="erk", show_default=True, help="erk, er, uniform (global shown as uniform)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json")
-@click.option("--option", "-o", "options", multiple=True, metavar="ARCH.NAME=VALUE",
-              help="an architecture option, as for run (repeatable)")
+@click.option(
+    "--option",
+    "-o",
+    "options",
+    multiple=True,
+    metavar="ARCH.NAME=VALUE",
+    help="an architecture option, as for run (repeatable)",
+)
 def describe(arch, preset, sg, sd, scope, distribution, fmt, options):
     """Parameter counts, per-layer shapes and densities, and dense FLOPs of G and D."""
     from tabulate import tabulate
@@ -329,43 +454,67 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, options):
     given = parse_option_strings(options)
     for target in given:
         if target != arch:
-            raise SparsebenchError(f"--option for {target!r}: describe takes options of the architecture only "
-                                   f"({arch}.NAME=VALUE)")
+            raise SparsebenchError(
+                f"--option for {target!r}: describe takes options of the architecture only ({arch}.NAME=VALUE)"
+            )
     arch_options = freeze(validate_options(arch_obj.options, given.get(arch, {}), arch))
     spec = preset_spec(arch_obj, preset)
-    info = describe_arch(plugins, arch, spec, scope, _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], distribution,
-                         arch_options)
+    info = describe_arch(
+        plugins, arch, spec, scope, _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], distribution, arch_options
+    )
     if fmt == "json":
         click.echo(json.dumps(info, indent=2))
         return
     for key, name, s in (("g", "generator", info["sg"]), ("d", "discriminator", info["sd"])):
-        click.echo(f"{name}: {info[key + '_params']:,} parameters, {info[key + '_scope_params']:,} in scope "
-                   f"'{scope}', {info[key + '_flops']:,.0f} FLOPs per image (dense forward, 1 FMA = 1 FLOP)")
-        rows = [[l["name"], "x".join(map(str, l["shape"])), f"{l['params']:,}", f"{l['density']:.4f}",
-                 f"{l['flops']:,.0f}"] for l in info[key + "_layers"]]
+        click.echo(
+            f"{name}: {info[key + '_params']:,} parameters, {info[key + '_scope_params']:,} in scope "
+            f"'{scope}', {info[key + '_flops']:,.0f} FLOPs per image (dense forward, 1 FMA = 1 FLOP)"
+        )
+        rows = [
+            [
+                la["name"],
+                "x".join(map(str, la["shape"])),
+                f"{la['params']:,}",
+                f"{la['density']:.4f}",
+                f"{la['flops']:,.0f}",
+            ]
+            for la in info[key + "_layers"]
+        ]
         click.echo(tabulate(rows, headers=["layer", "shape", "params", f"density at s={s:g}", "FLOPs"]))
         click.echo()
 
 
 convention_option = click.option(
-    "--convention", default="fvcore", show_default=True,
+    "--convention",
+    default="fvcore",
+    show_default=True,
     help="FLOP convention: fvcore (1 per multiply-add, D counted at its density) or paper (the paper's Table 2: "
-         "2 per multiply-add, a sparse G beside a dense D scaled by G's density alone)",
+    "2 per multiply-add, a sparse G beside a dense D scaled by G's density alone)",
 )
 
 
 @cli.command()
 @click.option("--arch", required=True, help="architecture")
 @click.option("--preset", default="paper", show_default=True, help="quick or paper")
-@click.option("--methods", default="dense,pf-global,pf-uniform,gan-tickets,static,stugan", show_default=True,
-              help="comma-separated methods")
+@click.option(
+    "--methods",
+    default="dense,pf-global,pf-uniform,gan-tickets,static,stugan",
+    show_default=True,
+    help="comma-separated methods",
+)
 @click.option("--sg", default="0.95,0.9,0.8", show_default=True, help="generator sparsities")
 @click.option("--sd", default="0.5,0.7", show_default=True, help="discriminator sparsities")
 @click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
 @click.option("--steps", type=str, default=None, help="G steps (default: the preset's)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or csv")
-@click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE",
-              help="a plugin option, e.g. gan-tickets.rounds=9 (repeatable)")
+@click.option(
+    "--option",
+    "-o",
+    "options",
+    multiple=True,
+    metavar="PLUGIN.NAME=VALUE",
+    help="a plugin option, e.g. gan-tickets.rounds=9 (repeatable)",
+)
 @convention_option
 def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention):
     """The training / testing FLOP table of a grid, computed without training."""
@@ -380,23 +529,46 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")
     check_convention(convention)
     plugins = _plugins()
-    req = GridRequest(methods=expand_methods(methods, plugins), arch=arch,
-                      sg=_floats(sg, "--sg"), sd=_floats(sd, "--sd"), seeds=[0], preset=preset,
-                      steps=_ints(steps, "--steps")[0] if steps else None, scope=scope,
-                      options=parse_option_strings(options))
+    req = GridRequest(
+        methods=expand_methods(methods, plugins),
+        arch=arch,
+        sg=_floats(sg, "--sg"),
+        sd=_floats(sd, "--sd"),
+        seeds=[0],
+        preset=preset,
+        steps=_ints(steps, "--steps")[0] if steps else None,
+        scope=scope,
+        options=parse_option_strings(options),
+    )
     df = pd.DataFrame(cost_table(plugins, expand_grid(req, plugins), convention))
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
     from tabulate import tabulate
 
-    rows = [[r.method, r.arch, f"{r.sg:g}", f"{r.sd:g}", f"{r.train_flops:.3e}", f"{r.test_flops:.3e}",
-             f"{r.train_rel:.2f}x", f"{r.test_rel:.2f}x"] for r in df.itertuples()]
-    click.echo(tabulate(rows, headers=["method", "arch", "sg", "sd", "train_flops", "test_flops", "train_rel", "test_rel"]))
-    click.echo(CONVENTION_NOTES[convention].replace("×", "x") if convention == "fvcore" else
-               "FLOPs in the paper's convention: 2 FLOPs per multiply-add; a phase that trains a sparse G beside a "
-               "dense D costs a dense step times G's FLOP density (the dense D's share left out); backward = 2 x "
-               "forward. The default (--convention fvcore) counts 1 per multiply-add and D as dense.")
+    rows = [
+        [
+            r.method,
+            r.arch,
+            f"{r.sg:g}",
+            f"{r.sd:g}",
+            f"{r.train_flops:.3e}",
+            f"{r.test_flops:.3e}",
+            f"{r.train_rel:.2f}x",
+            f"{r.test_rel:.2f}x",
+        ]
+        for r in df.itertuples()
+    ]
+    click.echo(
+        tabulate(rows, headers=["method", "arch", "sg", "sd", "train_flops", "test_flops", "train_rel", "test_rel"])
+    )
+    click.echo(
+        CONVENTION_NOTES[convention].replace("×", "x")
+        if convention == "fvcore"
+        else "FLOPs in the paper's convention: 2 FLOPs per multiply-add; a phase that trains a sparse G beside a "
+        "dense D costs a dense step times G's FLOP density (the dense D's share left out); backward = 2 x "
+        "forward. The default (--convention fvcore) counts 1 per multiply-add and D as dense."
+    )
 
 
 @cli.command()
@@ -419,6 +591,16 @@ def report(fmt, out, name, arch, method, preset, no_samples, convention, store_p
     check_convention(convention)
     store = _store(store_path, readonly=True)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
-    written = build_report(store, target, fmt, arch, method, preset, samples=not no_samples,
-                           command=default_command(), convention=convention, methods=_plugins().methods)
+    written = build_report(
+        store,
+        target,
+        fmt,
+        arch,
+        method,
+        preset,
+        samples=not no_samples,
+        command=default_command(),
+        convention=convention,
+        methods=_plugins().methods,
+    )
     click.echo(f"report: {target / 'index.md'} ({len(written)} files)")

@@ -52,7 +52,7 @@ class TrainSpec:
     accumulate: int = 1  # minibatches whose gradients are averaged into each D and each G step
     adam_eps: float = 1e-8
 
-    def replace(self, **changes: Any) -> "TrainSpec":
+    def replace(self, **changes: Any) -> TrainSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -85,9 +85,7 @@ class RunConfig:
         if self.scope not in SCOPES:
             raise SparsebenchError(f"unknown scope {self.scope!r}; known: {', '.join(SCOPES)}")
         if self.distribution not in DISTRIBUTIONS:
-            raise SparsebenchError(
-                f"unknown distribution {self.distribution!r}; known: {', '.join(DISTRIBUTIONS)}"
-            )
+            raise SparsebenchError(f"unknown distribution {self.distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
         if self.opt_state not in POLICIES:
             raise SparsebenchError(f"unknown opt_state {self.opt_state!r}; known: {', '.join(POLICIES)}")
         if self.kernels not in KERNELS:
@@ -109,7 +107,7 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         d = dict(d)
         d["train"] = TrainSpec(**d["train"])
         for key in ("method_options", "arch_options", "dataset_options", "code"):
@@ -125,7 +123,7 @@ class RunConfig:
     def option(self, name: str) -> Any:
         return dict(self.method_options)[name]
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -185,7 +183,9 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
             raise SparsebenchError(f"--steps must be a positive integer, got {req.steps}")
         spec = spec.replace(steps=req.steps)
     dataset = req.dataset or spec.dataset
-    own_extractor = getattr(plugins.datasets.get(dataset), "extractor", "")  # a data set may bring the extractor that fits it
+    own_extractor = getattr(
+        plugins.datasets.get(dataset), "extractor", ""
+    )  # a data set may bring the extractor that fits it
     if dataset != spec.dataset:
         spec = spec.replace(dataset=dataset)
     if own_extractor and own_extractor != spec.extractor:

@@ -25,13 +25,21 @@ def _build(plugins, arch_name: str, spec, width: float = 1.0, arch_options: tupl
     return arch.build(spec, num_classes(arch, spec), width, **dict(arch_options))
 
 
-def describe(plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk",
-             arch_options: tuple = ()) -> dict:
+def describe(
+    plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk", arch_options: tuple = ()
+) -> dict:
     """Parameter counts, per-layer shapes with their densities, and dense forward FLOPs per image."""
     G, D = _build(plugins, arch_name, spec, arch_options=arch_options)
     flops = count_gan(G, D, spec, scope, 1)
-    out = {"arch": arch_name, "resolution": spec.resolution, "width": spec.width, "scope": scope,
-           "distribution": distribution, "sg": sg, "sd": sd}
+    out = {
+        "arch": arch_name,
+        "resolution": spec.resolution,
+        "width": spec.width,
+        "scope": scope,
+        "distribution": distribution,
+        "sg": sg,
+        "sd": sd,
+    }
     for key, model, sparsity, mf in (("g", G, sg, flops.g), ("d", D, sd, flops.d)):
         params = scope_parameters(model, scope)
         shapes = {n: tuple(p.shape) for n, p in params.items()}
@@ -71,7 +79,16 @@ def cost_table(plugins, configs: list[RunConfig], convention: str = "fvcore") ->
         train = sum(ph.steps * gan.phase_step(ph.g_density, ph.d_density, convention) for ph in phases)
         test = gan.test(phases[-1].g_density)
         dense_train = cfg.train.steps * dense.step()
-        rows.append({"method": cfg.method, "arch": cfg.arch, "sg": cfg.sg, "sd": cfg.sd,
-                     "train_flops": scale * train, "test_flops": scale * test,
-                     "train_rel": train / dense_train, "test_rel": test / dense.test()})
+        rows.append(
+            {
+                "method": cfg.method,
+                "arch": cfg.arch,
+                "sg": cfg.sg,
+                "sd": cfg.sd,
+                "train_flops": scale * train,
+                "test_flops": scale * test,
+                "train_rel": train / dense_train,
+                "test_rel": test / dense.test(),
+            }
+        )
     return rows

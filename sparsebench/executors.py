@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
@@ -149,10 +149,18 @@ def run_cell(job: CellJob) -> tuple[list, dict]:
     if job.threads:
         torch.set_num_threads(job.threads)
     sink = RecordingStore(job.store_path, job.known)
-    runner = Runner(sink, get_plugins(), device=job.device, data_dir=job.data_dir,
-                    inception_weights=job.inception_weights, progress=False,
-                    checkpoint_every=job.checkpoint_every, retry_failed=job.retry_failed, owner=job.owner,
-                    rerun=job.rerun)
+    runner = Runner(
+        sink,
+        get_plugins(),
+        device=job.device,
+        data_dir=job.data_dir,
+        inception_weights=job.inception_weights,
+        progress=False,
+        checkpoint_every=job.checkpoint_every,
+        retry_failed=job.retry_failed,
+        owner=job.owner,
+        rerun=job.rerun,
+    )
     try:
         runner.install_signal_handlers()  # SIGTERM from the driver: checkpoint and stop
     except ValueError:  # not the main thread (some Ray workers): the driver waits for the cell instead
@@ -167,8 +175,12 @@ def run_cell(job: CellJob) -> tuple[list, dict]:
         outcome = runner.run(config)
         summary = {"status": outcome.status, "results": outcome.results, "skipped": outcome.skipped}
     except Interrupted as exc:
-        summary = {"status": "running", "results": {"interrupted_step": exc.step}, "skipped": False,
-                   "interrupted": True}
+        summary = {
+            "status": "running",
+            "results": {"interrupted_step": exc.step},
+            "skipped": False,
+            "interrupted": True,
+        }
     except SparsebenchError as exc:
         summary = {"status": "failed", "results": {"error": str(exc)}, "skipped": False}
     finally:
@@ -189,9 +201,16 @@ def waves(configs: list[RunConfig], runner: Runner) -> list[list[RunConfig]]:
     return [list(first.values()), rest]
 
 
-def execute(configs: list[RunConfig], runner: Runner, store: Store, executor: str, jobs: int,
-            address: str | None, on_start: Callable[[RunConfig, int, int], None],
-            on_done: Callable[[RunConfig, Outcome], None]) -> list[Outcome]:
+def execute(
+    configs: list[RunConfig],
+    runner: Runner,
+    store: Store,
+    executor: str,
+    jobs: int,
+    address: str | None,
+    on_start: Callable[[RunConfig, int, int], None],
+    on_done: Callable[[RunConfig, Outcome], None],
+) -> list[Outcome]:
     """Run `configs` with the chosen executor; the callbacks run in the driver.
 
     Cells another live process holds are left to it and looked at again once the rest is done
@@ -207,8 +226,16 @@ def execute(configs: list[RunConfig], runner: Runner, store: Store, executor: st
     total, counter = sum(len(w) for w in plan), iter(range(1, 10**9))
     try:
         for wave in plan:
-            outcomes += _run_wave(wave, runner, store, pool, jobs if executor == "local" else 10**9, executor,
-                                  lambda cfg: on_start(cfg, next(counter), total), on_done)
+            outcomes += _run_wave(
+                wave,
+                runner,
+                store,
+                pool,
+                jobs if executor == "local" else 10**9,
+                executor,
+                lambda cfg: on_start(cfg, next(counter), total),
+                on_done,
+            )
     finally:
         pool.close()
     return outcomes
@@ -260,10 +287,20 @@ def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: st
                 outcomes.append(outcome)
                 continue
             known = {r["run_id"]: r for r in (store.get(i) for i in _dep_ids(cfg, runner) + [cfg.run_id]) if r}
-            job = CellJob(cfg.to_dict(), str(store.path), known, str(runner.device), runner.data_dir,
-                          runner.inception_weights, runner.checkpoint_every, runner.retry_failed, decision == "rerun",
-                          threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
-                          owner=runner.owner, parent_pid=os.getpid() if executor == "local" else 0)
+            job = CellJob(
+                cfg.to_dict(),
+                str(store.path),
+                known,
+                str(runner.device),
+                runner.data_dir,
+                runner.inception_weights,
+                runner.checkpoint_every,
+                runner.retry_failed,
+                decision == "rerun",
+                threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
+                owner=runner.owner,
+                parent_pid=os.getpid() if executor == "local" else 0,
+            )
             if decision == "rerun":  # from scratch: the worker only records its store writes
                 store.remove_checkpoints(cfg.run_id)
             inflight[pool.submit(job)] = cfg
@@ -285,7 +322,9 @@ def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: st
             apply_ops(store, ops, runner.owner)
             if summary.get("interrupted"):
                 continue
-            outcome = runner._record(Outcome(cfg.run_id, cfg, summary["status"], summary["results"], summary["skipped"]))
+            outcome = runner._record(
+                Outcome(cfg.run_id, cfg, summary["status"], summary["results"], summary["skipped"])
+            )
             on_done(cfg, outcome)
             outcomes.append(outcome)
     if runner.stop:
@@ -331,8 +370,12 @@ def _ray_pool(address: str | None, runner: Runner):
         raise SparsebenchError("the ray executor needs Ray: pip install 'sparsebench[ray]'") from None
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}},
+        )
     gpus = 1 if runner.device.type == "cuda" else 0
     remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(run_cell)
 

@@ -15,15 +15,15 @@ PAPER_FLOPS_PER_FMA = 2.0
 
 CONVENTION_NOTES = {
     "fvcore": "FLOPs as fvcore counts them (1 fused multiply-add = 1 FLOP; backward = 2 × forward); a phase that "
-              "trains a sparse G beside a dense D (PF fine-tuning, GAN Tickets rounds) counts D as dense. The "
-              "paper's convention (--convention paper) counts 2 FLOPs per multiply-add and scales such phases by "
-              "G's FLOP density alone, leaving out the dense D's share, so PF and GAN Tickets cost less there.",
+    "trains a sparse G beside a dense D (PF fine-tuning, GAN Tickets rounds) counts D as dense. The "
+    "paper's convention (--convention paper) counts 2 FLOPs per multiply-add and scales such phases by "
+    "G's FLOP density alone, leaving out the dense D's share, so PF and GAN Tickets cost less there.",
     "paper": "FLOPs in the paper's convention: 2 FLOPs per multiply-add (absolute values are twice fvcore's; "
-             "ratios are unchanged). The paper also scales a phase that trains a sparse G beside a dense D by G's "
-             "FLOP density alone, leaving out the dense D's share; the store keeps fvcore counts, which count D "
-             "as dense, so cells marked † (PF, GAN Tickets, any run with s_D = 0) show the D-dense training "
-             "ratio and are higher than the paper's; 'sparsebench flops --convention paper' computes them the "
-             "paper's way without training.",
+    "ratios are unchanged). The paper also scales a phase that trains a sparse G beside a dense D by G's "
+    "FLOP density alone, leaving out the dense D's share; the store keeps fvcore counts, which count D "
+    "as dense, so cells marked † (PF, GAN Tickets, any run with s_D = 0) show the D-dense training "
+    "ratio and are higher than the paper's; 'sparsebench flops --convention paper' computes them the "
+    "paper's way without training.",
 }
 
 

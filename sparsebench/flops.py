@@ -59,8 +59,11 @@ def count_model(model: nn.Module, inputs: tuple, scope: str, batch: int) -> Mode
         total = analysis.total()
         unsupported = dict(analysis.unsupported_ops())
     if unsupported:
-        log.info("fvcore skipped operators in %s (not counted): %s", type(model).__name__,
-                 ", ".join(f"{k} x{v}" for k, v in sorted(unsupported.items())))
+        log.info(
+            "fvcore skipped operators in %s (not counted): %s",
+            type(model).__name__,
+            ", ".join(f"{k} x{v}" for k, v in sorted(unsupported.items())),
+        )
     layers = {}
     for name in scope_parameters(model, scope):
         own = by_module.get(name, 0) - by_module.get(f"{name}.parametrizations", 0)

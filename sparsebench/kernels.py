@@ -136,8 +136,9 @@ class _Kernel:
             return "over_b"
         return "over_on" if self.stride == 1 else None
 
-    def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            variant: str | None = None) -> torch.Tensor:
+    def run(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: str | None = None
+    ) -> torch.Tensor:
         functions, _ = require_sparseprop()
         variant = variant or self.variant
         values = weight.reshape(-1)[self.positions]
@@ -212,8 +213,9 @@ def _time_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _measure(module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tuple, repeats: int,
-             enabled: list[bool]) -> tuple[dict[str, float], dict[str, float]]:
+def _measure(
+    module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tuple, repeats: int, enabled: list[bool]
+) -> tuple[dict[str, float], dict[str, float]]:
     """Median times (ms) of the dense layer and of each kernel variant, interleaved: forward + backward,
     and forward without gradients.
 
@@ -238,8 +240,9 @@ def _measure(module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tupl
         return lambda: torch.no_grad()(forward)()
 
     forwards = {"dense": dense, **{v: (lambda k=k: k.run(x, weight, bias)) for v, k in kernels.items()}}
-    runs = {(mode, name): wrap(fn) for mode, wrap in (("train", train), ("infer", infer))
-            for name, fn in forwards.items()}
+    runs = {
+        (mode, name): wrap(fn) for mode, wrap in (("train", train), ("infer", infer)) for name, fn in forwards.items()
+    }
     for fn in runs.values():  # warm-up (first-touch allocations)
         fn()
     samples: dict[tuple, list[float]] = {key: [] for key in runs}
@@ -247,8 +250,10 @@ def _measure(module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tupl
         for key, fn in runs.items():
             samples[key].append(_time_ms(fn, 1))
     medians = {key: statistics.median(ts) for key, ts in samples.items()}
-    return ({n: t for (m, n), t in medians.items() if m == "train"},
-            {n: t for (m, n), t in medians.items() if m == "infer"})
+    return (
+        {n: t for (m, n), t in medians.items() if m == "train"},
+        {n: t for (m, n), t in medians.items() if m == "infer"},
+    )
 
 
 def _input_shapes(model: nn.Module, names: list[str], example: tuple) -> dict[str, tuple]:
@@ -278,8 +283,15 @@ def _input_shapes(model: nn.Module, names: list[str], example: tuple) -> dict[st
 class KernelBackend:
     """SparseProp kernels swapped into the layers of `model` that qualify; `restore()` undoes it."""
 
-    def __init__(self, model: nn.Module, masks: MaskState, example: tuple, threshold: float = DEFAULT_THRESHOLD,
-                 repeats: int = 5, always: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        masks: MaskState,
+        example: tuple,
+        threshold: float = DEFAULT_THRESHOLD,
+        repeats: int = 5,
+        always: bool = False,
+    ):
         """Decide per layer of `masks`: at least `threshold` sparse, supported, and (unless `always`)
         measured faster than the dense layer at the input shape `example` produces."""
         require_sparseprop()
@@ -369,16 +381,20 @@ class KernelBackend:
         def use(variant: str) -> str:
             return variant or "dense"
 
-        header = (f"{'layer':<24} {'shape':<14} {'density':>7} {'dense ms':>9} {'sparse ms':>9} {'train':<8} "
-                  f"{'fwd dense':>9} {'fwd sparse':>10} {'no-grad':<8} chosen")
+        header = (
+            f"{'layer':<24} {'shape':<14} {'density':>7} {'dense ms':>9} {'sparse ms':>9} {'train':<8} "
+            f"{'fwd dense':>9} {'fwd sparse':>10} {'no-grad':<8} chosen"
+        )
         rows = [header]
         for c in self.layers:
             shape = "x".join(str(s) for s in c.shape)
             decision = "yes" if c.chosen else f"no ({c.reason})"
             train = use(c.variant) if c.dense_ms is not None else "-"
             infer = use(c.infer_variant) if c.dense_ms is not None else "-"
-            rows.append(f"{c.name:<24} {shape:<14} {c.density:7.3f} {ms(c.dense_ms)} {ms(c.sparse_ms)} {train:<8} "
-                        f"{ms(c.dense_fwd_ms)} {ms(c.sparse_fwd_ms):>10} {infer:<8} {decision}")
+            rows.append(
+                f"{c.name:<24} {shape:<14} {c.density:7.3f} {ms(c.dense_ms)} {ms(c.sparse_ms)} {train:<8} "
+                f"{ms(c.dense_fwd_ms)} {ms(c.sparse_fwd_ms):>10} {infer:<8} {decision}"
+            )
         return "\n".join(rows)
 
 
@@ -435,8 +451,9 @@ class KernelHooks(Hooks):
 class Attached:
     """The backends of one training phase (none for the `dense` backend) and the hooks to train with."""
 
-    def __init__(self, hooks: Hooks, g: KernelBackend | None = None, d: KernelBackend | None = None,
-                 next_step: int = 1):
+    def __init__(
+        self, hooks: Hooks, g: KernelBackend | None = None, d: KernelBackend | None = None, next_step: int = 1
+    ):
         self.g, self.d = g, d
         self.hooks = hooks if g is None and d is None else KernelHooks(hooks, g, d)
         if isinstance(self.hooks, KernelHooks):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from sparsebench import SparsebenchError
 
@@ -53,8 +54,9 @@ class Option:
             try:
                 _bounds(self.interval)
             except ValueError:
-                raise TypeError(f"option {self.name!r}: interval {self.interval!r} is not like '(0, 1]' "
-                                "or '[1, inf)'") from None
+                raise TypeError(
+                    f"option {self.name!r}: interval {self.interval!r} is not like '(0, 1]' or '[1, inf)'"
+                ) from None
         if self.default is not None and self.type in (int, float):
             try:
                 self.check(self.default, "its default")

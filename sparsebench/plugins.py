@@ -128,8 +128,11 @@ class Plugins:
         a plugin or sparsebench changed its version trains anew instead of reusing the old result."""
         from sparsebench import __version__
 
-        return (("arch", self.archs.entries[arch].version), ("method", self.methods.entries[method].version),
-                ("sparsebench", __version__))
+        return (
+            ("arch", self.archs.entries[arch].version),
+            ("method", self.methods.entries[method].version),
+            ("sparsebench", __version__),
+        )
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)

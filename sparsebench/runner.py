@@ -45,8 +45,12 @@ def cache_dir() -> Path:
 
 def environment(device: torch.device) -> dict[str, Any]:
     env = {
-        "sparsebench": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
+        "sparsebench": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -64,9 +68,19 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, store: Store, plugins: Plugins, device: str = "cpu", data_dir: str | None = None,
-                 inception_weights: str | None = None, progress: bool = True, checkpoint_every: int = 500,
-                 retry_failed: bool = False, owner: str | None = None, rerun: bool = False):
+    def __init__(
+        self,
+        store: Store,
+        plugins: Plugins,
+        device: str = "cpu",
+        data_dir: str | None = None,
+        inception_weights: str | None = None,
+        progress: bool = True,
+        checkpoint_every: int = 500,
+        retry_failed: bool = False,
+        owner: str | None = None,
+        rerun: bool = False,
+    ):
         if device == "cuda" and not torch.cuda.is_available():
             raise SparsebenchError("--device cuda: no CUDA device is available here; use --device cpu")
         self.store = store
@@ -98,8 +112,13 @@ class Runner:
         key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
         if key not in self._evaluators:  # keyed like `data`: a data set option changes the reference
             self._evaluators[key] = Evaluator(
-                self.data(config), config.dataset, config.train.extractor, cache_dir(),
-                self.device, self.inception_weights, self.plugins.extractors,
+                self.data(config),
+                config.dataset,
+                config.train.extractor,
+                cache_dir(),
+                self.device,
+                self.inception_weights,
+                self.plugins.extractors,
             )
         return self._evaluators[key]
 
@@ -168,9 +187,14 @@ class Runner:
         wiring = RunWiring(
             build=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
             require=lambda name, changes: self.require(config, name, changes),
-            log=log_fn, progress=bar.update if bar is not None else None,
-            progress_phase=(lambda total, done, label: _phase_bar(bar, total, done, label)) if bar is not None else None,
-            checkpoint_every=self.checkpoint_every, stop_requested=lambda: self.stop, flush=flush,
+            log=log_fn,
+            progress=bar.update if bar is not None else None,
+            progress_phase=(lambda total, done, label: _phase_bar(bar, total, done, label))
+            if bar is not None
+            else None,
+            checkpoint_every=self.checkpoint_every,
+            stop_requested=lambda: self.stop,
+            flush=flush,
             elapsed=lambda: time.perf_counter() - t0 - self._nested_wall,
         )
         ctx = RunContext(config, data, self.device, self.store.run_dir(run_id), wiring, width=method.width)
@@ -195,9 +219,13 @@ class Runner:
             if rerun:  # the stored outcome stays until a rerun reaches its own
                 self.store.release(run_id, self.owner)
             else:
-                self.store.finish_run(run_id, "running", {"interrupted_step": exc.step,
-                                                          "error": f"{exc}; run the same command to resume"},
-                                      ctx.wall_s(), self.owner)
+                self.store.finish_run(
+                    run_id,
+                    "running",
+                    {"interrupted_step": exc.step, "error": f"{exc}; run the same command to resume"},
+                    ctx.wall_s(),
+                    self.owner,
+                )
             raise
         except SparsebenchError as exc:
             self._abandon(run_id, rerun, "failed", {"error": str(exc)}, ctx.wall_s())
@@ -271,7 +299,8 @@ class Runner:
         """The config of the `method_name` run that `config` builds on (same arch, data, seed...)."""
         method = self.plugins.methods.get(method_name)
         return config.replace(
-            method=method_name, code=self.plugins.code(method_name, config.arch),
+            method=method_name,
+            code=self.plugins.code(method_name, config.arch),
             sg=method.fixed.get("sg", config.sg),
             sd=method.fixed.get("sd", config.sd),
             method_options=tuple(sorted(validate_options(method.options, {}, method_name).items())),
@@ -290,7 +319,8 @@ class Runner:
     def _save_artifacts(self, ctx: RunContext) -> None:
         st = ctx.final
         blob = {
-            "G": st.G.state_dict(), "D": st.D.state_dict(),
+            "G": st.G.state_dict(),
+            "D": st.D.state_dict(),
             "G_eval": st.eval_model.state_dict(),
             "g_masks": st.g_masks.state_dict() if st.g_masks else None,
             "d_masks": st.d_masks.state_dict() if st.d_masks else None,
@@ -329,8 +359,14 @@ class Runner:
         # metrics of the evaluated generator
         metrics = [self.plugins.metrics.get(m) for m in config.metrics]
         flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
-        images = sample(st.eval_model, spec.eval_samples, spec.z_dim, ctx.num_classes, self.device,
-                        seed=stream_seed(config.seed, "eval-samples"))
+        images = sample(
+            st.eval_model,
+            spec.eval_samples,
+            spec.z_dim,
+            ctx.num_classes,
+            self.device,
+            seed=stream_seed(config.seed, "eval-samples"),
+        )
         samples = SampleSet(ev, images, flags)
         for m in metrics:
             res.update(m.compute(samples))

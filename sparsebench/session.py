@@ -56,10 +56,21 @@ class Grid:
     leader: bool = True
 
     @classmethod
-    def open(cls, req, plugins, store_path: str | os.PathLike | None = None, device: str = "cpu",
-             inception_weights: str | None = None, progress: bool = True, checkpoint_every: int = 500,
-             retry_failed: bool = False, rerun: bool = False, executor: str = "local", jobs: int = 1,
-             address: str | None = None) -> Grid:
+    def open(
+        cls,
+        req,
+        plugins,
+        store_path: str | os.PathLike | None = None,
+        device: str = "cpu",
+        inception_weights: str | None = None,
+        progress: bool = True,
+        checkpoint_every: int = 500,
+        retry_failed: bool = False,
+        rerun: bool = False,
+        executor: str = "local",
+        jobs: int = 1,
+        address: str | None = None,
+    ) -> Grid:
         """Validate the request, open (or create) the store, and prepare data and extractors."""
         from sparsebench import distributed
         from sparsebench.config import expand_grid
@@ -91,9 +102,17 @@ class Grid:
         else:  # rank 0 creates the store first; the other ranks only read it
             distributed.barrier()
             store = FollowerStore(Store(store_path or default_store_path(), readonly=True))
-        runner = Runner(store, plugins, device=device, data_dir=req.data_dir, inception_weights=inception_weights,
-                        progress=progress and executor == "local" and jobs == 1 and leader,
-                        checkpoint_every=checkpoint_every, retry_failed=retry_failed, rerun=rerun)
+        runner = Runner(
+            store,
+            plugins,
+            device=device,
+            data_dir=req.data_dir,
+            inception_weights=inception_weights,
+            progress=progress and executor == "local" and jobs == 1 and leader,
+            checkpoint_every=checkpoint_every,
+            retry_failed=retry_failed,
+            rerun=rerun,
+        )
         if leader:  # data and extractor caches are prepared once, before the other ranks read them
             runner.preflight(configs)
         distributed.barrier()
@@ -104,22 +123,47 @@ class Grid:
         from sparsebench.executors import execute
 
         quiet = lambda *args: None
-        return execute(self.configs, self.runner, self.store, self.executor, self.jobs, self.address,
-                       on_start if on_start and self.leader else quiet, on_done if on_done and self.leader else quiet)
+        return execute(
+            self.configs,
+            self.runner,
+            self.store,
+            self.executor,
+            self.jobs,
+            self.address,
+            on_start if on_start and self.leader else quiet,
+            on_done if on_done and self.leader else quiet,
+        )
 
 
 def _items(value: Any) -> list:
     return [value] if isinstance(value, (str, int, float)) else list(value)
 
 
-def run(methods: str | Iterable[str], arch: str, sg: float | Iterable[float] = 0.9, sd: float | Iterable[float] = 0.5,
-        seeds: int | Iterable[int] = 0, preset: str = "quick", steps: int | None = None,
-        options: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None,
-        store: str | os.PathLike | None = None, dataset: str | None = None, scope: str = "conv",
-        distribution: str = "erk", opt_state: str = "dense", kernels: str = "dense", metrics: Iterable[str] = ("fid", "is"),
-        device: str = "cpu", data_dir: str | None = None, inception_weights: str | None = None,
-        checkpoint_every: int = 500, retry_failed: bool = False, rerun: bool = False, jobs: int = 1,
-        progress: bool = False):
+def run(
+    methods: str | Iterable[str],
+    arch: str,
+    sg: float | Iterable[float] = 0.9,
+    sd: float | Iterable[float] = 0.5,
+    seeds: int | Iterable[int] = 0,
+    preset: str = "quick",
+    steps: int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None,
+    store: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    scope: str = "conv",
+    distribution: str = "erk",
+    opt_state: str = "dense",
+    kernels: str = "dense",
+    metrics: Iterable[str] = ("fid", "is"),
+    device: str = "cpu",
+    data_dir: str | None = None,
+    inception_weights: str | None = None,
+    checkpoint_every: int = 500,
+    retry_failed: bool = False,
+    rerun: bool = False,
+    jobs: int = 1,
+    progress: bool = False,
+):
     """Run a grid in this process as `sparsebench run` does, and return the results rows of its runs
     (dependencies trained on the way included) as a pandas DataFrame.
 
@@ -140,14 +184,34 @@ def run(methods: str | Iterable[str], arch: str, sg: float | Iterable[float] = 0
         parsed = parse_option_strings(_items(options))
     names = methods if isinstance(methods, str) else ",".join(methods)
     req = GridRequest(
-        methods=expand_methods(names, plugins), arch=arch, dataset=dataset,
-        sg=[float(v) for v in _items(sg)], sd=[float(v) for v in _items(sd)], seeds=[int(v) for v in _items(seeds)],
-        preset=preset, steps=steps, scope=scope, distribution=distribution, opt_state=opt_state, kernels=kernels,
+        methods=expand_methods(names, plugins),
+        arch=arch,
+        dataset=dataset,
+        sg=[float(v) for v in _items(sg)],
+        sd=[float(v) for v in _items(sd)],
+        seeds=[int(v) for v in _items(seeds)],
+        preset=preset,
+        steps=steps,
+        scope=scope,
+        distribution=distribution,
+        opt_state=opt_state,
+        kernels=kernels,
         options=parsed,
-        metrics=tuple(_items(metrics)), data_dir=data_dir,
+        metrics=tuple(_items(metrics)),
+        data_dir=data_dir,
     )
-    grid = Grid.open(req, plugins, store, device=device, inception_weights=inception_weights, progress=progress,
-                     checkpoint_every=checkpoint_every, retry_failed=retry_failed, rerun=rerun, jobs=jobs)
+    grid = Grid.open(
+        req,
+        plugins,
+        store,
+        device=device,
+        inception_weights=inception_weights,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        retry_failed=retry_failed,
+        rerun=rerun,
+        jobs=jobs,
+    )
     grid.execute()
     order = {o.run_id: i for i, o in enumerate(grid.runner.outcomes)}
     df = results(Path(grid.store.path))

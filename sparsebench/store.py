@@ -18,8 +18,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sparsebench import SparsebenchError
 from sparsebench.config import check_run_id
@@ -33,15 +34,50 @@ DEFAULT_STORE = "sparsebench-results/results.db"
 STATUSES = ("running", "done", "failed", "diverged")
 
 RESULT_COLUMNS = [
-    "run_id", "method", "arch", "dataset", "preset", "sg", "sd", "seed", "status",
-    "density_g", "density_d", "fid", "is_mean", "is_std", "train_flops", "test_flops",
-    "train_flops_rel", "test_flops_rel", "wall_s",
+    "run_id",
+    "method",
+    "arch",
+    "dataset",
+    "preset",
+    "sg",
+    "sd",
+    "seed",
+    "status",
+    "density_g",
+    "density_d",
+    "fid",
+    "is_mean",
+    "is_std",
+    "train_flops",
+    "test_flops",
+    "train_flops_rel",
+    "test_flops_rel",
+    "wall_s",
 ]
 # The core's own further columns; a method's own results follow them as it declares (`Method.result_columns`).
 EXTRA_COLUMNS = [
-    "kid_mean", "kid_std", "precision", "recall", "fid_floor", "exploration_rate", "scope", "opt_state",
-    "eval_weights", "extractor", "extractor_accuracy", "data_hash", "extractor_hash", "eval_samples", "steps",
-    "diverged_step", "interrupted_step", "variant", "threads", "kernels", "code", "error",
+    "kid_mean",
+    "kid_std",
+    "precision",
+    "recall",
+    "fid_floor",
+    "exploration_rate",
+    "scope",
+    "opt_state",
+    "eval_weights",
+    "extractor",
+    "extractor_accuracy",
+    "data_hash",
+    "extractor_hash",
+    "eval_samples",
+    "steps",
+    "diverged_step",
+    "interrupted_step",
+    "variant",
+    "threads",
+    "kernels",
+    "code",
+    "error",
 ]
 INT_COLUMNS = ["seed", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
 # Last column: a run's other results as a JSON object, so that no stored key goes unseen (a method no longer
@@ -65,8 +101,12 @@ def table_columns(declared: Iterable[str] = ()) -> list[str]:
 def int_columns(table: list[dict], declared: Iterable[str] = ()) -> list[str]:
     """INT_COLUMNS and the `declared` columns whose every stored value is an integer (shown as 3, not 3.0)."""
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    return INT_COLUMNS + [c for c in declared if any(row[c] is not None for row in table)
-                          and all(row[c] is None or is_int(row[c]) for row in table)]
+    return INT_COLUMNS + [
+        c
+        for c in declared
+        if any(row[c] is not None for row in table) and all(row[c] is None or is_int(row[c]) for row in table)
+    ]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -152,8 +192,7 @@ class Heartbeat(threading.Thread):
 def renew(conn: sqlite3.Connection, owner: str) -> int:
     """Extend every claim of `owner` by LEASE_S from now; returns how many."""
     with conn:
-        return conn.execute("UPDATE runs SET lease_until = ? WHERE owner = ?",
-                            (time.time() + LEASE_S, owner)).rowcount
+        return conn.execute("UPDATE runs SET lease_until = ? WHERE owner = ?", (time.time() + LEASE_S, owner)).rowcount
 
 
 def default_store_path() -> Path:
@@ -201,9 +240,7 @@ class Store(ArtifactPaths):
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.path.parent, os.W_OK) or (
-                self.path.exists() and not os.access(self.path, os.W_OK)
-            ):
+            if not os.access(self.path.parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
                 raise PermissionError("permission denied")
             self.conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout = 120000")
@@ -321,12 +358,15 @@ class Store(ArtifactPaths):
 
         def body(conn: sqlite3.Connection) -> str:
             now = time.time()
-            row = conn.execute("SELECT status, owner, lease_until FROM runs WHERE run_id = ?",
-                               (config.run_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, owner, lease_until FROM runs WHERE run_id = ?", (config.run_id,)
+            ).fetchone()
             decision = decide(row, owner, retry_failed, now, rerun)
             if decision == "rerun":
-                conn.execute("UPDATE runs SET env = ?, owner = ?, lease_until = ? WHERE run_id = ?",
-                             (json.dumps(env), owner, now + LEASE_S, config.run_id))
+                conn.execute(
+                    "UPDATE runs SET env = ?, owner = ?, lease_until = ? WHERE run_id = ?",
+                    (json.dumps(env), owner, now + LEASE_S, config.run_id),
+                )
             if decision != "claimed":
                 return decision
             conn.execute(
@@ -336,9 +376,22 @@ class Store(ArtifactPaths):
                    ON CONFLICT(run_id) DO UPDATE SET status = 'running', env = excluded.env,
                        updated_at = excluded.updated_at, owner = excluded.owner,
                        lease_until = excluded.lease_until""",
-                (config.run_id, config.method, config.arch, config.dataset, config.preset, config.sg,
-                 config.sd, config.seed, json.dumps(config.to_dict(), sort_keys=True), json.dumps(env), now, now,
-                 owner, now + LEASE_S),
+                (
+                    config.run_id,
+                    config.method,
+                    config.arch,
+                    config.dataset,
+                    config.preset,
+                    config.sg,
+                    config.sd,
+                    config.seed,
+                    json.dumps(config.to_dict(), sort_keys=True),
+                    json.dumps(env),
+                    now,
+                    now,
+                    owner,
+                    now + LEASE_S,
+                ),
             )
             return "claimed"
 
@@ -366,18 +419,26 @@ class Store(ArtifactPaths):
             (status, json.dumps(results, sort_keys=True, default=float), wall_s, time.time(), run_id, owner),
         )
         if not changed:
-            log.warning("run %s is no longer held by this process (taken over or finished elsewhere); "
-                        "its %s result is not stored", run_id, status)
+            log.warning(
+                "run %s is no longer held by this process (taken over or finished elsewhere); "
+                "its %s result is not stored",
+                run_id,
+                status,
+            )
         return bool(changed)
 
     def release(self, run_id: str, owner: str) -> None:
         """Give up a claim that never started training (a row it created is removed again)."""
 
         def body(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM runs WHERE run_id = ? AND owner = ? AND status = 'running' AND results = '{}'"
-                         " AND NOT EXISTS (SELECT 1 FROM stats WHERE stats.run_id = runs.run_id)", (run_id, owner))
-            conn.execute("UPDATE runs SET owner = NULL, lease_until = NULL WHERE run_id = ? AND owner = ?",
-                         (run_id, owner))
+            conn.execute(
+                "DELETE FROM runs WHERE run_id = ? AND owner = ? AND status = 'running' AND results = '{}'"
+                " AND NOT EXISTS (SELECT 1 FROM stats WHERE stats.run_id = runs.run_id)",
+                (run_id, owner),
+            )
+            conn.execute(
+                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE run_id = ? AND owner = ?", (run_id, owner)
+            )
 
         self._transaction(body)
 
@@ -395,9 +456,11 @@ class Store(ArtifactPaths):
     def log_stats(self, run_id: str, rows: list[tuple[int, str, float]]) -> None:
         if not rows:
             return
-        self._transaction(lambda conn: conn.executemany(
-            "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows]
-        ))
+        self._transaction(
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows]
+            )
+        )
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, run_id: str) -> dict | None:
@@ -407,8 +470,12 @@ class Store(ArtifactPaths):
         if row is None:
             return None
         return {
-            "run_id": row[0], "status": row[1], "config": json.loads(row[2]),
-            "results": json.loads(row[3]), "env": json.loads(row[4]), "wall_s": row[5],
+            "run_id": row[0],
+            "status": row[1],
+            "config": json.loads(row[2]),
+            "results": json.loads(row[3]),
+            "env": json.loads(row[4]),
+            "wall_s": row[5],
         }
 
     def find(self, prefix: str) -> dict | None:
@@ -439,9 +506,20 @@ class Store(ArtifactPaths):
             "FROM runs ORDER BY created_at"
         ).fetchall()
         return [
-            {"run_id": r[0], "method": r[1], "arch": r[2], "dataset": r[3], "preset": r[4], "sg": r[5],
-             "sd": r[6], "seed": r[7], "status": r[8], "results": json.loads(r[9]), "wall_s": r[10],
-             "config": json.loads(r[11])}
+            {
+                "run_id": r[0],
+                "method": r[1],
+                "arch": r[2],
+                "dataset": r[3],
+                "preset": r[4],
+                "sg": r[5],
+                "sd": r[6],
+                "seed": r[7],
+                "status": r[8],
+                "results": json.loads(r[9]),
+                "wall_s": r[10],
+                "config": json.loads(r[11]),
+            }
             for r in rows
         ]
 
@@ -453,8 +531,12 @@ class Store(ArtifactPaths):
         for run in self.all_runs():
             res = run["results"]
             row: dict[str, Any] = {c: None for c in columns}
-            row.update({k: run[k] for k in ("run_id", "method", "arch", "dataset", "preset", "sg", "sd",
-                                            "seed", "status", "wall_s")})
+            row.update(
+                {
+                    k: run[k]
+                    for k in ("run_id", "method", "arch", "dataset", "preset", "sg", "sd", "seed", "status", "wall_s")
+                }
+            )
             for key in columns:
                 if key in res and key not in ("run_id", "status", "wall_s", OTHER_COLUMN):
                     row[key] = res[key]

@@ -20,7 +20,9 @@ EXE = shutil.which("sparsebench") or str(Path(sys.executable).with_name("sparseb
 TINY = ["--steps", "4", "--no-progress"]
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, check: bool = False, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run the installed `sparsebench` entry point in a subprocess (the user's real path)."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)

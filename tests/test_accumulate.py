@@ -13,9 +13,26 @@ from sparsebench.flops import GANFlops, ModelFlops, count_gan
 from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Batcher, GANState, Interrupted, train
 
-SPEC = TrainSpec(dataset="digits", resolution=16, width=4, z_dim=8, batch_size=6, g_batch_size=6, n_critic=2,
-                 lr_g=0.05, lr_d=0.05, beta1=0.0, beta2=0.999, steps=3, ema_decay=0.9, ema_start=0,
-                 explore_interval=2, eval_samples=10, extractor="sparsebench-digits", log_every=1)
+SPEC = TrainSpec(
+    dataset="digits",
+    resolution=16,
+    width=4,
+    z_dim=8,
+    batch_size=6,
+    g_batch_size=6,
+    n_critic=2,
+    lr_g=0.05,
+    lr_d=0.05,
+    beta1=0.0,
+    beta2=0.999,
+    steps=3,
+    ema_decay=0.9,
+    ema_start=0,
+    explore_interval=2,
+    eval_samples=10,
+    extractor="sparsebench-digits",
+    log_every=1,
+)
 
 
 class TemplateG(nn.Module):
@@ -44,8 +61,16 @@ def train_toy(data, spec: TrainSpec):
     sgd = lambda m, lr: torch.optim.SGD(m.parameters(), lr=lr)  # noqa: E731 - an update is lr x gradient, exactly
     state = GANState(G, D, sgd(G, spec.lr_g), sgd(D, spec.lr_d))
     losses = []
-    train(state, spec.steps, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)), 10,
-          torch.Generator().manual_seed(2), lambda: 0.0, log=lambda t, v: losses.append(v))
+    train(
+        state,
+        spec.steps,
+        spec,
+        Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)),
+        10,
+        torch.Generator().manual_seed(2),
+        lambda: 0.0,
+        log=lambda t, v: losses.append(v),
+    )
     return state, losses
 
 
@@ -75,7 +100,8 @@ def test_step_flops_scale_with_accumulation(plugins):
     spec = arch.presets["quick"]
     G, D = arch.build(spec, 10)
     assert count_gan(G, D, spec.replace(accumulate=3), "conv", 10).step() == pytest.approx(
-        3 * count_gan(G, D, spec, "conv", 10).step())
+        3 * count_gan(G, D, spec, "conv", 10).step()
+    )
 
 
 def test_imagenet_preset_is_the_reference_launch_script(plugins):
@@ -96,8 +122,12 @@ def context(plugins, cfg: RunConfig, run_dir, stop_after: int | None = None) -> 
         checks.append(1)
         return stop_after is not None and len(checks) >= stop_after
 
-    wiring = RunWiring(build=lambda width: arch.build(cfg.train, data.train.num_classes, width), require=None,
-                       log=lambda step, values: None, stop_requested=stop)
+    wiring = RunWiring(
+        build=lambda width: arch.build(cfg.train, data.train.num_classes, width),
+        require=None,
+        log=lambda step, values: None,
+        stop_requested=stop,
+    )
     return RunContext(cfg, data, torch.device("cpu"), run_dir, wiring)
 
 
@@ -110,8 +140,17 @@ def test_optimizers_take_the_presets_adam_eps(plugins, tmp_path):
 
 
 def test_accumulating_run_resumes_bit_identically(plugins, tmp_path):
-    cfg = expand_grid(GridRequest(methods=["stugan"], arch="sngan", sg=[0.8], sd=[0.5], steps=6,
-                                  options={"stugan": {"delta_t": "2", "explore": "gd"}}), plugins)[0]
+    cfg = expand_grid(
+        GridRequest(
+            methods=["stugan"],
+            arch="sngan",
+            sg=[0.8],
+            sd=[0.5],
+            steps=6,
+            options={"stugan": {"delta_t": "2", "explore": "gd"}},
+        ),
+        plugins,
+    )[0]
     cfg = cfg.replace(train=cfg.train.replace(accumulate=2))
     method = plugins.methods.get("stugan")
     ref = context(plugins, cfg, tmp_path / "ref")

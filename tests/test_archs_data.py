@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 
@@ -19,12 +18,14 @@ def test_paper_parameter_counts(arch, g, d):
     if arch == "sngan":
         assert info["g_scope_params"] == 3742464  # conv weights of G, from the reference
     # per-layer ERK densities add up to the asked density over the scope
-    kept = sum(l["params"] * l["density"] for l in info["g_layers"])
+    kept = sum(la["params"] * la["density"] for la in info["g_layers"])
     assert kept == pytest.approx(0.1 * info["g_scope_params"])
 
 
-@pytest.mark.parametrize("arch,preset", [("biggan", "quick"), ("biggan", "paper"), ("biggan", "imagenet"),
-                                         ("sngan", "quick"), ("sngan", "paper")])
+@pytest.mark.parametrize(
+    "arch,preset",
+    [("biggan", "quick"), ("biggan", "paper"), ("biggan", "imagenet"), ("sngan", "quick"), ("sngan", "paper")],
+)
 def test_forward_shapes_and_range(plugins, arch, preset):
     a = plugins.archs.get(arch)
     spec = a.presets[preset]
@@ -41,8 +42,9 @@ def test_forward_shapes_and_range(plugins, arch, preset):
 
 
 def test_biggan_128_matches_the_reference_table():
-    info = json.loads(run_cli("describe", "--arch", "biggan", "--preset", "imagenet", "--format", "json",
-                              check=True).stdout)
+    info = json.loads(
+        run_cli("describe", "--arch", "biggan", "--preset", "imagenet", "--format", "json", check=True).stdout
+    )
     assert info["g_params"] == 70433988 and info["d_params"] == 87982370  # BigGAN's 70.4M / 88.0M
     assert info["resolution"] == 128 and info["g_flops"] > 0 and info["d_flops"] > 0
 
@@ -82,10 +84,29 @@ def test_digits_loads_offline(plugins):
 
 
 def test_cifar10_offline_without_data_fails_in_one_line(tmp_path, store):
-    proc = run_cli("run", "--methods", "dense", "--arch", "sngan", "--dataset", "cifar10", "--data-dir",
-                   str(tmp_path / "nodata"), "--store", str(store), "--steps", "1", "--no-progress",
-                   env={"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-                        "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}, timeout=120)
+    proc = run_cli(
+        "run",
+        "--methods",
+        "dense",
+        "--arch",
+        "sngan",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "nodata"),
+        "--store",
+        str(store),
+        "--steps",
+        "1",
+        "--no-progress",
+        env={
+            "https_proxy": "http://127.0.0.1:9",
+            "http_proxy": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+        },
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

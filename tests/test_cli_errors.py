@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
 from conftest import TINY, run_cli
 
 
@@ -24,7 +23,10 @@ def rows(path):
 BAD = [
     (["--methods", "nosuch", "--arch", "sngan"], ["unknown method 'nosuch'", "stugan", "pf-global"]),
     (["--methods", "static", "--arch", "nosuch"], ["unknown architecture 'nosuch'", "biggan", "sngan"]),
-    (["--methods", "static", "--arch", "sngan", "--dataset", "nosuch"], ["unknown dataset 'nosuch'", "digits", "cifar10"]),
+    (
+        ["--methods", "static", "--arch", "sngan", "--dataset", "nosuch"],
+        ["unknown dataset 'nosuch'", "digits", "cifar10"],
+    ),
     (["--methods", "static", "--arch", "sngan", "--sg", "1.0"], ["outside [0, 1)"]),
     (["--methods", "static", "--arch", "sngan", "--sd", "-0.1"], ["outside [0, 1)"]),
     (["--methods", "static", "--arch", "sngan", "--sg", "abc"], ["not a number"]),

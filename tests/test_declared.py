@@ -11,14 +11,14 @@ import os
 
 import pytest
 import torch
-
 from conftest import TINY, run_cli
+
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.plugins import Plugins
 from sparsebench.store import RESULT_COLUMNS, Store
 
-PLUGIN = '''
+PLUGIN = """
 import numpy as np
 import torch
 
@@ -113,7 +113,7 @@ def register_datasets(register):
 @hookimpl
 def register_feature_extractors(register):
     register(MeanColorExtractor())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +147,15 @@ def filled_store(path, plugins) -> Store:
     for cfg in expand_grid(req, plugins):
         store.claim(cfg, {}, "filler")
         fid = (20.0 if cfg.method == "my-sparse" else 40.0) + cfg.seed
-        res = {"fid": fid, "is_mean": 5.0, "train_flops": 1.0, "test_flops": 1.0, "train_flops_rel": 1.0,
-               "test_flops_rel": 1.0, "variant": ""}
+        res = {
+            "fid": fid,
+            "is_mean": 5.0,
+            "train_flops": 1.0,
+            "test_flops": 1.0,
+            "train_flops_rel": 1.0,
+            "test_flops_rel": 1.0,
+            "variant": "",
+        }
         if cfg.method == "my-sparse":
             res.update(my_score=7 + cfg.seed, my_note="kept")
         store.finish_run(cfg.run_id, "done", res, 1.0, "filler")
@@ -158,8 +165,9 @@ def filled_store(path, plugins) -> Store:
 def test_plugin_method_shows_its_title_reference_and_columns(tmp_path, site, plugins):
     db = tmp_path / "r.db"
     filled_store(db, plugins)
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(db), env=with_plugin(site),
-                                                   check=True).stdout)))
+    rows = list(
+        csv.DictReader(io.StringIO(run_cli("results", "--store", str(db), env=with_plugin(site), check=True).stdout))
+    )
     header = list(rows[0])
     assert header[: len(RESULT_COLUMNS)] == RESULT_COLUMNS
     assert "my_score" in header and header.index("my_score") > header.index("error")
@@ -170,16 +178,27 @@ def test_plugin_method_shows_its_title_reference_and_columns(tmp_path, site, plu
     assert all(r["my_score"] == "" for r in rows if r["method"] == "static")
 
     out = tmp_path / "rep"
-    run_cli("report", "--store", str(db), "--out", str(out), "--format", "md", "--no-samples",
-            env=with_plugin(site), check=True)
+    run_cli(
+        "report",
+        "--store",
+        str(db),
+        "--out",
+        str(out),
+        "--format",
+        "md",
+        "--no-samples",
+        env=with_plugin(site),
+        check=True,
+    )
     t1 = (out / "table1.md").read_text()
     assert "My Sparse GAN" in t1 and "my-sparse" not in t1
     assert r"Δ vs Static Sparse GAN -20.00 \[-22.27, -17.73\]" in t1  # its declared reference, Welch interval
     assert "My Sparse GAN: Static Sparse GAN" in t1  # and the caption says so
     assert t1.index("Static Sparse GAN |") < t1.index("My Sparse GAN |")  # order 65: after static (60)
 
-    cells = json.loads(run_cli("results", "--store", str(db), "--format", "json", env=with_plugin(site),
-                               check=True).stdout)["cells"]
+    cells = json.loads(
+        run_cli("results", "--store", str(db), "--format", "json", env=with_plugin(site), check=True).stdout
+    )["cells"]
     assert {c["method"]: c["reference"] for c in cells} == {"static": "dense", "my-sparse": "static"}
 
 
@@ -199,8 +218,23 @@ def test_runs_of_an_uninstalled_method_keep_their_results_and_name(tmp_path, plu
 def test_groups_come_from_the_registry(site):
     listing = run_cli("list", env=with_plugin(site), check=True).stdout
     assert "method groups: pf = pf-global,pf-uniform, mine = my-sparse" in listing
-    flops = run_cli("flops", "--arch", "sngan", "--preset", "quick", "--methods", "pf,mine", "--sg", "0.9",
-                    "--sd", "0.5", "--format", "csv", env=with_plugin(site), check=True).stdout
+    flops = run_cli(
+        "flops",
+        "--arch",
+        "sngan",
+        "--preset",
+        "quick",
+        "--methods",
+        "pf,mine",
+        "--sg",
+        "0.9",
+        "--sd",
+        "0.5",
+        "--format",
+        "csv",
+        env=with_plugin(site),
+        check=True,
+    ).stdout
     assert [r["method"] for r in csv.DictReader(io.StringIO(flops))] == ["pf-global", "pf-uniform", "my-sparse"]
     proc = run_cli("flops", "--arch", "sngan", "--methods", "nope", env=with_plugin(site))
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
@@ -211,15 +245,28 @@ def test_groups_come_from_the_registry(site):
 
 def test_a_data_set_plugin_scores_with_its_own_extractor(tmp_path, site, plugins):
     db = tmp_path / "r.db"
-    run_cli("run", "--methods", "my-sparse", "--arch", "sngan", "--dataset", "own-digits", "--store", str(db), *TINY,
-            env=with_plugin(site), check=True)
-    run, = Store(db).all_runs()
+    run_cli(
+        "run",
+        "--methods",
+        "my-sparse",
+        "--arch",
+        "sngan",
+        "--dataset",
+        "own-digits",
+        "--store",
+        str(db),
+        *TINY,
+        env=with_plugin(site),
+        check=True,
+    )
+    (run,) = Store(db).all_runs()
     res = run["results"]
     assert run["config"]["train"]["extractor"] == "mean-color"  # part of the run id
     assert res["extractor"] == "mean-color" and res["extractor_accuracy"] == 0.25
     assert res["my_score"] == 7 and res["fid"] > 0 and res["is_mean"] > 0
     data = plugins.datasets.get("own-digits").load(16)
-    ev = Evaluator(data, "own-digits", "mean-color", tmp_path / "cache", torch.device("cpu"),
-                   extractors=plugins.extractors)
+    ev = Evaluator(
+        data, "own-digits", "mean-color", tmp_path / "cache", torch.device("cpu"), extractors=plugins.extractors
+    )
     assert res["extractor_hash"] == ev.extractor_hash and res["data_hash"] == ev.data_hash
     assert (tmp_path / "cache" / "extractors" / f"mean-color-{ev.data_hash}.npz").is_file()

@@ -12,10 +12,9 @@ import textwrap
 from pathlib import Path
 
 import torch
-
 from conftest import run_cli
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import os, sys, warnings
     warnings.filterwarnings("ignore")
     import torch, torch.distributed as dist, torch.multiprocessing as mp
@@ -46,7 +45,7 @@ WORKER = textwrap.dedent('''
 
     if __name__ == "__main__":
         mp.spawn(work, args=(2, int(sys.argv[1]), sys.argv[2], sys.argv[3]), nprocs=2)
-''')
+""")
 
 
 def free_port() -> int:
@@ -77,9 +76,30 @@ def test_two_gloo_ranks_keep_identical_masks_through_topology_updates(tmp_path):
 def test_torchrun_cli_only_rank0_writes(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     store = tmp_path / "r.db"
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "sparsebench",
-                           "run", "--methods", "static,dense", "--arch", "sngan", "--steps", "4", "--no-progress",
-                           "--store", str(store)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "sparsebench",
+            "run",
+            "--methods",
+            "static,dense",
+            "--arch",
+            "sngan",
+            "--steps",
+            "4",
+            "--no-progress",
+            "--store",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     assert sorted(r["method"] for r in rows) == ["dense", "static"] and all(r["status"] == "done" for r in rows)

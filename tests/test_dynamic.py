@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXE, run_cli
 from torch import nn
 
-from conftest import EXE, run_cli
 from sparsebench import SparsebenchError
 from sparsebench.config import TrainSpec
 from sparsebench.flops import count_gan, count_model
@@ -29,9 +29,26 @@ from sparsebench_builtins.methods import adapt
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(dataset="digits", resolution=16, width=4, z_dim=16, batch_size=8, g_batch_size=8, n_critic=2,
-             lr_g=1e-3, lr_d=1e-3, beta1=0.0, beta2=0.999, steps=6, ema_decay=0.9, ema_start=0,
-             explore_interval=2, eval_samples=10, extractor="sparsebench-digits", log_every=1)
+SMALL = dict(
+    dataset="digits",
+    resolution=16,
+    width=4,
+    z_dim=16,
+    batch_size=8,
+    g_batch_size=8,
+    n_critic=2,
+    lr_g=1e-3,
+    lr_d=1e-3,
+    beta1=0.0,
+    beta2=0.999,
+    steps=6,
+    ema_decay=0.9,
+    ema_start=0,
+    explore_interval=2,
+    eval_samples=10,
+    extractor="sparsebench-digits",
+    log_every=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +76,7 @@ def results(store, env):
 
 # -- the base class on crafted weights and gradients ---------------------------------------------------------
 
+
 def crafted(sparsity: float = 0.5, seed: int = 0):
     """Two conv layers with masks, distinct weights and gradients, in a GANState with G only."""
     torch.manual_seed(seed)
@@ -66,8 +84,15 @@ def crafted(sparsity: float = 0.5, seed: int = 0):
     masks = MaskState.from_distribution(G, sparsity, "uniform", "conv", torch.Generator().manual_seed(seed))
     for p in masks.params.values():
         p.grad = torch.randn_like(p)
-    state = GANState(G, nn.Linear(1, 1), torch.optim.SGD(G.parameters(), lr=0.1), torch.optim.SGD([nn.Parameter(
-        torch.zeros(1))], lr=0.1), masks, None, SparseEMA(G, 0.9, 0, masks))
+    state = GANState(
+        G,
+        nn.Linear(1, 1),
+        torch.optim.SGD(G.parameters(), lr=0.1),
+        torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
+        masks,
+        None,
+        SparseEMA(G, 0.9, 0, masks),
+    )
     return state, masks
 
 
@@ -113,8 +138,9 @@ def test_set_grows_at_random_reproducibly():
     for seed in (0, 0, 1):
         state, masks = crafted()
         grads = {n: p.grad.abs() for n, p in masks.params.items()}
-        _, dropped, grown = update_once(TopologyUpdate("g", 1, CosineSchedule(0.3, 0.3, 10),
-                                                       torch.Generator().manual_seed(seed)), state)
+        _, dropped, grown = update_once(
+            TopologyUpdate("g", 1, CosineSchedule(0.3, 0.3, 10), torch.Generator().manual_seed(seed)), state
+        )
         runs.append(grown)
     k = {n: len(g) for n, g in runs[0].items()}
     _, by_gradient = expected_update(crafted()[1], k, grads)
@@ -140,6 +166,7 @@ def test_global_ranking_moves_density_between_layers_and_keeps_the_total():
 
 # -- the loop surface ----------------------------------------------------------------------------------------
 
+
 def tiny_state(plugins, policy: str = "dense", arch: str = "sngan"):
     spec = TrainSpec(**SMALL)
     torch.manual_seed(0)
@@ -147,8 +174,15 @@ def tiny_state(plugins, policy: str = "dense", arch: str = "sngan"):
     g_masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(1))
     d_masks = MaskState.from_distribution(D, 0.5, "erk", "conv", torch.Generator().manual_seed(2))
     g_masks.opt_state = d_masks.opt_state = policy
-    state = GANState(G, D, adam(G.parameters(), 1e-3, 0.0, 0.999), adam(D.parameters(), 1e-3, 0.0, 0.999),
-                     g_masks, d_masks, SparseEMA(G, 0.9, 0, g_masks))
+    state = GANState(
+        G,
+        D,
+        adam(G.parameters(), 1e-3, 0.0, 0.999),
+        adam(D.parameters(), 1e-3, 0.0, 0.999),
+        g_masks,
+        d_masks,
+        SparseEMA(G, 0.9, 0, g_masks),
+    )
     data = plugins.datasets.get("digits").load(16).train
     return spec, state, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4))
 
@@ -176,8 +210,10 @@ def test_rigl_on_d_grows_where_ds_gradient_is_largest(plugins):
             if not self.due(step):
                 return super().after_g_step(state, step)
             m = state.d_masks
-            k = {n: min(round(self.schedule(step) * int(mask.sum())), int((mask == 0).sum()))  # dense layers: 0
-                 for n, mask in m.masks.items()}
+            k = {
+                n: min(round(self.schedule(step) * int(mask.sum())), int((mask == 0).sum()))  # dense layers: 0
+                for n, mask in m.masks.items()
+            }
             drop, grow = expected_update(m, k, {n: g.abs() for n, g in self.grads["d"].items()})
             before = {n: mask.bool().flatten().clone() for n, mask in m.masks.items()}
             changed = super().after_g_step(state, step)
@@ -188,8 +224,16 @@ def test_rigl_on_d_grows_where_ds_gradient_is_largest(plugins):
             return changed
 
     d_nnz = state.d_masks.nnz()
-    train(state, 5, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0,
-          Checked("gd", 2, CosineSchedule(0.5, 0.1, 5), torch.Generator().manual_seed(3)))
+    train(
+        state,
+        5,
+        spec,
+        batcher,
+        10,
+        torch.Generator().manual_seed(5),
+        lambda: 0.0,
+        Checked("gd", 2, CosineSchedule(0.5, 0.1, 5), torch.Generator().manual_seed(3)),
+    )
     assert checked == [2, 4]
     assert state.d_masks.nnz() == d_nnz
 
@@ -233,6 +277,7 @@ def test_ctx_batch_gives_seeded_real_minibatches_on_the_device(plugins):
 
 # -- layer coverage of the sparse scope ----------------------------------------------------------------------
 
+
 class Upsampler(nn.Module):
     def __init__(self):
         super().__init__()
@@ -267,6 +312,7 @@ def test_a_convolution_the_scope_does_not_cover_is_refused_by_name():
 
 # -- the methods through the real CLI ------------------------------------------------------------------------
 
+
 def test_method_files_stay_small():
     for name in ("set", "rigl"):
         assert len((ROOT / "plugins/sparsebench_builtins/methods" / f"{name}.py").read_text().splitlines()) <= 30
@@ -275,9 +321,34 @@ def test_method_files_stay_small():
 @pytest.mark.parametrize("arch", ["sngan", "biggan"])
 def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     store = tmp_path / "r.db"
-    run_cli("run", "--methods", "set,rigl,adapt", "--arch", arch, "--sg", "0.8", "--sd", "0.5", "--steps", "6",
-            "--no-progress", "-o", "set.delta_t=2", "-o", "rigl.delta_t=2", "-o", "rigl.update=gd",
-            "-o", "adapt.delta_t=2", "-o", "adapt.ratio_every=1", "--store", str(store), env=cli_env, check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "set,rigl,adapt",
+        "--arch",
+        arch,
+        "--sg",
+        "0.8",
+        "--sd",
+        "0.5",
+        "--steps",
+        "6",
+        "--no-progress",
+        "-o",
+        "set.delta_t=2",
+        "-o",
+        "rigl.delta_t=2",
+        "-o",
+        "rigl.update=gd",
+        "-o",
+        "adapt.delta_t=2",
+        "-o",
+        "adapt.ratio_every=1",
+        "--store",
+        str(store),
+        env=cli_env,
+        check=True,
+    )
     by = {r["method"]: r for r in results(store, cli_env)}
     assert set(by) == {"set", "rigl", "adapt"}
     for row in by.values():
@@ -295,15 +366,40 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     assert {"exploration_rate", "exploration_rate_d", "update_fraction"} <= keys
 
 
-@pytest.mark.parametrize("method,options", [("set", ["-o", "set.ranking=global"]), ("rigl", ["-o", "rigl.update=gd"]),
-                                            ("adapt", ["-o", "adapt.ratio_every=3", "--sd", "0.8"])])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("set", ["-o", "set.ranking=global"]),
+        ("rigl", ["-o", "rigl.update=gd"]),
+        ("adapt", ["-o", "adapt.ratio_every=3", "--sd", "0.8"]),
+    ],
+)
 def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp_path):
-    cmd = ["run", "--methods", method, "--arch", "sngan", "--sg", "0.8", "--steps", "40", "-o", f"{method}.delta_t=7",
-           *options, "--checkpoint-every", "5", "--no-progress"]
+    cmd = [
+        "run",
+        "--methods",
+        method,
+        "--arch",
+        "sngan",
+        "--sg",
+        "0.8",
+        "--steps",
+        "40",
+        "-o",
+        f"{method}.delta_t=7",
+        *options,
+        "--checkpoint-every",
+        "5",
+        "--no-progress",
+    ]
     ref_store, store = tmp_path / "ref" / "r.db", tmp_path / "kill" / "r.db"
     run_cli(*cmd, "--store", str(ref_store), env=cli_env, check=True)
-    proc = subprocess.Popen([EXE, *cmd, "--store", str(store)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore", **cli_env})
+    proc = subprocess.Popen(
+        [EXE, *cmd, "--store", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **cli_env},
+    )
     t0 = time.time()
     while not list((store.parent / "artifacts").glob("*/checkpoint-phase1.pt")) and time.time() - t0 < 120:
         time.sleep(0.02)
@@ -323,6 +419,7 @@ def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp
 
 # -- ADAPT ---------------------------------------------------------------------------------------------------
 
+
 def test_balance_ratio_is_the_mean_of_per_sample_ratios():
     d_real, d_pre, d_post = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.25])
     assert adapt.balance_ratio(d_real, d_pre, d_post) == pytest.approx((0.5 / 1.0 + 0.25 / 1.0) / 2)
@@ -331,13 +428,23 @@ def test_balance_ratio_is_the_mean_of_per_sample_ratios():
 def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
     data = plugins.datasets.get("digits").load(16).train
     real = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(7))
-    return cls(2, CosineSchedule(0.5, 0.0, spec.steps), torch.Generator().manual_seed(3),
-                                  mode=mode, d_interval=2, ratio_every=1, d_density=0.5,
-                                  real=lambda step: real(8), z_dim=spec.z_dim, num_classes=10)
+    return cls(
+        2,
+        CosineSchedule(0.5, 0.0, spec.steps),
+        torch.Generator().manual_seed(3),
+        mode=mode,
+        d_interval=2,
+        ratio_every=1,
+        d_density=0.5,
+        real=lambda step: real(8),
+        z_dim=spec.z_dim,
+        num_classes=10,
+    )
 
 
-@pytest.mark.parametrize("forced,mode,expected", [(0.2, "relaxed", 0.4), (0.5, "relaxed", 0.5), (0.8, "relaxed", 0.6),
-                                                  (0.8, "strict", 0.5)])
+@pytest.mark.parametrize(
+    "forced,mode,expected", [(0.2, "relaxed", 0.4), (0.5, "relaxed", 0.5), (0.8, "relaxed", 0.6), (0.8, "strict", 0.5)]
+)
 def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypatch, forced, mode, expected):
     monkeypatch.setattr(adapt, "balance_ratio", lambda *outputs: forced)
     spec, state, batcher = tiny_state(plugins)  # D at density 0.5

@@ -6,8 +6,8 @@ import csv
 import io
 
 import pytest
-
 from conftest import run_cli
+
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.executors import CellJob, apply_ops, run_cell
 from sparsebench.store import Store
@@ -39,8 +39,21 @@ def test_a_worker_never_touches_the_store(tmp_path, plugins):
 
 def test_local_jobs_run_dependencies_once(tmp_path):
     store = tmp_path / "r.db"
-    proc = run_cli("run", "--methods", "pf,static", "--arch", "sngan", "--seeds", "0,1", "--jobs", "2",
-                   "--store", str(store), *TINY, check=True)
+    proc = run_cli(
+        "run",
+        "--methods",
+        "pf,static",
+        "--arch",
+        "sngan",
+        "--seeds",
+        "0,1",
+        "--jobs",
+        "2",
+        "--store",
+        str(store),
+        *TINY,
+        check=True,
+    )
     got = rows(store)
     assert sorted(r["method"] for r in got) == ["dense"] * 2 + ["pf-global"] * 2 + ["pf-uniform"] * 2 + ["static"] * 2
     assert all(r["status"] == "done" for r in got)
@@ -52,7 +65,21 @@ def test_local_jobs_run_dependencies_once(tmp_path):
 def test_ray_executor_runs_a_4_cell_grid(tmp_path):
     pytest.importorskip("ray")
     store = tmp_path / "r.db"
-    run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--seeds", "0,1", "--executor", "ray",
-            "--store", str(store), *TINY, check=True, timeout=900)
+    run_cli(
+        "run",
+        "--methods",
+        "static,dense",
+        "--arch",
+        "sngan",
+        "--seeds",
+        "0,1",
+        "--executor",
+        "ray",
+        "--store",
+        str(store),
+        *TINY,
+        check=True,
+        timeout=900,
+    )
     got = rows(store)
     assert len(got) == 4 and all(r["status"] == "done" for r in got)

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
+
 from sparsebench import SparsebenchError
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.executors import RecordingStore
@@ -20,9 +20,21 @@ from sparsebench.options import Option, validate_options
 from sparsebench.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = {"fid": 50.0, "is_mean": 3.0, "is_std": 0.1, "density_g": 0.1, "density_d": 0.5, "train_flops": 1e12,
-           "test_flops": 1e8, "train_flops_rel": 0.5, "test_flops_rel": 0.1, "extractor": "sparsebench-digits",
-           "eval_samples": 1000, "scope": "conv", "variant": ""}
+RESULTS = {
+    "fid": 50.0,
+    "is_mean": 3.0,
+    "is_std": 0.1,
+    "density_g": 0.1,
+    "density_d": 0.5,
+    "train_flops": 1e12,
+    "test_flops": 1e8,
+    "train_flops_rel": 0.5,
+    "test_flops_rel": 0.1,
+    "extractor": "sparsebench-digits",
+    "eval_samples": 1000,
+    "scope": "conv",
+    "variant": "",
+}
 
 
 def one_run_store(path: Path, plugins) -> str:
@@ -36,8 +48,14 @@ def one_run_store(path: Path, plugins) -> str:
     return cfg.run_id
 
 
-def insert_row(path: Path, run_id: str, method: str = "static", arch: str = "sngan", results: dict = RESULTS,
-               env: dict | None = None) -> None:
+def insert_row(
+    path: Path,
+    run_id: str,
+    method: str = "static",
+    arch: str = "sngan",
+    results: dict = RESULTS,
+    env: dict | None = None,
+) -> None:
     """A row written with sqlite3 directly, as anything other than sparsebench could write it."""
     conn = sqlite3.connect(path)
     with conn:
@@ -82,8 +100,22 @@ def test_out_of_range_option_is_refused_before_anything_runs(store, method, opti
 
 
 def test_dataset_option_range(store, tmp_path):
-    proc = run_cli("run", "--methods", "static", "--arch", "sngan", "--dataset", "imagefolder",
-                   "--data-dir", str(tmp_path), "-o", "imagefolder.heldout=0", "--store", str(store), *TINY)
+    proc = run_cli(
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path),
+        "-o",
+        "imagefolder.heldout=0",
+        "--store",
+        str(store),
+        *TINY,
+    )
     assert "option 'heldout' must lie in (0, 1)" in one_error_line(proc)
 
 
@@ -98,10 +130,12 @@ def test_ranges_hold_for_python_callers_and_defaults(plugins):
 
 
 def test_every_numeric_builtin_and_example_option_has_a_range(plugins):
-    objects = [reg.get(n) for reg in (plugins.methods, plugins.archs, plugins.datasets, plugins.metrics)
-               for n in reg.names()]
+    objects = [
+        reg.get(n) for reg in (plugins.methods, plugins.archs, plugins.datasets, plugins.metrics) for n in reg.names()
+    ]
     spec = importlib.util.spec_from_file_location(
-        "sparsebench_set_example", ROOT / "examples" / "sparsebench-set" / "sparsebench_set" / "__init__.py")
+        "sparsebench_set_example", ROOT / "examples" / "sparsebench-set" / "sparsebench_set" / "__init__.py"
+    )
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     objects.append(example.SETGAN())
@@ -137,9 +171,13 @@ def test_artifact_folders_refuse_bad_run_ids(tmp_path):
 def test_report_escapes_markdown_and_html_from_the_store(tmp_path, plugins):
     db = tmp_path / "results.db"
     one_run_store(db, plugins)
-    insert_row(db, "0123456789abcdef", method="<img src=x onerror=alert(1)>\n# injected",
-               results={**RESULTS, "variant": "[click](javascript:alert(1))|*x*", "extractor": "<b>ex</b>"},
-               env={"torch": "<script>alert(2)</script>"})
+    insert_row(
+        db,
+        "0123456789abcdef",
+        method="<img src=x onerror=alert(1)>\n# injected",
+        results={**RESULTS, "variant": "[click](javascript:alert(1))|*x*", "extractor": "<b>ex</b>"},
+        env={"torch": "<script>alert(2)</script>"},
+    )
     out = tmp_path / "rep"
     run_cli("report", "--store", str(db), "--out", str(out), "--format", "md", check=True)
     for name in ("table1.md", "table2.md", "index.md"):
@@ -210,8 +248,12 @@ def test_foreign_sqlite_file_is_refused_untouched_by_every_command(tmp_path):
         conn.execute("INSERT INTO notes VALUES ('mine')")
     conn.close()
     before = foreign.read_bytes()
-    for args in (["run", "--methods", "static", "--arch", "sngan", *TINY], ["results"], ["show", "abc"],
-                 ["report", "--out", str(tmp_path / "rep")]):
+    for args in (
+        ["run", "--methods", "static", "--arch", "sngan", *TINY],
+        ["results"],
+        ["show", "abc"],
+        ["report", "--out", str(tmp_path / "rep")],
+    ):
         line = one_error_line(run_cli(*args, "--store", str(foreign)))
         assert "not a sparsebench results store (a SQLite database without its tables)" in line, (args, line)
     assert foreign.read_bytes() == before
@@ -232,8 +274,9 @@ def test_malformed_schema_version_is_one_line(tmp_path, plugins):
 # -- 11: one line, not a traceback ------------------------------------------------------------------------------
 @pytest.mark.parametrize("seeds", ["99999999999999999999999", "-1", "0,4294967296"])
 def test_seed_outside_range_is_one_line(store, seeds):
-    line = one_error_line(run_cli("run", "--methods", "static", "--arch", "sngan", "--seeds", seeds,
-                                  "--store", str(store), *TINY))
+    line = one_error_line(
+        run_cli("run", "--methods", "static", "--arch", "sngan", "--seeds", seeds, "--store", str(store), *TINY)
+    )
     assert "is outside [0, 4294967295]" in line
     assert not store.exists()
 
@@ -247,8 +290,22 @@ def test_corrupt_image_is_named_in_one_line(store, tmp_path):
             Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "images" / cls / f"{i}.png")
     bad = tmp_path / "images" / "b" / "broken.png"
     bad.write_bytes(b"not an image at all")
-    line = one_error_line(run_cli("run", "--methods", "static", "--arch", "sngan", "--dataset", "imagefolder",
-                                  "--data-dir", str(tmp_path / "images"), "--store", str(store), *TINY))
+    line = one_error_line(
+        run_cli(
+            "run",
+            "--methods",
+            "static",
+            "--arch",
+            "sngan",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(tmp_path / "images"),
+            "--store",
+            str(store),
+            *TINY,
+        )
+    )
     assert f"cannot read image {bad}" in line
 
 
@@ -266,10 +323,21 @@ def test_report_out_under_a_regular_file_is_one_line(tmp_path, plugins):
 def test_tensorboard_events_hold_the_logged_scalars(store, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "11", "--no-progress",
-            "--store", str(store), check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        "--steps",
+        "11",
+        "--no-progress",
+        "--store",
+        str(store),
+        check=True,
+    )
     conn = sqlite3.connect(store)
-    run_id, = conn.execute("SELECT run_id FROM runs").fetchone()
+    (run_id,) = conn.execute("SELECT run_id FROM runs").fetchone()
     logged = conn.execute("SELECT key, step, value FROM stats WHERE key IN ('loss_d', 'loss_g')").fetchall()
     conn.close()
     assert {(k, s) for k, s, _ in logged} == {(k, s) for k in ("loss_d", "loss_g") for s in (1, 10)}

@@ -62,8 +62,9 @@ def test_every_used_conv_variant_matches_masked_dense(stride, batch):
     x = torch.randn(batch, 16, 12, 12)
     ref_out, ref_gx, ref_g = forward_backward(conv, x)
     for variant in ("over_on", "over_b"):  # the layer's chosen variant, measured at a batch of 8
-        backend = kernels.KernelBackend(conv, masks, (x[:1].expand(8, -1, -1, -1),), threshold=0.0, repeats=1,
-                                        always=True)
+        backend = kernels.KernelBackend(
+            conv, masks, (x[:1].expand(8, -1, -1, -1),), threshold=0.0, repeats=1, always=True
+        )
         backend._kernels["0"].variant = variant
         out, gx, g = forward_backward(conv, x)
         backend.restore()
@@ -103,17 +104,27 @@ def gan_losses(plugins, swap: bool, steps: int = 20) -> tuple[list[float], GANSt
     torch.manual_seed(0)
     G, D = arch.build(spec, 10)
     g_masks, d_masks = masked(G, 0.9, seed=1), masked(D, 0.5, seed=2)
-    state = GANState(G, D, adam(G.parameters(), spec.lr_g, 0.0, 0.9), adam(D.parameters(), spec.lr_d, 0.0, 0.9),
-                     g_masks, d_masks)
+    state = GANState(
+        G, D, adam(G.parameters(), spec.lr_g, 0.0, 0.9), adam(D.parameters(), spec.lr_d, 0.0, 0.9), g_masks, d_masks
+    )
     swapped = []
     if swap:
-        backend = kernels.KernelBackend(G, g_masks, (torch.randn(16, spec.z_dim),), threshold=0.0, repeats=1,
-                                        always=True)
+        backend = kernels.KernelBackend(
+            G, g_masks, (torch.randn(16, spec.z_dim),), threshold=0.0, repeats=1, always=True
+        )
         swapped = backend.swapped
     data = plugins.datasets.get("digits").load(spec.resolution).train
     losses: list[float] = []
-    train(state, steps, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)), 10,
-          torch.Generator().manual_seed(2), lambda: 0.0, log=lambda t, v: losses.extend([v["loss_d"], v["loss_g"]]))
+    train(
+        state,
+        steps,
+        spec,
+        Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)),
+        10,
+        torch.Generator().manual_seed(2),
+        lambda: 0.0,
+        log=lambda t, v: losses.extend([v["loss_d"], v["loss_g"]]),
+    )
     return losses, state, swapped
 
 
@@ -169,8 +180,10 @@ def test_restore_and_state_dict_keep_the_dense_layout():
 @needs_sparseprop
 def test_layers_below_the_threshold_or_unsupported_stay_dense():
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.Conv2d(8, 8, 3, padding=1))
-    masks = MaskState({n: weight_tensor(m) for n, m in model.named_children()},
-                      {"0": (torch.rand(8, 4, 3, 3) < 0.1).float(), "1": torch.ones(8, 8, 3, 3)})
+    masks = MaskState(
+        {n: weight_tensor(m) for n, m in model.named_children()},
+        {"0": (torch.rand(8, 4, 3, 3) < 0.1).float(), "1": torch.ones(8, 8, 3, 3)},
+    )
     backend = kernels.KernelBackend(model, masks, (torch.randn(4, 4, 8, 8),), threshold=0.8, repeats=1, always=True)
     reasons = {c.name: c.reason for c in backend.layers}
     assert backend.swapped == []
@@ -181,9 +194,8 @@ def test_layers_below_the_threshold_or_unsupported_stay_dense():
 
 def stugan_phase(plugins, policy: str, swap: bool, steps: int = 20, before_training=lambda: None):
     """20 G steps of STU-GAN's exploration (updates at G steps 5, 10, 15) on the quick SNGAN."""
-    from sparsebench_builtins.methods.stugan import Exploration
-
     from sparsebench.sparse import CosineSchedule, SparseEMA
+    from sparsebench_builtins.methods.stugan import Exploration
 
     arch = plugins.archs.get("sngan")
     spec = arch.presets["quick"].replace(log_every=1, n_critic=1, batch_size=16, g_batch_size=16)
@@ -191,8 +203,15 @@ def stugan_phase(plugins, policy: str, swap: bool, steps: int = 20, before_train
     G, D = arch.build(spec, 10)
     g_masks, d_masks = masked(G, 0.9, seed=1), masked(D, 0.5, seed=2)
     g_masks.opt_state = d_masks.opt_state = policy
-    state = GANState(G, D, adam(G.parameters(), spec.lr_g, 0.0, 0.9), adam(D.parameters(), spec.lr_d, 0.0, 0.9),
-                     g_masks, d_masks, SparseEMA(G, 0.9, 0, g_masks))
+    state = GANState(
+        G,
+        D,
+        adam(G.parameters(), spec.lr_g, 0.0, 0.9),
+        adam(D.parameters(), spec.lr_d, 0.0, 0.9),
+        g_masks,
+        d_masks,
+        SparseEMA(G, 0.9, 0, g_masks),
+    )
     hooks = Exploration("g", 5, CosineSchedule(0.5, 0.005, steps), torch.Generator().manual_seed(5))
     attached = kernels.Attached(hooks)
     if swap:
@@ -201,9 +220,17 @@ def stugan_phase(plugins, policy: str, swap: bool, steps: int = 20, before_train
     data = plugins.datasets.get("digits").load(spec.resolution).train
     losses: list[float] = []
     before_training()
-    train(state, steps, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)), 10,
-          torch.Generator().manual_seed(2), lambda: 0.0, attached.hooks,
-          log=lambda t, v: losses.extend([v["loss_d"], v["loss_g"]]))
+    train(
+        state,
+        steps,
+        spec,
+        Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(1)),
+        10,
+        torch.Generator().manual_seed(2),
+        lambda: 0.0,
+        attached.hooks,
+        log=lambda t, v: losses.extend([v["loss_d"], v["loss_g"]]),
+    )
     return losses, state, hooks, attached
 
 
@@ -225,8 +252,9 @@ def test_stugan_through_topology_updates_matches_masked_dense(plugins, policy, m
 
     dense_losses, dense_state, dense_hooks, _ = stugan_phase(plugins, policy, swap=False)
     monkeypatch.setattr(kernels._Kernel, "run", counted)
-    kernel_losses, state, hooks, attached = stugan_phase(plugins, policy, swap=True,
-                                                         before_training=lambda: calls.update(grad=0, no_grad=0))
+    kernel_losses, state, hooks, attached = stugan_phase(
+        plugins, policy, swap=True, before_training=lambda: calls.update(grad=0, no_grad=0)
+    )
     assert hooks.updates == dense_hooks.updates == 3
     assert kernel_losses == pytest.approx(dense_losses, abs=1e-4)
     for name, mask in state.g_masks.masks.items():
@@ -283,8 +311,19 @@ def test_missing_sparseprop_stops_the_run_with_one_line(store, tmp_path):
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('undefined symbol: sparse_conv2d')\n")
     path = os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")])
-    proc = run_cli("run", "--methods", "static", "--arch", "sngan", *TINY, "--kernels", "sparseprop",
-                   "--store", str(store), env={"PYTHONPATH": path})
+    proc = run_cli(
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        *TINY,
+        "--kernels",
+        "sparseprop",
+        "--store",
+        str(store),
+        env={"PYTHONPATH": path},
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
     assert "pip install" in lines[0] and "'sparsebench[kernels]'" in lines[0]
@@ -310,8 +349,26 @@ def test_stugan_run_with_kernels_through_topology_updates(store):
     agrees with the same run on the dense backend; the backend is a column of the results."""
     from conftest import run_cli
 
-    base = ["run", "--methods", "stugan", "--arch", "sngan", "--sg", "0.9", "--sd", "0.5", "--steps", "3",
-            "--no-progress", "-o", "stugan.delta_t=1", "--opt-state", "zero", "--store", str(store)]
+    base = [
+        "run",
+        "--methods",
+        "stugan",
+        "--arch",
+        "sngan",
+        "--sg",
+        "0.9",
+        "--sd",
+        "0.5",
+        "--steps",
+        "3",
+        "--no-progress",
+        "-o",
+        "stugan.delta_t=1",
+        "--opt-state",
+        "zero",
+        "--store",
+        str(store),
+    ]
     run_cli(*base, check=True)
     run_cli(*base, "--kernels", "sparseprop", check=True)
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
@@ -327,8 +384,9 @@ def test_stugan_run_with_kernels_through_topology_updates(store):
 def test_each_mode_runs_what_was_measured_faster_for_it(monkeypatch):
     """A layer whose kernels won forward + backward but lost without gradients samples densely, and back."""
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
-    backend = kernels.KernelBackend(model, masked(model, 0.9), (torch.randn(8, 4, 6, 6),), threshold=0.0, repeats=1,
-                                    always=True)
+    backend = kernels.KernelBackend(
+        model, masked(model, 0.9), (torch.randn(8, 4, 6, 6),), threshold=0.0, repeats=1, always=True
+    )
     kernel = backend._kernels["0"]
     used = []
     monkeypatch.setattr(kernels._Kernel, "run", lambda self, x, *a: used.append(torch.is_grad_enabled()) or x[:, :1])

@@ -9,8 +9,8 @@ import types
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.hookspecs import hookimpl
 from sparsebench.plugins import Plugins
@@ -23,9 +23,17 @@ GRID = ["--arch", "sngan", "--sg", "0.8", "--sd", "0.5", "--steps", "6", "--no-p
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     store = tmp_path_factory.mktemp("methods") / "results.db"
-    first = run_cli("run", "--methods", "dense,small-dense,static,stugan,pf,gan-tickets", *GRID,
-                    "-o", "stugan.delta_t=2",
-                    "--store", str(store), check=True)
+    first = run_cli(
+        "run",
+        "--methods",
+        "dense,small-dense,static,stugan,pf,gan-tickets",
+        *GRID,
+        "-o",
+        "stugan.delta_t=2",
+        "--store",
+        str(store),
+        check=True,
+    )
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     return store, {r["method"]: r for r in rows}, first
 
@@ -73,7 +81,9 @@ def test_stugan_explored_and_static_did_not(grid):
 def test_stugan_logs_exploration_statistics(grid):
     store, by, _ = grid
     with sqlite3.connect(store) as conn:
-        keys = {k for (k,) in conn.execute("SELECT DISTINCT key FROM stats WHERE run_id = ?", (by["stugan"]["run_id"],))}
+        keys = {
+            k for (k,) in conn.execute("SELECT DISTINCT key FROM stats WHERE run_id = ?", (by["stugan"]["run_id"],))
+        }
     assert {"loss_d", "loss_g", "exploration_rate", "update_fraction"} <= keys
 
 
@@ -95,8 +105,23 @@ def test_pf_names_the_dense_run_and_never_retrains_it(grid):
 
 def test_gan_tickets_runs_the_rounds_asked_for(tmp_path):
     store = tmp_path / "results.db"
-    run_cli("run", "--methods", "gan-tickets", "--arch", "sngan", "--sg", "0.9", "--steps", "4", "--no-progress",
-            "-o", "gan-tickets.rounds=2", "--store", str(store), check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "gan-tickets",
+        "--arch",
+        "sngan",
+        "--sg",
+        "0.9",
+        "--steps",
+        "4",
+        "--no-progress",
+        "-o",
+        "gan-tickets.rounds=2",
+        "--store",
+        str(store),
+        check=True,
+    )
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     tickets = next(r for r in rows if r["method"] == "gan-tickets")
     assert tickets["status"] == "done" and int(float(tickets["rounds"])) == 2  # not the 10 that s_G = 0.9 implies

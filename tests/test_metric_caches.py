@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, run_cli
+
 from sparsebench import SparsebenchError
 from sparsebench.api import DataSplits, ImageData
 from sparsebench.metrics.cache import content_hash, data_hash
@@ -81,11 +81,20 @@ def write_imagefolder(root: Path, per_class: int = 5) -> None:
 def test_digits_run_after_an_imagefolder_run_keeps_the_digits_extractor(plugins, tmp_path):
     env = {"SPARSEBENCH_CACHE": str(tmp_path / "cache")}
     write_imagefolder(tmp_path / "images")
-    run_cli(*RUN, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"), "--store",
-            str(tmp_path / "folder" / "r.db"), env=env, check=True)
+    run_cli(
+        *RUN,
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "images"),
+        "--store",
+        str(tmp_path / "folder" / "r.db"),
+        env=env,
+        check=True,
+    )
     run_cli(*RUN, "--store", str(tmp_path / "digits" / "r.db"), env=env, check=True)
-    folder, = results(tmp_path / "folder" / "r.db")
-    digits, = results(tmp_path / "digits" / "r.db")
+    (folder,) = results(tmp_path / "folder" / "r.db")
+    (digits,) = results(tmp_path / "digits" / "r.db")
 
     clean = Evaluator(plugins.datasets.get("digits").load(16), "digits", DIGITS, cache_dir(), torch.device("cpu"))
     assert digits["extractor_accuracy"] > 0.9 and digits["extractor_accuracy"] == clean.extractor_accuracy
@@ -119,8 +128,8 @@ def test_pickles_planted_in_the_cache_are_never_executed(tmp_path):
     run_cli(*RUN, "--store", str(tmp_path / "second" / "r.db"), env=env, check=True)
     assert not marker.exists()
 
-    first, = results(tmp_path / "first" / "r.db")
-    second, = results(tmp_path / "second" / "r.db")
+    (first,) = results(tmp_path / "first" / "r.db")
+    (second,) = results(tmp_path / "second" / "r.db")
     for key in ("fid", "is_mean", "is_std", "fid_floor", "extractor_accuracy", "data_hash", "extractor_hash"):
         assert second[key] == first[key], key
 
@@ -166,8 +175,9 @@ def test_wrong_inception_weights_file_is_one_error_line_before_training(tmp_path
     else:
         torch.save({"fc.weight": torch.zeros(3)}, weights)
     store = tmp_path / "r.db"
-    proc = run_cli(*RUN, "--preset", "paper", "--dataset", "digits", "--inception-weights", str(weights),
-                   "--store", str(store))
+    proc = run_cli(
+        *RUN, "--preset", "paper", "--dataset", "digits", "--inception-weights", str(weights), "--store", str(store)
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --inception-weights ") and str(weights) in lines[0]

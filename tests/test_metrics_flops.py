@@ -7,9 +7,9 @@ import io
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
 from sparsebench.flops import GANFlops, ModelFlops, count_model
 from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.runner import cache_dir
@@ -91,9 +91,22 @@ def test_count_does_not_touch_bn_stats_or_sn_vectors(plugins):
 
 @pytest.mark.parametrize("arch", ["sngan", "biggan"])
 def test_flops_table_has_the_structure_of_table_2(arch):
-    out = run_cli("flops", "--arch", arch, "--preset", "paper", "--methods",
-                  "dense,pf-global,pf-uniform,gan-tickets,static,stugan", "--sg", "0.95,0.9,0.8",
-                  "--sd", "0.5,0.7", "--format", "csv", check=True).stdout
+    out = run_cli(
+        "flops",
+        "--arch",
+        arch,
+        "--preset",
+        "paper",
+        "--methods",
+        "dense,pf-global,pf-uniform,gan-tickets,static,stugan",
+        "--sg",
+        "0.95,0.9,0.8",
+        "--sd",
+        "0.5,0.7",
+        "--format",
+        "csv",
+        check=True,
+    ).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     cell = {(r["method"], float(r["sg"]), float(r["sd"])): r for r in rows}
     rel = lambda m, sg, sd: float(cell[(m, sg, sd)]["train_rel"])  # noqa: E731
@@ -129,26 +142,48 @@ def test_inception_offline_without_weights_is_one_clear_error(tmp_path, plugins,
 # except where noted. GAN Tickets at "90 %" is the paper's nominal 90 % ticket.
 PAPER_TABLE_2 = {
     "sngan": {
-        ("pf-global", 0.95, 0.0): (1.06, 0.05), ("pf-global", 0.9, 0.0): (1.11, 0.10),
+        ("pf-global", 0.95, 0.0): (1.06, 0.05),
+        ("pf-global", 0.9, 0.0): (1.11, 0.10),
         ("pf-global", 0.8, 0.0): (1.21, 0.20),
-        ("pf-uniform", 0.95, 0.0): (1.05, 0.05), ("pf-uniform", 0.9, 0.0): (1.10, 0.10),
+        ("pf-uniform", 0.95, 0.0): (1.05, 0.05),
+        ("pf-uniform", 0.9, 0.0): (1.10, 0.10),
         ("pf-uniform", 0.8, 0.0): (1.20, 0.20),
-        ("gan-tickets", 0.9, 0.0): (4.57, 0.13), ("gan-tickets", 0.8, 0.0): (4.16, 0.21),
-        ("static", 0.95, 0.5): (0.23, 0.05), ("static", 0.9, 0.5): (0.26, 0.10), ("static", 0.8, 0.5): (0.32, 0.20),
-        ("static", 0.95, 0.7): (0.16, 0.05), ("static", 0.9, 0.7): (0.19, 0.10), ("static", 0.8, 0.7): (0.25, 0.20),
-        ("stugan", 0.95, 0.5): (0.23, 0.05), ("stugan", 0.9, 0.5): (0.26, 0.10), ("stugan", 0.8, 0.5): (0.32, 0.20),
-        ("stugan", 0.95, 0.7): (0.16, 0.05), ("stugan", 0.9, 0.7): (0.19, 0.10), ("stugan", 0.8, 0.7): (0.25, 0.20),
+        ("gan-tickets", 0.9, 0.0): (4.57, 0.13),
+        ("gan-tickets", 0.8, 0.0): (4.16, 0.21),
+        ("static", 0.95, 0.5): (0.23, 0.05),
+        ("static", 0.9, 0.5): (0.26, 0.10),
+        ("static", 0.8, 0.5): (0.32, 0.20),
+        ("static", 0.95, 0.7): (0.16, 0.05),
+        ("static", 0.9, 0.7): (0.19, 0.10),
+        ("static", 0.8, 0.7): (0.25, 0.20),
+        ("stugan", 0.95, 0.5): (0.23, 0.05),
+        ("stugan", 0.9, 0.5): (0.26, 0.10),
+        ("stugan", 0.8, 0.5): (0.32, 0.20),
+        ("stugan", 0.95, 0.7): (0.16, 0.05),
+        ("stugan", 0.9, 0.7): (0.19, 0.10),
+        ("stugan", 0.8, 0.7): (0.25, 0.20),
     },
     "biggan": {
-        ("pf-global", 0.95, 0.0): (1.05, 0.05), ("pf-global", 0.9, 0.0): (1.10, 0.10),
+        ("pf-global", 0.95, 0.0): (1.05, 0.05),
+        ("pf-global", 0.9, 0.0): (1.10, 0.10),
         ("pf-global", 0.8, 0.0): (1.20, 0.20),
-        ("pf-uniform", 0.95, 0.0): (1.05, 0.05), ("pf-uniform", 0.9, 0.0): (1.10, 0.10),
+        ("pf-uniform", 0.95, 0.0): (1.05, 0.05),
+        ("pf-uniform", 0.9, 0.0): (1.10, 0.10),
         ("pf-uniform", 0.8, 0.0): (1.20, 0.20),
-        ("gan-tickets", 0.9, 0.0): (4.57, 0.13), ("gan-tickets", 0.8, 0.0): (4.17, 0.21),
-        ("static", 0.95, 0.5): (0.37, 0.05), ("static", 0.9, 0.5): (0.39, 0.10), ("static", 0.8, 0.5): (0.41, 0.20),
-        ("static", 0.95, 0.7): (0.23, 0.05), ("static", 0.9, 0.7): (0.25, 0.10), ("static", 0.8, 0.7): (0.27, 0.20),
-        ("stugan", 0.95, 0.5): (0.37, 0.05), ("stugan", 0.9, 0.5): (0.39, 0.10), ("stugan", 0.8, 0.5): (0.41, 0.20),
-        ("stugan", 0.95, 0.7): (0.23, 0.05), ("stugan", 0.9, 0.7): (0.25, 0.10), ("stugan", 0.8, 0.7): (0.27, 0.20),
+        ("gan-tickets", 0.9, 0.0): (4.57, 0.13),
+        ("gan-tickets", 0.8, 0.0): (4.17, 0.21),
+        ("static", 0.95, 0.5): (0.37, 0.05),
+        ("static", 0.9, 0.5): (0.39, 0.10),
+        ("static", 0.8, 0.5): (0.41, 0.20),
+        ("static", 0.95, 0.7): (0.23, 0.05),
+        ("static", 0.9, 0.7): (0.25, 0.10),
+        ("static", 0.8, 0.7): (0.27, 0.20),
+        ("stugan", 0.95, 0.5): (0.37, 0.05),
+        ("stugan", 0.9, 0.5): (0.39, 0.10),
+        ("stugan", 0.8, 0.5): (0.41, 0.20),
+        ("stugan", 0.95, 0.7): (0.23, 0.05),
+        ("stugan", 0.9, 0.7): (0.25, 0.10),
+        ("stugan", 0.8, 0.7): (0.27, 0.20),
     },
 }
 
@@ -172,8 +207,18 @@ def test_paper_convention_reproduces_the_papers_table_2(arch):
 
 
 def test_gan_tickets_rounds_option_sets_the_counted_rounds():
-    nine = _flops_csv("--arch", "sngan", "--methods", "gan-tickets", "--sg", "0.9", "--convention", "paper",
-                      "-o", "gan-tickets.rounds=9")[("gan-tickets", 0.9, 0.0)]
+    nine = _flops_csv(
+        "--arch",
+        "sngan",
+        "--methods",
+        "gan-tickets",
+        "--sg",
+        "0.9",
+        "--convention",
+        "paper",
+        "-o",
+        "gan-tickets.rounds=9",
+    )[("gan-tickets", 0.9, 0.0)]
     assert float(nine["test_rel"]) == pytest.approx(0.8**9, abs=0.005)  # the paper's 87 % ticket
     assert float(nine["train_rel"]) == pytest.approx(sum(0.8**k for k in range(10)), abs=0.02)
     bad = run_cli("flops", "--arch", "sngan", "--methods", "gan-tickets", "-o", "gan-tickets.rounds=-1")

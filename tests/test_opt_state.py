@@ -7,17 +7,34 @@ import io
 
 import pytest
 import torch
-
 from conftest import TINY, run_cli
+
 from sparsebench.config import TrainSpec
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, prune_and_regrow
 from sparsebench.sparse.opt_state import POLICIES
 from sparsebench.train.loop import Batcher, GANState, adam, train
 from sparsebench_builtins.methods.stugan import Exploration
 
-SMALL = dict(dataset="digits", resolution=16, width=4, z_dim=16, batch_size=8, g_batch_size=8, n_critic=1,
-             lr_g=1e-3, lr_d=1e-3, beta1=0.0, beta2=0.999, steps=6, ema_decay=0.9, ema_start=0,
-             explore_interval=2, eval_samples=10, extractor="sparsebench-digits", log_every=1)
+SMALL = dict(
+    dataset="digits",
+    resolution=16,
+    width=4,
+    z_dim=16,
+    batch_size=8,
+    g_batch_size=8,
+    n_critic=1,
+    lr_g=1e-3,
+    lr_d=1e-3,
+    beta1=0.0,
+    beta2=0.999,
+    steps=6,
+    ema_decay=0.9,
+    ema_start=0,
+    explore_interval=2,
+    eval_samples=10,
+    extractor="sparsebench-digits",
+    log_every=1,
+)
 
 
 def first_update_ratio(plugins, arch: str, beta2: float, policy: str, steps: int) -> float:
@@ -92,8 +109,16 @@ def test_pruned_weights_never_revive_in_the_loop(plugins, policy):
 
     hooks = Checked("gd", 2, CosineSchedule(0.5, 0.1, spec.steps), torch.Generator().manual_seed(3))
     data = plugins.datasets.get("digits").load(16).train
-    train(state, spec.steps, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4)), 10,
-          torch.Generator().manual_seed(5), lambda: 0.0, hooks)
+    train(
+        state,
+        spec.steps,
+        spec,
+        Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4)),
+        10,
+        torch.Generator().manual_seed(5),
+        lambda: 0.0,
+        hooks,
+    )
     assert hooks.updates >= 2
     assert revived == []
     masked_state = [state.g_opt.state[p]["exp_avg_sq"][g_masks.masks[n] == 0] for n, p in g_masks.params.items()]
@@ -113,10 +138,18 @@ def test_without_regrowth_every_policy_trains_identically(plugins):
         g_masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(1))
         d_masks = MaskState.from_distribution(D, 0.5, "erk", "conv", torch.Generator().manual_seed(2))
         g_masks.opt_state = d_masks.opt_state = policy
-        state = GANState(G, D, adam(G.parameters(), 1e-3, 0.0, 0.999), adam(D.parameters(), 1e-3, 0.0, 0.999),
-                         g_masks, d_masks)
-        train(state, 3, spec, Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4)), 10,
-              torch.Generator().manual_seed(5), lambda: 0.0)
+        state = GANState(
+            G, D, adam(G.parameters(), 1e-3, 0.0, 0.999), adam(D.parameters(), 1e-3, 0.0, 0.999), g_masks, d_masks
+        )
+        train(
+            state,
+            3,
+            spec,
+            Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4)),
+            10,
+            torch.Generator().manual_seed(5),
+            lambda: 0.0,
+        )
         finals.append({**G.state_dict(), **{f"D.{k}": v for k, v in D.state_dict().items()}})
     for other in finals[1:]:
         assert all(torch.equal(finals[0][k], other[k]) for k in finals[0])
@@ -183,8 +216,20 @@ def test_policy_is_part_of_the_run_id(plugins):
 
 
 def test_policy_shows_in_results(store):
-    base = ["run", "--methods", "static", "--arch", "sngan", "--sg", "0.8", "--steps", "2", "--no-progress",
-            "--store", str(store)]
+    base = [
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        "--sg",
+        "0.8",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--store",
+        str(store),
+    ]
     run_cli(*base, check=True)
     run_cli(*base, "--opt-state", "mean", check=True)
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))

@@ -10,8 +10,8 @@ import types
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
+
 from sparsebench.hookspecs import hookimpl
 from sparsebench.plugins import Plugins
 
@@ -20,9 +20,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_list_names_every_builtin_from_entry_points():
     out = run_cli("list", check=True).stdout
-    for name in ["dense", "small-dense", "static", "stugan", "pf-global", "pf-uniform", "gan-tickets",
-                 "biggan", "sngan", "fid", "is", "kid", "prc", "digits", "cifar10", "imagefolder"]:
-        line = next((l for l in out.splitlines() if l.split() and l.split()[0] == name), None)
+    for name in [
+        "dense",
+        "small-dense",
+        "static",
+        "stugan",
+        "pf-global",
+        "pf-uniform",
+        "gan-tickets",
+        "biggan",
+        "sngan",
+        "fid",
+        "is",
+        "kid",
+        "prc",
+        "digits",
+        "cifar10",
+        "imagefolder",
+    ]:
+        line = next((ln for ln in out.splitlines() if ln.split() and ln.split()[0] == name), None)
         assert line is not None, name
         assert line.rstrip().endswith("built-in"), line
 
@@ -69,7 +85,7 @@ def test_plugin_with_import_error_warns_once_and_the_rest_works(tmp_path):
     (dist / "entry_points.txt").write_text("[sparsebench]\nbroken = broken_module_that_does_not_exist\n")
     proc = run_cli("list", env={"PYTHONPATH": str(site)})
     assert proc.returncode == 0
-    warnings = [l for l in proc.stderr.splitlines() if l.strip()]
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(warnings) == 1
     assert "'broken'" in warnings[0] and "broken-dist" in warnings[0]
     assert "stugan" in proc.stdout
@@ -91,10 +107,23 @@ def example_installed():
 
 def test_third_party_plugin_installed_with_pip_lists_and_runs(example_installed, store):
     out = run_cli("list", check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("set-gan"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("set-gan"))
     assert line.rstrip().endswith("sparsebench-set")
-    run_cli("run", "--methods", "set-gan,static", "--arch", "sngan", "-o", "set-gan.zeta=0.4",
-            "-o", "set-gan.delta_t=2", "--store", str(store), *TINY, check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "set-gan,static",
+        "--arch",
+        "sngan",
+        "-o",
+        "set-gan.zeta=0.4",
+        "-o",
+        "set-gan.delta_t=2",
+        "--store",
+        str(store),
+        *TINY,
+        check=True,
+    )
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     by = {r["method"]: r for r in rows}
     assert by["set-gan"]["status"] == "done" and by["set-gan"]["fid"]

@@ -151,8 +151,10 @@ def test_named_random_streams_differ_and_are_stable_across_processes(plugins):
     assert torch.equal(a, torch.rand(4, generator=ctx.rng("a")))
     expected = int.from_bytes(hashlib.sha256(b"3:a").digest()[:8], "big") >> 1
     assert ctx.rng("a").initial_seed() == expected
-    code = ("import torch; from sparsebench.train.context import stream_seed; "
-            "print(torch.rand(4, generator=torch.Generator().manual_seed(stream_seed(3, 'a'))).tolist())")
+    code = (
+        "import torch; from sparsebench.train.context import stream_seed; "
+        "print(torch.rand(4, generator=torch.Generator().manual_seed(stream_seed(3, 'a'))).tolist())"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert eval(out) == a.tolist()
     assert not torch.equal(a, torch.rand(4, generator=context(plugins, seed=4).rng("a")))
@@ -221,14 +223,28 @@ def test_rerun_trains_a_done_cell_again_and_replaces_its_row(store):
 
 
 def tiny_static(store: Path, steps: int) -> list[str]:
-    return [EXE, "run", "--methods", "tiny-static", "--arch", "sngan", "--steps", str(steps), "--checkpoint-every",
-            "2", "--no-progress", "--store", str(store)]
+    return [
+        EXE,
+        "run",
+        "--methods",
+        "tiny-static",
+        "--arch",
+        "sngan",
+        "--steps",
+        str(steps),
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        "--store",
+        str(store),
+    ]
 
 
 def stop_after_checkpoint(cmd: list[str], env: dict, store: Path, step: int) -> None:
     """Start `cmd` and SIGTERM it once its checkpoint has reached G step `step`."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore", **env})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore", **env}
+    )
     reached = False
     while proc.poll() is None and not reached:
         time.sleep(0.05)
@@ -269,8 +285,7 @@ def test_resumed_run_wall_time_is_the_sum_of_its_segments(tmp_path, store):
 
 
 def test_run_from_python_stores_a_done_row(store):
-    df = sparsebench.run(methods="static", arch="sngan", sg=0.8, sd=[0.5], steps=2, store=store,
-                         options={"static": {}})
+    df = sparsebench.run(methods="static", arch="sngan", sg=0.8, sd=[0.5], steps=2, store=store, options={"static": {}})
     assert isinstance(df, pd.DataFrame) and list(df["method"]) == ["static"]
     assert df.loc[0, "status"] == "done" and df.loc[0, "sg"] == 0.8 and df.loc[0, "steps"] == 2
     cli_rows = rows(store)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import EXE, run_cli
+
 from sparsebench import SparsebenchError
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.store import LEASE_S, Store
@@ -60,10 +60,23 @@ def alive(pid: int) -> bool:
 
 def test_four_processes_on_one_grid_train_each_cell_once(tmp_path):
     store = tmp_path / "r.db"
-    cmd = [EXE, "run", "--methods", "static,dense", "--arch", "sngan", "--seeds", "0,1", "--steps", "4",
-           "--store", str(store)]  # progress on: stderr is a pipe, so each trained cell prints "G step 4/4" once
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-             for _ in range(4)]
+    cmd = [
+        EXE,
+        "run",
+        "--methods",
+        "static,dense",
+        "--arch",
+        "sngan",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "4",
+        "--store",
+        str(store),
+    ]  # progress on: stderr is a pipe, so each trained cell prints "G step 4/4" once
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(4)
+    ]
     errs = []
     for p in procs:
         _, err = p.communicate(timeout=900)
@@ -139,16 +152,30 @@ def test_stats_reach_the_store_with_each_checkpoint(tmp_path):
     assert step >= 50 and {1} | set(range(10, step + 1, 10)) <= logged
     run_cli(*cmd, check=True)
     with sqlite3.connect(store) as conn:
-        logged = {s for (s,) in conn.execute("SELECT DISTINCT step FROM stats WHERE run_id = ? AND key = 'loss_g'",
-                                             (run_id,))}
+        logged = {
+            s for (s,) in conn.execute("SELECT DISTINCT step FROM stats WHERE run_id = ? AND key = 'loss_g'", (run_id,))
+        }
     assert logged == {1} | set(range(10, 201, 10))  # the resumed run's curve is complete
 
 
 def _grid_driver(store: Path) -> subprocess.Popen:
-    cmd = [EXE, *LONG, "--sg", "0.8,0.9", "--steps", "3000", "--jobs", "2", "--checkpoint-every", "10",
-           "--store", str(store)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            start_new_session=True)
+    cmd = [
+        EXE,
+        *LONG,
+        "--sg",
+        "0.8,0.9",
+        "--steps",
+        "3000",
+        "--jobs",
+        "2",
+        "--checkpoint-every",
+        "10",
+        "--store",
+        str(store),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
 
 
 def test_jobs_driver_killed_takes_its_workers_along(tmp_path):
@@ -185,8 +212,9 @@ def test_jobs_driver_sigterm_checkpoints_every_worker(tmp_path):
 def test_a_resume_continues_with_the_thread_count_it_started_with(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "400", "--checkpoint-every", "5", "--store", str(store)]
-    proc = subprocess.Popen([EXE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**ENV, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [EXE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**ENV, "OMP_NUM_THREADS": "1"}
+    )
     wait_for_file(store.parent / "artifacts", "*/checkpoint-phase1.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -7,8 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import run_cli
+
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.report.build import _frame
 from sparsebench.report.render import latex, latex_escape, markdown
@@ -23,21 +23,47 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
     for i, cfg in enumerate(configs):
         store.claim(cfg, {"torch": "x", "device": "cpu"}, "filler")
         status = "diverged" if (cfg.method == "stugan" and cfg.seed == 1 and cfg.sg == 0.8) else "done"
-        res = {"fid": 50.0 + i, "is_mean": 3.0 + 0.01 * i, "is_std": 0.1, "density_g": 1 - cfg.sg,
-               "density_d": 1 - cfg.sd, "train_flops": 1e12 * (1 - cfg.sg / 2), "test_flops": 1e8 * (1 - cfg.sg),
-               "train_flops_rel": 1 - cfg.sg / 2, "test_flops_rel": 1 - cfg.sg, "extractor": "sparsebench-digits",
-               "eval_samples": 1000, "scope": "conv", "variant": ""}
+        res = {
+            "fid": 50.0 + i,
+            "is_mean": 3.0 + 0.01 * i,
+            "is_std": 0.1,
+            "density_g": 1 - cfg.sg,
+            "density_d": 1 - cfg.sd,
+            "train_flops": 1e12 * (1 - cfg.sg / 2),
+            "test_flops": 1e8 * (1 - cfg.sg),
+            "train_flops_rel": 1 - cfg.sg / 2,
+            "test_flops_rel": 1 - cfg.sg,
+            "extractor": "sparsebench-digits",
+            "eval_samples": 1000,
+            "scope": "conv",
+            "variant": "",
+        }
         if status == "diverged":
             res = {"diverged_step": 7}
         store.finish_run(cfg.run_id, status, res, 1.0, "filler")
-        store.log_stats(cfg.run_id, [(s, "loss_g", 1.0 / s) for s in range(1, 5)]
-                        + [(s, "exploration_rate", 0.1 * s) for s in range(1, 5)] * (cfg.method == "stugan"))
+        store.log_stats(
+            cfg.run_id,
+            [(s, "loss_g", 1.0 / s) for s in range(1, 5)]
+            + [(s, "exploration_rate", 0.1 * s) for s in range(1, 5)] * (cfg.method == "stugan"),
+        )
     for method, variant in extra:
         cfg = configs[0].replace(method=method)
         store.claim(cfg, {}, "filler")
-        store.finish_run(cfg.run_id, "done", {"fid": 1.0, "is_mean": 2.0, "train_flops": 1.0, "test_flops": 1.0,
-                                              "train_flops_rel": 1.0, "test_flops_rel": 1.0, "variant": variant}, 1.0,
-                         "filler")
+        store.finish_run(
+            cfg.run_id,
+            "done",
+            {
+                "fid": 1.0,
+                "is_mean": 2.0,
+                "train_flops": 1.0,
+                "test_flops": 1.0,
+                "train_flops_rel": 1.0,
+                "test_flops_rel": 1.0,
+                "variant": variant,
+            },
+            1.0,
+            "filler",
+        )
     return store
 
 
@@ -46,9 +72,19 @@ def test_report_writes_tables_plots_and_index(tmp_path, plugins):
     out = tmp_path / "rep"
     proc = run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), check=True)
     assert "index.md" in proc.stdout
-    for name in ["table1.md", "table1.tex", "table2.md", "table2.tex", "tables.tex", "index.md",
-                 "figures/fid_vs_sg.png", "figures/fid_vs_sg.pdf", "figures/fid_vs_train_flops.png",
-                 "figures/exploration_rate.png", "figures/losses.png"]:
+    for name in [
+        "table1.md",
+        "table1.tex",
+        "table2.md",
+        "table2.tex",
+        "tables.tex",
+        "index.md",
+        "figures/fid_vs_sg.png",
+        "figures/fid_vs_sg.pdf",
+        "figures/fid_vs_train_flops.png",
+        "figures/exploration_rate.png",
+        "figures/losses.png",
+    ]:
         assert (out / name).exists(), name
     t1 = (out / "table1.md").read_text()
     assert "1 diverged" in t1  # counted and marked, not dropped
@@ -77,8 +113,13 @@ def test_latex_compiles(tmp_path, plugins):
     fake_store(tmp_path / "r.db", plugins, extra=[("odd_name&co", "length=5")])
     out = tmp_path / "rep"
     run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), check=True)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=out,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (out / "tables.pdf").exists()
 
@@ -93,8 +134,23 @@ def test_empty_store_is_one_line(tmp_path):
 
 def test_report_of_real_runs_has_sample_grids(tmp_path):
     store = tmp_path / "r.db"
-    run_cli("run", "--methods", "stugan,static", "--arch", "sngan", "--sg", "0.9,0.8", "--seeds", "0,1",
-            "--steps", "4", "--no-progress", "--store", str(store), check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "stugan,static",
+        "--arch",
+        "sngan",
+        "--sg",
+        "0.9,0.8",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "4",
+        "--no-progress",
+        "--store",
+        str(store),
+        check=True,
+    )
     out = tmp_path / "rep"
     run_cli("report", "--store", str(store), "--out", str(out), check=True)
     assert len(list((out / "samples").glob("*.png"))) == 8
@@ -115,8 +171,10 @@ def test_welch_interval_matches_the_textbook_formula():
 # FIDs per (method, s_G) over seeds 0, 1, 2; gan-tickets has one seed only.
 FIDS = {
     ("dense", 0.0): [35.0, 35.5, 36.0],
-    ("static", 0.9): [30.0, 30.5, 31.0], ("stugan", 0.9): [20.0, 20.5, 21.0],  # STU-GAN clearly better
-    ("static", 0.8): [22.0, 31.0, 39.0], ("stugan", 0.8): [20.0, 30.0, 40.0],  # best, but samples overlap
+    ("static", 0.9): [30.0, 30.5, 31.0],
+    ("stugan", 0.9): [20.0, 20.5, 21.0],  # STU-GAN clearly better
+    ("static", 0.8): [22.0, 31.0, 39.0],
+    ("stugan", 0.8): [20.0, 30.0, 40.0],  # best, but samples overlap
     ("gan-tickets", 0.9): [24.0],
 }
 
@@ -124,15 +182,28 @@ FIDS = {
 def significance_store(path, plugins) -> Store:
     """A store whose FIDs are chosen: one clear win, one overlap, one single-seed cell (real Store API)."""
     store = Store(path)
-    req = GridRequest(methods=["dense", "static", "stugan", "gan-tickets"], arch="sngan", sg=[0.9, 0.8], sd=[0.5],
-                      seeds=[0, 1, 2])
+    req = GridRequest(
+        methods=["dense", "static", "stugan", "gan-tickets"], arch="sngan", sg=[0.9, 0.8], sd=[0.5], seeds=[0, 1, 2]
+    )
     for cfg in expand_grid(req, plugins):
         fids = FIDS.get((cfg.method, cfg.sg), [])
         if cfg.seed < len(fids):
             store.claim(cfg, {}, "filler")
-            store.finish_run(cfg.run_id, "done", {"fid": fids[cfg.seed], "is_mean": 5.0, "train_flops": 1.0,
-                                                  "test_flops": 1.0, "train_flops_rel": 1.0, "test_flops_rel": 1.0,
-                                                  "variant": ""}, 1.0, "filler")
+            store.finish_run(
+                cfg.run_id,
+                "done",
+                {
+                    "fid": fids[cfg.seed],
+                    "is_mean": 5.0,
+                    "train_flops": 1.0,
+                    "test_flops": 1.0,
+                    "train_flops_rel": 1.0,
+                    "test_flops_rel": 1.0,
+                    "variant": "",
+                },
+                1.0,
+                "filler",
+            )
     return store
 
 
@@ -144,8 +215,9 @@ def test_table1_bolds_only_a_best_cell_whose_interval_excludes_zero(tmp_path, pl
     win, overlap = columns.index("s_G = 90%"), columns.index("s_G = 80%")
     stu = rows["STU-GAN"]
     assert stu[win].bold and "Δ vs Static Sparse GAN -10.00 [" in stu[win].text
-    assert not stu[overlap].bold and stu[overlap].value == min(c.value for c in [r[overlap] for r in rows.values()]
-                                                              if c.value is not None)
+    assert not stu[overlap].bold and stu[overlap].value == min(
+        c.value for c in [r[overlap] for r in rows.values()] if c.value is not None
+    )
     assert not any(cells[overlap].bold for cells in rows.values())
     tickets = rows["GAN Tickets"][win].text
     assert "n=1, no interval" in tickets and "Δ vs Dense GAN -11.50" in tickets
@@ -175,8 +247,17 @@ def test_report_states_its_flop_convention(tmp_path, plugins):
     fake_store(tmp_path / "r.db", plugins, methods=("static", "dense", "pf-global"))
     for convention in ("fvcore", "paper"):
         out = tmp_path / convention
-        run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--no-samples",
-                "--convention", convention, check=True)
+        run_cli(
+            "report",
+            "--store",
+            str(tmp_path / "r.db"),
+            "--out",
+            str(out),
+            "--no-samples",
+            "--convention",
+            convention,
+            check=True,
+        )
         t2 = (out / "table2.md").read_text()
         assert "dense D" in t2  # one footnote says how the other convention differs
         pf_row = next(line for line in t2.splitlines() if line.startswith("| PF (global)"))

@@ -11,11 +11,24 @@ import time
 
 import pytest
 import torch
-
 from conftest import EXE, run_cli
 
-CMD = ["run", "--methods", "stugan", "--arch", "sngan", "--sg", "0.8", "--steps", "80", "-o", "stugan.delta_t=7",
-       "--checkpoint-every", "5", "--no-progress"]
+CMD = [
+    "run",
+    "--methods",
+    "stugan",
+    "--arch",
+    "sngan",
+    "--sg",
+    "0.8",
+    "--steps",
+    "80",
+    "-o",
+    "stugan.delta_t=7",
+    "--checkpoint-every",
+    "5",
+    "--no-progress",
+]
 KEYS = ["fid", "is_mean", "is_std", "density_g", "density_d", "exploration_rate", "train_flops", "test_flops"]
 
 
@@ -36,8 +49,12 @@ def wait_for(pattern_dir, timeout=120):
 def test_sigkill_then_rerun_gives_the_same_metrics(tmp_path):
     ref_store, store = tmp_path / "ref" / "r.db", tmp_path / "kill" / "r.db"
     run_cli(*CMD, "--store", str(ref_store), check=True)
-    proc = subprocess.Popen([EXE, *CMD, "--store", str(store)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        [EXE, *CMD, "--store", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     ckpt = wait_for(store.parent / "artifacts")
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
@@ -56,9 +73,13 @@ def test_sigkill_then_rerun_gives_the_same_metrics(tmp_path):
 
 def test_sigterm_checkpoints_and_stops(tmp_path):
     store = tmp_path / "r.db"
-    proc = subprocess.Popen([EXE, *CMD, "--checkpoint-every", "0", "--steps", "400", "--store", str(store)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        [EXE, *CMD, "--checkpoint-every", "0", "--steps", "400", "--store", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     t0 = time.time()
     while time.time() - t0 < 120 and not (store.exists() and results(store)):
         time.sleep(0.1)
@@ -91,8 +112,12 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
 def test_a_tampered_checkpoint_is_set_aside_unexecuted(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*CMD, "--steps", "120", "--store", str(store)]
-    proc = subprocess.Popen([EXE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        [EXE, *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     ckpt = wait_for(store.parent / "artifacts")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -123,14 +148,39 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, plugins):
 
 def test_failed_cells_are_skipped_until_retry_failed(tmp_path):
     store = tmp_path / "r.db"
-    run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store", str(store),
-            check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        "--steps",
+        "3",
+        "--no-progress",
+        "--store",
+        str(store),
+        check=True,
+    )
     import sqlite3
 
     with sqlite3.connect(store) as conn:
         conn.execute("UPDATE runs SET status = 'failed', results = '{\"error\": \"x\"}'")
-    again = run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store", str(store))
+    again = run_cli(
+        "run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store", str(store)
+    )
     assert again.returncode == 1 and "failed before, skipped" in again.stderr
-    run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "3", "--no-progress", "--store",
-                    str(store), "--retry-failed", check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        "--steps",
+        "3",
+        "--no-progress",
+        "--store",
+        str(store),
+        "--retry-failed",
+        check=True,
+    )
     assert results(store)[0]["status"] == "done"

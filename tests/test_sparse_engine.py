@@ -11,9 +11,25 @@ from sparsebench.config import TrainSpec
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, layer_densities, prune_and_regrow, scope_parameters
 from sparsebench.sparse.distributions import exact_counts, magnitude_masks
 
-SMALL = dict(dataset="digits", resolution=16, width=4, z_dim=16, batch_size=8, g_batch_size=8, n_critic=1,
-             lr_g=2e-4, lr_d=2e-4, beta1=0.0, beta2=0.999, steps=10, ema_decay=0.9, ema_start=0,
-             explore_interval=5, eval_samples=10, extractor="sparsebench-digits")
+SMALL = dict(
+    dataset="digits",
+    resolution=16,
+    width=4,
+    z_dim=16,
+    batch_size=8,
+    g_batch_size=8,
+    n_critic=1,
+    lr_g=2e-4,
+    lr_d=2e-4,
+    beta1=0.0,
+    beta2=0.999,
+    steps=10,
+    ema_decay=0.9,
+    ema_start=0,
+    explore_interval=5,
+    eval_samples=10,
+    extractor="sparsebench-digits",
+)
 
 
 def build(plugins, arch: str):

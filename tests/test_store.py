@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 
 from conftest import EXE, TINY, run_cli
+
 from sparsebench.store import RESULT_COLUMNS
 
 
@@ -42,8 +43,21 @@ def test_results_csv_contract_and_skip_done(store):
 
 
 def test_dense_is_not_repeated_per_sd(store):
-    run_cli("run", "--methods", "dense", "--arch", "sngan", "--sd", "0.5,0.7", "--sg", "0.8,0.9",
-            "--store", str(store), *TINY, check=True)
+    run_cli(
+        "run",
+        "--methods",
+        "dense",
+        "--arch",
+        "sngan",
+        "--sd",
+        "0.5,0.7",
+        "--sg",
+        "0.8,0.9",
+        "--store",
+        str(store),
+        *TINY,
+        check=True,
+    )
     table = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     assert len(table) == 1
 
@@ -51,15 +65,27 @@ def test_dense_is_not_repeated_per_sd(store):
 def test_two_concurrent_runs_share_one_store(store):
     env_args = ["--arch", "sngan", "--store", str(store), *TINY]
     procs = [
-        subprocess.Popen([EXE, "run", "--methods", "static", "--seeds", "0,1", *env_args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        subprocess.Popen([EXE, "run", "--methods", "dense", "--seeds", "0,1", *env_args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(
+            [EXE, "run", "--methods", "static", "--seeds", "0,1", *env_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        subprocess.Popen(
+            [EXE, "run", "--methods", "dense", "--seeds", "0,1", *env_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
     table = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     assert sorted((r["method"], r["seed"]) for r in table) == [
-        ("dense", "0"), ("dense", "1"), ("static", "0"), ("static", "1")]
+        ("dense", "0"),
+        ("dense", "1"),
+        ("static", "0"),
+        ("static", "1"),
+    ]
     assert all(r["status"] == "done" for r in table)

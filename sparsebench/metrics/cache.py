@@ -13,8 +13,8 @@ import io
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -34,8 +34,11 @@ def content_hash(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 def data_hash(data: DataSplits) -> str:
     """The hash of a data set's splits: images, labels and class count of train and held-out."""
-    items = [("train.images", data.train.images), ("train.labels", data.train.labels),
-             ("num_classes", torch.tensor(data.train.num_classes))]
+    items = [
+        ("train.images", data.train.images),
+        ("train.labels", data.train.labels),
+        ("num_classes", torch.tensor(data.train.num_classes)),
+    ]
     if data.heldout is not None:
         items += [("heldout.images", data.heldout.images), ("heldout.labels", data.heldout.labels)]
     return content_hash(items)

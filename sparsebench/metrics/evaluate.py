@@ -60,8 +60,16 @@ class Evaluator:
     (`--inception-weights`); `extractors` the feature extractor registry (default: the installed plugins').
     """
 
-    def __init__(self, data: DataSplits, dataset: str, extractor: str, cache_dir: Path, device: torch.device,
-                 weights_file: str | None = None, extractors=None):
+    def __init__(
+        self,
+        data: DataSplits,
+        dataset: str,
+        extractor: str,
+        cache_dir: Path,
+        device: torch.device,
+        weights_file: str | None = None,
+        extractors=None,
+    ):
         if extractors is None:
             from sparsebench.plugins import get_plugins
 
@@ -79,8 +87,10 @@ class Evaluator:
         self._reference_features: dict[str, torch.Tensor] | None = None
         self._reference_stats: dict[str, dict] = {}
         if self._plugin.needs_heldout and data.heldout is None:
-            raise SparsebenchError(f"the {extractor} feature extractor needs a held-out split, which {dataset} "
-                                   "does not have; use a preset or data set with another extractor")
+            raise SparsebenchError(
+                f"the {extractor} feature extractor needs a held-out split, which {dataset} "
+                "does not have; use a preset or data set with another extractor"
+            )
         self._register()
         self._weights = self._plugin.prepare(data, dataset, self.data_hash, self.cache_dir, weights_file)
         self.extractor_accuracy = self._weights.accuracy
@@ -95,8 +105,10 @@ class Evaluator:
         if cls is not None and self.extractor not in FEATURE_EXTRACTORS_REGISTRY:
             register_feature_extractor(self.extractor, cls)
         if self.extractor not in FEATURE_EXTRACTORS_REGISTRY:
-            raise SparsebenchError(f"feature extractor {self.extractor!r} is not known to torch-fidelity; its plugin "
-                                   "must return its torch-fidelity class from fidelity_class()")
+            raise SparsebenchError(
+                f"feature extractor {self.extractor!r} is not known to torch-fidelity; its plugin "
+                "must return its torch-fidelity class from fidelity_class()"
+            )
 
     # -- the feature extractor --------------------------------------------------------------------
     def feature_extractor(self):
@@ -109,8 +121,13 @@ class Evaluator:
             layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in METRICS})
             weights = self._plugin.load(self._weights, self.weights_file)
             try:
-                fe = create_feature_extractor(self.extractor, layers, cuda=self.device.type == "cuda", verbose=False,
-                                              feature_extractor_weights_path=weights)
+                fe = create_feature_extractor(
+                    self.extractor,
+                    layers,
+                    cuda=self.device.type == "cuda",
+                    verbose=False,
+                    feature_extractor_weights_path=weights,
+                )
             except Exception as exc:  # noqa: BLE001 - the plugin says which errors mean unusable weights
                 message = self._plugin.unusable(self.weights_file, exc)
                 if message is None:
@@ -124,8 +141,14 @@ class Evaluator:
     def _features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         from torch_fidelity.utils import get_featuresdict_from_dataset
 
-        return get_featuresdict_from_dataset(UInt8Images(images), self.feature_extractor(), batch_size=100,
-                                             cuda=self.device.type == "cuda", save_cpu_ram=True, verbose=False)
+        return get_featuresdict_from_dataset(
+            UInt8Images(images),
+            self.feature_extractor(),
+            batch_size=100,
+            cuda=self.device.type == "cuda",
+            save_cpu_ram=True,
+            verbose=False,
+        )
 
     def _cache_name(self) -> str:
         self.feature_extractor()
@@ -139,8 +162,10 @@ class Evaluator:
             path = self.cache_dir / "references" / f"{self._cache_name()}.npz"
             arrays = load_arrays(path) or {}
             n = len(self.data.train)
-            if all(k in arrays and arrays[k].ndim == 2 and arrays[k].shape[0] == n and arrays[k].dtype.kind == "f"
-                   for k in layers):
+            if all(
+                k in arrays and arrays[k].ndim == 2 and arrays[k].shape[0] == n and arrays[k].dtype.kind == "f"
+                for k in layers
+            ):
                 self._reference_features = {k: torch.from_numpy(arrays[k]) for k in layers}
             else:
                 features = self._features(self.data.train.images)
@@ -167,11 +192,19 @@ class Evaluator:
             stats = fid_features_to_statistics(features[layer["fid"]])
             values.update(fid_statistics_to_metric(stats, self._reference_stats[layer["fid"]], verbose=False))
         if "kid" in flags:
-            values.update(kid_featuresdict_to_metric(features, self.reference(), layer["kid"], verbose=False,
-                                                     kid_subset_size=min(1000, len(images), len(self.data.train))))
+            values.update(
+                kid_featuresdict_to_metric(
+                    features,
+                    self.reference(),
+                    layer["kid"],
+                    verbose=False,
+                    kid_subset_size=min(1000, len(images), len(self.data.train)),
+                )
+            )
         if "prc" in flags:
-            values.update(prc_featuresdict_to_metric(features, self.reference(), layer["prc"], verbose=False,
-                                                     save_cpu_ram=True))
+            values.update(
+                prc_featuresdict_to_metric(features, self.reference(), layer["prc"], verbose=False, save_cpu_ram=True)
+            )
         return values
 
     def floor(self, flags: set[str]) -> dict[str, float]:

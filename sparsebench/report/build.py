@@ -32,9 +32,18 @@ def _frame(store: Store, arch: str | None, method: str | None, preset: str | Non
     return df.reset_index(drop=True)
 
 
-def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = None, method: str | None = None,
-                 preset: str | None = None, samples: bool = True, command: str | None = None,
-                 convention: str = "fvcore", methods=None) -> list[Path]:
+def build_report(
+    store: Store,
+    out: Path,
+    fmt: str = "all",
+    arch: str | None = None,
+    method: str | None = None,
+    preset: str | None = None,
+    samples: bool = True,
+    command: str | None = None,
+    convention: str = "fvcore",
+    methods=None,
+) -> list[Path]:
     """The report folder; tables and figures name, order and compare methods as they declare (`methods`: the
     registered methods, see `MethodInfo.of`)."""
     if fmt not in FORMATS:
@@ -43,8 +52,11 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
     df = _frame(store, arch, method, preset, info)
     if df.empty:
         filters = ", ".join(f"{k}={v}" for k, v in (("arch", arch), ("method", method), ("preset", preset)) if v)
-        raise SparsebenchError(f"no runs in {store.path}" + (f" matching {filters}" if filters else "")
-                               + "; run 'sparsebench run --methods ... --arch ...' first")
+        raise SparsebenchError(
+            f"no runs in {store.path}"
+            + (f" matching {filters}" if filters else "")
+            + "; run 'sparsebench run --methods ... --arch ...' first"
+        )
     for run_id in df["run_id"]:  # ids become file names below: none may lead out of the report or artifacts
         try:
             check_run_id(run_id)
@@ -61,8 +73,10 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
     written: list[Path] = []
 
     df["label"] = labels(df, info)
-    tables = [("table1", quality_table(df, methods=info), "quality"),
-              ("table2", cost_table(df, convention=convention, methods=info), "cost")]
+    tables = [
+        ("table1", quality_table(df, methods=info), "quality"),
+        ("table2", cost_table(df, convention=convention, methods=info), "cost"),
+    ]
     t3 = length_table(df, info)
     if t3 is not None:
         tables.append(("table3", t3, "quality"))
@@ -85,15 +99,24 @@ def build_report(store: Store, out: Path, fmt: str = "all", arch: str | None = N
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    stats = pd.DataFrame(store.stats_rows(["exploration_rate", "loss_d", "loss_g"]),
-                         columns=["run_id", "step", "key", "value"])
+    stats = pd.DataFrame(
+        store.stats_rows(["exploration_rate", "loss_d", "loss_g"]), columns=["run_id", "step", "key", "value"]
+    )
     stats = stats[stats["run_id"].isin(df["run_id"])]
-    written += plots.render_all([
-        (plots.fid_vs_sg, (df, figures)),
-        (plots.fid_vs_flops, (df, figures)),
-        (plots.curves, (stats, df, [("exploration_rate", "explored fraction of G's scope")], "exploration_rate", figures)),
-        (plots.curves, (stats, df, [("loss_d", "D loss (hinge)"), ("loss_g", "G loss (hinge)")], "losses", figures)),
-    ])
+    written += plots.render_all(
+        [
+            (plots.fid_vs_sg, (df, figures)),
+            (plots.fid_vs_flops, (df, figures)),
+            (
+                plots.curves,
+                (stats, df, [("exploration_rate", "explored fraction of G's scope")], "exploration_rate", figures),
+            ),
+            (
+                plots.curves,
+                (stats, df, [("loss_d", "D loss (hinge)"), ("loss_g", "G loss (hinge)")], "losses", figures),
+            ),
+        ]
+    )
 
     grids = []
     if samples:
@@ -131,17 +154,27 @@ def _code(text: object) -> str:
     return "`" + " ".join(str(text).replace("`", "'").splitlines()) + "`"
 
 
-def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids, command: str | None,
-           convention: str) -> Path:
+def _index(
+    store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids, command: str | None, convention: str
+) -> Path:
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     counts = df["status"].value_counts().to_dict()
     protocol = df.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False).size().reset_index()
-    lines = ["# sparsebench report", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {_code(store.path)}: "
-             f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
+    lines = [
+        "# sparsebench report",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {_code(store.path)}: "
+        f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).",
+        "",
+    ]
     if command:
         lines += ["Command:", "", f"```\n{command}\n```", ""]
-    lines += ["## Protocol", "", "| preset | data | feature extractor | samples per run | runs |", "|---|---|---|---|---|"]
+    lines += [
+        "## Protocol",
+        "",
+        "| preset | data | feature extractor | samples per run | runs |",
+        "|---|---|---|---|---|",
+    ]
     for r in protocol.itertuples(index=False):
         lines.append("| " + " | ".join(map(markdown_escape, r)) + " |")
     acc = df["extractor_accuracy"].dropna()
@@ -150,16 +183,24 @@ def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids
     floor = df["fid_floor"].dropna()
     if not floor.empty:
         lines += [f"FID floor (held-out real vs train real, same extractor): {floor.iloc[0]:.2f}."]
-    lines += ["Sparsity is measured over the scope "
-              + ", ".join(_code(s) for s in sorted(df["scope"].dropna().unique())) + " (conv weights unless "
-              "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward)"
-              + (", except Table 2, which is in the paper's convention (see its caption)." if convention == "paper"
-                 else "."), ""]
+    lines += [
+        "Sparsity is measured over the scope "
+        + ", ".join(_code(s) for s in sorted(df["scope"].dropna().unique()))
+        + " (conv weights unless "
+        "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward)"
+        + (", except Table 2, which is in the paper's convention (see its caption)." if convention == "paper" else "."),
+        "",
+    ]
     lines += ["## Tables", ""]
     for p in written:
         if p.suffix == ".md" and p.parent == out:
-            lines += [p.read_text(), f"([{p.name}]({rel(p)}), LaTeX: [{p.stem}.tex]({p.stem}.tex))"
-                      if (out / f"{p.stem}.tex").exists() else "", ""]
+            lines += [
+                p.read_text(),
+                f"([{p.name}]({rel(p)}), LaTeX: [{p.stem}.tex]({p.stem}.tex))"
+                if (out / f"{p.stem}.tex").exists()
+                else "",
+                "",
+            ]
     if (out / "tables.tex").exists():
         lines += ["All tables as one LaTeX document: [tables.tex](tables.tex).", ""]
     lines += ["## Figures", ""]
@@ -167,12 +208,19 @@ def _index(store: Store, df: pd.DataFrame, out: Path, written: list[Path], grids
         if p.suffix == ".png" and p.parent.name == "figures":
             lines += [f"![{p.stem}]({rel(p)}) ([PDF]({rel(p.with_suffix('.pdf'))}))", ""]
     if grids:
-        lines += ["## Samples", "", "| run | method | arch | s_G | s_D | seed | FID | samples |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Samples",
+            "",
+            "| run | method | arch | s_G | s_D | seed | FID | samples |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r, target in grids:
             fid = f"{r.fid:.2f}" if pd.notna(r.fid) else "n/a"
-            lines.append(f"| `{r.run_id}` | {markdown_escape(r.method)} | {markdown_escape(r.arch)} | {r.sg:g} | "
-                         f"{r.sd:g} | {r.seed} | {fid} | "
-                         f"![{r.run_id}]({rel(target)}) |")
+            lines.append(
+                f"| `{r.run_id}` | {markdown_escape(r.method)} | {markdown_escape(r.arch)} | {r.sg:g} | "
+                f"{r.sd:g} | {r.seed} | {fid} | "
+                f"![{r.run_id}]({rel(target)}) |"
+            )
         lines.append("")
     envs = {json.dumps(run["env"], sort_keys=True) for run in (store.get(i) for i in df["run_id"][:200]) if run}
     lines += ["## Environment", ""]

@@ -59,8 +59,14 @@ def fid_vs_sg(df: pd.DataFrame, out: Path) -> list[Path]:
             if (stats["sg"] == 0).all():  # dense baselines: a horizontal reference line
                 ax.axhline(stats["mean"].iloc[0], ls="--", lw=1, label=f"{name}", color="grey")
                 continue
-            ax.errorbar(100 * stats["sg"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", ms=3,
-                        label=f"{name}, s_D={100 * sd:g}%")
+            ax.errorbar(
+                100 * stats["sg"],
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                marker="o",
+                ms=3,
+                label=f"{name}, s_D={100 * sd:g}%",
+            )
         ax.set_title(arch)
         ax.set_xlabel("s_G (%)")
         ax.set_ylabel("FID")
@@ -83,8 +89,9 @@ def fid_vs_flops(df: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out, "fid_vs_train_flops")
 
 
-def curves(stats: pd.DataFrame, runs: pd.DataFrame, panels: list[tuple[str, str]], stem: str, out: Path,
-           max_runs: int = 8) -> list[Path]:
+def curves(
+    stats: pd.DataFrame, runs: pd.DataFrame, panels: list[tuple[str, str]], stem: str, out: Path, max_runs: int = 8
+) -> list[Path]:
     """One panel per (key, ylabel), one line per run over G steps (at most `max_runs` runs)."""
     plt = _plt()
     panels = [(k, y) for k, y in panels if (stats["key"] == k).any()]
@@ -96,8 +103,12 @@ def curves(stats: pd.DataFrame, runs: pd.DataFrame, panels: list[tuple[str, str]
         sub = stats[stats["key"] == key]
         for run_id, g in list(sub.groupby("run_id", sort=False))[:max_runs]:
             r = info.loc[run_id]
-            ax.plot(g["step"].to_numpy(), g["value"].to_numpy(), lw=1,
-                    label=f"{r['label']} {r['arch']} sG={r['sg']:g} sD={r['sd']:g} seed={r['seed']}")
+            ax.plot(
+                g["step"].to_numpy(),
+                g["value"].to_numpy(),
+                lw=1,
+                label=f"{r['label']} {r['arch']} sG={r['sg']:g} sD={r['sd']:g} seed={r['seed']}",
+            )
         ax.set_xlabel("G step")
         ax.set_ylabel(ylabel)
     axes[0][0].legend(fontsize=6)

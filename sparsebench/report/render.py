@@ -8,13 +8,27 @@ import re
 from sparsebench.report.tables import Table
 
 _LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 
 
-_UNICODE = {"±": r"$\pm$", "×": r"$\times$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "Δ": r"$\Delta$",
-            "†": r"\textsuperscript{\dag}"}
+_UNICODE = {
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "↓": r"$\downarrow$",
+    "↑": r"$\uparrow$",
+    "Δ": r"$\Delta$",
+    "†": r"\textsuperscript{\dag}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -38,8 +52,12 @@ def markdown_escape(text: object) -> str:
 def markdown(table: Table) -> str:
     groups = [g for g, _ in table.columns]
     head = table.row_header + [f"{markdown_escape(g)}: {markdown_escape(c)}" for g, c in table.columns]
-    lines = [f"**{table.title}.** {table.caption}", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join([" --- "] * len(table.row_header) + [" :-: "] * len(groups)) + "|"]
+    lines = [
+        f"**{table.title}.** {table.caption}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join([" --- "] * len(table.row_header) + [" :-: "] * len(groups)) + "|",
+    ]
     for names, cells in table.rows:
         out = [markdown_escape(n) for n in names]
         for c in cells:
@@ -88,13 +106,27 @@ def latex(table: Table, kind: str) -> str:
     lines.append(r"\midrule")
     for names, cells in table.rows:
         lines.append(" & ".join([latex_escape(n) for n in names] + [_latex_cell(c, kind) for c in cells]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}",
-              rf"\caption{{{latex_escape(table.title)}: {latex_escape(table.caption)}}}", r"\end{table}"]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{latex_escape(table.title)}: {latex_escape(table.caption)}}}",
+        r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def latex_document(body: str) -> str:
     """A standalone document around the tables (compiles with pdflatex)."""
-    return "\n".join([r"\documentclass{article}", r"\usepackage[utf8]{inputenc}", r"\usepackage{booktabs}",
-                      r"\usepackage{amsmath}", r"\usepackage[margin=1cm,landscape]{geometry}",
-                      r"\begin{document}", body, r"\end{document}", ""])
+    return "\n".join(
+        [
+            r"\documentclass{article}",
+            r"\usepackage[utf8]{inputenc}",
+            r"\usepackage{booktabs}",
+            r"\usepackage{amsmath}",
+            r"\usepackage[margin=1cm,landscape]{geometry}",
+            r"\begin{document}",
+            body,
+            r"\end{document}",
+            "",
+        ]
+    )

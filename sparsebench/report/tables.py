@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from scipy import stats
@@ -190,10 +191,23 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
         method, variant, arch, sg, sd = key
         ok = runs[(runs["status"] == "done") & runs["fid"].notna()]
         fid, is_ = _stat(ok["fid"]), _stat(ok["is_mean"])
-        rec = {"method": method, "variant": variant, "arch": arch, "sg": float(sg), "sd": float(sd), "n": len(ok),
-               "fid_mean": fid[0], "fid_std": fid[1], "is_mean": is_[0], "is_std": is_[1],
-               "reference": info.reference(method), "n_reference": None, "diff": None, "ci_low": None,
-               "ci_high": None}
+        rec = {
+            "method": method,
+            "variant": variant,
+            "arch": arch,
+            "sg": float(sg),
+            "sd": float(sd),
+            "n": len(ok),
+            "fid_mean": fid[0],
+            "fid_std": fid[1],
+            "is_mean": is_[0],
+            "is_std": is_[1],
+            "reference": info.reference(method),
+            "n_reference": None,
+            "diff": None,
+            "ci_low": None,
+            "ci_high": None,
+        }
         if rec["reference"] is not None:
             ref = fids.get((rec["reference"], "", arch, sg, sd), fids.get((rec["reference"], "", arch, 0.0, 0.0), []))
             rec["n_reference"] = len(ref)
@@ -238,9 +252,14 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
         fid, is_ = (rec["fid_mean"], rec["fid_std"]), (rec["is_mean"], rec["is_std"])
         comparison = _comparison(rec, info)
         text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={rec['n']}" + (f"; {note})" if note else ")")
-        return Cell(text + (f"; {comparison}" if comparison else ""), value=fid[0], parts=[fid, is_],
-                    note=f"n={rec['n']}" + (f"; {note}" if note else ""), comparison=comparison,
-                    significant=significant(rec))
+        return Cell(
+            text + (f"; {comparison}" if comparison else ""),
+            value=fid[0],
+            parts=[fid, is_],
+            note=f"n={rec['n']}" + (f"; {note}" if note else ""),
+            comparison=comparison,
+            significant=significant(rec),
+        )
 
     cols, rows = _cells(df, make, info)
     _mark_best(rows, len(cols), lambda cell: cell.significant)
@@ -250,13 +269,17 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
             compared.setdefault(ref, []).append(info.title(method))
     references = "; ".join(f"{', '.join(titles)}: {info.title(ref)}" for ref, titles in compared.items())
     return Table(
-        title, "(FID ↓ / IS ↑), mean ± std over seeds, n = seeds done; failed or diverged runs are counted, "
+        title,
+        "(FID ↓ / IS ↑), mean ± std over seeds, n = seeds done; failed or diverged runs are counted, "
         "not dropped. Δ = FID difference to the method's reference method"
-        + (f" ({references})" if references else "") + ", at the same s_G and s_D unless the reference fixes "
+        + (f" ({references})" if references else "")
+        + ", at the same s_G and s_D unless the reference fixes "
         f"them, with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
         "(none when either side has one seed). The best FID per column is in bold only when its interval "
         "excludes zero.",
-        ["Method", "s_D (%)"], [(a, f"s_G = {100 * sg:g}%") for a, sg in cols], rows,
+        ["Method", "s_D (%)"],
+        [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
+        rows,
     )
 
 
@@ -272,16 +295,20 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
         trr, ter = float(done["train_flops_rel"].mean()), float(done["test_flops_rel"].mean())
         # a sparse G beside a dense D: the store's count has D dense, the paper's would scale by G's density
         mark = "†" if convention == "paper" and key[3] > 0 and key[4] == 0 else ""
-        return Cell(f"{tr:.3g} ({trr:.2f}×{mark}) / {te:.3g} ({ter:.2f}×)", value=trr,
-                    parts=[(tr, trr), (te, ter)], note=mark)
+        return Cell(
+            f"{tr:.3g} ({trr:.2f}×{mark}) / {te:.3g} ({ter:.2f}×)", value=trr, parts=[(tr, trr), (te, ter)], note=mark
+        )
 
     cols, rows = _cells(df, make, MethodInfo.of(methods))
     _mark_best(rows, len(cols))
     return Table(
-        title, "Training FLOPs / testing FLOPs (one generator forward for one image), absolute and "
+        title,
+        "Training FLOPs / testing FLOPs (one generator forward for one image), absolute and "
         "normalised to the dense GAN of the same arch and preset. Fewest training FLOPs in bold. "
         + CONVENTION_NOTES[convention],
-        ["Method", "s_D (%)"], [(a, f"s_G = {100 * sg:g}%") for a, sg in cols], rows,
+        ["Method", "s_D (%)"],
+        [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
+        rows,
     )
 
 

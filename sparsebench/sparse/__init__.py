@@ -10,6 +10,12 @@ from sparsebench.sparse.sema import SparseEMA
 from sparsebench.sparse.topology import CosineSchedule, prune_and_regrow
 
 __all__ = [
-    "CosineSchedule", "MaskState", "SparseEMA", "layer_densities", "magnitude_masks",
-    "prune_and_regrow", "random_masks", "scope_parameters",
+    "CosineSchedule",
+    "MaskState",
+    "SparseEMA",
+    "layer_densities",
+    "magnitude_masks",
+    "prune_and_regrow",
+    "random_masks",
+    "scope_parameters",
 ]

@@ -32,8 +32,14 @@ class TopologyUpdate(Hooks):
 
     per_layer = True  # False: one global ranking per network (densities move between layers)
 
-    def __init__(self, networks: str, interval: int, schedule: CosineSchedule, generator: torch.Generator,
-                 per_layer: bool | None = None):
+    def __init__(
+        self,
+        networks: str,
+        interval: int,
+        schedule: CosineSchedule,
+        generator: torch.Generator,
+        per_layer: bool | None = None,
+    ):
         if networks not in NETWORKS:
             raise ValueError(f"unknown networks {networks!r}; known: {', '.join(NETWORKS)}")
         self.networks = networks
@@ -68,7 +74,7 @@ class TopologyUpdate(Hooks):
 
     def _capture(self, net: str, masks: MaskState | None, step: int) -> None:
         if net in self.networks and masks is not None and self.uses_gradients(net) and self.due(step):
-            self.grads[net] = {n: p.grad.detach().clone() for n, p in masks.params.items()}
+            self.grads[net] = {n: p.grad.detach().clone() for n, p in masks.params.items() if p.grad is not None}
 
     def after_d_backward(self, state: GANState, step: int) -> None:
         self._capture("d", state.d_masks, step)  # the last of the n_critic D steps is kept
@@ -84,8 +90,14 @@ class TopologyUpdate(Hooks):
             if net not in self.networks or masks is None:
                 continue
             grads = self.grads.pop(net, None)
-            result = update_topology(masks, fraction, self.drop_score(net, masks, grads),
-                                     self.grow_score(net, masks, grads), opt, self.per_layer)
+            result = update_topology(
+                masks,
+                fraction,
+                self.drop_score(net, masks, grads),
+                self.grow_score(net, masks, grads),
+                opt,
+                self.per_layer,
+            )
             if net == "g" and state.ema is not None:
                 state.ema.on_topology_update(result.pruned, result.grown)
         self.updates += 1
@@ -117,21 +129,34 @@ class DynamicSparseMethod(Method):
     result_columns = ("topology_updates", "delta_t")
     options = (
         Option("update", str, "g", "networks whose connectivity is updated (D static by default)", NETWORKS),
-        Option("ranking", str, "layer", "drop and grow per layer (densities fixed) or over the whole network",
-               ("layer", "global")),
+        Option(
+            "ranking",
+            str,
+            "layer",
+            "drop and grow per layer (densities fixed) or over the whole network",
+            ("layer", "global"),
+        ),
         Option("p0", float, 0.5, "initial drop fraction", interval="(0, 1]"),
         Option("p_min", float, 0.0, "final drop fraction of the cosine decay", interval="[0, 1]"),
-        Option("delta_t", int, 0, "G steps between updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
-               interval="[0, inf)"),
+        Option(
+            "delta_t", int, 0, "G steps between updates (0: the preset's: 500 BigGAN, 1000 SNGAN)", interval="[0, inf)"
+        ),
     )
 
     def run(self, ctx) -> None:
         o = ctx.options
         interval = o["delta_t"] or ctx.spec.explore_interval
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks"))
-        hooks = self.hooks(o["update"], interval, CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps), ctx.rng("explore"),
-                           per_layer=o["ranking"] == "layer")
+        state = ctx.state(
+            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
+        )
+        hooks = self.hooks(
+            o["update"],
+            interval,
+            CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps),
+            ctx.rng("explore"),
+            per_layer=o["ranking"] == "layer",
+        )
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
 

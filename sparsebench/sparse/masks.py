@@ -33,7 +33,7 @@ class MaskState:
     @classmethod
     def from_distribution(
         cls, model: nn.Module, sparsity: float, distribution: str, scope: str, generator: torch.Generator
-    ) -> "MaskState":
+    ) -> MaskState:
         """Masks of overall sparsity `sparsity` over `scope`, laid out by `distribution`."""
         params = scope_parameters(model, scope)
         shapes = {name: tuple(p.shape) for name, p in params.items()}
@@ -46,7 +46,7 @@ class MaskState:
         return cls(params, masks)
 
     @classmethod
-    def dense(cls, model: nn.Module, scope: str) -> "MaskState":
+    def dense(cls, model: nn.Module, scope: str) -> MaskState:
         params = scope_parameters(model, scope)
         return cls(params, {n: torch.ones_like(p) for n, p in params.items()})
 

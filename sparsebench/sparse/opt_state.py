@@ -39,8 +39,12 @@ def masks_gradients(policy: str) -> bool:
 
 @torch.no_grad()
 def on_topology_update(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, pruned: torch.Tensor, grown: torch.Tensor,
-    survivors: torch.Tensor, policy: str,
+    optimizer: torch.optim.Optimizer,
+    param: torch.Tensor,
+    pruned: torch.Tensor,
+    grown: torch.Tensor,
+    survivors: torch.Tensor,
+    policy: str,
 ) -> None:
     """Set `param`'s per-element optimizer state after a topology update (flat bool position sets)."""
     if check_policy(policy) == "dense":

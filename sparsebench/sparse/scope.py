@@ -10,6 +10,8 @@ the sparse tensor, so sigma is computed from the masked matrix.
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -26,7 +28,8 @@ def weight_tensor(module: nn.Module) -> nn.Parameter | None:
     changes the module's u/v vectors.
     """
     if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
+        parametrizations = cast(nn.ModuleDict, module.parametrizations)
+        return cast(nn.Parameter, parametrizations["weight"].original)
     return module._parameters.get("weight")
 
 
@@ -37,8 +40,9 @@ def scope_parameters(model: nn.Module, scope: str = "conv") -> dict[str, nn.Para
     kinds = _KINDS[scope]
     out: dict[str, nn.Parameter] = {}
     for name, module in model.named_modules():
-        if isinstance(module, kinds) and weight_tensor(module) is not None:
-            out[name] = weight_tensor(module)
+        weight = weight_tensor(module) if isinstance(module, kinds) else None
+        if weight is not None:
+            out[name] = weight
         elif isinstance(module, nn.modules.conv._ConvNd):
             covered = "Conv2d, ConvTranspose2d" + (", Linear" if scope == "conv+linear" else "")
             raise SparsebenchError(

@@ -23,8 +23,8 @@ class SparseEMA:
         self.start = start
         self.model = copy.deepcopy(model)
         self.model.requires_grad_(False)
-        self._src = [p for _, p in sorted(model.named_parameters())]
-        self._dst = [p for _, p in sorted(self.model.named_parameters())]
+        self._src: list[torch.Tensor] = [p for _, p in sorted(model.named_parameters())]
+        self._dst: list[torch.Tensor] = [p for _, p in sorted(self.model.named_parameters())]
         self._src_buf = [b for _, b in sorted(model.named_buffers())]
         self._dst_buf = [b for _, b in sorted(self.model.named_buffers())]
         self.masks = masks
@@ -44,6 +44,7 @@ class SparseEMA:
         else:
             torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay)
             for layer, fresh in self._fresh.items():  # first update after growth: start at w
+                assert self.masks is not None  # growth is only ever reported with masks
                 src = self.masks.params[layer]
                 dst = self._name_of_scope[layer]
                 dst.view(-1)[fresh] = src.view(-1)[fresh]

@@ -12,8 +12,8 @@ policy (`dense`, `mean` or `zero`, see sparsebench.sparse.opt_state).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

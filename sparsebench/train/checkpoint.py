@@ -68,17 +68,34 @@ class Checkpoint:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def save(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks, label: str,
-             done: bool, wall_s: float = 0.0) -> None:
+    def save(
+        self,
+        state: GANState,
+        batcher: Batcher,
+        noise: torch.Generator,
+        hooks: Hooks,
+        label: str,
+        done: bool,
+        wall_s: float = 0.0,
+    ) -> None:
         blob = {
-            "config": self.config_json, "label": label, "done": done, "step": state.step, "flops": state.flops,
-            "G": state.G.state_dict(), "D": state.D.state_dict(),
-            "g_opt": state.g_opt.state_dict(), "d_opt": state.d_opt.state_dict(),
+            "config": self.config_json,
+            "label": label,
+            "done": done,
+            "step": state.step,
+            "flops": state.flops,
+            "G": state.G.state_dict(),
+            "D": state.D.state_dict(),
+            "g_opt": state.g_opt.state_dict(),
+            "d_opt": state.d_opt.state_dict(),
             "g_masks": state.g_masks.state_dict() if state.g_masks is not None else None,
             "d_masks": state.d_masks.state_dict() if state.d_masks is not None else None,
             "ema": state.ema.state_dict() if state.ema is not None else None,
-            "batcher": batcher.state_dict(), "noise": noise.get_state(), "hooks": hooks.state_dict(),
-            "threads": torch.get_num_threads(), "wall_s": float(wall_s),
+            "batcher": batcher.state_dict(),
+            "noise": noise.get_state(),
+            "hooks": hooks.state_dict(),
+            "threads": torch.get_num_threads(),
+            "wall_s": float(wall_s),
         }
         atomic_save(blob, self.path)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +54,15 @@ class RunWiring:
 class RunContext:
     """The core's `MethodContext`: what a method plugin trains with."""
 
-    def __init__(self, config: RunConfig, data: DataSplits, device: torch.device, run_dir: Path,
-                 wiring: RunWiring, width: float = 1.0):
+    def __init__(
+        self,
+        config: RunConfig,
+        data: DataSplits,
+        device: torch.device,
+        run_dir: Path,
+        wiring: RunWiring,
+        width: float = 1.0,
+    ):
         self.config = config
         self.data = data
         self.device = device
@@ -114,10 +122,12 @@ class RunContext:
     def flops(self) -> GANFlops:
         if self._flops is None:
             self.build_models()
+        assert self._flops is not None  # counted by build_models
         return self._flops
 
-    def masks(self, model: nn.Module, sparsity: float, distribution: str | None = None,
-              stream: str = "masks") -> MaskState | None:
+    def masks(
+        self, model: nn.Module, sparsity: float, distribution: str | None = None, stream: str = "masks"
+    ) -> MaskState | None:
         """Masks of the given sparsity over the run's scope (None for sparsity 0: dense), drawn from
         `rng(stream)`: give G and D different streams."""
         if sparsity <= 0.0:
@@ -135,13 +145,19 @@ class RunContext:
                 masks.opt_state = self.config.opt_state
         ema = SparseEMA(G, s.ema_decay, s.ema_start, g_masks)
         return GANState(
-            G=G, D=D, g_opt=adam(G.parameters(), s.lr_g, s.beta1, s.beta2, s.adam_eps),
-            d_opt=adam(D.parameters(), s.lr_d, s.beta1, s.beta2, s.adam_eps), g_masks=g_masks, d_masks=d_masks,
+            G=G,
+            D=D,
+            g_opt=adam(G.parameters(), s.lr_g, s.beta1, s.beta2, s.adam_eps),
+            d_opt=adam(D.parameters(), s.lr_d, s.beta1, s.beta2, s.adam_eps),
+            g_masks=g_masks,
+            d_masks=d_masks,
             ema=ema,
         )
 
     # -- training -----------------------------------------------------------------------------
-    def train(self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train") -> None:
+    def train(
+        self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train"
+    ) -> None:
         """Run the training loop; FLOPs are added to `state.flops` at the current densities."""
         from sparsebench import distributed
 
@@ -150,7 +166,9 @@ class RunContext:
         world, rank = distributed.world_size(), distributed.rank()
         spec = self.spec
         if world > 1:  # each rank takes its share of the preset's global batch
-            spec = spec.replace(batch_size=max(1, spec.batch_size // world), g_batch_size=max(1, spec.g_batch_size // world))
+            spec = spec.replace(
+                batch_size=max(1, spec.batch_size // world), g_batch_size=max(1, spec.g_batch_size // world)
+            )
         suffix = f"-rank{rank}" if world > 1 else ""
         batcher = Batcher(self.data.train, self.device, self.rng(f"data{suffix}"))
         noise = self.rng(f"noise{suffix}", self.device)
@@ -162,8 +180,9 @@ class RunContext:
             except CheckpointError as exc:  # checked before loading: the live state is still fresh
                 ckpt.set_aside(str(exc).split(";")[0])
             else:
-                log.warning("resuming run %s phase %d (%s) from G step %d", self.config.run_id, self._phases,
-                            label, state.step)
+                log.warning(
+                    "resuming run %s phase %d (%s) from G step %d", self.config.run_id, self._phases, label, state.step
+                )
                 self._resumed_wall = wall - self._wiring.elapsed()  # the run's clock goes on from the save
                 if done:
                     self._spent_flops += state.flops
@@ -190,9 +209,22 @@ class RunContext:
 
         kernels = attach(self.config.kernels, state, hooks, spec)
         try:
-            train(state, steps, spec, batcher, self.num_classes, noise, cost, kernels.hooks, log_step, wiring.progress,
-                  save, wiring.checkpoint_every, wiring.stop_requested,
-                  distributed.average_gradients if world > 1 else None)
+            train(
+                state,
+                steps,
+                spec,
+                batcher,
+                self.num_classes,
+                noise,
+                cost,
+                kernels.hooks,
+                log_step,
+                wiring.progress,
+                save,
+                wiring.checkpoint_every,
+                wiring.stop_requested,
+                distributed.average_gradients if world > 1 else None,
+            )
             save(done=True)
         finally:
             kernels.detach()

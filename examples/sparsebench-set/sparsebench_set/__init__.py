@@ -42,8 +42,9 @@ class SETGAN(Method):
 
     def run(self, ctx: MethodContext):
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"),
-                          ctx.masks(D, ctx.config.sd, stream="d-masks"))
+        state = ctx.state(
+            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
+        )
         interval = ctx.options["delta_t"] or ctx.spec.explore_interval
         schedule = CosineSchedule(ctx.options["zeta"], 0.0, ctx.spec.steps)
         hooks = RandomRegrowth(interval, schedule, ctx.rng("regrowth"))

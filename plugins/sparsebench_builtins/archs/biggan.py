@@ -81,8 +81,15 @@ class DBlock(nn.Module):
 class Generator(nn.Module):
     """`channels` = [c0, c1, ...]: block i maps c_i -> c_{i+1}, each doubling the resolution."""
 
-    def __init__(self, channels: list[int], z_dim: int, num_classes: int, attention: set[int] = frozenset(),
-                 shared_dim: int = 0, hier: bool = False):
+    def __init__(
+        self,
+        channels: list[int],
+        z_dim: int,
+        num_classes: int,
+        attention: set[int] = frozenset(),
+        shared_dim: int = 0,
+        hier: bool = False,
+    ):
         super().__init__()
         n_blocks = len(channels) - 1
         self.c, self.num_classes, self.hier = channels[0], num_classes, hier
@@ -91,9 +98,12 @@ class Generator(nn.Module):
         self.shared = nn.Embedding(num_classes, shared_dim) if shared_dim else None
         cond_dim = (shared_dim + self.z_chunk) if shared_dim else 0
         self.linear = sn(nn.Linear(self.z_chunk if hier else z_dim, 4 * 4 * channels[0]))
-        self.blocks = nn.ModuleList(GBlock(channels[i], channels[i + 1], num_classes, cond_dim) for i in range(n_blocks))
-        self.attn = nn.ModuleDict({str(i): Attention(channels[i + 1]) for i in range(n_blocks)
-                                   if 8 * 2**i in attention})
+        self.blocks = nn.ModuleList(
+            GBlock(channels[i], channels[i + 1], num_classes, cond_dim) for i in range(n_blocks)
+        )
+        self.attn = nn.ModuleDict(
+            {str(i): Attention(channels[i + 1]) for i in range(n_blocks) if 8 * 2**i in attention}
+        )
         self.out_bn = BatchNorm(channels[-1])
         self.out_conv = sn(nn.Conv2d(channels[-1], 3, 3, padding=1))
 
@@ -116,8 +126,14 @@ class Discriminator(nn.Module):
     """`channels` = [3, c1, ...] with `downsample[i]` for block i; attention after blocks whose
     input resolution is listed."""
 
-    def __init__(self, channels: list[int], downsample: list[bool], resolution: int, num_classes: int,
-                 attention: set[int] = frozenset()):
+    def __init__(
+        self,
+        channels: list[int],
+        downsample: list[bool],
+        resolution: int,
+        num_classes: int,
+        attention: set[int] = frozenset(),
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(
             DBlock(channels[i], channels[i + 1], downsample=downsample[i], preactivation=i > 0)
@@ -155,24 +171,71 @@ def init_weights(model: nn.Module, how: str) -> None:
 
 
 PAPER = TrainSpec(
-    dataset="cifar10", resolution=32, width=64, z_dim=128, batch_size=50, g_batch_size=50, n_critic=4,
-    lr_g=2e-4, lr_d=2e-4, beta1=0.0, beta2=0.999, steps=125_000, ema_decay=0.9999, ema_start=1000,
-    explore_interval=500, eval_samples=50_000, extractor="inception-v3-compat", eval_batch_stats=True,
+    dataset="cifar10",
+    resolution=32,
+    width=64,
+    z_dim=128,
+    batch_size=50,
+    g_batch_size=50,
+    n_critic=4,
+    lr_g=2e-4,
+    lr_d=2e-4,
+    beta1=0.0,
+    beta2=0.999,
+    steps=125_000,
+    ema_decay=0.9999,
+    ema_start=1000,
+    explore_interval=500,
+    eval_samples=50_000,
+    extractor="inception-v3-compat",
+    eval_batch_stats=True,
     log_every=100,
 )
 QUICK = TrainSpec(
-    dataset="digits", resolution=16, width=8, z_dim=32, batch_size=32, g_batch_size=32, n_critic=2,
-    lr_g=5e-4, lr_d=5e-4, beta1=0.0, beta2=0.999, steps=400, ema_decay=0.99, ema_start=100,
-    explore_interval=100, eval_samples=1000, extractor="sparsebench-digits", eval_batch_stats=True,
+    dataset="digits",
+    resolution=16,
+    width=8,
+    z_dim=32,
+    batch_size=32,
+    g_batch_size=32,
+    n_critic=2,
+    lr_g=5e-4,
+    lr_d=5e-4,
+    beta1=0.0,
+    beta2=0.999,
+    steps=400,
+    ema_decay=0.99,
+    ema_start=100,
+    explore_interval=100,
+    eval_samples=1000,
+    extractor="sparsebench-digits",
+    eval_batch_stats=True,
     log_every=10,
 )
 
 
 IMAGENET = TrainSpec(  # launch_BigGAN_bs256x8.sh: 8 accumulated batches of 256, adam_eps 1e-6, G_eval_mode
-    dataset="imagefolder", resolution=128, width=96, z_dim=120, batch_size=256, g_batch_size=256, n_critic=1,
-    lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.999, steps=150_000, ema_decay=0.9999, ema_start=20_000,
-    explore_interval=500, eval_samples=50_000, extractor="inception-v3-compat", eval_batch_stats=False,
-    log_every=100, accumulate=8, adam_eps=1e-6,
+    dataset="imagefolder",
+    resolution=128,
+    width=96,
+    z_dim=120,
+    batch_size=256,
+    g_batch_size=256,
+    n_critic=1,
+    lr_g=1e-4,
+    lr_d=4e-4,
+    beta1=0.0,
+    beta2=0.999,
+    steps=150_000,
+    ema_decay=0.9999,
+    ema_start=20_000,
+    explore_interval=500,
+    eval_samples=50_000,
+    extractor="inception-v3-compat",
+    eval_batch_stats=False,
+    log_every=100,
+    accumulate=8,
+    adam_eps=1e-6,
 )
 
 
@@ -187,10 +250,12 @@ class BigGAN(Architecture):
     def build(self, spec: TrainSpec, num_classes: int, width: float = 1.0, **options):
         ch = max(1, round(spec.width * width))
         if spec.resolution == 128:  # the reference 128x128 table
-            G = Generator([ch * k for k in (16, 16, 8, 4, 2, 1)], spec.z_dim, num_classes, {64}, shared_dim=128,
-                          hier=True)
-            D = Discriminator([3] + [ch * k for k in (1, 2, 4, 8, 16, 16)], [True] * 5 + [False], 128, num_classes,
-                              {64})
+            G = Generator(
+                [ch * k for k in (16, 16, 8, 4, 2, 1)], spec.z_dim, num_classes, {64}, shared_dim=128, hier=True
+            )
+            D = Discriminator(
+                [3] + [ch * k for k in (1, 2, 4, 8, 16, 16)], [True] * 5 + [False], 128, num_classes, {64}
+            )
             init = "ortho"
         else:
             n_up = log2_int(spec.resolution, "resolution") - 2

@@ -11,7 +11,7 @@ import os
 import torch
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, Dataset, ImageData
+from sparsebench.api import Dataset, DataSplits, ImageData
 from sparsebench.hookspecs import hookimpl
 from sparsebench.options import Option
 from sparsebench_builtins.datasets.common import to_uint8_rgb

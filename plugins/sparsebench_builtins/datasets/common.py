@@ -13,8 +13,13 @@ def to_uint8_rgb(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[-1] != resolution or images.shape[-2] != resolution:
-        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                               antialias=images.shape[-1] > resolution)
+        images = F.interpolate(
+            images,
+            size=(resolution, resolution),
+            mode="bilinear",
+            align_corners=False,
+            antialias=images.shape[-1] > resolution,
+        )
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
 
 

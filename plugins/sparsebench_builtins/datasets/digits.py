@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.api import DataSplits, Dataset, ImageData
+from sparsebench.api import Dataset, DataSplits, ImageData
 from sparsebench.hookspecs import hookimpl
 from sparsebench_builtins.datasets.common import split, to_uint8_rgb
 

@@ -11,7 +11,7 @@ import os
 import torch
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, Dataset, ImageData
+from sparsebench.api import Dataset, DataSplits, ImageData
 from sparsebench.hookspecs import hookimpl
 from sparsebench.options import Option
 from sparsebench_builtins.datasets.common import split
@@ -30,8 +30,9 @@ class ImageFolderData(Dataset):
             raise SparsebenchError(
                 f"imagefolder needs --data-dir DIR with one sub-folder of images per class; got {data_dir!r}"
             )
-        tf = transforms.Compose([transforms.Resize(resolution), transforms.CenterCrop(resolution),
-                                 transforms.PILToTensor()])
+        tf = transforms.Compose(
+            [transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.PILToTensor()]
+        )
         try:
             ds = ImageFolder(data_dir, transform=tf)
         except (FileNotFoundError, RuntimeError) as exc:

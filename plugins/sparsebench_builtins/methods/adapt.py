@@ -21,7 +21,15 @@ import math
 import torch
 
 from sparsebench import (
-    CosineSchedule, MaskState, Method, Option, Phase, change_density, gradient_magnitude, hookimpl, magnitude,
+    CosineSchedule,
+    MaskState,
+    Method,
+    Option,
+    Phase,
+    change_density,
+    gradient_magnitude,
+    hookimpl,
+    magnitude,
 )
 from sparsebench_builtins.methods.rigl import GradientGrowth
 from sparsebench_builtins.methods.static import sparse_phase_densities
@@ -40,8 +48,20 @@ class BalancedTraining(GradientGrowth):
 
     per_layer = False
 
-    def __init__(self, interval: int, schedule: CosineSchedule, generator, *, mode: str, d_interval: int,
-                 ratio_every: int, d_density: float, real, z_dim: int, num_classes: int):
+    def __init__(
+        self,
+        interval: int,
+        schedule: CosineSchedule,
+        generator,
+        *,
+        mode: str,
+        d_interval: int,
+        ratio_every: int,
+        d_density: float,
+        real,
+        z_dim: int,
+        num_classes: int,
+    ):
         super().__init__("g", interval, schedule, generator)
         self.mode, self.d_interval, self.ratio_every = mode, d_interval, ratio_every
         self.d_density = d_density
@@ -110,8 +130,12 @@ class BalancedTraining(GradientGrowth):
         return changed
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "window": list(self.window), "d_density": self.d_density,
-                "last_ratio": self.last_ratio}
+        return {
+            **super().state_dict(),
+            "window": list(self.window),
+            "d_density": self.d_density,
+            "last_ratio": self.last_ratio,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -132,11 +156,21 @@ class ADAPT(Method):
     result_columns = ("topology_updates", "delta_t")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
     options = (
-        Option("mode", str, "relaxed", "relaxed: D's density may reach 1; strict: capped at 0.5, then DST on D",
-               tuple(D_CAP)),
+        Option(
+            "mode",
+            str,
+            "relaxed",
+            "relaxed: D's density may reach 1; strict: capped at 0.5, then DST on D",
+            tuple(D_CAP),
+        ),
         Option("p0", float, 0.5, "initial drop fraction of G's updates (cosine-decayed to 0)", interval="(0, 1]"),
-        Option("delta_t", int, 0, "G steps between G's topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
-               interval="[0, inf)"),
+        Option(
+            "delta_t",
+            int,
+            0,
+            "G steps between G's topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
+            interval="[0, inf)",
+        ),
         Option("delta_t_d", int, 0, "G steps between D density adjustments (0: twice delta_t)", interval="[0, inf)"),
         Option("ratio_every", int, 10, "G steps between balance-ratio samples", interval="[1, inf)"),
     )
@@ -148,10 +182,17 @@ class ADAPT(Method):
         d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
         state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
         hooks = BalancedTraining(
-            interval, CosineSchedule(o["p0"], 0.0, spec.steps), ctx.rng("explore"), mode=o["mode"],
-            d_interval=o["delta_t_d"] or 2 * interval, ratio_every=o["ratio_every"], d_density=1.0 - cfg.sd,
-            real=lambda step: ctx.batch(spec.batch_size, stream=f"balance-ratio-{step}"), z_dim=spec.z_dim,
-            num_classes=ctx.num_classes)
+            interval,
+            CosineSchedule(o["p0"], 0.0, spec.steps),
+            ctx.rng("explore"),
+            mode=o["mode"],
+            d_interval=o["delta_t_d"] or 2 * interval,
+            ratio_every=o["ratio_every"],
+            d_density=1.0 - cfg.sd,
+            real=lambda step: ctx.batch(spec.batch_size, stream=f"balance-ratio-{step}"),
+            z_dim=spec.z_dim,
+            num_classes=ctx.num_classes,
+        )
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
 

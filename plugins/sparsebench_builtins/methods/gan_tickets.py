@@ -43,8 +43,13 @@ class GANTickets(Method):
     result_columns = ("reached_sg", "rounds", "pruned_from")
     options = (
         Option("prune_rate", float, 0.2, "fraction of the remaining weights pruned per round", interval="(0, 1)"),
-        Option("rounds", int, 0, "pruning rounds (0: the number whose density 0.8^k is nearest 1 - s_G)",
-               interval="[0, inf)"),
+        Option(
+            "rounds",
+            int,
+            0,
+            "pruning rounds (0: the number whose density 0.8^k is nearest 1 - s_G)",
+            interval="[0, inf)",
+        ),
     )
 
     def run(self, ctx: MethodContext) -> None:

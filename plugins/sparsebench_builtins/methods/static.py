@@ -25,8 +25,9 @@ class Static(Method):
 
     def run(self, ctx: MethodContext) -> None:
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"),
-                          ctx.masks(D, ctx.config.sd, stream="d-masks"))
+        state = ctx.state(
+            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
+        )
         ctx.train(state)
         ctx.finish(state)
 

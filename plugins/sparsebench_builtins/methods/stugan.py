@@ -34,10 +34,16 @@ class STUGAN(Method):
         Option("explore", str, "g", "which networks explore their connectivity (paper Fig. 5)", ("g", "d", "gd")),
         Option("p0", float, 0.5, "initial update fraction p", interval="(0, 1]"),
         Option("p_min", float, 0.005, "final update fraction of the cosine decay", interval="[0, 1]"),
-        Option("delta_t", int, 0, "G steps between topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
-               interval="[0, inf)"),
-        Option("length", int, 1, "training-length multiplier at the same delta_t (paper Table 3: 5)",
-               interval="[1, inf)"),
+        Option(
+            "delta_t",
+            int,
+            0,
+            "G steps between topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
+            interval="[0, inf)",
+        ),
+        Option(
+            "length", int, 1, "training-length multiplier at the same delta_t (paper Table 3: 5)", interval="[1, inf)"
+        ),
     )
 
     def run(self, ctx) -> None:
@@ -45,8 +51,9 @@ class STUGAN(Method):
         steps = ctx.spec.steps * o["length"]
         interval = o["delta_t"] or ctx.spec.explore_interval
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"),
-                          ctx.masks(D, ctx.config.sd, stream="d-masks"))
+        state = ctx.state(
+            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
+        )
         hooks = Exploration(o["explore"], interval, CosineSchedule(o["p0"], o["p_min"], steps), ctx.rng("explore"))
         ctx.train(state, steps, hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)

@@ -37,8 +37,13 @@ class DigitsNet(nn.Module):
     def features(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x_uint8.float().div(127.5).sub(1.0)
         if x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.resolution)
+            x = F.interpolate(
+                x,
+                size=(self.resolution, self.resolution),
+                mode="bilinear",
+                align_corners=False,
+                antialias=x.shape[-1] > self.resolution,
+            )
         h = F.max_pool2d(F.relu(self.c1(x)), 2)
         h = F.max_pool2d(F.relu(self.c2(h)), 2)
         feat = F.relu(self.fc(h.flatten(1)))
@@ -131,4 +136,3 @@ def fidelity_extractor_class():
             return torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
 
     return DigitsFeatureExtractor
-

@@ -56,8 +56,9 @@ class InceptionExtractor(FeatureExtractor):
         source = weights_file or (str(hub) if hub.is_file() else None)
         if source is None:
             try:
-                state = torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", progress=False,
-                                                           weights_only=True)
+                state = torch.hub.load_state_dict_from_url(
+                    URL_INCEPTION_V3, map_location="cpu", progress=False, weights_only=True
+                )
             except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError... when offline
                 raise SparsebenchError(
                     f"Inception weights could not be downloaded ({type(exc).__name__}); put {INCEPTION_FILE} at "
