@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -359,6 +360,9 @@ class Runner:
         # metrics of the evaluated generator
         metrics = [self.plugins.metrics.get(m) for m in config.metrics]
         flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
+        if st.step_seconds:  # measured time beside FLOPs: the median G step of the final phase
+            res["train_s_per_step"] = statistics.median(st.step_seconds)
+        sampled = time.perf_counter()
         images = sample(
             st.eval_model,
             spec.eval_samples,
@@ -367,6 +371,7 @@ class Runner:
             self.device,
             seed=stream_seed(config.seed, "eval-samples"),
         )
+        res["infer_ms_per_image"] = 1000.0 * (time.perf_counter() - sampled) / spec.eval_samples
         samples = SampleSet(ev, images, flags)
         for m in metrics:
             res.update(m.compute(samples))

@@ -31,6 +31,10 @@ def test_results_csv_contract_and_skip_done(store):
     by_method = {r["method"]: r for r in table}
     assert by_method["dense"]["sd"] == "0.0" and by_method["dense"]["sg"] == "0.0"  # fixed axes recorded
     assert abs(float(by_method["static"]["density_g"]) - 0.1) < 1e-4  # exact count: round(0.1 * N) / N
+    for row in table:  # measured time beside FLOPs: a G step's median and the sampling time per image
+        assert 0 < float(row["train_s_per_step"]) < float(row["wall_s"])
+        assert 0 < float(row["infer_ms_per_image"]) < 1000 * float(row["wall_s"])
+        assert int(row["threads"]) >= 1
     again = run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
     assert again.stderr.count("already done, skipped") == 2
     as_json = json.loads(run_cli("results", "--store", str(store), "--format", "json", check=True).stdout)

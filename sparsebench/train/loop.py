@@ -16,8 +16,9 @@ step sees the gradient of the mean loss over all of them.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,7 @@ class GANState:
     ema: SparseEMA | None = None
     step: int = 0
     flops: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each G step this process ran
 
     @property
     def eval_model(self) -> nn.Module:
@@ -174,6 +176,7 @@ def train(
     D.train()
     while state.step < steps:
         t = state.step + 1
+        started = time.perf_counter()
         for _ in range(spec.n_critic):
             state.d_opt.zero_grad(set_to_none=True)
             d_loss = torch.zeros((), device=device)
@@ -221,6 +224,7 @@ def train(
             if sync_grads is not None:
                 on_topology_change(state)
             cost = step_cost()  # the next steps run at the new densities
+        state.step_seconds.append(time.perf_counter() - started)  # D steps, G step and topology update
 
         d_val, g_val = d_loss.item(), g_loss.item()
         if not math.isfinite(d_val):
