@@ -175,8 +175,15 @@ class Runner:
             self.store.log_stats(run_id, pending)
             pending.clear()
 
+        ratios: list[tuple[int, float]] = []  # the balance ratio over the current training phase
+
         def log_fn(step: int, values: dict) -> None:
             pending.extend((step, k, float(v)) for k, v in values.items())
+            for key, value in values.items():
+                if key.endswith("balance_ratio"):
+                    if ratios and step <= ratios[-1][0]:  # a new phase (fine-tuning, a ticket round)
+                        ratios.clear()
+                    ratios.append((step, float(value)))
             if len(pending) > 200:
                 flush()
             if bar is not None and "loss_g" in values:
@@ -211,7 +218,7 @@ class Runner:
                 raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
             flush()
             if leader:  # rank 0 evaluates and stores for the whole process group
-                results = self._results(config, ctx)
+                results = {**self._results(config, ctx), **_ratio_results(ratios)}
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
@@ -436,3 +443,13 @@ class LineProgress:
 
     def close(self) -> None:
         pass
+
+
+def _ratio_results(ratios: list[tuple[int, float]]) -> dict[str, float]:
+    """The final balance ratio and its mean over the last 10 % of the final phase's steps (of those this
+    process logged: a run resumed late in training averages fewer of them)."""
+    if not ratios:
+        return {}
+    last = ratios[-1][0]
+    tail = [v for s, v in ratios if s >= 0.9 * last]
+    return {"balance_ratio": ratios[-1][1], "balance_ratio_last10": sum(tail) / len(tail)}

@@ -74,6 +74,8 @@ EXTRA_COLUMNS = [
     "diverged_step",
     "interrupted_step",
     "variant",
+    "balance_ratio",
+    "balance_ratio_last10",
     "train_s_per_step",
     "infer_ms_per_image",
     "threads",

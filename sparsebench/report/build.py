@@ -100,7 +100,8 @@ def build_report(
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     stats = pd.DataFrame(
-        store.stats_rows(["exploration_rate", "loss_d", "loss_g"]), columns=["run_id", "step", "key", "value"]
+        store.stats_rows(["exploration_rate", "loss_d", "loss_g", "balance_ratio"]),
+        columns=["run_id", "step", "key", "value"],
     )
     stats = stats[stats["run_id"].isin(df["run_id"])]
     written += plots.render_all(
@@ -114,6 +115,10 @@ def build_report(
             (
                 plots.curves,
                 (stats, df, [("loss_d", "D loss (hinge)"), ("loss_g", "G loss (hinge)")], "losses", figures),
+            ),
+            (
+                plots.curves,
+                (stats, df, [("balance_ratio", "balance ratio (ADAPT)")], "balance_ratio", figures),
             ),
         ]
     )

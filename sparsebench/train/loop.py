@@ -39,6 +39,23 @@ def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return -d_fake.mean()
 
 
+def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> float:
+    """ADAPT's balance ratio: the mean over samples of (D(G_post(z)) - D(G_pre(z))) / (D(x) - D(G_pre(z))),
+    how far one G update moves its samples towards real data in D's eyes (Wang et al., NeurIPS 2023)."""
+    return float(((d_post - d_pre) / (d_real - d_pre)).mean())
+
+
+@torch.no_grad()
+def _d_of(state: GANState, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    """D's outputs on `x` (or on G(z) when `z` is given), both in eval mode: a measurement that moves
+    neither BN statistics nor spectral-norm vectors, so training is the same with or without it."""
+    state.G.eval(), state.D.eval()
+    try:
+        return state.D(state.G(z, y) if z is not None else x, y).flatten()
+    finally:
+        state.G.train(), state.D.train()
+
+
 class Diverged(RuntimeError):
     """A loss became NaN or infinite."""
 
@@ -211,11 +228,17 @@ def train(
         if sync_grads is not None:
             sync_grads(G)
         hooks.after_g_backward(state, t)
+        probe = log is not None and (t % spec.log_every == 0 or t == 1)
+        if probe:  # the balance ratio of every method: G_pre and G_post on the same z, D after its update
+            pz = torch.randn(x.shape[0], spec.z_dim, generator=torch.Generator().manual_seed(t)).to(device)
+            d_real, d_pre = _d_of(state, x, y), _d_of(state, x, y, pz)
         if state.g_masks is not None:
             state.g_masks.before_step()
         state.g_opt.step()
         if state.g_masks is not None:
             state.g_masks.apply()
+        if probe:
+            ratio = balance_ratio(d_real, d_pre, _d_of(state, x, y, pz))
         if state.ema is not None:
             state.ema.update(t)
         state.step = t
@@ -231,8 +254,8 @@ def train(
             raise Diverged(t, "D loss")
         if not math.isfinite(g_val):
             raise Diverged(t, "G loss")
-        if log is not None and (t % spec.log_every == 0 or t == 1):
-            log(t, {"loss_d": d_val, "loss_g": g_val, **hooks.stats(state, t)})
+        if probe and log is not None:
+            log(t, {"loss_d": d_val, "loss_g": g_val, "balance_ratio": ratio, **hooks.stats(state, t)})
         if progress is not None:
             progress(1)
         if checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps:

@@ -26,6 +26,7 @@ from sparsebench import (
     Method,
     Option,
     Phase,
+    balance_ratio,
     change_density,
     gradient_magnitude,
     hookimpl,
@@ -36,11 +37,6 @@ from sparsebench_builtins.methods.static import sparse_phase_densities
 
 B_MINUS, B_PLUS, D_STEP, D_FLOOR = 0.45, 0.55, 0.05, 0.05
 D_CAP = {"relaxed": 1.0, "strict": 0.5}
-
-
-def balance_ratio(d_real, d_pre, d_post) -> float:
-    """Mean over samples of (D(G_post(z)) - D(G_pre(z))) / (D(x) - D(G_pre(z)))."""
-    return float(((d_post - d_pre) / (d_real - d_pre)).mean())
 
 
 class BalancedTraining(GradientGrowth):

@@ -1,0 +1,60 @@
+"""The balance ratio (ADAPT) logged for every method: measured without changing training, stored and plotted."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import pytest
+import torch
+from conftest import run_cli
+from test_opt_state import SMALL
+
+from sparsebench.config import TrainSpec
+from sparsebench.train.loop import Batcher, GANState, adam, balance_ratio, train
+
+
+@pytest.mark.parametrize("arch", ["sngan", "biggan"])
+def test_measuring_the_balance_ratio_leaves_training_unchanged(plugins, arch):
+    spec = TrainSpec(**{**SMALL, "log_every": 2})
+    data = plugins.datasets.get("digits").load(16).train
+    finals, logged = [], []
+    for log in (None, lambda step, values: logged.append((step, values["balance_ratio"]))):
+        torch.manual_seed(0)
+        G, D = plugins.archs.get(arch).build(spec, 10)
+        state = GANState(G, D, adam(G.parameters(), 1e-3, 0.0, 0.999), adam(D.parameters(), 1e-3, 0.0, 0.999))
+        batcher = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4))
+        train(state, 5, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, log=log)
+        finals.append({**G.state_dict(), **{f"D.{k}": v for k, v in D.state_dict().items()}})
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])  # BN stats and SN vectors included
+    assert [s for s, _ in logged] == [1, 2, 4] and all(math.isfinite(v) for _, v in logged)
+
+
+def test_balance_ratio_is_the_mean_of_per_sample_ratios():
+    d_real, d_pre, d_post = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.25])
+    assert balance_ratio(d_real, d_pre, d_post) == pytest.approx((0.5 / 1.0 + 0.25 / 1.0) / 2)
+
+
+def test_every_run_stores_its_balance_ratio(store):
+    run_cli(
+        "run",
+        "--methods",
+        "static",
+        "--arch",
+        "sngan",
+        "--steps",
+        "20",
+        "--no-progress",
+        "--store",
+        str(store),
+        check=True,
+    )
+    row = next(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    assert math.isfinite(float(row["balance_ratio"])) and math.isfinite(float(row["balance_ratio_last10"]))
+    import sqlite3
+
+    with sqlite3.connect(store) as conn:
+        steps = [s for (s,) in conn.execute("SELECT step FROM stats WHERE key = 'balance_ratio' ORDER BY step")]
+        last = conn.execute("SELECT value FROM stats WHERE key = 'balance_ratio' AND step = 20").fetchone()[0]
+    assert steps == [1, 10, 20] and float(row["balance_ratio"]) == pytest.approx(last)
