@@ -39,7 +39,8 @@ class MySparse(Static):
 
     def run(self, ctx):
         G, D = ctx.build_models()
-        state = ctx.state(G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks"))
+        g_masks = ctx.masks(G, ctx.config.sg, stream="g-masks")
+        state = ctx.state(G, D, g_masks, ctx.masks(D, ctx.config.sd, stream="d-masks"))
         ctx.train(state)
         ctx.finish(state, my_score=7)
 
