@@ -125,9 +125,18 @@ class Method(VersionedPlugin):
         """Train, leaving the final models in `ctx` (see `MethodContext.finish`)."""
         raise NotImplementedError
 
-    def flop_phases(self, ctx: FlopPlan) -> list[Phase]:
-        """The training phases with their densities, for FLOP accounting without training."""
-        raise NotImplementedError
+    def flop_phases(self, plan: FlopPlan) -> list[Phase]:
+        """The training phases with their densities, for `sparsebench flops` (no training). The default:
+        one phase of the preset's steps at the run's initial per-layer densities (a 'global' distribution
+        counted as uniform: its layer densities depend on trained weights). A run's own FLOPs always
+        follow the densities it really trains at."""
+        from sparsebench.sparse.distributions import layer_densities
+
+        c = plan.config
+        kind = "uniform" if c.distribution == "global" else c.distribution
+        g = layer_densities(plan.g_shapes, 1.0 - c.sg, kind) if c.sg > 0 else None
+        d = layer_densities(plan.d_shapes, 1.0 - c.sd, kind) if c.sd > 0 else None
+        return [Phase(c.train.steps, g, d)]
 
 
 @dataclass(frozen=True)

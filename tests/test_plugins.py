@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import EXE, TINY, run_cli
 
 from sparsebench.hookspecs import hookimpl
 from sparsebench.plugins import Plugins
@@ -93,7 +96,7 @@ def test_plugin_with_import_error_warns_once_and_the_rest_works(tmp_path):
 
 @pytest.fixture(scope="module")
 def example_installed():
-    pkg = ROOT / "examples" / "sparsebench-set"
+    pkg = ROOT / "examples" / "sparsebench-snip"
     try:
         import setuptools  # noqa: F401
 
@@ -102,29 +105,41 @@ def example_installed():
         isolation = []
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, str(pkg)], check=True)
     yield
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "sparsebench-set"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "sparsebench-snip"], check=True)
 
 
 def test_third_party_plugin_installed_with_pip_lists_and_runs(example_installed, store):
     out = run_cli("list", check=True).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("set-gan"))
-    assert line.rstrip().endswith("sparsebench-set")
-    run_cli(
-        "run",
-        "--methods",
-        "set-gan,static",
-        "--arch",
-        "sngan",
-        "-o",
-        "set-gan.zeta=0.4",
-        "-o",
-        "set-gan.delta_t=2",
-        "--store",
-        str(store),
-        *TINY,
-        check=True,
-    )
+    line = next(ln for ln in out.splitlines() if ln.startswith("snip "))
+    assert line.rstrip().endswith("sparsebench-snip")
+    run_cli("run", "--methods", "snip,static", "--arch", "sngan", "--store", str(store), *TINY, check=True)
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     by = {r["method"]: r for r in rows}
-    assert by["set-gan"]["status"] == "done" and by["set-gan"]["fid"]
-    assert float(by["set-gan"]["exploration_rate"]) > float(by["static"]["exploration_rate"])
+    assert by["snip"]["status"] == "done" and by["snip"]["fid"]
+    assert abs(float(by["snip"]["density_g"]) - 0.1) < 1e-3 and abs(float(by["snip"]["density_d"]) - 0.5) < 1e-3
+
+
+def test_third_party_plugin_resumes_exactly_after_sigkill(example_installed, tmp_path):
+    cmd = ["run", "--methods", "snip", "--arch", "sngan", "--steps", "60", "--checkpoint-every", "5", "--no-progress"]
+    ref, killed = tmp_path / "ref" / "r.db", tmp_path / "kill" / "r.db"
+    run_cli(*cmd, "--store", str(ref), check=True)
+    proc = subprocess.Popen(
+        [EXE, *cmd, "--store", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    t0 = time.time()
+    while not list(killed.parent.glob("artifacts/*/checkpoint-phase1.pt")) and time.time() - t0 < 120:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli(*cmd, "--store", str(killed), check=True)
+    assert "resuming run" in resumed.stderr
+
+    def row(path):
+        return next(csv.DictReader(io.StringIO(run_cli("results", "--store", str(path), check=True).stdout)))
+
+    a, b = row(ref), row(killed)
+    for key in ("run_id", "fid", "is_mean", "density_g", "density_d", "train_flops"):
+        assert a[key] == b[key], key

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.api import Method, Phase
+from sparsebench.api import Method
 from sparsebench.options import Option
-from sparsebench.sparse.distributions import layer_densities
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.topology import CosineSchedule, magnitude, random_scores, update_topology
 from sparsebench.train.loop import GANState, Hooks
@@ -159,11 +158,3 @@ class DynamicSparseMethod(Method):
         )
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
-
-    def flop_phases(self, plan) -> list[Phase]:
-        """At the initial per-layer densities (exact for per-layer updates; global ones move them)."""
-        kind = plan.config.distribution if plan.config.distribution != "global" else "uniform"
-        sg, sd = plan.config.sg, plan.config.sd
-        g = layer_densities(plan.g_shapes, 1.0 - sg, kind) if sg > 0 else None
-        d = layer_densities(plan.d_shapes, 1.0 - sd, kind) if sd > 0 else None
-        return [Phase(plan.config.train.steps, g, d)]

@@ -25,7 +25,6 @@ from sparsebench import (
     MaskState,
     Method,
     Option,
-    Phase,
     balance_ratio,
     change_density,
     gradient_magnitude,
@@ -33,7 +32,6 @@ from sparsebench import (
     magnitude,
 )
 from sparsebench_builtins.methods.rigl import GradientGrowth
-from sparsebench_builtins.methods.static import sparse_phase_densities
 
 B_MINUS, B_PLUS, D_STEP, D_FLOOR = 0.45, 0.55, 0.05, 0.05
 D_CAP = {"relaxed": 1.0, "strict": 0.5}
@@ -191,11 +189,6 @@ class ADAPT(Method):
         )
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
-
-    def flop_phases(self, plan) -> list[Phase]:
-        """At the initial densities (the run's own FLOPs follow the densities as they change)."""
-        g, d = sparse_phase_densities(plan, plan.config.sg, plan.config.sd)
-        return [Phase(plan.config.train.steps, g, d)]
 
 
 @hookimpl

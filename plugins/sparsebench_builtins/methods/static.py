@@ -5,15 +5,7 @@ Exactly STU-GAN with exploration switched off, as the paper defines the baseline
 
 from __future__ import annotations
 
-from sparsebench import Method, MethodContext, Phase, hookimpl, layer_densities
-
-
-def sparse_phase_densities(plan, sg: float, sd: float) -> tuple[dict | None, dict | None]:
-    """Per-layer densities of G and D at init under the run's distribution ('global' as uniform)."""
-    kind = plan.config.distribution if plan.config.distribution != "global" else "uniform"
-    g = layer_densities(plan.g_shapes, 1.0 - sg, kind) if sg > 0 else None
-    d = layer_densities(plan.d_shapes, 1.0 - sd, kind) if sd > 0 else None
-    return g, d
+from sparsebench import Method, MethodContext, hookimpl
 
 
 class Static(Method):
@@ -30,10 +22,6 @@ class Static(Method):
         )
         ctx.train(state)
         ctx.finish(state)
-
-    def flop_phases(self, plan) -> list[Phase]:
-        g, d = sparse_phase_densities(plan, plan.config.sg, plan.config.sd)
-        return [Phase(plan.config.train.steps, g, d)]
 
 
 @hookimpl

@@ -8,8 +8,9 @@ a cosine over the run, counted in G steps. The generator is evaluated through SE
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sparsebench import CosineSchedule, Method, Option, Phase, TopologyUpdate, gradient_magnitude, hookimpl
-from sparsebench_builtins.methods.static import sparse_phase_densities
 
 
 class Exploration(TopologyUpdate):
@@ -59,9 +60,8 @@ class STUGAN(Method):
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
 
     def flop_phases(self, plan) -> list[Phase]:
-        g, d = sparse_phase_densities(plan, plan.config.sg, plan.config.sd)
-        length = dict(plan.config.method_options).get("length", 1)
-        return [Phase(plan.config.train.steps * length, g, d)]
+        (phase,) = super().flop_phases(plan)  # the initial densities, which per-layer updates keep
+        return [replace(phase, steps=phase.steps * dict(plan.config.method_options).get("length", 1))]
 
 
 @hookimpl
