@@ -55,6 +55,7 @@ _PUBLIC = {
     "change_density": "sparsebench.sparse.topology",
     "d_hinge_loss": "sparsebench.train.loop",
     "g_hinge_loss": "sparsebench.train.loop",
+    "balance_ratio": "sparsebench.train.loop",
     "FeatureExtractor": "sparsebench.api",
     "results": "sparsebench.session",
     "run": "sparsebench.session",
