@@ -84,7 +84,8 @@ class MethodContext(Protocol):
     def masks(
         self, model: nn.Module, sparsity: float, distribution: str | None = None, stream: str = "masks"
     ) -> MaskState | None:
-        """Random masks of `sparsity` over the run's scope (None when dense), drawn from `rng(stream)`."""
+        """Random masks of `sparsity` over the run's scope (None when dense), drawn from `rng(stream)`.
+        Side effect: zeroes `model`'s weights outside the masks, in place."""
 
     def state(self, G: nn.Module, D: nn.Module, g_masks: MaskState | None, d_masks: MaskState | None) -> GANState:
         """Fresh optimizers and the (sparse) EMA of G for a training phase."""

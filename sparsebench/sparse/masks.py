@@ -16,7 +16,9 @@ from sparsebench.sparse.scope import scope_parameters
 
 
 class MaskState:
-    """Masks for the tensors `params` (module name -> Parameter), under an optimizer-state policy."""
+    """Masks for the tensors `params` (module name -> Parameter), under an optimizer-state policy.
+
+    Building one applies it: the weights outside the masks are zeroed in place at once."""
 
     def __init__(
         self, params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor], opt_state: str = DEFAULT_POLICY

@@ -129,7 +129,11 @@ class RunContext:
         self, model: nn.Module, sparsity: float, distribution: str | None = None, stream: str = "masks"
     ) -> MaskState | None:
         """Masks of the given sparsity over the run's scope (None for sparsity 0: dense), drawn from
-        `rng(stream)`: give G and D different streams."""
+        `rng(stream)`: give G and D different streams.
+
+        Side effect: the weights of `model` outside the masks are set to zero in place (a MaskState
+        applies itself when built). Score weights (e.g. on data, SNIP-style) before calling this, or
+        build a `MaskState` from your own masks."""
         if sparsity <= 0.0:
             return None
         return MaskState.from_distribution(
