@@ -399,7 +399,7 @@ class KernelBackend:
 
 
 def needs_dense_grads(hooks: Hooks, step: int) -> bool:
-    """Whether `hooks` read G's dense gradients at G step `step` (a regrowth step).
+    """Whether `hooks` read dense gradients (G's, or D's) at G step `step` (a regrowth step).
 
     Hooks say so through `needs_dense_grads(step)`; hooks that read gradients without saying when
     are taken to read them at every step.
@@ -407,7 +407,9 @@ def needs_dense_grads(hooks: Hooks, step: int) -> bool:
     ask = getattr(hooks, "needs_dense_grads", None)
     if ask is not None:
         return bool(ask(step))
-    return type(hooks).after_g_backward is not Hooks.after_g_backward
+    return any(
+        getattr(type(hooks), name) is not getattr(Hooks, name) for name in ("after_g_backward", "after_d_backward")
+    )
 
 
 class KernelHooks(Hooks):
@@ -422,9 +424,11 @@ class KernelHooks(Hooks):
         for backend in (self.g, self.d):
             if backend is not None:
                 dense = not masks_gradients(backend.masks.opt_state)  # the policy keeps dense gradients
-                if backend is self.g:
-                    dense = dense or needs_dense_grads(self.inner, step)
-                backend.set_dense_grads(dense)
+                # a step whose gradients a method reads (G's, or D's for updates of D) runs densely
+                backend.set_dense_grads(dense or needs_dense_grads(self.inner, step))
+
+    def after_d_backward(self, state: GANState, step: int) -> None:
+        self.inner.after_d_backward(state, step)
 
     def after_g_backward(self, state: GANState, step: int) -> None:
         self.inner.after_g_backward(state, step)

@@ -400,3 +400,29 @@ def test_each_mode_runs_what_was_measured_faster_for_it(monkeypatch):
         model(torch.randn(8, 4, 6, 6))
     model(torch.randn(8, 4, 6, 6))
     assert used == [True, False]
+
+
+def test_kernel_hooks_pass_both_gradient_hooks_on_and_run_gradient_steps_densely():
+    """A method's D-side hook reaches it through the backend's wrapper, and a step whose D gradients it
+    reads (RigL on D, ADAPT) is a dense-gradient step for both networks."""
+    from sparsebench.sparse import CosineSchedule
+    from sparsebench.sparse.dynamic import TopologyUpdate
+    from sparsebench_builtins.methods.rigl import GradientGrowth
+
+    calls = []
+
+    class Recording(kernels.Hooks):
+        def after_d_backward(self, state, step):
+            calls.append(("d", step))
+
+        def after_g_backward(self, state, step):
+            calls.append(("g", step))
+
+    wrapped = kernels.KernelHooks(Recording(), None, None)
+    wrapped.after_d_backward(None, 3)
+    wrapped.after_g_backward(None, 3)
+    assert calls == [("d", 3), ("g", 3)]
+    assert kernels.needs_dense_grads(Recording(), 1)  # reads gradients without saying when: every step
+    on_d = GradientGrowth("d", 4, CosineSchedule(0.5, 0.0, 100), torch.Generator())
+    assert kernels.needs_dense_grads(on_d, 8) and not kernels.needs_dense_grads(on_d, 9)
+    assert not kernels.needs_dense_grads(TopologyUpdate("gd", 4, CosineSchedule(0.5, 0.0, 100), torch.Generator()), 8)
