@@ -341,7 +341,7 @@ def test_tensorboard_events_hold_the_logged_scalars(store, tmp_path):
     assert len(list(folder.glob("events.out.tfevents.*"))) == 1
     events = EventAccumulator(str(folder))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {"loss_d", "loss_g"}
+    assert set(events.Tags()["scalars"]) == {"loss_d", "loss_g", "balance_ratio"}
     exported = {(key, e.step): e.value for key in ("loss_d", "loss_g") for e in events.Scalars(key)}
     assert sorted(exported) == sorted((k, s) for k, s, _ in logged)
     for key, step, value in logged:
