@@ -51,6 +51,10 @@ class TrainSpec:
     log_every: int = 10
     accumulate: int = 1  # minibatches whose gradients are averaged into each D and each G step
     adam_eps: float = 1e-8
+    # Both learning rates decay linearly to zero over the last (1 - lr_decay_start) of each training
+    # phase (its G steps); 1.0 keeps them constant, as the paper presets do. A phase that starts
+    # afresh (PF fine-tuning, a GAN Tickets round) restarts the schedule.
+    lr_decay_start: float = 1.0
 
     def replace(self, **changes: Any) -> TrainSpec:
         return dataclasses.replace(self, **changes)
@@ -94,6 +98,8 @@ class RunConfig:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise SparsebenchError(f"seed {self.seed} is outside [0, {SEED_LIMIT - 1}]")
+        if not 0.0 <= self.train.lr_decay_start <= 1.0:
+            raise SparsebenchError(f"lr_decay_start must lie in [0, 1], got {self.train.lr_decay_start}")
         if self.train.accumulate < 1:
             raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
@@ -104,6 +110,8 @@ class RunConfig:
         d["metrics"] = list(self.metrics)
         if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
             del d["kernels"]
+        if d["train"]["lr_decay_start"] == 1.0:  # likewise runs from before the schedule existed
+            del d["train"]["lr_decay_start"]
         return d
 
     @classmethod

@@ -44,6 +44,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPARSEBENCH_CACHE", default))
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), for labelling measured times."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env = {
         "sparsebench": __version__,
@@ -52,6 +64,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "host": platform.node(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

@@ -79,6 +79,7 @@ EXTRA_COLUMNS = [
     "train_s_per_step",
     "infer_ms_per_image",
     "threads",
+    "machine",
     "kernels",
     "code",
     "error",
@@ -88,6 +89,15 @@ INT_COLUMNS = ["seed", "eval_samples", "steps", "diverged_step", "interrupted_st
 # installed, a key no column names). Per-layer densities and tracebacks stay with `sparsebench show`.
 OTHER_COLUMN = "other"
 DETAIL_KEYS = ("g_layer_density", "traceback")
+
+
+def machine_label(env: dict) -> str | None:
+    """Where a run's times were measured: the GPU, else the CPU model with its core count (else the host)."""
+    if env.get("gpu"):
+        return str(env["gpu"])
+    if env.get("cpu"):
+        return f"{env['cpu']}, {env.get('cpus', '?')} cores"
+    return env.get("host")
 
 
 def method_columns(methods: Iterable[Any]) -> list[str]:
@@ -506,7 +516,7 @@ class Store(ArtifactPaths):
 
     def all_runs(self) -> list[dict]:
         rows = self.conn.execute(
-            "SELECT run_id, method, arch, dataset, preset, sg, sd, seed, status, results, wall_s, config "
+            "SELECT run_id, method, arch, dataset, preset, sg, sd, seed, status, results, wall_s, config, env "
             "FROM runs ORDER BY created_at"
         ).fetchall()
         return [
@@ -523,6 +533,7 @@ class Store(ArtifactPaths):
                 "results": json.loads(r[9]),
                 "wall_s": r[10],
                 "config": json.loads(r[11]),
+                "env": json.loads(r[12] or "{}"),
             }
             for r in rows
         ]
@@ -550,6 +561,7 @@ class Store(ArtifactPaths):
             other = {k: v for k, v in res.items() if k not in named}
             row[OTHER_COLUMN] = json.dumps(other, sort_keys=True, default=str) if other else None
             row["kernels"] = run["config"].get("kernels", "dense")
+            row["machine"] = machine_label(run.get("env") or {})
             row["code"] = ",".join(f"{k}={v}" for k, v in sorted(run["config"].get("code", {}).items())) or None
             table.append(row)
         return table

@@ -16,7 +16,7 @@ from sparsebench import SparsebenchError
 from sparsebench.config import check_run_id
 from sparsebench.report import plots
 from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
-from sparsebench.report.tables import MethodInfo, cost_table, labels, length_table, quality_table
+from sparsebench.report.tables import MethodInfo, cost_table, labels, length_table, quality_table, time_tables
 from sparsebench.store import Store, method_columns, table_columns
 
 FORMATS = ("md", "latex", "all")
@@ -77,6 +77,9 @@ def build_report(
         ("table1", quality_table(df, methods=info), "quality"),
         ("table2", cost_table(df, convention=convention, methods=info), "cost"),
     ]
+    times = time_tables(df, methods=info)
+    for i, table in enumerate(times):
+        tables.append((f"table2_time{i + 1 if len(times) > 1 else ''}", table, "time"))
     t3 = length_table(df, info)
     if t3 is not None:
         tables.append(("table3", t3, "quality"))
@@ -196,6 +199,7 @@ def _index(
         + (", except Table 2, which is in the paper's convention (see its caption)." if convention == "paper" else "."),
         "",
     ]
+    lines += _convergence(df)
     lines += ["## Tables", ""]
     for p in written:
         if p.suffix == ".md" and p.parent == out:
@@ -235,6 +239,43 @@ def _index(
     path = out / "index.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _convergence(df: pd.DataFrame) -> list[str]:
+    """Dense FID per seed at every length the store holds, per arch and preset: whether the preset's
+    dense GAN is converged (its mean at the preset's steps against the mean at a longer run) and how
+    much seeds scatter. Shown when some arch has dense runs of more than one length."""
+    dense = df[(df["method"] == "dense") & (df["status"] == "done") & df["fid"].notna()]
+    dense = dense[dense["variant"].fillna("") == ""]
+    rows = []
+    for (arch, preset), g in dense.groupby(["arch", "preset"]):
+        if g["steps"].nunique() < 2:
+            continue
+        for steps, h in g.groupby("steps"):
+            fids = h.sort_values("seed")["fid"].astype(float)
+            std = (
+                f" ± {fids.std(ddof=1):.2f} ({100 * fids.std(ddof=1) / fids.mean():.0f} % of the mean)"
+                if len(fids) > 1
+                else ""
+            )
+            seeds = ", ".join(f"{int(s)}: {f:.2f}" for s, f in zip(h.sort_values("seed")["seed"], fids))
+            rows.append(
+                f"| {markdown_escape(arch)} | {markdown_escape(preset)} | {int(steps)} | {seeds} "
+                f"| {fids.mean():.2f}{std} |"
+            )
+    if not rows:
+        return []
+    return [
+        "### Convergence of the dense GAN",
+        "",
+        "Dense FID at the preset's G steps and at longer runs (same settings otherwise; a learning-rate "
+        "schedule scales with the run's length), per seed. Methods are compared at the preset's steps.",
+        "",
+        "| arch | preset | G steps | FID per seed | mean ± std |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def default_command() -> str:

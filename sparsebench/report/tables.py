@@ -79,6 +79,42 @@ class Table:
     rows: list[tuple[list[str], list[Cell]]]
 
 
+def _preset_steps(arch: str, preset: str) -> int | None:
+    """The G steps of `preset` of the installed architecture `arch` (None when either is unknown here)."""
+    from sparsebench.plugins import get_plugins
+
+    try:
+        return int(get_plugins().archs.get(arch).presets[preset].steps)
+    except Exception:  # noqa: BLE001 - an architecture or preset no longer installed
+        return None
+
+
+def cell_variant(df: pd.DataFrame) -> pd.Series:
+    """What separates runs of one method into table rows: its non-default options (`variant`), and every
+    setting that changes results without being a method option: an optimizer-state policy or execution
+    backend other than the default, and a length other than the preset's (so runs trained longer or
+    shorter are never pooled with, or passed off as, runs of the preset)."""
+    if df.empty:
+        return df.get("variant", pd.Series(dtype=str)).fillna("").astype(str)
+    steps_default = {
+        key: _preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)
+    }
+    out = []
+    for r in df.itertuples(index=False):
+        parts = [str(r.variant)] if isinstance(r.variant, str) and r.variant else []
+        policy = getattr(r, "opt_state", None)
+        if isinstance(policy, str) and policy != "dense":
+            parts.append(f"opt_state={policy}")
+        kernels = getattr(r, "kernels", None)
+        if isinstance(kernels, str) and kernels != "dense":
+            parts.append(f"kernels={kernels}")
+        default = steps_default.get((r.arch, r.preset))
+        if default is not None and pd.notna(r.steps) and int(r.steps) != default:
+            parts.append(f"steps={int(r.steps)}")
+        out.append(",".join(parts))
+    return pd.Series(out, index=df.index, dtype=object)
+
+
 def label(row, info: MethodInfo) -> str:
     title = info.title(row["method"])
     return f"{title} [{row['variant']}]" if isinstance(row.get("variant"), str) and row["variant"] else title
@@ -87,7 +123,7 @@ def label(row, info: MethodInfo) -> str:
 def labels(df: pd.DataFrame, info: MethodInfo) -> pd.Series:
     """`label` for every row of a results frame, vectorised."""
     titles = df["method"].map(info.title)
-    variant = df["variant"].fillna("").astype(str)
+    variant = cell_variant(df)
     return titles.where(variant == "", titles + " [" + variant + "]")
 
 
@@ -120,7 +156,7 @@ def _cells(df: pd.DataFrame, make, info: MethodInfo) -> tuple[list, list]:
     `make(key, runs)` builds one cell from its key (method, variant, arch, s_G, s_D) and its runs.
     """
     df = df.copy()
-    df["variant"] = df["variant"].fillna("")
+    df["variant"] = cell_variant(df)
     cols = _columns(df)
     groups = dict(tuple(df.groupby(["method", "variant", "sd", "arch", "sg"], sort=False)))
     empty = df.iloc[0:0]
@@ -183,7 +219,7 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
     """
     info = MethodInfo.of(methods)
     df = df.copy()
-    df["variant"] = df["variant"].fillna("")
+    df["variant"] = cell_variant(df)
     done = df[(df["status"] == "done") & df["fid"].notna()]
     fids = {key: g["fid"].astype(float).tolist() for key, g in done.groupby(CELL_KEYS)}
     out = []
@@ -310,6 +346,53 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
     )
+
+
+def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", methods=None) -> list[Table]:
+    """Measured wall-clock time beside Table 2's FLOPs: one table per machine and thread count, since times
+    of different machines do not compare. Each cell: the median G training step (evaluation excluded) and G's
+    sampling time per image, mean over the seeds done, and both relative to the dense GAN of the same arch
+    measured on the same machine with the same threads."""
+    info = MethodInfo.of(methods)
+    done = df[(df["status"] == "done") & df["train_s_per_step"].notna()].copy()
+    if done.empty or "machine" not in done:
+        return []
+    done["machine"] = done["machine"].fillna("unknown machine")
+    done["threads"] = done["threads"].fillna(0).astype(int)
+    tables = []
+    for (machine, threads), here_df in done.groupby(["machine", "threads"], sort=True):
+        dense = here_df[(here_df["method"] == "dense") & (cell_variant(here_df) == "")]
+        ref = {
+            arch: (float(g["train_s_per_step"].mean()), float(g["infer_ms_per_image"].mean()))
+            for arch, g in dense.groupby("arch")
+        }
+
+        def make(key, here: pd.DataFrame, ref=ref) -> Cell:
+            if here.empty:
+                return Cell("n/a")
+            tr, inf = float(here["train_s_per_step"].mean()), float(here["infer_ms_per_image"].mean())
+            base = ref.get(key[2])
+            rel = (tr / base[0], inf / base[1]) if base else (None, None)
+            show = lambda v, r: f"{v:.3g}" + (f" ({r:.2f}×)" if r is not None else "")  # noqa: E731
+            return Cell(
+                f"{show(1000 * tr, rel[0])} / {show(inf, rel[1])} (n={len(here)})",
+                value=rel[0],
+            )
+
+        cols, rows = _cells(here_df, make, info)
+        tables.append(
+            Table(
+                f"{title}, {machine}, {threads} thread{'s' if threads != 1 else ''}",
+                "Measured time: median training G step in ms (its D steps included, evaluation excluded) / G "
+                "sampling time per image in ms at the evaluation batch, mean over seeds, and relative to the "
+                "dense GAN of the same arch on the same machine and threads (× < 1: faster). Times from "
+                "grids run with several jobs share the machine's cores.",
+                ["Method", "s_D (%)"],
+                [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
+                rows,
+            )
+        )
+    return tables
 
 
 def length_table(df: pd.DataFrame, methods=None) -> Table | None:

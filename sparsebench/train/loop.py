@@ -156,6 +156,15 @@ def adam(params, lr: float, beta1: float, beta2: float, eps: float = 1e-8) -> to
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps)
 
 
+def lr_factor(step: int, steps: int, decay_start: float) -> float:
+    """The learning-rate multiplier of G step `step` (1-based) of a phase of `steps`: 1 until the
+    fraction `decay_start` of the phase, then linear to 0 at its last step."""
+    start = decay_start * steps
+    if decay_start >= 1.0 or step <= start:
+        return 1.0
+    return max(0.0, (steps - step + 1) / (steps - start + 1))
+
+
 def train(
     state: GANState,
     steps: int,
@@ -191,9 +200,20 @@ def train(
 
     G.train()
     D.train()
+    base_lr = [
+        [g["initial_lr"] if "initial_lr" in g else g["lr"] for g in o.param_groups] for o in (state.d_opt, state.g_opt)
+    ]
+    for o, lrs in zip((state.d_opt, state.g_opt), base_lr):
+        for g, lr in zip(o.param_groups, lrs):
+            g["initial_lr"] = lr  # the schedule's base, kept in the optimizers' state dicts across resumes
     while state.step < steps:
         t = state.step + 1
         started = time.perf_counter()
+        if spec.lr_decay_start < 1.0:
+            factor = lr_factor(t, steps, spec.lr_decay_start)
+            for o in (state.d_opt, state.g_opt):
+                for g in o.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
         for _ in range(spec.n_critic):
             state.d_opt.zero_grad(set_to_none=True)
             d_loss = torch.zeros((), device=device)

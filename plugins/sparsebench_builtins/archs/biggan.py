@@ -30,6 +30,7 @@ from sparsebench_builtins.archs.layers import (
 )
 
 
+
 class GBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, num_classes: int, cond_dim: int = 0):
         super().__init__()
@@ -212,6 +213,7 @@ QUICK = TrainSpec(
     eval_batch_stats=True,
     log_every=10,
 )
+SMALL = QUICK.replace(steps=2000, explore_interval=40, eval_samples=5000)  # tuned below
 
 
 IMAGENET = TrainSpec(  # launch_BigGAN_bs256x8.sh: 8 accumulated batches of 256, adam_eps 1e-6, G_eval_mode
@@ -243,7 +245,7 @@ class BigGAN(Architecture):
     name = "biggan"
     description = "BigGAN (class-conditional, projection D, spectral norm everywhere) at 32x32 and 128x128"
     conditional = True
-    presets = {"paper": PAPER, "quick": QUICK, "imagenet": IMAGENET}
+    presets = {"paper": PAPER, "quick": QUICK, "small": SMALL, "imagenet": IMAGENET}
     preset_classes = {"imagefolder": 1000}  # ImageNet, for counting without data
     options = ()
 

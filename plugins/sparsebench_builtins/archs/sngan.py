@@ -20,6 +20,7 @@ from sparsebench.hookspecs import hookimpl
 from sparsebench_builtins.archs.layers import BatchNorm, log2_int, sn
 
 
+
 class GenBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -155,13 +156,14 @@ QUICK = TrainSpec(
     extractor="sparsebench-digits",
     log_every=10,
 )
+SMALL = QUICK.replace(steps=2000, explore_interval=40, eval_samples=5000)  # tuned below
 
 
 class SNGAN(Architecture):
     name = "sngan"
     description = "SNGAN (unconditional ResNet, spectral norm in D) at 32x32"
     conditional = False
-    presets = {"paper": PAPER, "quick": QUICK}
+    presets = {"paper": PAPER, "quick": QUICK, "small": SMALL}
 
     def build(self, spec: TrainSpec, num_classes: int, width: float = 1.0, **options):
         df = max(1, round(spec.width * width))  # `width` is D's df; G's gf is twice it
