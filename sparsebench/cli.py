@@ -132,7 +132,8 @@ def cli(verbose: bool):
     "--preset",
     default="quick",
     show_default=True,
-    help="quick (minutes on CPU, digits), paper (CIFAR-10 reference settings); biggan also imagenet (128x128)",
+    help="quick (a smoke test: minutes on CPU, digits), small (comparisons on CPU, digits: ~5 min a run), "
+    "paper (CIFAR-10 reference settings); biggan also imagenet (128x128)",
 )
 @click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
 @click.option("--scope", default="conv", show_default=True, help="sparse tensors: conv, or conv+linear")
@@ -345,8 +346,8 @@ def _summary(outcomes) -> None:
     if quick:
         click.echo(
             f"quick preset: a smoke test of the pipeline ({', '.join(map(str, quick))} G steps); "
-            "its numbers are not converged and compare no methods. For comparisons use --preset paper "
-            "with several --seeds."
+            "its numbers are not converged and compare no methods. For comparisons use --preset small (digits, "
+            "CPU) or --preset paper with several --seeds."
         )
 
 
@@ -421,7 +422,7 @@ def main():
 
 @cli.command()
 @click.option("--arch", required=True, help="architecture")
-@click.option("--preset", default="quick", show_default=True, help="quick, paper (biggan also: imagenet)")
+@click.option("--preset", default="quick", show_default=True, help="quick, small, paper (biggan also: imagenet)")
 @click.option("--sg", default="0.9", show_default=True, help="generator sparsity for the per-layer densities")
 @click.option("--sd", default="0.5", show_default=True, help="discriminator sparsity for the per-layer densities")
 @click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
@@ -495,7 +496,7 @@ convention_option = click.option(
 
 @cli.command()
 @click.option("--arch", required=True, help="architecture")
-@click.option("--preset", default="paper", show_default=True, help="quick or paper")
+@click.option("--preset", default="paper", show_default=True, help="quick, small or paper")
 @click.option(
     "--methods",
     default="dense,pf-global,pf-uniform,gan-tickets,static,stugan",

@@ -270,3 +270,82 @@ def test_report_states_its_flop_convention(tmp_path, plugins):
             assert "†" not in t2.split("\n", 1)[1]
     bad = run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(tmp_path / "x"), "--convention", "mine")
     assert bad.returncode != 0 and bad.stderr.strip() == "Error: --convention 'mine': allowed: fvcore, paper"
+
+
+def settings_store(path, plugins) -> Store:
+    """STU-GAN under two optimizer-state policies and two backends, dense at two lengths, two machines."""
+    store = Store(path)
+    base = GridRequest(methods=["dense", "stugan"], arch="sngan", sg=[0.9], sd=[0.5], seeds=[0, 1])
+    variants = [
+        ({}, "cpu-a", 0.10, 2.0),
+        ({"opt_state": "zero", "methods": ["stugan"]}, "cpu-a", 0.10, 2.0),
+        ({"kernels": "sparseprop", "methods": ["stugan"]}, "cpu-a", 0.05, 1.0),
+        ({"steps": 800, "methods": ["dense"]}, "cpu-a", 0.20, 4.0),
+        ({}, "gpu-b", 0.01, 0.1),
+    ]
+    fid = iter(range(10, 1000))
+    for changes, machine, step_s, infer_ms in variants:
+        req = GridRequest(**{**base.__dict__, **changes})
+        for cfg in expand_grid(req, plugins):
+            if machine == "gpu-b":  # the same cells again, measured on another machine: another store row each
+                cfg = cfg.replace(seed=cfg.seed + 10)
+            if cfg.method == "dense" and not changes.get("steps"):
+                step_s_here, infer_here = 2 * step_s, 2 * infer_ms  # dense takes twice as long as stugan
+            else:
+                step_s_here, infer_here = step_s, infer_ms
+            env = {"gpu": "Some GPU"} if machine == "gpu-b" else {"cpu": "Some CPU", "cpus": 2}
+            store.claim(cfg, env, "filler")
+            store.finish_run(
+                cfg.run_id,
+                "done",
+                {
+                    "fid": float(next(fid)),
+                    "is_mean": 2.0,
+                    "train_flops": 1.0,
+                    "test_flops": 1.0,
+                    "train_flops_rel": 1.0,
+                    "test_flops_rel": 1.0,
+                    "variant": "",
+                    "train_s_per_step": step_s_here,
+                    "infer_ms_per_image": infer_here,
+                    "threads": 1,
+                },
+                1.0,
+                "filler",
+            )
+    return store
+
+
+def test_rows_never_pool_policies_backends_or_lengths(tmp_path, plugins):
+    store = settings_store(tmp_path / "r.db", plugins)
+    table = quality_table(_frame(store, None, None, None))
+    names = [names[0] for names, _ in table.rows]
+    expected = ["Dense GAN", "Dense GAN [steps=800]", "STU-GAN", "STU-GAN [opt_state=zero]"]
+    for row in expected + ["STU-GAN [kernels=sparseprop]"]:
+        assert row in names, names
+    rows = {names[0]: cells for names, cells in table.rows}
+    assert "n=2" in rows["STU-GAN [opt_state=zero]"][0].text
+    assert "n=4" in rows["STU-GAN"][0].text  # seeds 0, 1 and 10, 11: the default settings on both machines
+
+
+def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path, plugins):
+    from sparsebench.report.tables import time_tables
+
+    store = settings_store(tmp_path / "r.db", plugins)
+    tables = time_tables(_frame(store, None, None, None))
+    assert [t.title for t in tables] == [
+        "Table 2 (measured time), Some CPU, 2 cores, 1 thread",
+        "Table 2 (measured time), Some GPU, 1 thread",
+    ]
+    cpu = {names[0]: cells[0].text for names, cells in tables[0].rows}
+    assert cpu["Dense GAN"] == "200 (1.00×) / 4 (1.00×) (n=2)"
+    assert cpu["STU-GAN"] == "100 (0.50×) / 2 (0.50×) (n=2)"
+    assert cpu["STU-GAN [kernels=sparseprop]"] == "50 (0.25×) / 1 (0.25×) (n=2)"
+    gpu = {names[0]: cells[0].text for names, cells in tables[1].rows}
+    assert gpu["STU-GAN"] == "10 (0.50×) / 0.1 (0.50×) (n=2)"
+    out = tmp_path / "rep"
+    run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--no-samples", check=True)
+    assert (out / "table2_time1.md").exists() and (out / "table2_time2.tex").exists()
+    index = (out / "index.md").read_text()
+    assert "Some GPU" in index and "Convergence of the dense GAN" in index
+    assert "| sngan | quick | 800 |" in index

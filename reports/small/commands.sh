@@ -1,0 +1,23 @@
+#!/bin/bash
+# The grid behind reports/small, in the order it was run. Cells already done are skipped and stopped
+# runs resume, so this script continues where it stopped, on this machine or (from the committed
+# snapshot) on another. Run from the repository root: bash reports/small/commands.sh
+export PATH="$PWD/.venv/bin:$PATH"  # the dev venv, where there is one
+S=reports/small/store/results.db
+bash reports/small/snapshot.sh restore
+R="sparsebench run --preset small --sd 0.5 --seeds 0,1,2 --jobs 2 --no-progress --store $S"
+step() { $R "$@"; bash reports/small/snapshot.sh; }  # a failed or diverged cell does not stop the grid
+for arch in biggan sngan; do
+  step --arch $arch --methods dense,static,stugan --sg 0.95,0.9
+  step --arch $arch --methods pf,small-dense --sg 0.95,0.9
+  step --arch $arch --methods dense --steps 3000            # convergence: the dense GAN at twice the steps
+done
+for arch in biggan sngan; do
+  for policy in mean zero; do                               # optimizer-state policy ablation (default: dense)
+    step --arch $arch --methods stugan --sg 0.95 --opt-state $policy
+  done
+  step --arch $arch --methods rigl,set,adapt --sg 0.95,0.9
+  step --arch $arch --methods static,stugan --sg 0.95 --kernels sparseprop
+  step --arch $arch --methods gan-tickets --sg 0.8
+done
+sparsebench report --store $S --preset small --out reports/small --no-samples
