@@ -128,6 +128,15 @@ class RunConfig:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_LENGTH]
 
+    def without_unused_settings(self) -> RunConfig:
+        """This config with the settings that cannot change its run at their defaults: with G and D
+        dense (s_G = s_D = 0) there is no masked weight, so neither the optimizer-state policy nor the
+        sparse-layer backend matters, and the dense GAN of a `--opt-state zero` grid is the one every
+        other grid shares (PF and GAN Tickets reuse it rather than train their own)."""
+        if self.sg == 0.0 and self.sd == 0.0 and (self.opt_state, self.kernels) != (DEFAULT_POLICY, "dense"):
+            return self.replace(opt_state=DEFAULT_POLICY, kernels="dense")
+        return self
+
     def option(self, name: str) -> Any:
         return dict(self.method_options)[name]
 
@@ -241,7 +250,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         opt_state=req.opt_state,
                         kernels=req.kernels,
                         code=plugins.code(name, req.arch),
-                    )
+                    ).without_unused_settings()
                     if cfg.run_id not in seen:
                         seen.add(cfg.run_id)
                         configs.append(cfg)

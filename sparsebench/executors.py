@@ -21,7 +21,7 @@ from pathlib import Path
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
 from sparsebench.runner import POLL_S, Outcome, Runner
-from sparsebench.store import ArtifactPaths, Store
+from sparsebench.store import ArtifactPaths, RunStore, Store
 from sparsebench.train.loop import Interrupted
 
 EXECUTORS = ("local", "ray")
@@ -204,7 +204,7 @@ def waves(configs: list[RunConfig], runner: Runner) -> list[list[RunConfig]]:
 def execute(
     configs: list[RunConfig],
     runner: Runner,
-    store: Store,
+    store: RunStore,
     executor: str,
     jobs: int,
     address: str | None,
@@ -220,6 +220,7 @@ def execute(
         raise SparsebenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     if executor == "local" and jobs <= 1:
         return _serial(configs, runner, on_start, on_done)
+    assert isinstance(store, Store), "worker pools run in the driver, which holds the SQLite store"
     pool = _ray_pool(address, runner) if executor == "ray" else _ProcessPool(jobs)
     outcomes: list[Outcome] = []
     plan = waves(configs, runner)
@@ -235,6 +236,7 @@ def execute(
                 executor,
                 lambda cfg: on_start(cfg, next(counter), total),
                 on_done,
+                {c.run_id for c in configs},
             )
     finally:
         pool.close()
@@ -242,24 +244,30 @@ def execute(
 
 
 def _serial(configs, runner: Runner, on_start, on_done) -> list[Outcome]:
+    """One cell after another in this process, the runs others build on first (so no run trains
+    another inside itself); those are reused, never rerun, unless the grid names them."""
+    requested = {c.run_id for c in configs}
+    plan = [cfg for wave in waves(configs, runner) for cfg in wave]
     out: list[Outcome] = []
     waiting: list[RunConfig] = []
-    for i, cfg in enumerate(configs, 1):
-        on_start(cfg, i, len(configs))
-        outcome = runner.run(cfg)
+    for i, cfg in enumerate(plan, 1):
+        on_start(cfg, i, len(plan))
+        outcome = runner.run(cfg, rerun=None if cfg.run_id in requested else False)
         on_done(cfg, outcome)
         if outcome.taken:
             waiting.append(cfg)
         else:
             out.append(outcome)
     for cfg in waiting:  # held by other processes: wait for them (or take over a dead one's claim)
-        outcome = runner.run(cfg, wait=True)
+        outcome = runner.run(cfg, wait=True, rerun=None if cfg.run_id in requested else False)
         on_done(cfg, outcome)
         out.append(outcome)
     return out
 
 
-def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: str, on_start, on_done):
+def _run_wave(
+    wave, runner: Runner, store: Store, pool, slots: int, executor: str, on_start, on_done, requested: set[str]
+):
     from concurrent.futures import FIRST_COMPLETED, wait
 
     outcomes: list[Outcome] = []
@@ -270,7 +278,7 @@ def _run_wave(wave, runner: Runner, store: Store, pool, slots: int, executor: st
             pool.interrupt()
         while queue and len(inflight) < slots and not runner.stop:
             cfg = queue.pop(0)
-            decision = runner.claim(cfg)
+            decision = runner.claim(cfg, rerun=None if cfg.run_id in requested else False)
             if decision == "taken":
                 if cfg.run_id not in announced:
                     announced.add(cfg.run_id)

@@ -472,6 +472,29 @@ class Attached:
         return [c for b in (self.g, self.d) if b is not None for c in b.layers]
 
 
+def describe(net: str, layers: list[LayerChoice]) -> str:
+    """The swapped layers of `net`, as stored with a run: `G.name:train/sampling` per layer, where each
+    side is SparseProp's variant or `dense`; empty when no layer was swapped."""
+    return ",".join(f"{net}.{c.name}:{c.variant or 'dense'}/{c.infer_variant or 'dense'}" for c in layers if c.chosen)
+
+
+def for_sampling(
+    backend: str, model: nn.Module, masks: MaskState | None, spec, batch: int, **choice
+) -> KernelBackend | None:
+    """Kernels swapped into the generator that is evaluated (`model`, e.g. the SEMA copy, whose zeros are
+    `masks`' zeros), measured at the sampling batch (`choice`: KernelBackend's threshold / always); None
+    for the `dense` backend or a dense G.
+    The caller restores the model when sampling is done."""
+    if check_backend(backend) == "dense" or masks is None:
+        return None
+    require_sparseprop()
+    with torch.random.fork_rng(devices=[]):
+        example = (torch.randn(batch, spec.z_dim), torch.zeros(batch, dtype=torch.long))
+        chosen = KernelBackend(model, masks, example, **choice)
+    log.info("sparse kernels in the evaluated G:\n%s", chosen.table())
+    return chosen
+
+
 def attach(backend: str, state: GANState, hooks: Hooks, spec) -> Attached:
     """Swap the kernels into `state`'s sparse G and D for a training phase (nothing for `dense`).
 

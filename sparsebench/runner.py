@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -25,13 +24,13 @@ import torch
 from sparsebench import SparsebenchError, __version__, distributed
 from sparsebench.api import DataSplits, RunArtifacts
 from sparsebench.config import RunConfig
-from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
+from sparsebench.evaluation import evaluate_run, ratio_results
+from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.options import validate_options
 from sparsebench.plugins import Plugins
-from sparsebench.sparse.scope import scope_parameters
-from sparsebench.store import Store, process_owner
+from sparsebench.store import RunStore, process_owner
 from sparsebench.train.checkpoint import atomic_save
-from sparsebench.train.context import RunContext, RunWiring, stream_seed
+from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Diverged, Interrupted
 
 log = logging.getLogger("sparsebench.run")
@@ -85,7 +84,7 @@ class Outcome:
 class Runner:
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         plugins: Plugins,
         device: str = "cpu",
         data_dir: str | None = None,
@@ -232,7 +231,10 @@ class Runner:
                 raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
             flush()
             if leader:  # rank 0 evaluates and stores for the whole process group
-                results = {**self._results(config, ctx), **_ratio_results(ratios)}
+                results = {
+                    **evaluate_run(config, ctx, self.evaluator(config), self.plugins, self.device),
+                    **ratio_results(ratios),
+                }
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
@@ -327,7 +329,7 @@ class Runner:
             sd=method.fixed.get("sd", config.sd),
             method_options=tuple(sorted(validate_options(method.options, {}, method_name).items())),
             **(changes or {}),
-        )
+        ).without_unused_settings()
 
     def require(self, config: RunConfig, method_name: str, changes: dict) -> RunArtifacts:
         dep = self.dependency(config, method_name, changes)
@@ -353,70 +355,6 @@ class Runner:
 
     def _partial(self, config: RunConfig, ctx: RunContext) -> dict:
         return {"train_flops": ctx.total_train_flops()} if ctx.init_state is not None else {}
-
-    def _results(self, config: RunConfig, ctx: RunContext) -> dict:
-        st = ctx.final
-        ev = self.evaluator(config)
-        spec = config.train
-        res: dict[str, Any] = {}
-        # densities over the scope, measured on the weights themselves
-        for which, model in (("g", st.G), ("d", st.D)):
-            params = scope_parameters(model, config.scope)
-            total = sum(p.numel() for p in params.values())
-            res[f"density_{which}"] = sum(int((p != 0).sum()) for p in params.values()) / total
-        res["scope"] = config.scope
-        method = self.plugins.methods.get(config.method)
-        defaults = {o.name: o.default for o in method.options}
-        res["variant"] = ",".join(f"{k}={v}" for k, v in config.method_options if defaults.get(k) != v)
-        if st.g_masks is not None:
-            res["exploration_rate"] = st.g_masks.exploration_rate()
-            res["g_layer_density"] = st.g_masks.layer_density()
-        # FLOPs, normalised to the dense GAN of the same arch and preset
-        g_dens = st.g_masks.layer_density() if st.g_masks else None
-        res["train_flops"] = ctx.total_train_flops()
-        res["test_flops"] = ctx.flops.test(g_dens)
-        dense = self._dense_flops(config, ctx)
-        res["train_flops_rel"] = res["train_flops"] / (dense.step() * spec.steps)
-        res["test_flops_rel"] = res["test_flops"] / dense.test()
-        # metrics of the evaluated generator
-        metrics = [self.plugins.metrics.get(m) for m in config.metrics]
-        flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
-        if st.step_seconds:  # measured time beside FLOPs: the median G step of the final phase
-            res["train_s_per_step"] = statistics.median(st.step_seconds)
-        sampled = time.perf_counter()
-        images = sample(
-            st.eval_model,
-            spec.eval_samples,
-            spec.z_dim,
-            ctx.num_classes,
-            self.device,
-            seed=stream_seed(config.seed, "eval-samples"),
-        )
-        res["infer_ms_per_image"] = 1000.0 * (time.perf_counter() - sampled) / spec.eval_samples
-        samples = SampleSet(ev, images, flags)
-        for m in metrics:
-            res.update(m.compute(samples))
-        floor = ev.floor(flags & {"fid"}) if "fid" in flags else {}
-        if "frechet_inception_distance" in floor:
-            res["fid_floor"] = floor["frechet_inception_distance"]
-        res["eval_weights"] = ctx.info.pop("eval_weights", "ema" if st.ema is not None else "raw")
-        res["extractor"] = config.train.extractor
-        res["extractor_accuracy"] = ev.extractor_accuracy
-        res["data_hash"] = ev.data_hash
-        res["extractor_hash"] = ev.extractor_hash
-        res["eval_samples"] = spec.eval_samples
-        res.update(ctx.info)
-        atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage
-        return res
-
-    def _dense_flops(self, config: RunConfig, ctx: RunContext):
-        if ctx.width == 1.0:
-            return ctx.flops
-        from sparsebench.flops import count_gan
-
-        arch = self.plugins.archs.get(config.arch)
-        G, D = arch.build(config.train, ctx.num_classes, 1.0, **dict(config.arch_options))
-        return count_gan(G, D, config.train, config.scope, ctx.num_classes)
 
 
 def _phase_bar(bar, total: int, done: int, label: str) -> None:
@@ -457,13 +395,3 @@ class LineProgress:
 
     def close(self) -> None:
         pass
-
-
-def _ratio_results(ratios: list[tuple[int, float]]) -> dict[str, float]:
-    """The final balance ratio and its mean over the last 10 % of the final phase's steps (of those this
-    process logged: a run resumed late in training averages fewer of them)."""
-    if not ratios:
-        return {}
-    last = ratios[-1][0]
-    tail = [v for s, v in ratios if s >= 0.9 * last]
-    return {"balance_ratio": ratios[-1][1], "balance_ratio_last10": sum(tail) / len(tail)}

@@ -76,12 +76,14 @@ class Grid:
         from sparsebench.config import expand_grid
         from sparsebench.executors import EXECUTORS
         from sparsebench.runner import Runner
-        from sparsebench.store import FollowerStore, Store, default_store_path
+        from sparsebench.store import FollowerStore, RunStore, Store, default_store_path
 
         if device not in ("cpu", "cuda"):
             raise SparsebenchError(f"--device {device!r}: allowed: cpu, cuda")
-        if executor != "local" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise SparsebenchError("under torchrun, use the local executor (each rank runs the same grid)")
+        if (executor != "local" or jobs > 1) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SparsebenchError(
+                "under torchrun, use the local executor with --jobs 1 (each rank runs the same grid)"
+            )
         if checkpoint_every < 0:
             raise SparsebenchError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
         if executor not in EXECUTORS:
@@ -95,7 +97,7 @@ class Grid:
             require_sparseprop()
         device = distributed.init_from_env(device)
         leader = distributed.rank() == 0
-        store: Any  # a Store, or under torchrun a FollowerStore on the other ranks
+        store: RunStore  # a Store, or under torchrun a FollowerStore on the other ranks
         if leader:
             store = Store(store_path)
             distributed.barrier()

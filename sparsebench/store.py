@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sparsebench import SparsebenchError
 from sparsebench.config import check_run_id
@@ -81,6 +81,8 @@ EXTRA_COLUMNS = [
     "threads",
     "machine",
     "kernels",
+    "kernel_layers",
+    "kernel_layers_sampling",
     "code",
     "error",
 ]
@@ -211,6 +213,31 @@ def renew(conn: sqlite3.Connection, owner: str) -> int:
 
 def default_store_path() -> Path:
     return Path(os.environ.get("SPARSEBENCH_STORE") or DEFAULT_STORE)
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """What a Runner reads and writes of a results store. Three stores provide it: `Store` (the SQLite
+    file), the snapshot a `--jobs` worker records its writes in for the driver to make
+    (`executors.RecordingStore`), and the read-through view of a non-zero rank under torchrun, whose
+    writes rank 0 makes (`FollowerStore`)."""
+
+    path: Path
+
+    def run_dir(self, run_id: str) -> Path: ...  # where a run's checkpoints and weights live (created)
+    def get(self, run_id: str) -> dict | None: ...
+    def status(self, run_id: str) -> str | None: ...
+    def holder(self, run_id: str) -> str | None: ...  # the owner of a live claim
+
+    def claim(
+        self, config: Any, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False
+    ) -> str: ...  # "claimed", "rerun", "done", "failed", "diverged" or "taken"
+
+    def keep_alive(self, owner: str) -> None: ...  # renew `owner`'s claims while it trains
+    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool: ...
+    def release(self, run_id: str, owner: str) -> None: ...  # give a claim up, leaving the stored row
+    def remove_checkpoints(self, run_id: str) -> None: ...
+    def log_stats(self, run_id: str, rows: list) -> None: ...
 
 
 class ArtifactPaths:
@@ -567,33 +594,39 @@ class Store(ArtifactPaths):
         return table
 
 
-class FollowerStore:
+class FollowerStore(ArtifactPaths):
     """Reads through to a store; writes are dropped (rank 0 writes and claims for the whole group)."""
 
     def __init__(self, store: Store):
         self._store = store
         self.path = store.path
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:  # every other read (results tables, stats) goes through
         return getattr(self._store, name)
 
-    def claim(self, *args, **kwargs) -> str:
+    def get(self, run_id: str) -> dict | None:
+        return self._store.get(run_id)
+
+    def status(self, run_id: str) -> str | None:
+        return self._store.status(run_id)
+
+    def holder(self, run_id: str) -> str | None:
+        return self._store.holder(run_id)
+
+    def claim(self, config, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         return "claimed"  # a placeholder: the runner takes rank 0's decision
 
-    def finish_run(self, *args, **kwargs) -> bool:
+    def keep_alive(self, owner: str) -> None:
+        pass
+
+    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
         return True
 
-    def log_stats(self, *args, **kwargs) -> None:
+    def release(self, run_id: str, owner: str) -> None:
         pass
 
-    def keep_alive(self, *args, **kwargs) -> None:
+    def remove_checkpoints(self, run_id: str) -> None:
         pass
 
-    def update_env(self, *args, **kwargs) -> None:
-        pass
-
-    def release(self, *args, **kwargs) -> None:
-        pass
-
-    def remove_checkpoints(self, *args, **kwargs) -> None:
+    def log_stats(self, run_id: str, rows: list) -> None:
         pass

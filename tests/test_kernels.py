@@ -378,6 +378,34 @@ def test_stugan_run_with_kernels_through_topology_updates(store):
     assert float(by["sparseprop"]["density_g"]) == float(by["dense"]["density_g"])
     assert float(by["sparseprop"]["density_d"]) == float(by["dense"]["density_d"])
     assert float(by["sparseprop"]["exploration_rate"]) == pytest.approx(float(by["dense"]["exploration_rate"]))
+    assert by["dense"]["kernel_layers"] == "" and "kernel_layers_sampling" in by["sparseprop"]
+    for layer in filter(None, by["sparseprop"]["kernel_layers"].split(",")):  # G.blocks.0.c1:over_b/dense ...
+        assert layer.split(".")[0] in ("G", "D") and layer.count(":") == 1
+    assert float(by["sparseprop"]["fid"]) == pytest.approx(float(by["dense"]["fid"]), rel=1e-2)
+
+
+@needs_sparseprop
+def test_the_evaluated_generator_samples_on_the_kernels_and_is_restored(plugins):
+    from sparsebench.metrics.evaluate import sample
+
+    arch = plugins.archs.get("sngan")
+    spec = arch.presets["quick"]
+    torch.manual_seed(0)
+    G, _ = arch.build(spec, 10)
+    masks = masked(G, 0.95)
+    masks.apply()
+    before = sample(G, 16, spec.z_dim, 0, torch.device("cpu"), seed=3, batch=8)
+    backend = kernels.for_sampling("sparseprop", G, masks, spec, 8, threshold=0.0, always=True)
+    assert backend is not None and backend.swapped == list(masks.params)
+    on_kernels = sample(G, 16, spec.z_dim, 0, torch.device("cpu"), seed=3, batch=8)
+    backend.restore()
+    assert not any(hasattr(m, kernels._ATTR) for m in G.modules())
+    assert (on_kernels.int() - before.int()).abs().max() <= 1  # uint8 images: float reassociation only
+    assert kernels.describe("G", backend.layers).count("G.") == len(masks.params)
+    assert (
+        kernels.for_sampling("dense", G, masks, spec, 8) is None
+        and kernels.for_sampling("sparseprop", G, None, spec, 8) is None
+    )
 
 
 @needs_sparseprop

@@ -212,6 +212,11 @@ class RunContext:
         from sparsebench.kernels import attach  # the execution backend of sparse layers (--kernels)
 
         kernels = attach(self.config.kernels, state, hooks, spec)
+        if self.config.kernels != "dense":  # which layers ran on the kernels (the last phase's, if several)
+            from sparsebench.kernels import describe
+
+            swapped = [describe(net, b.layers) for net, b in (("G", kernels.g), ("D", kernels.d)) if b is not None]
+            self.info["kernel_layers"] = ",".join(s for s in swapped if s)
         try:
             train(
                 state,

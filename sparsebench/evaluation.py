@@ -1,0 +1,111 @@
+"""Evaluating a trained run: what `sparsebench results` stores beside a run's config.
+
+Densities are measured on the weights, FLOPs follow the phases the run trained, time is measured
+(median G step, sampling per image with the run's sparse-layer backend), and the metric plugins
+score the evaluated generator's samples against the data's train split.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from sparsebench.config import RunConfig
+from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
+from sparsebench.plugins import Plugins
+from sparsebench.sparse.scope import scope_parameters
+from sparsebench.train.checkpoint import atomic_save
+from sparsebench.train.context import RunContext, stream_seed
+
+SAMPLE_BATCH = 250  # generator batch of evaluation sampling (and of its measured time per image)
+
+
+def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plugins, device: torch.device) -> dict:
+    """The results of a trained run: densities measured on the weights, FLOPs (absolute and relative to
+    the dense GAN), measured time, and every metric of the evaluated generator's samples."""
+    st = ctx.final
+    spec = config.train
+    res: dict[str, Any] = {}
+    # densities over the scope, measured on the weights themselves
+    for which, model in (("g", st.G), ("d", st.D)):
+        params = scope_parameters(model, config.scope)
+        total = sum(p.numel() for p in params.values())
+        res[f"density_{which}"] = sum(int((p != 0).sum()) for p in params.values()) / total
+    res["scope"] = config.scope
+    method = plugins.methods.get(config.method)
+    defaults = {o.name: o.default for o in method.options}
+    res["variant"] = ",".join(f"{k}={v}" for k, v in config.method_options if defaults.get(k) != v)
+    if st.g_masks is not None:
+        res["exploration_rate"] = st.g_masks.exploration_rate()
+        res["g_layer_density"] = st.g_masks.layer_density()
+    # FLOPs, normalised to the dense GAN of the same arch and preset
+    g_dens = st.g_masks.layer_density() if st.g_masks else None
+    res["train_flops"] = ctx.total_train_flops()
+    res["test_flops"] = ctx.flops.test(g_dens)
+    dense = _dense_flops(config, ctx, plugins)
+    res["train_flops_rel"] = res["train_flops"] / (dense.step() * spec.steps)
+    res["test_flops_rel"] = res["test_flops"] / dense.test()
+    # metrics of the evaluated generator
+    metrics = [plugins.metrics.get(m) for m in config.metrics]
+    flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
+    if st.step_seconds:  # measured time beside FLOPs: the median G step of the final phase
+        res["train_s_per_step"] = statistics.median(st.step_seconds)
+    from sparsebench.kernels import describe, for_sampling
+
+    sampling = for_sampling(config.kernels, st.eval_model, st.g_masks, spec, SAMPLE_BATCH)
+    try:
+        sampled = time.perf_counter()
+        images = sample(
+            st.eval_model,
+            spec.eval_samples,
+            spec.z_dim,
+            ctx.num_classes,
+            device,
+            seed=stream_seed(config.seed, "eval-samples"),
+            batch=SAMPLE_BATCH,
+        )
+        res["infer_ms_per_image"] = 1000.0 * (time.perf_counter() - sampled) / spec.eval_samples
+    finally:
+        if sampling is not None:
+            sampling.restore()
+    if sampling is not None:
+        res["kernel_layers_sampling"] = describe("G", sampling.layers)
+    samples = SampleSet(ev, images, flags)
+    for m in metrics:
+        res.update(m.compute(samples))
+    floor = ev.floor(flags & {"fid"}) if "fid" in flags else {}
+    if "frechet_inception_distance" in floor:
+        res["fid_floor"] = floor["frechet_inception_distance"]
+    res["eval_weights"] = ctx.info.pop("eval_weights", "ema" if st.ema is not None else "raw")
+    res["extractor"] = config.train.extractor
+    res["extractor_accuracy"] = ev.extractor_accuracy
+    res["data_hash"] = ev.data_hash
+    res["extractor_hash"] = ev.extractor_hash
+    res["eval_samples"] = spec.eval_samples
+    res.update(ctx.info)
+    atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage
+    return res
+
+
+def _dense_flops(config: RunConfig, ctx: RunContext, plugins: Plugins):
+    """The dense GAN's FLOP counts at full width (a run at another width is normalised to it)."""
+    if ctx.width == 1.0:
+        return ctx.flops
+    from sparsebench.flops import count_gan
+
+    arch = plugins.archs.get(config.arch)
+    G, D = arch.build(config.train, ctx.num_classes, 1.0, **dict(config.arch_options))
+    return count_gan(G, D, config.train, config.scope, ctx.num_classes)
+
+
+def ratio_results(ratios: list[tuple[int, float]]) -> dict[str, float]:
+    """The final balance ratio and its mean over the last 10 % of the final phase's steps (of those this
+    process logged: a run resumed late in training averages fewer of them)."""
+    if not ratios:
+        return {}
+    last = ratios[-1][0]
+    tail = [v for s, v in ratios if s >= 0.9 * last]
+    return {"balance_ratio": ratios[-1][1], "balance_ratio_last10": sum(tail) / len(tail)}
