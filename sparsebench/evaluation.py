@@ -7,6 +7,7 @@ score the evaluated generator's samples against the data's train split.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -53,6 +54,8 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
     if st.step_seconds:  # measured time beside FLOPs: the median G step of the final phase
         res["train_s_per_step"] = statistics.median(st.step_seconds)
+    if hasattr(os, "getloadavg"):  # times measured beside other work are not the method's: say how busy it was
+        res["load_per_core"] = os.getloadavg()[0] / (os.cpu_count() or 1)
     from sparsebench.kernels import describe, for_sampling
 
     sampling = for_sampling(config.kernels, st.eval_model, st.g_masks, spec, SAMPLE_BATCH)

@@ -80,6 +80,7 @@ EXTRA_COLUMNS = [
     "infer_ms_per_image",
     "threads",
     "machine",
+    "load_per_core",
     "kernels",
     "kernel_layers",
     "kernel_layers_sampling",

@@ -309,6 +309,7 @@ def settings_store(path, plugins) -> Store:
                     "train_s_per_step": step_s_here,
                     "infer_ms_per_image": infer_here,
                     "threads": 1,
+                    **({} if machine == "gpu-b" else {"load_per_core": 2.0 if changes.get("kernels") else 0.5}),
                 },
                 1.0,
                 "filler",
@@ -340,9 +341,9 @@ def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path
     cpu = {names[0]: cells[0].text for names, cells in tables[0].rows}
     assert cpu["Dense GAN"] == "200 (1.00×) / 4 (1.00×) (n=2)"
     assert cpu["STU-GAN"] == "100 (0.50×) / 2 (0.50×) (n=2)"
-    assert cpu["STU-GAN [kernels=sparseprop]"] == "50 (0.25×) / 1 (0.25×) (n=2)"
+    assert cpu["STU-GAN [kernels=sparseprop]"] == "50 (0.25×) / 1 (0.25×) (n=2)†"  # measured on a busy machine
     gpu = {names[0]: cells[0].text for names, cells in tables[1].rows}
-    assert gpu["STU-GAN"] == "10 (0.50×) / 0.1 (0.50×) (n=2)"
+    assert gpu["STU-GAN"] == "10 (0.50×) / 0.1 (0.50×) (n=2)?"  # no load recorded
     out = tmp_path / "rep"
     run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--no-samples", check=True)
     assert (out / "table2_time1.md").exists() and (out / "table2_time2.tex").exists()

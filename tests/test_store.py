@@ -35,6 +35,7 @@ def test_results_csv_contract_and_skip_done(store):
         assert 0 < float(row["train_s_per_step"]) < float(row["wall_s"])
         assert 0 < float(row["infer_ms_per_image"]) < 1000 * float(row["wall_s"])
         assert int(row["threads"]) >= 1
+        assert float(row["load_per_core"]) >= 0 and "cores" in row["machine"]  # where and how busy
     again = run_cli("run", "--methods", "static,dense", "--arch", "sngan", "--store", str(store), *TINY, check=True)
     assert again.stderr.count("already done, skipped") == 2
     as_json = json.loads(run_cli("results", "--store", str(store), "--format", "json", check=True).stdout)

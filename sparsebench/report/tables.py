@@ -19,6 +19,7 @@ from sparsebench.flop_conventions import CONVENTION_NOTES, PAPER_FLOPS_PER_FMA
 
 BAD = ("failed", "diverged")
 CONFIDENCE = 0.95
+BUSY_LOAD = 1.1  # load average per core above which a run's measured time is flagged (others shared its cores)
 
 
 class MethodInfo:
@@ -374,9 +375,14 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
             base = ref.get(key[2])
             rel = (tr / base[0], inf / base[1]) if base else (None, None)
             show = lambda v, r: f"{v:.3g}" + (f" ({r:.2f}×)" if r is not None else "")  # noqa: E731
+            load = here["load_per_core"] if "load_per_core" in here else pd.Series(dtype=float)
+            busy = bool((load.astype(float) > BUSY_LOAD).any())
+            unknown = bool(load.isna().any())
+            mark = "†" if busy else "?" if unknown else ""
             return Cell(
-                f"{show(1000 * tr, rel[0])} / {show(inf, rel[1])} (n={len(here)})",
+                f"{show(1000 * tr, rel[0])} / {show(inf, rel[1])} (n={len(here)}){mark}",
                 value=rel[0],
+                note=mark,
             )
 
         cols, rows = _cells(here_df, make, info)
@@ -385,8 +391,9 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
                 f"{title}, {machine}, {threads} thread{'s' if threads != 1 else ''}",
                 "Measured time: median training G step in ms (its D steps included, evaluation excluded) / G "
                 "sampling time per image in ms at the evaluation batch, mean over seeds, and relative to the "
-                "dense GAN of the same arch on the same machine and threads (× < 1: faster). Times from "
-                "grids run with several jobs share the machine's cores.",
+                "dense GAN of the same arch on the same machine and threads (× < 1: faster). † some of the "
+                f"cell's runs ended with the machine's load above {BUSY_LOAD:g} per core (other work beside "
+                "them): their times are not the method's alone; ? the load was not recorded.",
                 ["Method", "s_D (%)"],
                 [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
                 rows,
