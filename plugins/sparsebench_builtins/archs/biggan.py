@@ -30,7 +30,6 @@ from sparsebench_builtins.archs.layers import (
 )
 
 
-
 class GBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, num_classes: int, cond_dim: int = 0):
         super().__init__()

@@ -20,7 +20,6 @@ from sparsebench.hookspecs import hookimpl
 from sparsebench_builtins.archs.layers import BatchNorm, log2_int, sn
 
 
-
 class GenBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
