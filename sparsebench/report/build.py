@@ -268,8 +268,9 @@ def _convergence(df: pd.DataFrame) -> list[str]:
     return [
         "### Convergence of the dense GAN",
         "",
-        "Dense FID at the preset's G steps and at longer runs (same settings otherwise; a learning-rate "
-        "schedule scales with the run's length), per seed. Methods are compared at the preset's steps.",
+        "Dense FID at the preset's G steps and at longer runs (same settings otherwise; a preset's "
+        "learning-rate schedule, if any, scales with the run's length), per seed. Methods are compared "
+        "at the preset's steps.",
         "",
         "| arch | preset | G steps | FID per seed | mean ± std |",
         "|---|---|---|---|---|",
