@@ -218,7 +218,7 @@ QUICK = TrainSpec(
 #   these settings       1,500 steps: 21.30 / 13.17 / 9.93 (mean 14.80, std 5.86 = 40 %)
 #                        3,000 steps:  8.10 / 21.21 / 14.75 (mean 14.69); again on a GPU: 9.57 / 14.78 /
 #                        16.54 (mean 13.63); reports/small on this 2-core CPU: 1,500 steps 20.58 / 27.57 /
-#                        14.75 (mean 20.97), 3,000 steps 8.10 / 21.21 (two seeds so far): the 10 %
+#                        14.75 (mean 20.97), 3,000 steps 8.10 / 21.21 / 14.75 (mean 14.69): the 10 %
 #                        convergence criterion held in the first probe and not in the second
 #   lr 2e-4, EMA 0.999 from step 500, 3,000 steps: 20.11 / 18.93 / 27.65 (worse)
 #   lr decaying linearly over the second half (lr_decay_start 0.5), 3,000 steps: 20.66 / 67.72 (worse)
