@@ -139,6 +139,25 @@ def test_optimizers_take_the_presets_adam_eps(plugins, tmp_path):
     assert state.g_opt.param_groups[0]["eps"] == state.d_opt.param_groups[0]["eps"] == 1e-6
 
 
+def uninterrupted_and_resumed(plugins, cfg: RunConfig, tmp_path, stop_after: int = 3) -> tuple[GANState, GANState]:
+    """The final states of `cfg` trained in one go and trained with a stop (checkpoint) after `stop_after`
+    G steps then resumed; asserts that G, D and the evaluated G are bit-identical."""
+    method = plugins.methods.get(cfg.method)
+    ref = context(plugins, cfg, tmp_path / "ref")
+    method.run(ref)
+    stopped = context(plugins, cfg, tmp_path / "run", stop_after=stop_after)
+    with pytest.raises(Interrupted):
+        method.run(stopped)
+    assert stopped.final is None
+    resumed = context(plugins, cfg, tmp_path / "run")
+    method.run(resumed)
+    a, b = ref.final, resumed.final
+    for x, y in ((a.G, b.G), (a.D, b.D), (a.eval_model, b.eval_model)):
+        sa, sb = x.state_dict(), y.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    return a, b
+
+
 def test_accumulating_run_resumes_bit_identically(plugins, tmp_path):
     cfg = expand_grid(
         GridRequest(
@@ -152,20 +171,8 @@ def test_accumulating_run_resumes_bit_identically(plugins, tmp_path):
         plugins,
     )[0]
     cfg = cfg.replace(train=cfg.train.replace(accumulate=2))
-    method = plugins.methods.get("stugan")
-    ref = context(plugins, cfg, tmp_path / "ref")
-    method.run(ref)
-    stopped = context(plugins, cfg, tmp_path / "run", stop_after=3)
-    with pytest.raises(Interrupted):
-        method.run(stopped)
-    assert stopped.final is None
-    resumed = context(plugins, cfg, tmp_path / "run")
-    method.run(resumed)
-    a, b = ref.final, resumed.final
+    a, b = uninterrupted_and_resumed(plugins, cfg, tmp_path)
     assert a.step == b.step == 6 and a.flops == b.flops > 0
-    for x, y in ((a.G, b.G), (a.D, b.D), (a.eval_model, b.eval_model)):
-        sa, sb = x.state_dict(), y.state_dict()
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(torch.equal(a.g_masks.masks[n], b.g_masks.masks[n]) for n in a.g_masks.masks)
 
 

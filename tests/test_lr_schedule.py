@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_accumulate import SPEC, context, train_toy
+from test_accumulate import SPEC, train_toy, uninterrupted_and_resumed
 
 from sparsebench import SparsebenchError
 from sparsebench.config import GridRequest, expand_grid
-from sparsebench.train.loop import Interrupted, lr_factor
+from sparsebench.train.loop import lr_factor
 
 
 def test_factor_is_constant_then_linear_towards_zero():
@@ -42,17 +42,6 @@ def test_default_keeps_run_ids_and_bad_values_are_refused(plugins):
 def test_a_decaying_run_resumes_bit_identically(plugins, tmp_path):
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", sg=[0.8], sd=[0.5], steps=6), plugins)[0]
     cfg = cfg.replace(train=cfg.train.replace(lr_decay_start=0.3))
-    method = plugins.methods.get("static")
-    ref = context(plugins, cfg, tmp_path / "ref")
-    method.run(ref)
-    stopped = context(plugins, cfg, tmp_path / "run", stop_after=3)
-    with pytest.raises(Interrupted):
-        method.run(stopped)
-    resumed = context(plugins, cfg, tmp_path / "run")
-    method.run(resumed)
-    a, b = ref.final, resumed.final
+    a, b = uninterrupted_and_resumed(plugins, cfg, tmp_path)
     assert a.step == b.step == 6
     assert a.g_opt.param_groups[0]["lr"] == b.g_opt.param_groups[0]["lr"] < cfg.train.lr_g
-    for x, y in ((a.G, b.G), (a.D, b.D), (a.eval_model, b.eval_model)):
-        sa, sb = x.state_dict(), y.state_dict()
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
