@@ -344,6 +344,15 @@ def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path
     assert cpu["STU-GAN [kernels=sparseprop]"] == "50 (0.25×) / 1 (0.25×) (n=2)†"  # measured on a busy machine
     gpu = {names[0]: cells[0].text for names, cells in tables[1].rows}
     assert gpu["STU-GAN"] == "10 (0.50×) / 0.1 (0.50×) (n=2)?"  # no load recorded
+    # a cell with some quiet runs counts only those, and so does the dense reference
+    df = _frame(store, None, None, None)
+    cpu_runs = (df["machine"] == "Some CPU, 2 cores") & (df["variant"].fillna("") == "")
+    first_seed = cpu_runs & (df["seed"] == 0)
+    df.loc[first_seed, "train_s_per_step"] *= 10  # both dense and STU-GAN: a busy machine, ten times slower
+    df.loc[first_seed, "load_per_core"] = 1.5
+    cpu = {names[0]: cells[0].text for names, cells in time_tables(df)[0].rows}
+    assert cpu["Dense GAN"] == "200 (1.00×) / 4 (1.00×) (n=1 of 2)"
+    assert cpu["STU-GAN"] == "100 (0.50×) / 2 (0.50×) (n=1 of 2)"
     out = tmp_path / "rep"
     run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--no-samples", check=True)
     assert (out / "table2_time1.md").exists() and (out / "table2_time2.tex").exists()

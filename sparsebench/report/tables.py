@@ -349,6 +349,16 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
     )
 
 
+def _quiet_if_any(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs whose time was measured on a quiet machine, where there are any (mark ""); else all of them,
+    marked † if some ran beside other work or ? if some have no load record."""
+    load = runs["load_per_core"].astype(float) if "load_per_core" in runs else pd.Series(float("nan"), runs.index)
+    quiet = load.notna() & (load <= BUSY_LOAD)
+    if quiet.any():
+        return runs[quiet], ""
+    return runs, "†" if bool((load > BUSY_LOAD).any()) else "?"
+
+
 def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", methods=None) -> list[Table]:
     """Measured wall-clock time beside Table 2's FLOPs: one table per machine and thread count, since times
     of different machines do not compare. Each cell: the median G training step (evaluation excluded) and G's
@@ -365,22 +375,20 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
         dense = here_df[(here_df["method"] == "dense") & (cell_variant(here_df) == "")]
         ref = {
             arch: (float(g["train_s_per_step"].mean()), float(g["infer_ms_per_image"].mean()))
-            for arch, g in dense.groupby("arch")
+            for arch, g in ((arch, _quiet_if_any(g)[0]) for arch, g in dense.groupby("arch"))
         }
 
         def make(key, here: pd.DataFrame, ref=ref) -> Cell:
             if here.empty:
                 return Cell("n/a")
-            tr, inf = float(here["train_s_per_step"].mean()), float(here["infer_ms_per_image"].mean())
+            used, mark = _quiet_if_any(here)
+            tr, inf = float(used["train_s_per_step"].mean()), float(used["infer_ms_per_image"].mean())
             base = ref.get(key[2])
             rel = (tr / base[0], inf / base[1]) if base else (None, None)
             show = lambda v, r: f"{v:.3g}" + (f" ({r:.2f}×)" if r is not None else "")  # noqa: E731
-            load = here["load_per_core"] if "load_per_core" in here else pd.Series(dtype=float)
-            busy = bool((load.astype(float) > BUSY_LOAD).any())
-            unknown = bool(load.isna().any())
-            mark = "†" if busy else "?" if unknown else ""
+            n = f"n={len(used)}" + (f" of {len(here)}" if len(used) < len(here) else "")
             return Cell(
-                f"{show(1000 * tr, rel[0])} / {show(inf, rel[1])} (n={len(here)}){mark}",
+                f"{show(1000 * tr, rel[0])} / {show(inf, rel[1])} ({n}){mark}",
                 value=rel[0],
                 note=mark,
             )
@@ -391,8 +399,9 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
                 f"{title}, {machine}, {threads} thread{'s' if threads != 1 else ''}",
                 "Measured time: median training G step in ms (its D steps included, evaluation excluded) / G "
                 "sampling time per image in ms at the evaluation batch, mean over seeds, and relative to the "
-                "dense GAN of the same arch on the same machine and threads (× < 1: faster). † some of the "
-                f"cell's runs ended with the machine's load above {BUSY_LOAD:g} per core (other work beside "
+                "dense GAN of the same arch on the same machine and threads (× < 1: faster). Where some of "
+                f"a cell's runs were measured on a quiet machine (load at most {BUSY_LOAD:g} per core), only "
+                "those count (n=k of m). Otherwise: † some runs ended with a higher load (other work beside "
                 "them): their times are not the method's alone; ? the load was not recorded.",
                 ["Method", "s_D (%)"],
                 [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
