@@ -53,6 +53,7 @@ _PUBLIC = {
     "gradient_magnitude": "sparsebench.sparse.topology",
     "magnitude": "sparsebench.sparse.topology",
     "change_density": "sparsebench.sparse.topology",
+    "update_topology": "sparsebench.sparse.topology",
     "d_hinge_loss": "sparsebench.train.loop",
     "g_hinge_loss": "sparsebench.train.loop",
     "balance_ratio": "sparsebench.train.loop",

@@ -28,7 +28,7 @@ from sparsebench.evaluation import evaluate_run, ratio_results
 from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.options import validate_options
 from sparsebench.plugins import Plugins
-from sparsebench.store import RunStore, process_owner
+from sparsebench.store import BALANCE_RATIO_ESTIMATOR, RunStore, process_owner
 from sparsebench.train.checkpoint import atomic_save
 from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Diverged, Interrupted
@@ -65,6 +65,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "host": platform.node(),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
+        "balance_ratio_estimator": BALANCE_RATIO_ESTIMATOR,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

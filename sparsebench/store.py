@@ -94,6 +94,25 @@ OTHER_COLUMN = "other"
 DETAIL_KEYS = ("g_layer_density", "traceback")
 
 
+# The balance-ratio estimator a run was measured with is recorded in its env; values stored by another
+# one (before "batch-means": a mean of per-image ratios, biased towards 0) are not shown as results.
+BALANCE_RATIO_ESTIMATOR = "batch-means"
+RATIO_KEYS = ("balance_ratio", "balance_ratio_last10")
+
+
+def current_ratio(env: dict) -> bool:
+    """Whether a run's stored balance ratios come from this version's estimator."""
+    return env.get("balance_ratio_estimator") == BALANCE_RATIO_ESTIMATOR
+
+
+def _results(results_json: str, env: dict) -> dict:
+    results = json.loads(results_json)
+    if not current_ratio(env):
+        for key in RATIO_KEYS:
+            results.pop(key, None)
+    return results
+
+
 def machine_label(env: dict) -> str | None:
     """Where a run's times were measured: the GPU, else the CPU model with its core count (else the host)."""
     if env.get("gpu"):
@@ -511,12 +530,13 @@ class Store(ArtifactPaths):
         ).fetchone()
         if row is None:
             return None
+        env = json.loads(row[4])
         return {
             "run_id": row[0],
             "status": row[1],
             "config": json.loads(row[2]),
-            "results": json.loads(row[3]),
-            "env": json.loads(row[4]),
+            "results": _results(row[3], env),
+            "env": env,
             "wall_s": row[5],
         }
 
@@ -536,35 +556,43 @@ class Store(ArtifactPaths):
         ).fetchall()
 
     def stats_rows(self, keys: list[str]) -> list[tuple[str, int, str, float]]:
-        """(run_id, step, key, value) for every run and the given keys."""
+        """(run_id, step, key, value) for every run and the given keys (balance ratios only where current)."""
         marks = ",".join("?" * len(keys))
-        return self.conn.execute(
+        rows = self.conn.execute(
             f"SELECT run_id, step, key, value FROM stats WHERE key IN ({marks}) ORDER BY run_id, step", keys
         ).fetchall()
+        if "balance_ratio" not in keys:
+            return rows
+        envs = self.conn.execute("SELECT run_id, env FROM runs").fetchall()
+        current = {run_id for run_id, env in envs if current_ratio(json.loads(env or "{}"))}
+        return [r for r in rows if r[2] != "balance_ratio" or r[0] in current]
 
     def all_runs(self) -> list[dict]:
         rows = self.conn.execute(
             "SELECT run_id, method, arch, dataset, preset, sg, sd, seed, status, results, wall_s, config, env "
             "FROM runs ORDER BY created_at"
         ).fetchall()
-        return [
-            {
-                "run_id": r[0],
-                "method": r[1],
-                "arch": r[2],
-                "dataset": r[3],
-                "preset": r[4],
-                "sg": r[5],
-                "sd": r[6],
-                "seed": r[7],
-                "status": r[8],
-                "results": json.loads(r[9]),
-                "wall_s": r[10],
-                "config": json.loads(r[11]),
-                "env": json.loads(r[12] or "{}"),
-            }
-            for r in rows
-        ]
+        runs = []
+        for r in rows:
+            env = json.loads(r[12] or "{}")
+            runs.append(
+                {
+                    "run_id": r[0],
+                    "method": r[1],
+                    "arch": r[2],
+                    "dataset": r[3],
+                    "preset": r[4],
+                    "sg": r[5],
+                    "sd": r[6],
+                    "seed": r[7],
+                    "status": r[8],
+                    "results": _results(r[9], env),
+                    "wall_s": r[10],
+                    "config": json.loads(r[11]),
+                    "env": env,
+                }
+            )
+        return runs
 
     def results_table(self, declared: Iterable[str] = ()) -> list[dict]:
         """The flat results table: one row per run with the keys `table_columns(declared)`."""

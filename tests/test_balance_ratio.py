@@ -12,7 +12,8 @@ from conftest import run_cli
 from test_opt_state import SMALL
 
 from sparsebench.config import TrainSpec
-from sparsebench.train.loop import Batcher, GANState, adam, balance_ratio, train
+from sparsebench.store import Store
+from sparsebench.train.loop import Batcher, GANState, Hooks, adam, balance_ratio, train
 
 
 @pytest.mark.parametrize("arch", ["sngan", "biggan"])
@@ -31,9 +32,34 @@ def test_measuring_the_balance_ratio_leaves_training_unchanged(plugins, arch):
     assert [s for s, _ in logged] == [1, 2, 4] and all(math.isfinite(v) for _, v in logged)
 
 
-def test_balance_ratio_is_the_mean_of_per_sample_ratios():
-    d_real, d_pre, d_post = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.25])
-    assert balance_ratio(d_real, d_pre, d_post) == pytest.approx((0.5 / 1.0 + 0.25 / 1.0) / 2)
+def test_balance_ratio_is_a_ratio_of_batch_means_as_the_reference_computes_it():
+    d_real, d_pre, d_post = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.9]), torch.tensor([0.5, 2.0])
+    # batch means 1.5, 0.95, 1.25: (1.25 - 0.95) / (1.5 - 0.95); per image it would be (0.5 + 1.0) / 2
+    assert balance_ratio(d_real, d_pre, d_post) == pytest.approx(0.3 / 0.55)
+    assert math.isnan(balance_ratio(torch.ones(2), torch.ones(2), torch.zeros(2)))  # D cannot tell them apart
+
+
+def test_hooks_ask_for_the_ratio_at_their_own_steps_without_changing_training(plugins):
+    spec = TrainSpec(**SMALL)
+    data = plugins.datasets.get("digits").load(16).train
+    seen, finals = [], []
+
+    class Every3(Hooks):
+        balance_ratio_every = 3
+
+        def after_g_step(self, state, step):
+            seen.append((step, math.isfinite(state.balance_ratio)))
+            return False
+
+    for hooks in (None, Every3()):
+        torch.manual_seed(0)
+        G, D = plugins.archs.get("sngan").build(spec, 10)
+        state = GANState(G, D, adam(G.parameters(), 1e-3, 0.0, 0.999), adam(D.parameters(), 1e-3, 0.0, 0.999))
+        batcher = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(4))
+        train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, hooks)
+        finals.append({**G.state_dict(), **{f"D.{k}": v for k, v in D.state_dict().items()}})
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    assert seen == [(1, False), (2, False), (3, True), (4, False), (5, False), (6, True)]
 
 
 def test_every_run_stores_its_balance_ratio(store):
@@ -58,3 +84,11 @@ def test_every_run_stores_its_balance_ratio(store):
         steps = [s for (s,) in conn.execute("SELECT step FROM stats WHERE key = 'balance_ratio' ORDER BY step")]
         last = conn.execute("SELECT value FROM stats WHERE key = 'balance_ratio' AND step = 20").fetchone()[0]
     assert steps == [1, 10, 20] and float(row["balance_ratio"]) == pytest.approx(last)
+    # ratios stored by another estimator (here: a run recorded without the current one) are not shown
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE runs SET env = json_remove(env, '$.balance_ratio_estimator')")
+    row = next(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    assert row["balance_ratio"] == "" and row["balance_ratio_last10"] == ""
+    assert Store(store, readonly=True).stats_rows(["balance_ratio", "loss_d"]) == [
+        r for r in Store(store, readonly=True).stats_rows(["loss_d"])
+    ]

@@ -23,6 +23,7 @@ from sparsebench.config import TrainSpec
 from sparsebench.flops import count_gan, count_model
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, layer_densities, scope_parameters
 from sparsebench.sparse.dynamic import TopologyUpdate
+from sparsebench.train import loop
 from sparsebench.train.context import RunContext
 from sparsebench.train.loop import Batcher, GANState, Hooks, adam, d_hinge_loss, g_hinge_loss, train
 from sparsebench_builtins.methods import adapt
@@ -420,14 +421,7 @@ def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp
 # -- ADAPT ---------------------------------------------------------------------------------------------------
 
 
-def test_balance_ratio_is_the_mean_of_per_sample_ratios():
-    d_real, d_pre, d_post = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.25])
-    assert adapt.balance_ratio(d_real, d_pre, d_post) == pytest.approx((0.5 / 1.0 + 0.25 / 1.0) / 2)
-
-
 def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
-    data = plugins.datasets.get("digits").load(16).train
-    real = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(7))
     return cls(
         2,
         CosineSchedule(0.5, 0.0, spec.steps),
@@ -436,9 +430,6 @@ def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
         d_interval=2,
         ratio_every=1,
         d_density=0.5,
-        real=lambda step: real(8),
-        z_dim=spec.z_dim,
-        num_classes=10,
     )
 
 
@@ -446,17 +437,39 @@ def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
     "forced,mode,expected", [(0.2, "relaxed", 0.4), (0.5, "relaxed", 0.5), (0.8, "relaxed", 0.6), (0.8, "strict", 0.5)]
 )
 def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypatch, forced, mode, expected):
-    monkeypatch.setattr(adapt, "balance_ratio", lambda *outputs: forced)
+    monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: forced)
     spec, state, batcher = tiny_state(plugins)  # D at density 0.5
     hooks = adapt_hooks(plugins, spec, mode)
+    before = {n: m.clone() for n, m in state.d_masks.masks.items()}
     train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, hooks)  # adjusts at 2 and 4
     assert hooks.d_density == pytest.approx(expected)
     assert state.d_masks.nnz() == round(expected * state.d_masks.numel())
-    assert hooks.networks == ("gd" if mode == "strict" else "g")  # strict: D at its cap trains with DST
+    strict_at_cap = mode == "strict" and forced >= adapt.B_PLUS  # D prunes and regrows instead of growing
+    assert hooks.d_updates == (2 if strict_at_cap else 0) and hooks.networks == "g"
+    moved = any(not torch.equal(before[n], m) for n, m in state.d_masks.masks.items())
+    assert moved == (expected != 0.5 or strict_at_cap)
+
+
+def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
+    ratios = iter([float("nan")] + [0.2] * 10)  # the first sample point measured nothing
+    monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: next(ratios))
+    spec, state, batcher = tiny_state(plugins)  # the window holds d_interval / ratio_every = 2 values
+    seen = []
+
+    class Watch(adapt.BalancedTraining):
+        def after_g_step(self, state, step):
+            changed = super().after_g_step(state, step)
+            seen.append((step, len(self.window), self.d_density))
+            return changed
+
+    hooks = adapt_hooks(plugins, spec, cls=Watch)
+    train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, hooks)
+    # step 2: one value in the window, no adjustment; step 4: full (never cleared), D's density moves
+    assert seen[1] == (2, 1, 0.5) and seen[3] == (4, 2, pytest.approx(0.45))
 
 
 def test_adapt_train_flops_integrate_its_density_trace(plugins, monkeypatch):
-    monkeypatch.setattr(adapt, "balance_ratio", lambda *outputs: 0.2)
+    monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: 0.2)
     spec, state, batcher = tiny_state(plugins)
     flops = count_gan(state.G, state.D, spec, "conv", 10)
     trace = []

@@ -40,9 +40,14 @@ def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
 
 
 def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> float:
-    """ADAPT's balance ratio: the mean over samples of (D(G_post(z)) - D(G_pre(z))) / (D(x) - D(G_pre(z))),
-    how far one G update moves its samples towards real data in D's eyes (Wang et al., NeurIPS 2023)."""
-    return float(((d_post - d_pre) / (d_real - d_pre)).mean())
+    """ADAPT's balance ratio (Wang et al., NeurIPS 2023) at one sample point, as its reference code computes
+    it: (mean D(G_post(z)) - mean D(G_pre(z))) / (mean D(x) - mean D(G_pre(z))) over the batch, how far one
+    G update moves its samples towards real data in D's eyes. A ratio of batch means, not a mean of
+    per-image ratios: those are heavy-tailed (and biased towards 0) where real and fake scores overlap.
+    NaN when D scores real and generated images alike on average. Changing it means bumping
+    `store.BALANCE_RATIO_ESTIMATOR`, which hides the ratios stored by the old one."""
+    gap = float(d_real.mean() - d_pre.mean())
+    return float(d_post.mean() - d_pre.mean()) / gap if gap != 0 else float("nan")
 
 
 @torch.no_grad()
@@ -112,6 +117,7 @@ class GANState:
     step: int = 0
     flops: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # wall time of each G step this process ran
+    balance_ratio: float = math.nan  # measured at this G step (see Hooks.balance_ratio_every), else NaN
 
     @property
     def eval_model(self) -> nn.Module:
@@ -120,6 +126,10 @@ class GANState:
 
 class Hooks:
     """Extension points of the loop for methods (subclass and override)."""
+
+    # Measure the balance ratio every this many G steps (0: only at logged steps) and leave it in
+    # `state.balance_ratio` for `after_g_step`; the measurement changes no training state.
+    balance_ratio_every: int = 0
 
     def after_d_backward(self, state: GANState, step: int) -> None:
         """D's dense gradients of this D step are in `.grad` (before masking); called n_critic times per G step."""
@@ -248,17 +258,18 @@ def train(
         if sync_grads is not None:
             sync_grads(G)
         hooks.after_g_backward(state, t)
-        probe = log is not None and (t % spec.log_every == 0 or t == 1)
-        if probe:  # the balance ratio of every method: G_pre and G_post on the same z, D after its update
-            pz = torch.randn(x.shape[0], spec.z_dim, generator=torch.Generator().manual_seed(t)).to(device)
-            d_real, d_pre = _d_of(state, x, y), _d_of(state, x, y, pz)
+        logged = log is not None and (t % spec.log_every == 0 or t == 1)
+        every = hooks.balance_ratio_every
+        probe = logged or bool(every and t % every == 0)
+        if probe:  # the balance ratio, as ADAPT's reference measures it: D after its update, G_pre and G_post
+            # on the z G just trained on, real images of D's last batch
+            d_real, d_pre = _d_of(state, x, y), _d_of(state, x, yf, z)
         if state.g_masks is not None:
             state.g_masks.before_step()
         state.g_opt.step()
         if state.g_masks is not None:
             state.g_masks.apply()
-        if probe:
-            ratio = balance_ratio(d_real, d_pre, _d_of(state, x, y, pz))
+        state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, x, yf, z)) if probe else math.nan
         if state.ema is not None:
             state.ema.update(t)
         state.step = t
@@ -274,8 +285,9 @@ def train(
             raise Diverged(t, "D loss")
         if not math.isfinite(g_val):
             raise Diverged(t, "G loss")
-        if probe and log is not None:
-            log(t, {"loss_d": d_val, "loss_g": g_val, "balance_ratio": ratio, **hooks.stats(state, t)})
+        if logged and log is not None:
+            ratio = {"balance_ratio": state.balance_ratio} if math.isfinite(state.balance_ratio) else {}
+            log(t, {"loss_d": d_val, "loss_g": g_val, **ratio, **hooks.stats(state, t)})
         if progress is not None:
             progress(1)
         if checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps:

@@ -6,17 +6,24 @@ s_D (the paper: equal to s_G) and its density is adjusted every delta_t_d G step
 
     BR = E_z[D(G_post(z)) - D(G_pre(z))] / (E_x[D(x)] - E_z[D(G_pre(z))]),
 
-D after its update, G_pre / G_post the generator before / after its update, on the same z and real
-batch; the mean of per-sample ratios, sampled every `ratio_every` G steps, averaged over the window
-since the last adjustment. BR < 0.45: D density -0.05; BR > 0.55: +0.05; never below 0.05. `relaxed`
-lets D reach density 1; `strict` caps it at 0.5 and, once there, trains D with the same DST as G.
+D after its update, G_pre / G_post the generator before / after its update, on the z G just trained on,
+x D's last real batch; at each sample point (every `ratio_every` G steps) one ratio of batch means, as
+the reference code computes it (`sparsebench.balance_ratio`). The adjustment uses the mean of a sliding
+window of the last delta_t_d / ratio_every samples, once it is full: BR <= 0.45: D density -0.05; BR >=
+0.55: +0.05; never below 0.05. `relaxed` lets D reach density 1; `strict` caps it at 0.5 and, at an
+adjustment with BR >= 0.55 at the cap, prunes and regrows D instead (global |w| out, |grad| in).
 Densities change during the run: the training FLOPs follow them step by step. BR is measured in eval
 mode, so it changes neither BN statistics nor spectral-norm vectors.
+
+Version 0.2.0: the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the
+small preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict
+mode ran DST on D at every G update once at the cap.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import torch
 
@@ -25,11 +32,11 @@ from sparsebench import (
     MaskState,
     Method,
     Option,
-    balance_ratio,
     change_density,
     gradient_magnitude,
     hookimpl,
     magnitude,
+    update_topology,
 )
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
@@ -38,7 +45,12 @@ D_CAP = {"relaxed": 1.0, "strict": 0.5}
 
 
 class BalancedTraining(GradientGrowth):
-    """RigL-style global DST on G, D's density steered by the balance ratio (and DST on D in strict mode)."""
+    """RigL-style global DST on G, D's density steered by the balance ratio (and DST on D in strict mode).
+
+    The ratio is measured by the training loop every `ratio_every` G steps (`Hooks.balance_ratio_every`)
+    and kept in a sliding window of the last `d_interval / ratio_every` values, as the reference keeps a
+    queue of them: D's density is adjusted every `d_interval` G steps once the window is full, from its mean.
+    """
 
     per_layer = False
 
@@ -52,100 +64,79 @@ class BalancedTraining(GradientGrowth):
         d_interval: int,
         ratio_every: int,
         d_density: float,
-        real,
-        z_dim: int,
-        num_classes: int,
     ):
         super().__init__("g", interval, schedule, generator)
-        self.mode, self.d_interval, self.ratio_every = mode, d_interval, ratio_every
+        self.mode, self.d_interval = mode, d_interval
+        self.balance_ratio_every = ratio_every
         self.d_density = d_density
-        self.real, self.z_dim, self.num_classes = real, z_dim, num_classes
-        self.window: list[float] = []
-        self.last_ratio = float("nan")
-        self._pending: tuple | None = None  # z, y, D(x), D(G_pre(z)) of this G step
+        self.window: deque[float] = deque(maxlen=max(1, d_interval // ratio_every))
+        self.d_updates = 0  # strict mode: prune-and-regrow updates of D at its cap
         self._d_grads: dict[str, torch.Tensor] = {}
-        self._follow_cap()
-
-    def _follow_cap(self) -> None:
-        """In strict mode, D joins the DST once its density is at the cap."""
-        self.networks = "gd" if self.mode == "strict" and self.d_density >= D_CAP["strict"] - 1e-9 else "g"
 
     def adjust_due(self, step: int) -> bool:
         return step % self.d_interval == 0 and step < self.schedule.total
 
-    def d_outputs(self, state, images, labels):
-        """D's outputs on `images`, in eval mode: measuring leaves BN statistics and spectral-norm vectors alone."""
-        state.G.eval(), state.D.eval()
-        with torch.no_grad():
-            out = state.D(images, labels).flatten()
-        state.G.train(), state.D.train()
-        return out
-
-    def generated(self, state, z, y):
-        state.G.eval()
-        with torch.no_grad():
-            out = state.G(z, y)
-        state.G.train()
-        return out
+    def needs_dense_grads(self, step: int) -> bool:
+        return super().needs_dense_grads(step) or self.adjust_due(step)  # D grows by its dense gradient
 
     def after_d_backward(self, state, step: int) -> None:
         super().after_d_backward(state, step)
-        if self.adjust_due(step):  # D's dense gradients, for growing D
+        if self.adjust_due(step):  # D's dense gradients of its last step, for growing D
             self._d_grads = {n: p.grad.detach().clone() for n, p in state.d_masks.params.items()}
 
-    def after_g_backward(self, state, step: int) -> None:
-        super().after_g_backward(state, step)
-        if step % self.ratio_every == 0:  # G_pre: D is updated, G not yet
-            x, yx = self.real(step)
-            z = torch.randn(len(x), self.z_dim, generator=self.generator).to(x.device)
-            y = torch.randint(max(self.num_classes, 1), (len(x),), generator=self.generator).to(x.device)
-            d_pre = self.d_outputs(state, self.generated(state, z, y), y)
-            self._pending = (z, y, self.d_outputs(state, x, yx), d_pre)
-
     def after_g_step(self, state, step: int) -> bool:
-        if self._pending is not None:  # G_post: after G's update, before its topology changes
-            z, y, d_real, d_pre = self._pending
-            self.last_ratio = balance_ratio(d_real, d_pre, self.d_outputs(state, self.generated(state, z, y), y))
-            self.window.append(self.last_ratio)
-            self._pending = None
+        if step % self.balance_ratio_every == 0 and math.isfinite(state.balance_ratio):
+            self.window.append(state.balance_ratio)  # G_post measured before G's topology changes
         changed = super().after_g_step(state, step)
-        if self.adjust_due(step) and self.window:
-            ratio = sum(self.window) / len(self.window)
-            self.window = []
-            move = -D_STEP if ratio < B_MINUS else D_STEP if ratio > B_PLUS else 0.0
-            target = round(min(max(self.d_density + move, D_FLOOR), D_CAP[self.mode]), 10)
-            if target != self.d_density:
-                self.d_density = target
-                masks = state.d_masks
-                change_density(masks, target, magnitude(masks), gradient_magnitude(self._d_grads), state.d_opt)
-                self._follow_cap()
-                changed = True
+        if self.adjust_due(step) and len(self.window) == self.window.maxlen:
+            changed = self._adjust_d(state, step, sum(self.window) / len(self.window)) or changed
         self._d_grads = {}
         return changed
+
+    def _adjust_d(self, state, step: int, ratio: float) -> bool:
+        """BR <= 0.45: D too strong, density -0.05; BR >= 0.55: too weak, +0.05 up to the cap, where strict
+        mode lets D prune and regrow instead (global |w| out, |grad| in)."""
+        cap, masks = D_CAP[self.mode], state.d_masks
+        move = -D_STEP if ratio <= B_MINUS else D_STEP if ratio >= B_PLUS else 0.0
+        target = round(min(max(self.d_density + move, D_FLOOR), cap), 10)
+        if target != self.d_density:
+            self.d_density = target
+            change_density(masks, target, magnitude(masks), gradient_magnitude(self._d_grads), state.d_opt)
+            return True
+        if self.mode == "strict" and move > 0:  # at the cap
+            update_topology(
+                masks,
+                self.schedule(step),
+                magnitude(masks),
+                gradient_magnitude(self._d_grads),
+                state.d_opt,
+                per_layer=False,
+            )
+            self.d_updates += 1
+            return True
+        return False
 
     def state_dict(self) -> dict:
         return {
             **super().state_dict(),
             "window": list(self.window),
             "d_density": self.d_density,
-            "last_ratio": self.last_ratio,
+            "d_updates": self.d_updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.window = [float(v) for v in state["window"]]
-        self.d_density, self.last_ratio = float(state["d_density"]), float(state["last_ratio"])
-        self._follow_cap()
+        self.window.clear()
+        self.window.extend(float(v) for v in state["window"])
+        self.d_density, self.d_updates = float(state["d_density"]), int(state["d_updates"])
 
     def stats(self, state, step: int) -> dict[str, float]:
-        out = {**super().stats(state, step), "d_density": self.d_density}
-        if not math.isnan(self.last_ratio):  # once a ratio has been sampled
-            out["balance_ratio"] = self.last_ratio
-        return out
+        return {**super().stats(state, step), "d_density": self.d_density, "d_updates": self.d_updates}
 
 
 class ADAPT(Method):
     name = "adapt"
+    version = "0.2.0"
     title, order, reference = "ADAPT", 100, "dense"
     result_columns = ("topology_updates", "delta_t")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
@@ -183,9 +174,6 @@ class ADAPT(Method):
             d_interval=o["delta_t_d"] or 2 * interval,
             ratio_every=o["ratio_every"],
             d_density=1.0 - cfg.sd,
-            real=lambda step: ctx.batch(spec.batch_size, stream=f"balance-ratio-{step}"),
-            z_dim=spec.z_dim,
-            num_classes=ctx.num_classes,
         )
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
