@@ -329,6 +329,18 @@ def test_rows_never_pool_policies_backends_or_lengths(tmp_path, plugins):
     assert "n=4" in rows["STU-GAN"][0].text  # seeds 0, 1 and 10, 11: the default settings on both machines
 
 
+def test_runs_of_different_code_versions_never_share_a_row(tmp_path, plugins):
+    df = _frame(settings_store(tmp_path / "r.db", plugins), None, None, None)
+    stugan = df["method"] == "stugan"
+    old = stugan & (df["seed"] == 0)
+    df.loc[old, "code"] = df.loc[old, "code"].str.replace("method=", "method=old-", regex=False)
+    names = [names[0] for names, _ in quality_table(df).rows]
+    new_version = df.loc[stugan & ~old, "code"].iloc[0].split("method=")[1].split(",")[0]
+    assert f"STU-GAN [code method={new_version}]" in names
+    assert f"STU-GAN [code method=old-{new_version}]" in names
+    assert "STU-GAN" not in names and "Dense GAN" in names  # a method of one version keeps its plain row
+
+
 def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path, plugins):
     from sparsebench.report.tables import time_tables
 

@@ -90,6 +90,23 @@ def _preset_steps(arch: str, preset: str) -> int | None:
         return None
 
 
+def _differing_versions(df: pd.DataFrame) -> dict:
+    """Method -> a labeller of its runs' code versions, for methods whose runs in `df` come from different
+    code (e.g. before and after a plugin's fix): those runs never share a row. The label names only the
+    parts that differ ("code method=0.2.0")."""
+    if "code" not in df:
+        return {}
+    parse = lambda code: dict(p.split("=", 1) for p in str(code).split(",") if "=" in p)  # noqa: E731
+    out = {}
+    for method, codes in df.groupby("method")["code"]:
+        known = codes.dropna().unique()
+        if len(known) > 1:
+            parsed = [parse(c) for c in known]
+            keys = sorted(k for k in set().union(*parsed) if len({p.get(k) for p in parsed}) > 1)
+            out[method] = lambda code, keys=keys: "code " + ",".join(f"{k}={parse(code).get(k, '?')}" for k in keys)
+    return out
+
+
 def cell_variant(df: pd.DataFrame) -> pd.Series:
     """What separates runs of one method into table rows: its non-default options (`variant`), and every
     setting that changes results without being a method option: an optimizer-state policy or execution
@@ -100,9 +117,12 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
     steps_default = {
         key: _preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)
     }
+    versions = _differing_versions(df)
     out = []
     for r in df.itertuples(index=False):
         parts = [str(r.variant)] if isinstance(r.variant, str) and r.variant else []
+        if r.method in versions:
+            parts.append(versions[r.method](r.code))
         policy = getattr(r, "opt_state", None)
         if isinstance(policy, str) and policy != "dense":
             parts.append(f"opt_state={policy}")
