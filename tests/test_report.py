@@ -329,6 +329,14 @@ def test_rows_never_pool_policies_backends_or_lengths(tmp_path, plugins):
     assert "n=4" in rows["STU-GAN"][0].text  # seeds 0, 1 and 10, 11: the default settings on both machines
 
 
+def test_flops_of_a_longer_run_count_against_the_presets_length(tmp_path, plugins):
+    from sparsebench.report.tables import cost_table
+
+    df = _frame(settings_store(tmp_path / "r.db", plugins), None, None, None)  # every run stored 1.0x
+    rows = {names[0]: cells[0].text for names, cells in cost_table(df).rows}
+    assert "(1.00×)" in rows["Dense GAN"] and "(2.00×)" in rows["Dense GAN [steps=800]"]  # quick: 400 steps
+
+
 def test_runs_of_different_code_versions_never_share_a_row(tmp_path, plugins):
     df = _frame(settings_store(tmp_path / "r.db", plugins), None, None, None)
     stugan = df["method"] == "stugan"

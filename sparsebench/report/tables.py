@@ -349,7 +349,13 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
         if done.empty:
             return Cell("n/a")
         tr, te = scale * float(done["train_flops"].mean()), scale * float(done["test_flops"].mean())
-        trr, ter = float(done["train_flops_rel"].mean()), float(done["test_flops_rel"].mean())
+        # the store normalises to a dense GAN trained as long as the run; the table to the preset's length
+        length = [
+            r.steps / (_preset_steps(r.arch, r.preset) or r.steps) if pd.notna(r.steps) else 1.0
+            for r in done.itertuples(index=False)
+        ]
+        trr = float((done["train_flops_rel"] * length).mean())
+        ter = float(done["test_flops_rel"].mean())
         # a sparse G beside a dense D: the store's count has D dense, the paper's would scale by G's density
         mark = "†" if convention == "paper" and key[3] > 0 and key[4] == 0 else ""
         return Cell(
@@ -361,8 +367,8 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
     return Table(
         title,
         "Training FLOPs / testing FLOPs (one generator forward for one image), absolute and "
-        "normalised to the dense GAN of the same arch and preset. Fewest training FLOPs in bold. "
-        + CONVENTION_NOTES[convention],
+        "normalised to the dense GAN of the same arch and preset, at the preset's length (a run trained "
+        "twice as long counts twice). Fewest training FLOPs in bold. " + CONVENTION_NOTES[convention],
         ["Method", "s_D (%)"],
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
