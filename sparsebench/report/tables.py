@@ -399,9 +399,10 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
     tables = []
     for (machine, threads), here_df in done.groupby(["machine", "threads"], sort=True):
         dense = here_df[(here_df["method"] == "dense") & (cell_variant(here_df) == "")]
-        ref = {
+        ref = {  # a dense GAN measured only beside other work is no reference
             arch: (float(g["train_s_per_step"].mean()), float(g["infer_ms_per_image"].mean()))
-            for arch, g in ((arch, _quiet_if_any(g)[0]) for arch, g in dense.groupby("arch"))
+            for arch, (g, mark) in ((arch, _quiet_if_any(g)) for arch, g in dense.groupby("arch"))
+            if mark != "†"
         }
 
         def make(key, here: pd.DataFrame, ref=ref) -> Cell:
@@ -425,7 +426,8 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
                 f"{title}, {machine}, {threads} thread{'s' if threads != 1 else ''}",
                 "Measured time: median training G step in ms (its D steps included, evaluation excluded) / G "
                 "sampling time per image in ms at the evaluation batch, mean over seeds, and relative to the "
-                "dense GAN of the same arch on the same machine and threads (× < 1: faster). Where some of "
+                "dense GAN of the same arch on the same machine and threads (× < 1: faster; not shown where that "
+                "dense GAN was only measured beside other work). Where some of "
                 f"a cell's runs were measured on a quiet machine (load at most {BUSY_LOAD:g} per core), only "
                 "those count (n=k of m). Otherwise: † some runs ended with a higher load (other work beside "
                 "them): their times are not the method's alone; ? the load was not recorded.",
