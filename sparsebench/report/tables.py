@@ -90,6 +90,11 @@ def _preset_steps(arch: str, preset: str) -> int | None:
         return None
 
 
+def _preset_lengths(df: pd.DataFrame) -> dict:
+    """(arch, preset) -> the preset's G steps, for every pair in `df` (None where not installed here)."""
+    return {key: _preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)}
+
+
 def _differing_versions(df: pd.DataFrame) -> dict:
     """Method -> a labeller of its runs' code versions, for methods whose runs in `df` come from different
     code (e.g. before and after a plugin's fix): those runs never share a row. The label names only the
@@ -114,9 +119,7 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
     shorter are never pooled with, or passed off as, runs of the preset)."""
     if df.empty:
         return df.get("variant", pd.Series(dtype=str)).fillna("").astype(str)
-    steps_default = {
-        key: _preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)
-    }
+    steps_default = _preset_lengths(df)
     versions = _differing_versions(df)
     out = []
     for r in df.itertuples(index=False):
@@ -350,8 +353,9 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
             return Cell("n/a")
         tr, te = scale * float(done["train_flops"].mean()), scale * float(done["test_flops"].mean())
         # the store normalises to a dense GAN trained as long as the run; the table to the preset's length
+        preset_steps = _preset_lengths(done)
         length = [
-            r.steps / (_preset_steps(r.arch, r.preset) or r.steps) if pd.notna(r.steps) else 1.0
+            r.steps / (preset_steps[(r.arch, r.preset)] or r.steps) if pd.notna(r.steps) else 1.0
             for r in done.itertuples(index=False)
         ]
         trr = float((done["train_flops_rel"] * length).mean())

@@ -15,7 +15,7 @@ adjustment with BR >= 0.55 at the cap, prunes and regrows D instead (global |w| 
 Densities change during the run: the training FLOPs follow them step by step. BR is measured in eval
 mode, so it changes neither BN statistics nor spectral-norm vectors.
 
-Version 0.2.0: the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the
+Before version 0.2.0 the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the
 small preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict
 mode ran DST on D at every G update once at the cap.
 """
