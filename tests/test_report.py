@@ -95,6 +95,10 @@ def test_report_writes_tables_plots_and_index(tmp_path, plugins):
     assert r"STU-GAN \[length=5\]" in t3 and "STU-GAN |" in t3  # brackets escaped: no Markdown link can form
     index = (out / "index.md").read_text()
     assert "sparsebench-digits" in index and "table1.md" in index
+    # the protocol counts done runs; the diverged one is counted apart, not as a row of nan
+    protocol = index.split("## Protocol")[1].split("## Tables")[0]
+    assert "| quick | digits | sparsebench-digits | 1000 | 9 |" in protocol and "nan" not in protocol
+    assert "Runs not done (running, stopped, failed or diverged): 1." in protocol
 
 
 def test_latex_escapes_user_strings(tmp_path, plugins):
@@ -382,3 +386,8 @@ def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path
     index = (out / "index.md").read_text()
     assert "Some GPU" in index and "Convergence of the dense GAN" in index
     assert "| sngan | quick | 800 |" in index
+    # the convergence gap: the preset's (400-step) dense mean relative to the 800-step mean
+    df = _frame(store, None, None, None)
+    dense = df[(df["method"] == "dense") & (df["variant"].fillna("") == "")]
+    short, long = (dense[dense["steps"] == n]["fid"].mean() for n in (400, 800))
+    assert f"| {100 * (short / long - 1):+.0f} % |" in index

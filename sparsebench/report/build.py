@@ -16,7 +16,15 @@ from sparsebench import SparsebenchError
 from sparsebench.config import check_run_id
 from sparsebench.report import plots
 from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
-from sparsebench.report.tables import MethodInfo, cost_table, labels, length_table, quality_table, time_tables
+from sparsebench.report.tables import (
+    MethodInfo,
+    cost_table,
+    labels,
+    length_table,
+    preset_steps,
+    quality_table,
+    time_tables,
+)
 from sparsebench.store import Store, method_columns, table_columns
 
 FORMATS = ("md", "latex", "all")
@@ -167,7 +175,8 @@ def _index(
 ) -> Path:
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     counts = df["status"].value_counts().to_dict()
-    protocol = df.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False).size().reset_index()
+    evaluated = df[df["status"] == "done"]
+    protocol = evaluated.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False).size().reset_index()
     lines = [
         "# sparsebench report",
         "",
@@ -184,7 +193,10 @@ def _index(
         "|---|---|---|---|---|",
     ]
     for r in protocol.itertuples(index=False):
-        lines.append("| " + " | ".join(map(markdown_escape, r)) + " |")
+        cells = ["n/a" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else v for v in r]
+        lines.append("| " + " | ".join(map(markdown_escape, cells)) + " |")
+    if len(evaluated) < len(df):
+        lines += ["", f"Runs not done (running, stopped, failed or diverged): {len(df) - len(evaluated)}."]
     acc = df["extractor_accuracy"].dropna()
     if not acc.empty:
         lines += ["", f"Offline extractor held-out accuracy: {acc.iloc[0]:.4f}."]
@@ -251,6 +263,8 @@ def _convergence(df: pd.DataFrame) -> list[str]:
     for (arch, preset), g in dense.groupby(["arch", "preset"]):
         if g["steps"].nunique() < 2:
             continue
+        steps_of_preset = preset_steps(arch, preset)
+        at_preset = g[g["steps"] == steps_of_preset]["fid"].astype(float)
         for steps, h in g.groupby("steps"):
             fids = h.sort_values("seed")["fid"].astype(float)
             std = (
@@ -259,9 +273,14 @@ def _convergence(df: pd.DataFrame) -> list[str]:
                 else ""
             )
             seeds = ", ".join(f"{int(s)}: {f:.2f}" for s, f in zip(h.sort_values("seed")["seed"], fids))
+            gap = (
+                f"{100 * (at_preset.mean() / fids.mean() - 1):+.0f} %"
+                if steps != steps_of_preset and len(at_preset) and fids.mean() > 0
+                else ""
+            )
             rows.append(
                 f"| {markdown_escape(arch)} | {markdown_escape(preset)} | {int(steps)} | {seeds} "
-                f"| {fids.mean():.2f}{std} |"
+                f"| {fids.mean():.2f}{std} | {gap} |"
             )
     if not rows:
         return []
@@ -270,10 +289,11 @@ def _convergence(df: pd.DataFrame) -> list[str]:
         "",
         "Dense FID at the preset's G steps and at longer runs (same settings otherwise; a preset's "
         "learning-rate schedule, if any, scales with the run's length), per seed. Methods are compared "
-        "at the preset's steps.",
+        "at the preset's steps. The last column: the mean at the preset's steps relative to this mean "
+        "(a preset counts as converged when the mean at twice its steps is within 10 %).",
         "",
-        "| arch | preset | G steps | FID per seed | mean ± std |",
-        "|---|---|---|---|---|",
+        "| arch | preset | G steps | FID per seed | mean ± std | preset's mean vs this |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
     ]

@@ -80,7 +80,7 @@ class Table:
     rows: list[tuple[list[str], list[Cell]]]
 
 
-def _preset_steps(arch: str, preset: str) -> int | None:
+def preset_steps(arch: str, preset: str) -> int | None:
     """The G steps of `preset` of the installed architecture `arch` (None when either is unknown here)."""
     from sparsebench.plugins import get_plugins
 
@@ -92,7 +92,7 @@ def _preset_steps(arch: str, preset: str) -> int | None:
 
 def _preset_lengths(df: pd.DataFrame) -> dict:
     """(arch, preset) -> the preset's G steps, for every pair in `df` (None where not installed here)."""
-    return {key: _preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)}
+    return {key: preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)}
 
 
 def _differing_versions(df: pd.DataFrame) -> dict:
