@@ -23,10 +23,10 @@ grid_table1 sngan
 for arch in biggan sngan; do                                # 7 rounds each (~35 min a run): seeds 0 and 1
   step --arch $arch --methods gan-tickets --sg 0.8 --seeds 0,1
 done
-step --arch biggan --methods rigl,set,adapt --sg 0.9
-step --arch sngan --methods rigl,set,adapt --sg 0.95,0.9
-step --arch sngan --methods static,stugan --sg 0.95 --kernels sparseprop
 for policy in mean zero; do
   step --arch sngan --methods stugan --sg 0.95 --opt-state $policy
 done
+step --arch biggan --methods rigl,set,adapt --sg 0.9
+step --arch sngan --methods rigl,set,adapt --sg 0.95,0.9
+step --arch sngan --methods static,stugan --sg 0.95 --kernels sparseprop
 sparsebench report --store $S --preset small --out reports/small --no-samples
