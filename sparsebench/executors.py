@@ -83,8 +83,17 @@ class RecordingStore(ArtifactPaths):
     def keep_alive(self, owner: str) -> None:
         pass  # the driver renews its claims
 
-    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
-        self.ops.append(("finish_run", (run_id, status, results, wall_s)))
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        results: dict,
+        wall_s: float | None,
+        owner: str,
+        env: dict | None = None,
+        stats: list | None = None,
+    ) -> bool:
+        self.ops.append(("finish_run", (run_id, status, results, wall_s, env, stats)))
         self.known[run_id] = {"run_id": run_id, "status": status, "results": results}
         return True
 
@@ -106,7 +115,8 @@ def apply_ops(store: Store, ops: list[tuple[str, tuple]], owner: str) -> None:
         if name == "update_env":
             store.update_env(args[0], args[1], owner)
         elif name == "finish_run":
-            finished[args[0]] = store.finish_run(*args, owner)
+            run_id, status, results, wall_s, env, stats = args
+            finished[run_id] = store.finish_run(run_id, status, results, wall_s, owner, env=env, stats=stats)
         elif name == "release":
             store.release(args[0], owner)
         elif name == "remove_checkpoints":
@@ -272,6 +282,7 @@ def _run_wave(
 
     outcomes: list[Outcome] = []
     queue, waiting, inflight = list(wave), [], {}
+    reruns: set[str] = set()
     announced: set[str] = set()
     while queue or waiting or inflight:
         if runner.stop:
@@ -311,6 +322,7 @@ def _run_wave(
             )
             if decision == "rerun":  # from scratch: the worker only records its store writes
                 store.remove_checkpoints(cfg.run_id)
+                reruns.add(cfg.run_id)
             inflight[pool.submit(job)] = cfg
         if not inflight:
             if runner.stop:
@@ -326,7 +338,10 @@ def _run_wave(
                 ops, summary = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker that died: the cell is failed, the grid goes on
                 ops, summary = [], {"status": "failed", "results": {"error": f"worker died: {exc}"}, "skipped": False}
-                store.finish_run(cfg.run_id, "failed", summary["results"], None, runner.owner)
+                if cfg.run_id in reruns:  # the outcome stored before the rerun stays
+                    store.release(cfg.run_id, runner.owner)
+                else:
+                    store.finish_run(cfg.run_id, "failed", summary["results"], None, runner.owner)
             apply_ops(store, ops, runner.owner)
             if summary.get("interrupted"):
                 continue

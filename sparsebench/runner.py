@@ -183,10 +183,15 @@ class Runner:
         data = self.data(config)
         bar = self._bar(config)
         pending: list[tuple[int, str, float]] = []
+        held: list[tuple[int, str, float]] | None = [] if rerun else None  # a rerun's, stored with its outcome
 
         def flush() -> None:
-            """Logged statistics reach the store with every checkpoint and before evaluation."""
-            self.store.log_stats(run_id, pending)
+            """Logged statistics reach the store with every checkpoint and before evaluation (a rerun's
+            only with its outcome, which replaces the old one's curves and results at once)."""
+            if held is not None:
+                held.extend(pending)
+            else:
+                self.store.log_stats(run_id, pending)
             pending.clear()
 
         ratios: list[tuple[int, float]] = []  # the balance ratio over the current training phase
@@ -275,7 +280,9 @@ class Runner:
         results["threads"] = used_threads
         if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
-        self.store.finish_run(run_id, status, results, wall, self.owner)
+        self.store.finish_run(
+            run_id, status, results, wall, self.owner, env=environment(self.device) if rerun else None, stats=held
+        )
         if status in ("done", "diverged"):  # finished for good (and committed): phase checkpoints are spent
             self.store.remove_checkpoints(run_id)
         distributed.barrier()  # followers read this run's artifacts only after rank 0 wrote them

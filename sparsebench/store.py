@@ -254,7 +254,16 @@ class RunStore(Protocol):
     ) -> str: ...  # "claimed", "rerun", "done", "failed", "diverged" or "taken"
 
     def keep_alive(self, owner: str) -> None: ...  # renew `owner`'s claims while it trains
-    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool: ...
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        results: dict,
+        wall_s: float | None,
+        owner: str,
+        env: dict | None = None,
+        stats: list | None = None,
+    ) -> bool: ...  # env, stats: a rerun's, replacing the old outcome's
     def release(self, run_id: str, owner: str) -> None: ...  # give a claim up, leaving the stored row
     def remove_checkpoints(self, run_id: str) -> None: ...
     def log_stats(self, run_id: str, rows: list) -> None: ...
@@ -423,10 +432,10 @@ class Store(ArtifactPaths):
                 "SELECT status, owner, lease_until FROM runs WHERE run_id = ?", (config.run_id,)
             ).fetchone()
             decision = decide(row, owner, retry_failed, now, rerun)
-            if decision == "rerun":
+            if decision == "rerun":  # the stored outcome keeps its env until the rerun's replaces both
                 conn.execute(
-                    "UPDATE runs SET env = ?, owner = ?, lease_until = ? WHERE run_id = ?",
-                    (json.dumps(env), owner, now + LEASE_S, config.run_id),
+                    "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
+                    (owner, now + LEASE_S, config.run_id),
                 )
             if decision != "claimed":
                 return decision
@@ -465,20 +474,47 @@ class Store(ArtifactPaths):
     def update_env(self, run_id: str, env: dict, owner: str) -> None:
         self._write("UPDATE runs SET env = ? WHERE run_id = ? AND owner = ?", (json.dumps(env), run_id, owner))
 
-    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        results: dict,
+        wall_s: float | None,
+        owner: str,
+        env: dict | None = None,
+        stats: list | None = None,
+    ) -> bool:
         """Store a run's outcome and release its claim; only the claim's owner can (returns whether it did).
 
         `status` "running" stores an interrupted run, left for the next command to resume. A rerun's
-        claim holds a finished row, which its own outcome replaces.
+        claim holds a finished row, which its own outcome replaces, in one transaction with the rerun's
+        `env` and its logged `stats` (every statistic of the old outcome goes): the row never shows one
+        run's results beside another's environment or curves.
         """
         if status not in STATUSES:
             raise ValueError(f"bad status {status!r}")
-        changed = self._write(
-            """UPDATE runs SET status = ?, results = ?, wall_s = ?, updated_at = ?, owner = NULL,
-                               lease_until = NULL
-               WHERE run_id = ? AND owner = ?""",
-            (status, json.dumps(results, sort_keys=True, default=float), wall_s, time.time(), run_id, owner),
-        )
+
+        def body(conn: sqlite3.Connection) -> int:
+            changed = conn.execute(
+                """UPDATE runs SET status = ?, results = ?, wall_s = ?, updated_at = ?, owner = NULL,
+                                   lease_until = NULL, env = COALESCE(?, env)
+                   WHERE run_id = ? AND owner = ?""",
+                (
+                    status,
+                    json.dumps(results, sort_keys=True, default=float),
+                    wall_s,
+                    time.time(),
+                    None if env is None else json.dumps(env),
+                    run_id,
+                    owner,
+                ),
+            ).rowcount
+            if changed and stats is not None:
+                conn.execute("DELETE FROM stats WHERE run_id = ?", (run_id,))
+                conn.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, *r) for r in stats])
+            return changed
+
+        changed = self._transaction(body)
         if not changed:
             log.warning(
                 "run %s is no longer held by this process (taken over or finished elsewhere); "
@@ -648,7 +684,16 @@ class FollowerStore(ArtifactPaths):
     def keep_alive(self, owner: str) -> None:
         pass
 
-    def finish_run(self, run_id: str, status: str, results: dict, wall_s: float | None, owner: str) -> bool:
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        results: dict,
+        wall_s: float | None,
+        owner: str,
+        env: dict | None = None,
+        stats: list | None = None,
+    ) -> bool:
         return True
 
     def release(self, run_id: str, owner: str) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import types
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -201,6 +202,11 @@ def test_third_party_plugin_runs_from_the_public_surface_and_its_version_keys_th
     assert all(r["status"] == "done" for r in static) and static[0]["run_id"] != static[1]["run_id"]
 
 
+def query(store: Path, sql: str) -> list:
+    with closing(sqlite3.connect(store)) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def stored(store: Path, run_id: str) -> tuple:
     with sqlite3.connect(store) as conn:
         return conn.execute("SELECT status, results, updated_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -263,9 +269,17 @@ def test_interrupted_rerun_keeps_the_stored_result(tmp_path, store):
     cmd = tiny_static(store, 30)
     run_cli(*cmd[1:], env=env, check=True)
     run_id = rows(store, env)[0]["run_id"]
+    with sqlite3.connect(store) as conn:  # mark the first run's env and curves, which a rerun would rewrite
+        conn.execute("""UPDATE runs SET env = '{"first": "run"}'""")
+        conn.execute("UPDATE stats SET value = value + 1000")
+    curves = lambda: query(store, "SELECT * FROM stats ORDER BY step, key")  # noqa: E731
+    env_of = lambda: query(store, "SELECT env FROM runs")[0][0]  # noqa: E731
+    marked = curves()
+    assert marked and env_of() == '{"first": "run"}'
     before = stored(store, run_id)
     stop_after_checkpoint([*cmd, "--rerun"], {**env, "TINY_PAUSE": "0.2"}, store, 4)
-    assert stored(store, run_id) == before  # still done, with the first run's results
+    assert stored(store, run_id) == before  # still done, with the first run's results, env and curves
+    assert env_of() == '{"first": "run"}' and curves() == marked
     assert run_cli(*cmd[1:], env=env, check=True).stderr.count("already done") == 1  # and no claim left behind
 
 

@@ -110,6 +110,26 @@ def test_claims_leases_and_guarded_status(tmp_path, plugins):
     assert store.claim(b, {}, "me") == "claimed"  # same host, its process is gone: stale at once
 
 
+def test_a_rerun_replaces_results_env_and_curves_together_or_not_at_all(tmp_path, plugins):
+    (cfg,) = expand_grid(GridRequest(methods=["static"], arch="sngan", seeds=[0], steps=3), plugins)
+    store = Store(tmp_path / "r.db")
+    assert store.claim(cfg, {"cpu": "old machine"}, "me") == "claimed"
+    store.log_stats(cfg.run_id, [(1, "loss_g", 1.0), (2, "loss_g", 2.0), (2, "old_only", 5.0)])
+    assert store.finish_run(cfg.run_id, "done", {"fid": 1.0}, 1.0, "me")
+    stats = lambda: sorted(store.conn.execute("SELECT step, key, value FROM stats").fetchall())  # noqa: E731
+    old = (store.get(cfg.run_id), stats())
+    assert store.claim(cfg, {"cpu": "new machine"}, "again", rerun=True) == "rerun"
+    assert (store.get(cfg.run_id), stats()) == old  # the old outcome, under its own env, while the rerun trains
+    store.release(cfg.run_id, "again")  # a rerun stopped before its outcome
+    assert (store.get(cfg.run_id), stats()) == old
+    assert store.claim(cfg, {"cpu": "new machine"}, "again", rerun=True) == "rerun"
+    new_stats = [(1, "loss_g", 3.0), (2, "loss_g", 4.0)]
+    assert store.finish_run(cfg.run_id, "done", {"fid": 2.0}, 2.0, "again", env={"cpu": "new machine"}, stats=new_stats)
+    run = store.get(cfg.run_id)
+    assert run["results"]["fid"] == 2.0 and run["env"] == {"cpu": "new machine"}
+    assert stats() == [(1, "loss_g", 3.0), (2, "loss_g", 4.0)]  # none of the old run's curves stays
+
+
 def test_a_version_1_store_is_migrated(tmp_path, plugins):
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
