@@ -394,7 +394,8 @@ def results(fmt, store_path):
     stored results of the run as a JSON object.
 
     JSON is an object: "runs" (one record per run) and "cells" (one per Table 1 cell: FID / IS over the
-    seeds done and the FID difference to the reference method with its 95 % Welch interval).
+    seeds done, the FID difference to the reference method with its 95 % Welch interval, and the cell's
+    training FLOPs relative to the reference's).
     """
     from sparsebench.session import results_frame
     from sparsebench.store import OTHER_COLUMN

@@ -12,7 +12,7 @@ from conftest import run_cli
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.report.build import _frame
 from sparsebench.report.render import latex, latex_escape, markdown
-from sparsebench.report.tables import quality_table, welch_interval
+from sparsebench.report.tables import cell_aggregates, quality_table, welch_interval
 from sparsebench.store import Store
 
 
@@ -227,6 +227,20 @@ def test_table1_bolds_only_a_best_cell_whose_interval_excludes_zero(tmp_path, pl
     assert "n=1, no interval" in tickets and "Δ vs Dense GAN -11.50" in tickets
     assert "Δ" not in rows["Dense GAN"][win].text  # the reference itself has no difference
     assert "**" in markdown(table) and r"\textbf" in latex(table, "quality") and r"$\Delta$" in latex(table, "quality")
+
+
+def test_a_method_that_trained_longer_than_its_reference_says_so_and_is_never_bold(tmp_path, plugins):
+    df = _frame(significance_store(tmp_path / "r.db", plugins), None, None, None)
+    df.loc[(df["method"] == "stugan") & (df["sg"] == 0.9), "train_flops"] = 2.0  # twice Static's training
+    table = quality_table(df)
+    win = [label for _, label in table.columns].index("s_G = 90%")
+    stu = {names[0]: cells for names, cells in table.rows}["STU-GAN"][win]
+    assert "Δ vs Static Sparse GAN -10.00 [" in stu.text and stu.text.endswith("at 2.0× its training FLOPs")
+    assert not stu.bold and stu.value == min(c[win].value for _, c in table.rows if c[win].value is not None)
+    cells = {(c["method"], c["sg"]): c for c in cell_aggregates(df)}
+    assert cells[("stugan", 0.9)]["train_flops_vs_reference"] == pytest.approx(2.0)
+    assert cells[("stugan", 0.8)]["train_flops_vs_reference"] == pytest.approx(1.0)
+    assert "training FLOPs" not in {names[0]: cells for names, cells in table.rows}["STU-GAN"][1 - win].text
 
 
 def test_results_json_has_runs_and_the_table_cells(tmp_path, plugins):

@@ -19,6 +19,7 @@ from sparsebench.flop_conventions import CONVENTION_NOTES, PAPER_FLOPS_PER_FMA
 
 BAD = ("failed", "diverged")
 CONFIDENCE = 0.95
+OVER_BUDGET = 1.05  # training FLOPs relative to the reference above which a Δ says so and a cell cannot be bold
 BUSY_LOAD = 1.1  # load average per core above which a run's measured time is flagged (others shared its cores)
 
 
@@ -246,6 +247,7 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
     df["variant"] = cell_variant(df)
     done = df[(df["status"] == "done") & df["fid"].notna()]
     fids = {key: g["fid"].astype(float).tolist() for key, g in done.groupby(CELL_KEYS)}
+    flops = {key: float(g["train_flops"].astype(float).mean()) for key, g in done.groupby(CELL_KEYS)}
     out = []
     for key, runs in df.groupby(CELL_KEYS, sort=False):
         method, variant, arch, sg, sd = key
@@ -267,10 +269,17 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
             "diff": None,
             "ci_low": None,
             "ci_high": None,
+            "train_flops_vs_reference": None,
         }
         if rec["reference"] is not None:
-            ref = fids.get((rec["reference"], "", arch, sg, sd), fids.get((rec["reference"], "", arch, 0.0, 0.0), []))
+            ref_key = (rec["reference"], "", arch, sg, sd)
+            ref_key = ref_key if ref_key in fids else (rec["reference"], "", arch, 0.0, 0.0)
+            ref = fids.get(ref_key, [])
             rec["n_reference"] = len(ref)
+            mine = float(ok["train_flops"].astype(float).mean()) if len(ok) else math.nan
+            theirs = flops.get(ref_key, math.nan)
+            if mine > 0 and theirs > 0:  # the training it took, against the reference's: more is no like-for-like win
+                rec["train_flops_vs_reference"] = mine / theirs
             if ok.empty or not ref:
                 pass
             elif (interval := welch_interval(ok["fid"], ref)) is not None:
@@ -295,9 +304,16 @@ def _comparison(rec: dict, info: MethodInfo) -> str:
         return f"Δ vs {title}: no {title} run"
     if rec["diff"] is None:
         return f"Δ vs {title}: n/a"
+    budget = f" at {ratio:.1f}× its training FLOPs" if (ratio := _over_budget(rec)) else ""
     if rec["ci_low"] is None:
-        return f"Δ vs {title} {rec['diff']:+.2f} (n=1, no interval)"
-    return f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
+        return f"Δ vs {title} {rec['diff']:+.2f} (n=1, no interval){budget}"
+    return f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]{budget}"
+
+
+def _over_budget(rec: dict) -> float | None:
+    """The cell's training FLOPs relative to its reference's, where it trained with more (over 5 %)."""
+    ratio = rec.get("train_flops_vs_reference")
+    return ratio if ratio is not None and ratio > OVER_BUDGET else None
 
 
 def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Table:
@@ -318,7 +334,7 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
             parts=[fid, is_],
             note=f"n={rec['n']}" + (f"; {note}" if note else ""),
             comparison=comparison,
-            significant=significant(rec),
+            significant=significant(rec) and not _over_budget(rec),
         )
 
     cols, rows = _cells(df, make, info)
@@ -335,8 +351,10 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
         + (f" ({references})" if references else "")
         + ", at the same s_G and s_D unless the reference fixes "
         f"them, with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
-        "(none when either side has one seed). The best FID per column is in bold only when its interval "
-        "excludes zero.",
+        "(none when either side has one seed), and the cell's training FLOPs relative to the reference's "
+        "where they are more (a method that trains longer is not compared like for like). The best FID per "
+        "column is in bold only when its interval excludes zero and it trained with no more FLOPs than its "
+        "reference.",
         ["Method", "s_D (%)"],
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
