@@ -235,6 +235,11 @@ def default_store_path() -> Path:
     return Path(os.environ.get("SPARSEBENCH_STORE") or DEFAULT_STORE)
 
 
+def _insert_stats(conn: sqlite3.Connection, run_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
+    """Logged (step, key, value) rows of a run; a row logged again at its step replaces the old one."""
+    conn.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows])
+
+
 @runtime_checkable
 class RunStore(Protocol):
     """What a Runner reads and writes of a results store. Three stores provide it: `Store` (the SQLite
@@ -511,7 +516,7 @@ class Store(ArtifactPaths):
             ).rowcount
             if changed and stats is not None:
                 conn.execute("DELETE FROM stats WHERE run_id = ?", (run_id,))
-                conn.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, *r) for r in stats])
+                _insert_stats(conn, run_id, stats)
             return changed
 
         changed = self._transaction(body)
@@ -553,11 +558,7 @@ class Store(ArtifactPaths):
     def log_stats(self, run_id: str, rows: list[tuple[int, str, float]]) -> None:
         if not rows:
             return
-        self._transaction(
-            lambda conn: conn.executemany(
-                "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows]
-            )
-        )
+        self._transaction(lambda conn: _insert_stats(conn, run_id, rows))
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, run_id: str) -> dict | None:

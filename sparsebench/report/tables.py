@@ -276,8 +276,7 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
             ref_key = ref_key if ref_key in fids else (rec["reference"], "", arch, 0.0, 0.0)
             ref = fids.get(ref_key, [])
             rec["n_reference"] = len(ref)
-            mine = float(ok["train_flops"].astype(float).mean()) if len(ok) else math.nan
-            theirs = flops.get(ref_key, math.nan)
+            mine, theirs = flops.get(key, math.nan), flops.get(ref_key, math.nan)
             if mine > 0 and theirs > 0:  # the training it took, against the reference's: more is no like-for-like win
                 rec["train_flops_vs_reference"] = mine / theirs
             if ok.empty or not ref:
@@ -371,9 +370,9 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
             return Cell("n/a")
         tr, te = scale * float(done["train_flops"].mean()), scale * float(done["test_flops"].mean())
         # the store normalises to a dense GAN trained as long as the run; the table to the preset's length
-        preset_steps = _preset_lengths(done)
+        lengths = _preset_lengths(done)
         length = [
-            r.steps / (preset_steps[(r.arch, r.preset)] or r.steps) if pd.notna(r.steps) else 1.0
+            r.steps / (lengths[(r.arch, r.preset)] or r.steps) if pd.notna(r.steps) else 1.0
             for r in done.itertuples(index=False)
         ]
         trr = float((done["train_flops_rel"] * length).mean())
