@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,9 +56,33 @@ class TrainSpec:
     # phase (its G steps); 1.0 keeps them constant, as the paper presets do. A phase that starts
     # afresh (PF fine-tuning, a GAN Tickets round) restarts the schedule.
     lr_decay_start: float = 1.0
+    # The evaluation curve: every `eval_every` G steps from the fraction `eval_from` of training on (0: none),
+    # the evaluated weights' FID over `eval_samples` samples drawn from the same z as the final evaluation,
+    # logged as the run's `fid` curve. It reads the weights only: training and the final scores are the same
+    # with or without it (tests/test_eval_curve.py).
+    eval_every: int = 0
+    eval_from: float = 2 / 3
+    # The run's score: the mean FID over the last `score_last` evaluations of its curve, the final one
+    # included (1: the final evaluation alone). Averaging over the last stretch of training takes out the
+    # step-to-step wobble of a GAN's FID (benchmarks/noise.py measures how much of the seed-to-seed spread
+    # that is).
+    score_last: int = 1
 
     def replace(self, **changes: Any) -> TrainSpec:
         return dataclasses.replace(self, **changes)
+
+
+def curve_points(spec: TrainSpec) -> int:
+    """Evaluations of a run's FID curve in its last phase: the due steps before the last, then the final one."""
+    if not spec.eval_every:
+        return 1
+    first = math.ceil(spec.eval_from * spec.steps / spec.eval_every) * spec.eval_every
+    return len(range(max(first, spec.eval_every), spec.steps, spec.eval_every)) + 1
+
+
+# TrainSpec fields added after runs were stored: left out of the run id at their defaults, so that
+# those runs keep their ids.
+LATER_TRAIN_FIELDS: dict[str, Any] = {"lr_decay_start": 1.0, "eval_every": 0, "eval_from": 2 / 3, "score_last": 1}
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,21 @@ class RunConfig:
             raise SparsebenchError(f"seed {self.seed} is outside [0, {SEED_LIMIT - 1}]")
         if not 0.0 <= self.train.lr_decay_start <= 1.0:
             raise SparsebenchError(f"lr_decay_start must lie in [0, 1], got {self.train.lr_decay_start}")
+        if self.train.eval_every < 0 or not 0.0 <= self.train.eval_from <= 1.0:
+            raise SparsebenchError(
+                f"eval_every must be >= 0 and eval_from in [0, 1], got {self.train.eval_every}, {self.train.eval_from}"
+            )
+        if self.train.score_last < 1 or (self.train.score_last > 1 and not self.train.eval_every):
+            raise SparsebenchError(
+                f"score_last must be >= 1, and above 1 only with an evaluation curve (eval_every > 0); "
+                f"got score_last={self.train.score_last}, eval_every={self.train.eval_every}"
+            )
+        if self.train.score_last > curve_points(self.train):
+            raise SparsebenchError(
+                f"score_last={self.train.score_last} needs as many evaluations, the curve gives "
+                f"{curve_points(self.train)} (eval_every={self.train.eval_every} from {self.train.eval_from:g} "
+                f"of {self.train.steps} steps, the final evaluation included)"
+            )
         if self.train.accumulate < 1:
             raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
@@ -110,8 +150,9 @@ class RunConfig:
         d["metrics"] = list(self.metrics)
         if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
             del d["kernels"]
-        if d["train"]["lr_decay_start"] == 1.0:  # likewise runs from before the schedule existed
-            del d["train"]["lr_decay_start"]
+        for name, default in LATER_TRAIN_FIELDS.items():  # likewise runs from before these settings existed
+            if d["train"][name] == default:
+                del d["train"][name]
         return d
 
     @classmethod

@@ -79,6 +79,7 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     samples = SampleSet(ev, images, flags)
     for m in metrics:
         res.update(m.compute(samples))
+    res.update(score(spec, st.curve, res))
     floor = ev.floor(flags & {"fid"}) if "fid" in flags else {}
     if "frechet_inception_distance" in floor:
         res["fid_floor"] = floor["frechet_inception_distance"]
@@ -91,6 +92,39 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     res.update(ctx.info)
     atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage
     return res
+
+
+def curve_point(config: RunConfig, model: torch.nn.Module, ev: Evaluator, num_classes: int, device) -> dict:
+    """One point of a run's evaluation curve: the FID of `model` over the final evaluation's samples (same z)."""
+    spec = config.train
+    images = sample(
+        model,
+        spec.eval_samples,
+        spec.z_dim,
+        num_classes,
+        device,
+        seed=stream_seed(config.seed, "eval-samples"),
+        batch=SAMPLE_BATCH,
+    )
+    return {"fid": float(ev.compute(images, {"fid"})["frechet_inception_distance"])}
+
+
+def score(spec, curve: list[tuple[int, float]], res: dict) -> dict[str, Any]:
+    """The run's FID under the preset's score (`TrainSpec.score_last`): the mean over the last evaluations of
+    its curve, the final one included; the final evaluation's own FID stays as `fid_final`."""
+    if "fid" not in res or res["fid"] is None:
+        return {}
+    out: dict[str, Any] = {"fid_final": res["fid"]}
+    if spec.score_last > 1:
+        points = [v for _, v in curve][-(spec.score_last - 1) :] + [res["fid"]]
+        if len(points) < spec.score_last:
+            raise RuntimeError(
+                f"the score needs the last {spec.score_last} evaluations, the curve has {len(points)}: "
+                f"eval_every={spec.eval_every} from {spec.eval_from:g} of {spec.steps} steps gives too few"
+            )
+        out["fid"] = sum(points) / len(points)
+        out["fid_score"] = f"mean of last {spec.score_last}"
+    return out
 
 
 def _dense_flops(config: RunConfig, ctx: RunContext, plugins: Plugins):

@@ -24,7 +24,7 @@ import torch
 from sparsebench import SparsebenchError, __version__, distributed
 from sparsebench.api import DataSplits, RunArtifacts
 from sparsebench.config import RunConfig
-from sparsebench.evaluation import evaluate_run, ratio_results
+from sparsebench.evaluation import curve_point, evaluate_run, ratio_results
 from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.options import validate_options
 from sparsebench.plugins import Plugins
@@ -223,6 +223,11 @@ class Runner:
             stop_requested=lambda: self.stop,
             flush=flush,
             elapsed=lambda: time.perf_counter() - t0 - self._nested_wall,
+            evaluate=(
+                lambda model: curve_point(config, model, self.evaluator(config), data.train.num_classes, self.device)
+            )
+            if distributed.rank() == 0 and "fid" in config.metrics
+            else None,
         )
         ctx = RunContext(config, data, self.device, self.store.run_dir(run_id), wiring, width=method.width)
         outer_nested, self._nested_wall = self._nested_wall, 0.0
@@ -241,6 +246,8 @@ class Runner:
                     **evaluate_run(config, ctx, self.evaluator(config), self.plugins, self.device),
                     **ratio_results(ratios),
                 }
+                if "fid_final" in results and config.train.eval_every:  # the curve ends at the final evaluation
+                    pending.append((ctx.final.step, "fid", float(results["fid_final"])))
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}

@@ -84,6 +84,7 @@ class Checkpoint:
             "done": done,
             "step": state.step,
             "flops": state.flops,
+            "curve": [[float(step), value] for step, value in state.curve],
             "G": state.G.state_dict(),
             "D": state.D.state_dict(),
             "g_opt": state.g_opt.state_dict(),
@@ -130,6 +131,7 @@ class Checkpoint:
         if state.ema is not None and blob["ema"] is not None:
             state.ema.load_state_dict(blob["ema"])
         state.step, state.flops = int(blob["step"]), float(blob["flops"])
+        state.curve = [(int(step), float(value)) for step, value in blob.get("curve", [])]
         batcher.load_state_dict(blob["batcher"])
         noise.set_state(blob["noise"])
         hooks.load_state_dict(blob["hooks"])

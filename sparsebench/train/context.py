@@ -49,6 +49,7 @@ class RunWiring:
     stop_requested: Callable[[], bool] | None = None
     flush: Callable[[], None] | None = None  # writes the logged statistics out (before each checkpoint)
     elapsed: Callable[[], float] = lambda: 0.0  # this segment's own wall seconds so far (dependencies excluded)
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None  # the curve's scores of a generator
 
 
 class RunContext:
@@ -209,6 +210,15 @@ class RunContext:
                 wiring.flush()
             ckpt.save(state, batcher, noise, hooks, label, done, self.wall_s())
 
+        def evaluate(step: int) -> None:
+            """A point of the evaluation curve at the due steps before the last (the final evaluation is the last)."""
+            if wiring.evaluate is None or not spec.eval_every or step >= steps:
+                return
+            if step % spec.eval_every == 0 and step >= spec.eval_from * steps:
+                scores = wiring.evaluate(state.eval_model)
+                state.curve.append((step, scores["fid"]))
+                log_step(step, scores)
+
         from sparsebench.kernels import attach  # the execution backend of sparse layers (--kernels)
 
         kernels = attach(self.config.kernels, state, hooks, spec)
@@ -233,6 +243,7 @@ class RunContext:
                 wiring.checkpoint_every,
                 wiring.stop_requested,
                 distributed.average_gradients if world > 1 else None,
+                evaluate,
             )
             save(done=True)
         finally:

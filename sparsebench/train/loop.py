@@ -118,6 +118,7 @@ class GANState:
     flops: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # wall time of each G step this process ran
     balance_ratio: float = math.nan  # measured at this G step (see Hooks.balance_ratio_every), else NaN
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (G step, FID) of this phase's evaluation curve
 
     @property
     def eval_model(self) -> nn.Module:
@@ -190,8 +191,12 @@ def train(
     checkpoint_every: int = 0,
     stop_requested: Callable[[], bool] | None = None,
     sync_grads: Callable[[nn.Module], None] | None = None,
+    evaluate: Callable[[int], None] | None = None,
 ) -> None:
     """Train until `state.step` reaches `steps` G steps (continuing a resumed state).
+
+    `evaluate(t)` is called after every G step t, outside its measured time (the evaluation curve:
+    it decides itself whether t is due, and must not change the training state).
 
     `checkpoint()` is called every `checkpoint_every` G steps, and before raising Interrupted
     when `stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
@@ -279,6 +284,8 @@ def train(
                 on_topology_change(state)
             cost = step_cost()  # the next steps run at the new densities
         state.step_seconds.append(time.perf_counter() - started)  # D steps, G step and topology update
+        if evaluate is not None:
+            evaluate(t)
 
         d_val, g_val = d_loss.item(), g_loss.item()
         if not math.isfinite(d_val):
