@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sparsebench import SparsebenchError
+from sparsebench.cells import cell_id, settings
 from sparsebench.config import check_run_id
 
 log = logging.getLogger("sparsebench.store")
@@ -85,6 +86,8 @@ EXTRA_COLUMNS = [
     "kernel_layers",
     "kernel_layers_sampling",
     "code",
+    "cell",
+    "settings",
     "error",
 ]
 INT_COLUMNS = ["seed", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
@@ -656,6 +659,8 @@ class Store(ArtifactPaths):
             row["kernels"] = run["config"].get("kernels", "dense")
             row["machine"] = machine_label(run.get("env") or {})
             row["code"] = ",".join(f"{k}={v}" for k, v in sorted(run["config"].get("code", {}).items())) or None
+            row["cell"] = cell_id(run["config"])  # runs share a table cell only when this is equal
+            row["settings"] = json.dumps(settings(run["config"]), sort_keys=True, default=str)
             table.append(row)
         return table
 

@@ -6,8 +6,10 @@ Markdown or LaTeX is done elsewhere, so both formats show the same numbers.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +17,9 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
+from sparsebench.cells import shared_settings
 from sparsebench.flop_conventions import CONVENTION_NOTES, PAPER_FLOPS_PER_FMA
+from sparsebench.report import power
 
 BAD = ("failed", "diverged")
 CONFIDENCE = 0.95
@@ -91,53 +95,150 @@ def preset_steps(arch: str, preset: str) -> int | None:
         return None
 
 
-def _preset_lengths(df: pd.DataFrame) -> dict:
-    """(arch, preset) -> the preset's G steps, for every pair in `df` (None where not installed here)."""
-    return {key: preset_steps(*key) for key in df[["arch", "preset"]].drop_duplicates().itertuples(index=False)}
+def _row_settings(r: Any) -> dict[str, Any]:
+    """A run's settings (`sparsebench.cells.settings`) from its `settings` column, or, for a frame without one
+    (built by hand), from the columns that stand for them."""
+    text = getattr(r, "settings", None)
+    if isinstance(text, str) and text:
+        return json.loads(text)
+    flat: dict[str, Any] = {"dataset": getattr(r, "dataset", None), "preset": getattr(r, "preset", None)}
+    variant = getattr(r, "variant", None)
+    for part in str(variant).split(",") if isinstance(variant, str) and variant else []:
+        name, _, value = part.partition("=")
+        flat[f"option.{name}"] = value
+    for name, default in (("opt_state", "dense"), ("kernels", "dense")):
+        value = getattr(r, name, None)
+        flat[name] = value if isinstance(value, str) else default
+    steps = getattr(r, "steps", None)
+    if steps is not None and pd.notna(steps):
+        flat["train.steps"] = int(steps)
+    code = getattr(r, "code", None)
+    for part in str(code).split(",") if isinstance(code, str) else []:
+        name, _, value = part.partition("=")
+        flat[f"code.{name}"] = value
+    return flat
 
 
-def _differing_versions(df: pd.DataFrame) -> dict:
-    """Method -> a labeller of its runs' code versions, for methods whose runs in `df` come from different
-    code (e.g. before and after a plugin's fix): those runs never share a row. The label names only the
-    parts that differ ("code method=0.2.0")."""
-    if "code" not in df:
-        return {}
-    parse = lambda code: dict(p.split("=", 1) for p in str(code).split(",") if "=" in p)  # noqa: E731
-    out = {}
-    for method, codes in df.groupby("method")["code"]:
-        known = codes.dropna().unique()
-        if len(known) > 1:
-            parsed = [parse(c) for c in known]
-            keys = sorted(k for k in set().union(*parsed) if len({p.get(k) for p in parsed}) > 1)
-            out[method] = lambda code, keys=keys: "code " + ",".join(f"{k}={parse(code).get(k, '?')}" for k in keys)
-    return out
+class _Defaults:
+    """The settings a run of (method, arch, preset) has when nothing is asked for (from the installed plugins;
+    an unknown plugin or preset contributes nothing, and its runs' labels name what tells their cells apart)."""
+
+    CORE = {"scope": "conv", "distribution": "erk", "opt_state": "dense", "kernels": "dense", "metrics": ["fid", "is"]}
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, dict] = {}
+
+    def __call__(self, method: str, arch: str, preset: str) -> dict[str, Any]:
+        key = (method, arch, preset)
+        if key not in self._cache:
+            self._cache[key] = self._compute(*key)
+        return self._cache[key]
+
+    def _compute(self, method: str, arch: str, preset: str) -> dict[str, Any]:
+        import dataclasses
+
+        from sparsebench.config import LATER_TRAIN_FIELDS
+        from sparsebench.plugins import get_plugins
+
+        out: dict[str, Any] = dict(self.CORE)
+        plugins = get_plugins()
+        try:
+            spec = plugins.archs.get(arch).presets[preset]
+        except Exception:  # noqa: BLE001 - an architecture or preset not installed here
+            spec = None
+        if spec is not None:
+            out.update({f"train.{k}": v for k, v in dataclasses.asdict(spec).items()})
+            out["dataset"] = spec.dataset
+            out.update({f"train.{k}": v for k, v in LATER_TRAIN_FIELDS.items() if f"train.{k}" not in out})
+        for prefix, options in (
+            ("option", lambda: plugins.methods.get(method).options),
+            ("arch", lambda: plugins.archs.get(arch).options),
+            ("data", lambda: plugins.datasets.get(out.get("dataset", "")).options),
+        ):
+            try:
+                out.update({f"{prefix}.{o.name}": o.default for o in options()})
+            except Exception:  # noqa: BLE001 - a plugin not installed here: its options' defaults are unknown
+                out[f"{prefix}.*"] = None
+        return out
+
+
+def _show(key: str, value: Any) -> str:
+    name = key.split(".", 1)[1] if key.startswith(("train.", "option.")) else key
+    if isinstance(value, float):
+        value = f"{value:g}"
+    elif isinstance(value, list):
+        value = "+".join(str(v) for v in value)
+    return f"{name}={value}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-12)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def cell_variant(df: pd.DataFrame) -> pd.Series:
-    """What separates runs of one method into table rows: its non-default options (`variant`), and every
-    setting that changes results without being a method option: an optimizer-state policy or execution
-    backend other than the default, and a length other than the preset's (so runs trained longer or
-    shorter are never pooled with, or passed off as, runs of the preset)."""
+    """The row label's variant of every run: the settings of its cell that differ from the defaults of its
+    method, arch and preset (method options first, then the length, then the rest), and where two cells of one
+    method at one (arch, s_G, s_D) would still read alike (another preset, data set, code version...), the
+    settings that tell them apart. Runs of different cells never share a label, so never a table cell."""
     if df.empty:
         return df.get("variant", pd.Series(dtype=str)).fillna("").astype(str)
-    steps_default = _preset_lengths(df)
-    versions = _differing_versions(df)
-    out = []
+    defaults = _Defaults()
+    flats, parts = [], []
     for r in df.itertuples(index=False):
-        parts = [str(r.variant)] if isinstance(r.variant, str) and r.variant else []
-        if r.method in versions:
-            parts.append(versions[r.method](r.code))
-        policy = getattr(r, "opt_state", None)
-        if isinstance(policy, str) and policy != "dense":
-            parts.append(f"opt_state={policy}")
-        kernels = getattr(r, "kernels", None)
-        if isinstance(kernels, str) and kernels != "dense":
-            parts.append(f"kernels={kernels}")
-        default = steps_default.get((r.arch, r.preset))
-        if default is not None and pd.notna(r.steps) and int(r.steps) != default:
-            parts.append(f"steps={int(r.steps)}")
-        out.append(",".join(parts))
+        flat = _row_settings(r)
+        flats.append(flat)
+        base = defaults(r.method, r.arch, str(getattr(r, "preset", "")))
+        differ = [
+            k
+            for k in flat
+            if (k in base and k != "train.dataset" and not _same(flat[k], base[k]))
+            or (k.startswith("option.") and "option.*" in base)  # a method not installed: all its options
+        ]
+        parts.append(sorted(differ, key=_label_order))
+    cells = [_cell_of(r, f) for r, f in zip(df.itertuples(index=False), flats)]
+    # cells of one method and position that would read alike: add what tells them apart
+    groups: dict[tuple, dict[str, list[int]]] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        text = ",".join(_show(k, flats[i][k]) for k in parts[i])
+        groups.setdefault((r.method, r.arch, r.sg, r.sd, text), {}).setdefault(cells[i], []).append(i)
+    for by_cell in groups.values():
+        if len(by_cell) < 2:
+            continue
+        members = [idx[0] for idx in by_cell.values()]
+        keys = set().union(*(flats[i] for i in members))
+        differing = [k for k in keys if len({json.dumps(flats[i].get(k), default=str) for i in members}) > 1]
+        telling: list[str] = []  # the fewest keys, most telling first, that set these cells apart
+        for key in sorted(differing, key=_telling_order):
+            telling.append(key)
+            if len({json.dumps([flats[i].get(k) for k in telling], default=str) for i in members}) == len(members):
+                break
+        for idx in by_cell.values():
+            for i in idx:
+                parts[i] = parts[i] + [k for k in telling if k not in parts[i]]
+    out = [",".join(_show(k, flats[i].get(k, "none")) for k in p) for i, p in enumerate(parts)]
     return pd.Series(out, index=df.index, dtype=object)
+
+
+def _telling_order(key: str) -> tuple:
+    """Which settings name the difference between two cells best: the preset, the data, the code, then the rest."""
+    first = ("preset", "dataset", "code.method", "code.arch", "code.sparsebench")
+    return (first.index(key) if key in first else len(first), _label_order(key))
+
+
+def _label_order(key: str) -> tuple:
+    return (0 if key.startswith("option.") else 1 if key == "train.steps" else 2, key)
+
+
+def _cell_of(r: Any, flat: dict[str, Any]) -> str:
+    cell = getattr(r, "cell", None)
+    if isinstance(cell, str) and cell:
+        return cell
+    return json.dumps({"axes": [r.method, r.arch, r.sg, r.sd], **flat}, sort_keys=True, default=str)
 
 
 def label(row, info: MethodInfo) -> str:
@@ -171,8 +272,11 @@ def _stat(values: pd.Series) -> tuple[float | None, float | None]:
     return mean, (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
-def _fmt(mean: float, std: float | None, digits: int = 2) -> str:
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
+    """mean ± std; "n/a" where a metric was not computed (a run may compute FID only)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and not math.isnan(std) else "")
 
 
 def _cells(df: pd.DataFrame, make, info: MethodInfo) -> tuple[list, list]:
@@ -199,13 +303,13 @@ def _cells(df: pd.DataFrame, make, info: MethodInfo) -> tuple[list, list]:
 
 
 def _mark_best(rows, n_cols: int, eligible=lambda cell: True) -> None:
-    """Bold the lowest value of each column, where that cell is `eligible`."""
+    """Bold the lowest value of each column among the cells `eligible` to win."""
     for j in range(n_cols):
-        vals = [(r[1][j].value, i) for i, r in enumerate(rows) if r[1][j].value is not None]
+        vals = [(r[1][j].value, i) for i, r in enumerate(rows) if r[1][j].value is not None and eligible(r[1][j])]
         if vals:
             best = min(v for v, _ in vals)
             for v, i in vals:
-                if v == best and eligible(rows[i][1][j]):
+                if v == best:
                     rows[i][1][j].bold = True
 
 
@@ -236,57 +340,112 @@ def welch_interval(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, 
 CELL_KEYS = ["method", "variant", "arch", "sg", "sd"]
 
 
+def _reference_key(flat: dict[str, Any], dense_reference: bool) -> str:
+    """What a reference run must share with a cell: its settings but the method's own; against a dense
+    reference (s_G = s_D = 0) also but the optimizer-state policy and backend, which a dense run cannot use."""
+    shared = shared_settings(flat)
+    if dense_reference:
+        shared = {k: v for k, v in shared.items() if k not in ("opt_state", "kernels")}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def _describe_settings(flat: dict[str, Any], base: dict[str, Any]) -> str:
+    """The settings a reference was looked for with, as a reader needs them: those off the defaults."""
+    differ = [k for k in shared_settings(flat) if k in base and k != "train.dataset" and not _same(flat[k], base[k])]
+    named = [_show(k, flat[k]) for k in sorted(differ, key=_label_order)]
+    return ", ".join(["preset " + str(flat.get("preset"))] + named)
+
+
 def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
-    """One record per Table 1 cell: FID / IS over the seeds done, and the FID difference to the method's
-    declared reference method (same arch; same s_G and s_D, or the reference's own when it fixes them, as
-    the dense GAN does) with its Welch interval. Table 1 and `sparsebench results --format json` both read
-    these records. `methods`: see `MethodInfo.of`.
-    """
+    """One record per Table 1 cell: FID / IS over its seeds, and the FID difference to the method's declared
+    reference method with its Welch interval, its minimum detectable difference and the seeds per arm that
+    would detect 20 % of the reference's mean (`sparsebench.report.power`). The reference is the run of that
+    method with the same settings (length included; same arch, s_G and s_D, or the reference's own when it
+    fixes them, as the dense GAN does). Table 1 and `sparsebench results --format json` both read these."""
     info = MethodInfo.of(methods)
     df = df.copy()
     df["variant"] = cell_variant(df)
+    defaults = _Defaults()
+    flat_of = [_row_settings(r) for r in df.itertuples(index=False)]
+    df["settings_key"] = [json.dumps(f, sort_keys=True, default=str) for f in flat_of]
     done = df[(df["status"] == "done") & df["fid"].notna()]
-    fids = {key: g["fid"].astype(float).tolist() for key, g in done.groupby(CELL_KEYS)}
-    flops = {key: float(g["train_flops"].astype(float).mean()) for key, g in done.groupby(CELL_KEYS)}
+    by_reference: dict[tuple, list[int]] = {}  # (method, arch, sg, sd, shared settings) -> rows done
+    for i, r in zip(done.index, done.itertuples(index=False)):
+        flat = json.loads(r.settings_key)
+        for dense_ref in (False, True):
+            by_reference.setdefault((r.method, r.arch, r.sg, r.sd, _reference_key(flat, dense_ref)), []).append(i)
     out = []
     for key, runs in df.groupby(CELL_KEYS, sort=False):
         method, variant, arch, sg, sd = key
         ok = runs[(runs["status"] == "done") & runs["fid"].notna()]
-        fid, is_ = _stat(ok["fid"]), _stat(ok["is_mean"])
-        rec = {
+        twice = {
+            int(seed): sorted(g["run_id"].astype(str)) for seed, g in ok.groupby("seed") if len(g) > 1
+        }  # one seed twice in a cell: never averaged
+        fid, is_ = _stat(ok["fid"]), _stat(ok["is_mean"]) if "is_mean" in ok else (None, None)
+        flat = json.loads(runs["settings_key"].iloc[0])
+        rec: dict[str, Any] = {
             "method": method,
             "variant": variant,
             "arch": arch,
             "sg": float(sg),
             "sd": float(sd),
-            "n": len(ok),
+            "cell": _cell_of(runs.iloc[0], flat) if "cell" in runs else None,
+            "n": int(ok["seed"].nunique()) if "seed" in ok else len(ok),
+            "seeds": sorted(int(x) for x in ok["seed"].dropna().unique()) if "seed" in ok else [],
+            "duplicate_seeds": twice or None,
             "fid_mean": fid[0],
             "fid_std": fid[1],
             "is_mean": is_[0],
             "is_std": is_[1],
             "reference": info.reference(method),
+            "reference_settings": None,
             "n_reference": None,
             "diff": None,
             "ci_low": None,
             "ci_high": None,
+            "detectable_diff": None,
+            "seeds_needed_20pct": None,
+            "verdict": None,
             "train_flops_vs_reference": None,
         }
+        if twice:
+            rec["fid_mean"] = rec["fid_std"] = rec["is_mean"] = rec["is_std"] = None
         if rec["reference"] is not None:
-            ref_key = (rec["reference"], "", arch, sg, sd)
-            ref_key = ref_key if ref_key in fids else (rec["reference"], "", arch, 0.0, 0.0)
-            ref = fids.get(ref_key, [])
-            rec["n_reference"] = len(ref)
-            mine, theirs = flops.get(key, math.nan), flops.get(ref_key, math.nan)
+            ref_rows = by_reference.get((rec["reference"], arch, sg, sd, _reference_key(flat, False)))
+            if ref_rows is None:
+                ref_rows = by_reference.get((rec["reference"], arch, 0.0, 0.0, _reference_key(flat, True)), [])
+            ref = done.loc[ref_rows]
+            rec["reference_settings"] = _describe_settings(flat, defaults(method, arch, str(flat.get("preset"))))
+            rec["n_reference"] = int(ref["seed"].nunique()) if "seed" in ref else len(ref)
+            mine = float(ok["train_flops"].astype(float).mean()) if len(ok) else math.nan
+            theirs = float(ref["train_flops"].astype(float).mean()) if len(ref) else math.nan
             if mine > 0 and theirs > 0:  # the training it took, against the reference's: more is no like-for-like win
                 rec["train_flops_vs_reference"] = mine / theirs
-            if ok.empty or not ref:
+            if ok.empty or ref.empty or twice or len(ref) != rec["n_reference"]:
                 pass
-            elif (interval := welch_interval(ok["fid"], ref)) is not None:
+            elif (interval := welch_interval(ok["fid"], ref["fid"])) is not None:
                 rec["diff"], rec["ci_low"], rec["ci_high"] = interval
+                rec.update(_power(ok["fid"].astype(float).tolist(), ref["fid"].astype(float).tolist(), rec))
             else:
-                rec["diff"] = fid[0] - sum(ref) / len(ref)
+                rec["diff"] = fid[0] - float(ref["fid"].astype(float).mean())
         out.append(rec)
     return out
+
+
+def _power(mine: list[float], theirs: list[float], rec: dict) -> dict[str, Any]:
+    """The power fields of a cell with an interval: what its interval could have detected, how many seeds per
+    arm would detect 20 % of the reference's mean, and what a non-significant interval therefore means."""
+    s1, s2 = statistics.stdev(mine), statistics.stdev(theirs)
+    detectable = power.detectable_difference(s1, len(mine), s2, len(theirs))
+    target = power.TARGET * statistics.fmean(theirs)
+    needed = power.seeds_needed(target, s1, s2)
+    if significant(rec):
+        verdict = "better" if rec["ci_high"] < 0 else "worse"
+    elif detectable <= target:
+        verdict = "no difference"
+    else:
+        verdict = "undecided"
+    return {"detectable_diff": detectable, "seeds_needed_20pct": needed, "verdict": verdict}
 
 
 def significant(rec: dict) -> bool:
@@ -300,13 +459,28 @@ def _comparison(rec: dict, info: MethodInfo) -> str:
         return ""
     title = info.title(ref)
     if not rec["n_reference"]:
-        return f"Δ vs {title}: no {title} run"
+        return f"Δ vs {title}: no {title} run with {rec['reference_settings']}"
     if rec["diff"] is None:
         return f"Δ vs {title}: n/a"
     budget = f" at {ratio:.1f}× its training FLOPs" if (ratio := _over_budget(rec)) else ""
     if rec["ci_low"] is None:
         return f"Δ vs {title} {rec['diff']:+.2f} (n=1, no interval){budget}"
-    return f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]{budget}"
+    text = f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
+    return text + (f"; {verdict}" if (verdict := _verdict_text(rec)) else "") + budget
+
+
+def _verdict_text(rec: dict) -> str:
+    """What an interval spanning zero means: no difference larger than the detectable one, or too few seeds."""
+    if rec.get("verdict") == "no difference":
+        return f"no difference larger than {rec['detectable_diff']:.2f}"
+    if rec.get("verdict") == "undecided":
+        needed = rec["seeds_needed_20pct"]
+        seeds = f"about {needed}" if needed else f"over {power.MAX_SEEDS:,}"
+        return f"undecided: {seeds} seeds per arm needed"
+    if rec.get("detectable_diff") is not None:
+        needed = rec["seeds_needed_20pct"]
+        return f"detectable {rec['detectable_diff']:.2f}" + (f", {needed} seeds per arm for 20 %" if needed else "")
+    return ""
 
 
 def _over_budget(rec: dict) -> float | None:
@@ -324,6 +498,10 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
         rec = aggregates.get(key)
         if rec is None or not rec["n"]:
             return Cell("n/a" + (f" ({note})" if note else ""), note=note)
+        if rec["duplicate_seeds"]:  # one seed twice in a cell: an error to resolve, never averaged
+            pairs = rec["duplicate_seeds"].items()
+            twice = "; ".join(f"seed {seed} stored twice: {', '.join(ids)}" for seed, ids in pairs)
+            return Cell(f"error: {twice}", note=f"error: {twice}")
         fid, is_ = (rec["fid_mean"], rec["fid_std"]), (rec["is_mean"], rec["is_std"])
         comparison = _comparison(rec, info)
         text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={rec['n']}" + (f"; {note})" if note else ")")
@@ -333,7 +511,7 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
             parts=[fid, is_],
             note=f"n={rec['n']}" + (f"; {note}" if note else ""),
             comparison=comparison,
-            significant=significant(rec) and not _over_budget(rec),
+            significant=significant(rec) and rec["ci_high"] < 0 and not _over_budget(rec),
         )
 
     cols, rows = _cells(df, make, info)
@@ -345,15 +523,19 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Tab
     references = "; ".join(f"{', '.join(titles)}: {info.title(ref)}" for ref, titles in compared.items())
     return Table(
         title,
-        "(FID ↓ / IS ↑), mean ± std over seeds, n = seeds done; failed or diverged runs are counted, "
-        "not dropped. Δ = FID difference to the method's reference method"
+        "(FID ↓ / IS ↑), mean ± std over seeds, n = distinct seeds done; failed or diverged runs are counted, "
+        "not dropped; runs share a cell only when every setting but the seed is the same (the row label names "
+        "those off the preset's defaults). Δ = FID difference to the method's reference method"
         + (f" ({references})" if references else "")
-        + ", at the same s_G and s_D unless the reference fixes "
+        + " trained with the same settings (length included), at the same s_G and s_D unless the reference fixes "
         f"them, with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
         "(none when either side has one seed), and the cell's training FLOPs relative to the reference's "
-        "where they are more (a method that trains longer is not compared like for like). The best FID per "
-        "column is in bold only when its interval excludes zero and it trained with no more FLOPs than its "
-        "reference.",
+        "where they are more (a method that trains longer is not compared like for like). Where the interval "
+        f"spans zero: 'no difference larger than D' when the difference detectable at {100 * power.POWER:g} % "
+        f"power (D, from the observed stds and n) is at most {100 * power.TARGET:g} % of the reference's mean, "
+        f"else 'undecided' with the seeds per arm that would detect {100 * power.TARGET:g} % of it. The best FID "
+        "per column is in bold among the cells eligible to win: significantly better than their reference "
+        "(interval below zero) with no more training FLOPs.",
         ["Method", "s_D (%)"],
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
@@ -369,13 +551,8 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
         if done.empty:
             return Cell("n/a")
         tr, te = scale * float(done["train_flops"].mean()), scale * float(done["test_flops"].mean())
-        # the store normalises to a dense GAN trained as long as the run; the table to the preset's length
-        lengths = _preset_lengths(done)
-        length = [
-            r.steps / (lengths[(r.arch, r.preset)] or r.steps) if pd.notna(r.steps) else 1.0
-            for r in done.itertuples(index=False)
-        ]
-        trr = float((done["train_flops_rel"] * length).mean())
+        # as stored: against the dense GAN of the run's own arch, data and length, counted (not looked up)
+        trr = float(done["train_flops_rel"].mean())
         ter = float(done["test_flops_rel"].mean())
         # a sparse G beside a dense D: the store's count has D dense, the paper's would scale by G's density
         mark = "†" if convention == "paper" and key[3] > 0 and key[4] == 0 else ""
@@ -388,8 +565,10 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
     return Table(
         title,
         "Training FLOPs / testing FLOPs (one generator forward for one image), absolute and "
-        "normalised to the dense GAN of the same arch and preset, at the preset's length (a run trained "
-        "twice as long counts twice). Fewest training FLOPs in bold. " + CONVENTION_NOTES[convention],
+        "relative to a dense GAN of the same arch and data set trained as long as the run (G steps of its "
+        "last phase at the same settings; its FLOPs are counted, whether or not such a run was trained), so a "
+        "run of --steps 60 compares with 60 dense steps and PF's pre-training counts on top. Fewest training "
+        "FLOPs in bold. " + CONVENTION_NOTES[convention],
         ["Method", "s_D (%)"],
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
