@@ -83,20 +83,6 @@ def _ints(value: str, what: str) -> list[int]:
     return out
 
 
-def expand_methods(value: str, plugins) -> list[str]:
-    """`--methods` as method names: a group the methods declare stands for all of its methods."""
-    known, groups = plugins.methods.names(), plugins.method_groups()
-    out: list[str] = []
-    for name in _split(value, "--methods"):
-        for m in groups.get(name, [name]):
-            if m not in known:
-                listed = ", ".join(f"{g} (= {','.join(ms)})" for g, ms in groups.items()) or "none"
-                raise SparsebenchError(f"unknown method {m!r}; known: {', '.join(known)}; groups: {listed}")
-            if m not in out:
-                out.append(m)
-    return out
-
-
 def _store(path: str | None, readonly: bool = False):
     from sparsebench.store import Store
 
@@ -217,7 +203,7 @@ def run(
     from sparsebench.config import GridRequest
     from sparsebench.executors import GridInterrupted
     from sparsebench.options import parse_option_strings
-    from sparsebench.session import Grid
+    from sparsebench.session import Grid, expand_methods
     from sparsebench.train.loop import Interrupted
 
     plugins = _plugins()
@@ -526,6 +512,7 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
     from sparsebench.describe import cost_table
     from sparsebench.flop_conventions import CONVENTION_NOTES, check_convention
     from sparsebench.options import parse_option_strings
+    from sparsebench.session import expand_methods
 
     if fmt not in ("text", "csv"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")
