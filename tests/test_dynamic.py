@@ -367,6 +367,7 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     assert {"exploration_rate", "exploration_rate_d", "update_fraction"} <= keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method,options",
     [
