@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("SPARSEBENCH_CACHE", tempfile.mkdtemp(prefix="sparsebench-cache-"))
 EXE = shutil.which("sparsebench") or str(Path(sys.executable).with_name("sparsebench"))
 TINY = ["--steps", "4", "--no-progress"]
+STARTUP_ENV = ("PYTHON", "OMP_", "MKL_")  # environment read when a process starts, not by a command
 
 
 def run_cli(
@@ -34,30 +35,28 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run the `sparsebench` command line and return its exit status, stdout and stderr.
 
-    In this process (click's test runner) unless `spawn`, `env` (read at start-up, e.g. a plugin on
-    PYTHONPATH) or worker processes (`--jobs`, `--executor`) ask for the installed entry point in a
-    subprocess: a process start costs seconds of imports, the command's code path is the same.
+    In this process (click's test runner), with `env` set for the call, unless `spawn`, a variable read
+    at start-up (a plugin on PYTHONPATH, thread counts) or worker processes (`--jobs`, `--executor`) ask
+    for the installed entry point in a subprocess: a process start costs seconds of imports, the
+    command's code path is the same.
     """
-    spawn = spawn or env is not None or "--jobs" in args or "--executor" in args
-    proc = _run_subprocess(args, env, timeout) if spawn else _run_in_process(args)
+    at_startup = any(key.startswith(STARTUP_ENV) for key in env or {})
+    spawn = spawn or at_startup or "--jobs" in args or "--executor" in args
+    proc = _run_subprocess(args, env, timeout) if spawn else _run_in_process(args, env)
     if check and proc.returncode != 0:
         raise AssertionError(f"sparsebench {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
 def _run_subprocess(args, env: dict | None, timeout: int) -> subprocess.CompletedProcess:
-    import subprocess as sp
-
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return sp.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
-def _run_in_process(args) -> subprocess.CompletedProcess:
+def _run_in_process(args, env: dict | None) -> subprocess.CompletedProcess:
     """`sparsebench ARGS` through click's test runner; what the command changes in the process (signal
     handlers, torch threads, logging) is put back afterwards. An uncaught exception is printed to stderr
     with exit status 1, as the interpreter would."""
-    import subprocess as sp
-
     import torch
     from click.testing import CliRunner
 
@@ -69,7 +68,7 @@ def _run_in_process(args) -> subprocess.CompletedProcess:
     saved_handlers, saved_level = root.handlers[:], root.level
     root.handlers.clear()  # the command's logging.basicConfig then writes to the captured stderr
     try:
-        result = CliRunner().invoke(cli, list(args), prog_name="sparsebench", catch_exceptions=True)
+        result = CliRunner().invoke(cli, list(args), prog_name="sparsebench", env=env, catch_exceptions=True)
     finally:
         for handler in root.handlers:
             handler.close()
@@ -80,7 +79,7 @@ def _run_in_process(args) -> subprocess.CompletedProcess:
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception))
-    return sp.CompletedProcess(["sparsebench", *args], result.exit_code, result.stdout, stderr)
+    return subprocess.CompletedProcess(["sparsebench", *args], result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture
