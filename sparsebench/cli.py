@@ -364,7 +364,10 @@ def list_cmd():
 def show(run_id, store_path):
     """Print one run's config and results (a unique prefix of the id is enough)."""
     store = _store(store_path, readonly=True)
-    run = store.find(run_id)
+    try:
+        run = store.find(run_id)
+    finally:
+        store.close()  # the command may run inside a longer-lived process (a notebook, the tests)
     if run is None:
         raise SparsebenchError(f"no run {run_id!r} in {store.path}; see 'sparsebench results'")
     click.echo(json.dumps(run, indent=2, sort_keys=True, default=str))
@@ -389,7 +392,11 @@ def results(fmt, store_path):
     if fmt not in ("csv", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
     methods = _plugins().methods
-    df = results_frame(_store(store_path, readonly=True), methods)
+    store = _store(store_path, readonly=True)
+    try:
+        df = results_frame(store, methods)
+    finally:
+        store.close()
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
@@ -580,16 +587,19 @@ def report(fmt, out, name, arch, method, preset, no_samples, convention, store_p
     check_convention(convention)
     store = _store(store_path, readonly=True)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
-    written = build_report(
-        store,
-        target,
-        fmt,
-        arch,
-        method,
-        preset,
-        samples=not no_samples,
-        command=default_command(),
-        convention=convention,
-        methods=_plugins().methods,
-    )
+    try:
+        written = build_report(
+            store,
+            target,
+            fmt,
+            arch,
+            method,
+            preset,
+            samples=not no_samples,
+            command=default_command(),
+            convention=convention,
+            methods=_plugins().methods,
+        )
+    finally:
+        store.close()
     click.echo(f"report: {target / 'index.md'} ({len(written)} files)")
