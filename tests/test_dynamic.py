@@ -320,7 +320,7 @@ def test_method_files_stay_small():
         assert len((ROOT / "plugins/sparsebench_builtins/methods" / f"{name}.py").read_text().splitlines()) <= 30
 
 
-@pytest.mark.parametrize("arch", ["sngan", "biggan"])
+@pytest.mark.parametrize("arch", ["sngan", pytest.param("biggan", marks=pytest.mark.slow)])
 def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     store = tmp_path / "r.db"
     run_cli(
