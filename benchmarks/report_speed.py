@@ -4,7 +4,7 @@ Fills a temporary store with 1,000 runs through the real Store API (configs from
 expansion: 7 methods x 3 s_G x 2 s_D x seeds, two architectures), with loss and exploration
 curves, then times one full report (Markdown + LaTeX + figures) in this process.
 
-Run:  python benchmarks/report_speed.py [--runs 1000]
+Run:  python benchmarks/report_speed.py [--runs 1000] [--smoke]   (`--smoke`: 30 runs, tests the script)
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ warnings.filterwarnings("ignore")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--smoke", action="store_true", help="30 runs (tests the script; the time means nothing)")
     args = ap.parse_args()
+    if args.smoke:
+        args.runs = 30
 
     from sparsebench.config import GridRequest, expand_grid
     from sparsebench.plugins import get_plugins

@@ -10,6 +10,7 @@ A G train step is G forward, the backward of a fixed random projection of its ou
 part of it), Adam and the mask; inference is a no-grad forward in eval mode, reported per image.
 
 Run:  python benchmarks/sparse_speed.py [--archs sngan,biggan] [--sg 0.8,0.9,0.95] [--batch 8] [--repeats 3]
+      [--smoke]   (`--smoke`: SNGAN at s_G 0.95, batch 2, one repeat: tests the script, its figures mean nothing)
 Prints, per (arch, s_G), the per-layer decision table and exactly the lines
   ARCH s_G=S G train step, sparse kernels vs dense: X.XXx
   ARCH s_G=S G inference per image, sparse kernels vs dense: X.XXx
@@ -66,7 +67,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timings per variant (medians are reported)")
     ap.add_argument("--threshold", type=float, default=0.8, help="minimum layer sparsity to try the kernels")
     ap.add_argument("--threads", type=int, default=2, help="threads of torch and of SparseProp's OpenMP kernels")
+    ap.add_argument("--smoke", action="store_true", help="SNGAN at s_G 0.95, batch 2, one repeat (tests the script)")
     args = ap.parse_args()
+    if args.smoke:
+        args.archs, args.sg, args.batch, args.repeats = "sngan", "0.95", 2, 1
     torch.set_num_threads(args.threads)  # SparseProp's OpenMP regions run in torch's OpenMP runtime (one libgomp)
     threads = torch.get_num_threads()
 

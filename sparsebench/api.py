@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from sparsebench.data import DataSplits as DataSplits  # re-exported: part of the plugin contract
+from sparsebench.data import ImageData as ImageData
 from sparsebench.options import Option
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,24 +170,6 @@ class Architecture(VersionedPlugin):
     def build(self, spec: TrainSpec, num_classes: int, width: float = 1.0, **options: Any):
         """Return (G, D), initialised as the reference does. Seed torch before calling."""
         raise NotImplementedError
-
-
-@dataclass
-class ImageData:
-    """An in-memory image set: uint8 N x 3 x H x W, int64 labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    num_classes: int
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-
-@dataclass
-class DataSplits:
-    train: ImageData
-    heldout: ImageData | None
 
 
 class Dataset(PluginObject):

@@ -83,20 +83,6 @@ def _ints(value: str, what: str) -> list[int]:
     return out
 
 
-def expand_methods(value: str, plugins) -> list[str]:
-    """`--methods` as method names: a group the methods declare stands for all of its methods."""
-    known, groups = plugins.methods.names(), plugins.method_groups()
-    out: list[str] = []
-    for name in _split(value, "--methods"):
-        for m in groups.get(name, [name]):
-            if m not in known:
-                listed = ", ".join(f"{g} (= {','.join(ms)})" for g, ms in groups.items()) or "none"
-                raise SparsebenchError(f"unknown method {m!r}; known: {', '.join(known)}; groups: {listed}")
-            if m not in out:
-                out.append(m)
-    return out
-
-
 def _store(path: str | None, readonly: bool = False):
     from sparsebench.store import Store
 
@@ -217,7 +203,7 @@ def run(
     from sparsebench.config import GridRequest
     from sparsebench.executors import GridInterrupted
     from sparsebench.options import parse_option_strings
-    from sparsebench.session import Grid
+    from sparsebench.session import Grid, expand_methods
     from sparsebench.train.loop import Interrupted
 
     plugins = _plugins()
@@ -378,7 +364,10 @@ def list_cmd():
 def show(run_id, store_path):
     """Print one run's config and results (a unique prefix of the id is enough)."""
     store = _store(store_path, readonly=True)
-    run = store.find(run_id)
+    try:
+        run = store.find(run_id)
+    finally:
+        store.close()  # the command may run inside a longer-lived process (a notebook, the tests)
     if run is None:
         raise SparsebenchError(f"no run {run_id!r} in {store.path}; see 'sparsebench results'")
     click.echo(json.dumps(run, indent=2, sort_keys=True, default=str))
@@ -403,7 +392,11 @@ def results(fmt, store_path):
     if fmt not in ("csv", "json"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: csv, json")
     methods = _plugins().methods
-    df = results_frame(_store(store_path, readonly=True), methods)
+    store = _store(store_path, readonly=True)
+    try:
+        df = results_frame(store, methods)
+    finally:
+        store.close()
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
@@ -526,6 +519,7 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
     from sparsebench.describe import cost_table
     from sparsebench.flop_conventions import CONVENTION_NOTES, check_convention
     from sparsebench.options import parse_option_strings
+    from sparsebench.session import expand_methods
 
     if fmt not in ("text", "csv"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")
@@ -593,16 +587,19 @@ def report(fmt, out, name, arch, method, preset, no_samples, convention, store_p
     check_convention(convention)
     store = _store(store_path, readonly=True)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
-    written = build_report(
-        store,
-        target,
-        fmt,
-        arch,
-        method,
-        preset,
-        samples=not no_samples,
-        command=default_command(),
-        convention=convention,
-        methods=_plugins().methods,
-    )
+    try:
+        written = build_report(
+            store,
+            target,
+            fmt,
+            arch,
+            method,
+            preset,
+            samples=not no_samples,
+            command=default_command(),
+            convention=convention,
+            methods=_plugins().methods,
+        )
+    finally:
+        store.close()
     click.echo(f"report: {target / 'index.md'} ({len(written)} files)")

@@ -141,6 +141,25 @@ def _items(value: Any) -> list:
     return [value] if isinstance(value, (str, int, float)) else list(value)
 
 
+def expand_methods(methods: str | Iterable[str], plugins) -> list[str]:
+    """Method names, comma-separated or listed, as the grid's methods: a group the methods declare
+    stands for all of its methods (`pf` = pf-global,pf-uniform), each method once, in order."""
+    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    names = [m.strip() for m in items if m.strip()]
+    if not names:
+        raise SparsebenchError("--methods is empty; give a comma-separated list")
+    known, groups = plugins.methods.names(), plugins.method_groups()
+    out: list[str] = []
+    for name in names:
+        for m in groups.get(name, [name]):
+            if m not in known:
+                listed = ", ".join(f"{g} (= {','.join(ms)})" for g, ms in groups.items()) or "none"
+                raise SparsebenchError(f"unknown method {m!r}; known: {', '.join(known)}; groups: {listed}")
+            if m not in out:
+                out.append(m)
+    return out
+
+
 def run(
     methods: str | Iterable[str],
     arch: str,
@@ -165,14 +184,16 @@ def run(
     rerun: bool = False,
     jobs: int = 1,
     progress: bool = False,
+    on_start: Callable | None = None,
+    on_done: Callable | None = None,
 ):
     """Run a grid in this process as `sparsebench run` does, and return the results rows of its runs
     (dependencies trained on the way included) as a pandas DataFrame.
 
     `methods` and the grid axes take one value or a list; `options` maps a plugin to its options
-    ({"stugan": {"explore": "gd"}}) or lists "PLUGIN.NAME=VALUE" strings, as `-o` does.
+    ({"stugan": {"explore": "gd"}}) or lists "PLUGIN.NAME=VALUE" strings, as `-o` does. Progress:
+    `on_start(config, i, total)` before each cell, `on_done(config, outcome)` after it.
     """
-    from sparsebench.cli import expand_methods
     from sparsebench.config import GridRequest
     from sparsebench.options import parse_option_strings
     from sparsebench.plugins import get_plugins
@@ -184,9 +205,8 @@ def run(
         parsed = {target: dict(values) for target, values in options.items()}
     else:
         parsed = parse_option_strings(_items(options))
-    names = methods if isinstance(methods, str) else ",".join(methods)
     req = GridRequest(
-        methods=expand_methods(names, plugins),
+        methods=expand_methods(methods, plugins),
         arch=arch,
         dataset=dataset,
         sg=[float(v) for v in _items(sg)],
@@ -214,7 +234,7 @@ def run(
         rerun=rerun,
         jobs=jobs,
     )
-    grid.execute()
+    grid.execute(on_start, on_done)
     order = {o.run_id: i for i, o in enumerate(grid.runner.outcomes)}
     df = results(Path(grid.store.path))
     df = df[df["run_id"].isin(order)]

@@ -1,12 +1,21 @@
-"""Shared fixtures: a fresh results store per test, and the real `sparsebench` executable."""
+"""Shared fixtures: a fresh results store per test, and the `sparsebench` command line (in this process
+by default, the real executable in a subprocess where a test needs one).
+
+Test tiers: `python -m pytest -q` runs the fast tier; tests marked `slow` (more than about 10 s of CPU on a
+quiet machine, or by nature: SIGKILL and resume of subprocesses, concurrent processes, Ray, torchrun,
+trainings of a full preset) run with `python -m pytest -q -m slow`.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -18,17 +27,59 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("SPARSEBENCH_CACHE", tempfile.mkdtemp(prefix="sparsebench-cache-"))
 EXE = shutil.which("sparsebench") or str(Path(sys.executable).with_name("sparsebench"))
 TINY = ["--steps", "4", "--no-progress"]
+STARTUP_ENV = ("PYTHON", "OMP_", "MKL_")  # environment read when a process starts, not by a command
 
 
 def run_cli(
-    *args: str, env: dict | None = None, check: bool = False, timeout: int = 600
+    *args: str, env: dict | None = None, check: bool = False, timeout: int = 600, spawn: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the installed `sparsebench` entry point in a subprocess (the user's real path)."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    """Run the `sparsebench` command line and return its exit status, stdout and stderr.
+
+    In this process (click's test runner), with `env` set for the call, unless `spawn`, a variable read
+    at start-up (a plugin on PYTHONPATH, thread counts) or worker processes (`--jobs`, `--executor`) ask
+    for the installed entry point in a subprocess: a process start costs seconds of imports, the
+    command's code path is the same.
+    """
+    at_startup = any(key.startswith(STARTUP_ENV) for key in env or {})
+    spawn = spawn or at_startup or "--jobs" in args or "--executor" in args
+    proc = _run_subprocess(args, env, timeout) if spawn else _run_in_process(args, env)
     if check and proc.returncode != 0:
         raise AssertionError(f"sparsebench {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def _run_subprocess(args, env: dict | None, timeout: int) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def _run_in_process(args, env: dict | None) -> subprocess.CompletedProcess:
+    """`sparsebench ARGS` through click's test runner; what the command changes in the process (signal
+    handlers, torch threads, logging) is put back afterwards. An uncaught exception is printed to stderr
+    with exit status 1, as the interpreter would."""
+    import torch
+    from click.testing import CliRunner
+
+    from sparsebench.cli import cli
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers.clear()  # the command's logging.basicConfig then writes to the captured stderr
+    try:
+        result = CliRunner().invoke(cli, list(args), prog_name="sparsebench", env=env, catch_exceptions=True)
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = saved_handlers, saved_level
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        torch.set_num_threads(threads)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["sparsebench", *args], result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ def test_forward_shapes_and_range(plugins, arch, preset):
     assert G(z, y).shape == x.shape
 
 
+@pytest.mark.slow
 def test_biggan_128_matches_the_reference_table():
     info = json.loads(
         run_cli("describe", "--arch", "biggan", "--preset", "imagenet", "--format", "json", check=True).stdout

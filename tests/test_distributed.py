@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_cli
 
@@ -54,6 +55,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_keep_identical_masks_through_topology_updates(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -73,6 +75,7 @@ def test_two_gloo_ranks_keep_identical_masks_through_topology_updates(tmp_path):
     assert len(rows) == 1 and rows[0]["status"] == "done"  # only rank 0 wrote the store
 
 
+@pytest.mark.slow
 def test_torchrun_cli_only_rank0_writes(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     store = tmp_path / "r.db"

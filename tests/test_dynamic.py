@@ -57,17 +57,18 @@ def cli_env(tmp_path_factory):
     """Environment for CLI subprocesses in which the `set`, `rigl` and `adapt` entry points are visible.
 
     pyproject.toml declares them; until the package is reinstalled, a throwaway distribution on
-    PYTHONPATH declares the same entry points (a no-op once they are installed).
+    PYTHONPATH declares the same entry points (none once they are installed: the CLI runs in-process).
     """
     site = tmp_path_factory.mktemp("site")
     installed = {ep.name for ep in importlib.metadata.entry_points(group="sparsebench")}
     missing = {"methods-set", "methods-rigl", "methods-adapt"} - installed
-    if missing:
-        dist = site / "sparsebench_dst_entrypoints-0.1.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sparsebench-dst-entrypoints\nVersion: 0.1\n")
-        lines = "".join(f"{name} = sparsebench_builtins.methods.{name.split('-')[1]}\n" for name in sorted(missing))
-        (dist / "entry_points.txt").write_text("[sparsebench]\n" + lines)
+    if not missing:
+        return {}
+    dist = site / "sparsebench_dst_entrypoints-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sparsebench-dst-entrypoints\nVersion: 0.1\n")
+    lines = "".join(f"{name} = sparsebench_builtins.methods.{name.split('-')[1]}\n" for name in sorted(missing))
+    (dist / "entry_points.txt").write_text("[sparsebench]\n" + lines)
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -319,7 +320,7 @@ def test_method_files_stay_small():
         assert len((ROOT / "plugins/sparsebench_builtins/methods" / f"{name}.py").read_text().splitlines()) <= 30
 
 
-@pytest.mark.parametrize("arch", ["sngan", "biggan"])
+@pytest.mark.parametrize("arch", ["sngan", pytest.param("biggan", marks=pytest.mark.slow)])
 def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     store = tmp_path / "r.db"
     run_cli(
@@ -367,6 +368,7 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     assert {"exploration_rate", "exploration_rate_d", "update_fraction"} <= keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method,options",
     [

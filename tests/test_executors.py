@@ -37,6 +37,7 @@ def test_a_worker_never_touches_the_store(tmp_path, plugins):
     assert (run_dir / "final.pt").exists() and not list(run_dir.glob("checkpoint-*"))
 
 
+@pytest.mark.slow
 def test_local_jobs_run_dependencies_once(tmp_path):
     store = tmp_path / "r.db"
     proc = run_cli(
@@ -62,6 +63,7 @@ def test_local_jobs_run_dependencies_once(tmp_path):
     assert all(r["pruned_from"] == dense[r["seed"]] for r in got if r["method"].startswith("pf"))
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_a_4_cell_grid(tmp_path):
     pytest.importorskip("ray")
     store = tmp_path / "r.db"

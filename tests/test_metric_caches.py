@@ -78,6 +78,7 @@ def write_imagefolder(root: Path, per_class: int = 5) -> None:
             Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
 
 
+@pytest.mark.slow  # trains the digits extractor afresh, in caches of its own
 def test_digits_run_after_an_imagefolder_run_keeps_the_digits_extractor(plugins, tmp_path):
     env = {"SPARSEBENCH_CACHE": str(tmp_path / "cache")}
     write_imagefolder(tmp_path / "images")
@@ -105,6 +106,7 @@ def test_digits_run_after_an_imagefolder_run_keeps_the_digits_extractor(plugins,
     assert "data_hash" in csv.splitlines()[0] and clean.data_hash in csv and clean.extractor_hash in csv
 
 
+@pytest.mark.slow  # trains the digits extractor afresh, in caches of its own
 def test_pickles_planted_in_the_cache_are_never_executed(tmp_path):
     cache = tmp_path / "cache"
     env = {"SPARSEBENCH_CACHE": str(cache)}

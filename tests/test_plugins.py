@@ -108,21 +108,23 @@ def example_installed():
     subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "sparsebench-snip"], check=True)
 
 
+@pytest.mark.slow
 def test_third_party_plugin_installed_with_pip_lists_and_runs(example_installed, store):
-    out = run_cli("list", check=True).stdout
+    out = run_cli("list", check=True, spawn=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("snip "))
     assert line.rstrip().endswith("sparsebench-snip")
-    run_cli("run", "--methods", "snip,static", "--arch", "sngan", "--store", str(store), *TINY, check=True)
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    run_cli("run", "--methods", "snip,static", "--arch", "sngan", "--store", str(store), *TINY, check=True, spawn=True)
+    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True, spawn=True).stdout)))
     by = {r["method"]: r for r in rows}
     assert by["snip"]["status"] == "done" and by["snip"]["fid"]
     assert abs(float(by["snip"]["density_g"]) - 0.1) < 1e-3 and abs(float(by["snip"]["density_d"]) - 0.5) < 1e-3
 
 
+@pytest.mark.slow
 def test_third_party_plugin_resumes_exactly_after_sigkill(example_installed, tmp_path):
     cmd = ["run", "--methods", "snip", "--arch", "sngan", "--steps", "60", "--checkpoint-every", "5", "--no-progress"]
     ref, killed = tmp_path / "ref" / "r.db", tmp_path / "kill" / "r.db"
-    run_cli(*cmd, "--store", str(ref), check=True)
+    run_cli(*cmd, "--store", str(ref), check=True, spawn=True)
     proc = subprocess.Popen(
         [EXE, *cmd, "--store", str(killed)],
         stdout=subprocess.DEVNULL,
@@ -134,11 +136,13 @@ def test_third_party_plugin_resumes_exactly_after_sigkill(example_installed, tmp
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = run_cli(*cmd, "--store", str(killed), check=True)
+    resumed = run_cli(*cmd, "--store", str(killed), check=True, spawn=True)
     assert "resuming run" in resumed.stderr
 
     def row(path):
-        return next(csv.DictReader(io.StringIO(run_cli("results", "--store", str(path), check=True).stdout)))
+        return next(
+            csv.DictReader(io.StringIO(run_cli("results", "--store", str(path), check=True, spawn=True).stdout))
+        )
 
     a, b = row(ref), row(killed)
     for key in ("run_id", "fid", "is_mean", "density_g", "density_d", "train_flops"):

@@ -264,6 +264,7 @@ def stop_after_checkpoint(cmd: list[str], env: dict, store: Path, step: int) -> 
     assert proc.wait(timeout=120) == 130
 
 
+@pytest.mark.slow
 def test_interrupted_rerun_keeps_the_stored_result(tmp_path, store):
     env = install_plugin(tmp_path / "site", "0.1")
     cmd = tiny_static(store, 30)
@@ -283,6 +284,7 @@ def test_interrupted_rerun_keeps_the_stored_result(tmp_path, store):
     assert run_cli(*cmd[1:], env=env, check=True).stderr.count("already done") == 1  # and no claim left behind
 
 
+@pytest.mark.slow
 def test_resumed_run_wall_time_is_the_sum_of_its_segments(tmp_path, store):
     env = {**install_plugin(tmp_path / "site", "0.1"), "TINY_PAUSE": "0.2"}
     cmd = tiny_static(store, 30)

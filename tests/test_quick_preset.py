@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sparsebench.config import GridRequest, expand_grid
@@ -10,6 +11,7 @@ from sparsebench.runner import Runner
 from sparsebench.store import Store
 
 
+@pytest.mark.slow
 def test_trained_dense_fid_is_at_most_half_the_untrained(tmp_path, plugins):
     cfg = expand_grid(GridRequest(methods=["dense"], arch="biggan"), plugins)[0]  # the full quick preset
     runner = Runner(Store(tmp_path / "r.db"), plugins, progress=False)

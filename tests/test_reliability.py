@@ -58,6 +58,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 def test_four_processes_on_one_grid_train_each_cell_once(tmp_path):
     store = tmp_path / "r.db"
     cmd = [
@@ -152,6 +153,7 @@ def test_a_version_1_store_is_migrated(tmp_path, plugins):
     assert store.claim(cfg, {}, "me") == "claimed"
 
 
+@pytest.mark.slow
 def test_stats_reach_the_store_with_each_checkpoint(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "200", "--checkpoint-every", "25", "--store", str(store)]
@@ -198,6 +200,7 @@ def _grid_driver(store: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_jobs_driver_killed_takes_its_workers_along(tmp_path):
     store = tmp_path / "r.db"
     driver = _grid_driver(store)
@@ -212,6 +215,7 @@ def test_jobs_driver_killed_takes_its_workers_along(tmp_path):
     assert not any(alive(p) for p in workers), "workers outlived their driver"
 
 
+@pytest.mark.slow
 def test_jobs_driver_sigterm_checkpoints_every_worker(tmp_path):
     store = tmp_path / "r.db"
     driver = _grid_driver(store)
@@ -229,6 +233,7 @@ def test_jobs_driver_sigterm_checkpoints_every_worker(tmp_path):
         assert conn.execute("SELECT COUNT(*) FROM runs WHERE owner IS NOT NULL").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_a_resume_continues_with_the_thread_count_it_started_with(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "400", "--checkpoint-every", "5", "--store", str(store)]
@@ -243,6 +248,7 @@ def test_a_resume_continues_with_the_thread_count_it_started_with(tmp_path):
     assert rows(store)[0]["threads"] == "1"
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_set_aside_and_the_grid_goes_on(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "60", "--checkpoint-every", "5", "--store", str(store)]

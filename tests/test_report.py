@@ -143,6 +143,7 @@ def test_empty_store_is_one_line(tmp_path):
     assert len(lines) == 1 and "no runs in" in lines[0]
 
 
+@pytest.mark.slow
 def test_report_of_real_runs_has_sample_grids(tmp_path):
     store = tmp_path / "r.db"
     run_cli(

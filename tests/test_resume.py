@@ -46,6 +46,7 @@ def wait_for(pattern_dir, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_metrics(tmp_path):
     ref_store, store = tmp_path / "ref" / "r.db", tmp_path / "kill" / "r.db"
     run_cli(*CMD, "--store", str(ref_store), check=True)
@@ -71,6 +72,7 @@ def test_sigkill_then_rerun_gives_the_same_metrics(tmp_path):
     assert not ckpt.exists()  # spent checkpoints are removed once the run is done
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops(tmp_path):
     store = tmp_path / "r.db"
     proc = subprocess.Popen(
@@ -109,6 +111,7 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_tampered_checkpoint_is_set_aside_unexecuted(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*CMD, "--steps", "120", "--store", str(store)]

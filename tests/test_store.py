@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 
+import pytest
 from conftest import EXE, TINY, run_cli
 
 from sparsebench.store import RESULT_COLUMNS
@@ -67,6 +68,7 @@ def test_dense_is_not_repeated_per_sd(store):
     assert len(table) == 1
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_share_one_store(store):
     env_args = ["--arch", "sngan", "--store", str(store), *TINY]
     procs = [

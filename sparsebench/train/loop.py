@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.api import ImageData
+from sparsebench.data import ImageData
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 

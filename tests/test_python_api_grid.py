@@ -1,0 +1,36 @@
+"""The Python API owns grid expansion and progress: `sparsebench.run` needs nothing of the command line."""
+
+from __future__ import annotations
+
+import pytest
+
+import sparsebench
+from sparsebench.session import expand_methods
+
+
+def test_method_groups_expand_in_order_once_from_a_string_or_a_list(plugins):
+    groups = plugins.method_groups()
+    group, members = next(iter(groups.items()))
+    assert expand_methods(f"static,{group},static", plugins) == ["static", *members]
+    assert expand_methods(["static", " ", group], plugins) == ["static", *members]
+    with pytest.raises(sparsebench.SparsebenchError, match="is empty"):
+        expand_methods(" , ", plugins)
+    with pytest.raises(sparsebench.SparsebenchError, match="unknown method 'nope'; known: .*static"):
+        expand_methods(["static", "nope"], plugins)
+
+
+def test_run_reports_progress_through_its_callbacks(store):
+    started, done = [], []
+    df = sparsebench.run(
+        methods=["static"],
+        arch="sngan",
+        sg=0.8,
+        steps=2,
+        store=store,
+        on_start=lambda config, i, total: started.append((config.run_id, i, total)),
+        on_done=lambda config, outcome: done.append((config.run_id, outcome.status)),
+    )
+    (run_id,) = df["run_id"]
+    assert started == [(run_id, 1, 1)] and done == [(run_id, "done")]
+    sparsebench.run(methods="static", arch="sngan", sg=0.8, steps=2, store=store, on_done=lambda c, o: done.append(o))
+    assert done[-1].skipped and done[-1].status == "done"  # a done cell is reported as skipped
