@@ -294,9 +294,18 @@ def train(
                         if joint:  # one forward: spectral norm's power iteration runs once per D step
                             out = D_fwd(torch.cat([fake, x], 0), torch.cat([yf, y], 0)).float()
                             on_fake, on_real = torch.split(out, [fake.shape[0], x.shape[0]])
+                        elif speed.compile:  # each forward's backward before the next forward: a compiled
+                            # graph keeps spectral norm's vectors, which the next forward updates in place
+                            loss = F.relu(1.0 - D_fwd(x, y).float()).mean() / accumulate
+                            loss.backward()
+                            d_loss += loss.detach()
+                            on_fake = D_fwd(fake, yf).float()
                         else:
                             on_real, on_fake = D_fwd(x, y).float(), D_fwd(fake, yf).float()
-                        loss = d_hinge_loss(on_real, on_fake) / accumulate
+                        if joint or not speed.compile:
+                            loss = d_hinge_loss(on_real, on_fake) / accumulate
+                        else:
+                            loss = F.relu(1.0 + on_fake).mean() / accumulate
                     loss.backward()
                     d_loss += loss.detach()
                 if sync_grads is not None:
@@ -358,8 +367,7 @@ def train(
             evaluate(t)
 
         due = checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps
-        stop = stop_requested is not None and stop_requested()
-        if t % spec.log_every == 0 or t == 1 or t == steps or due or stop:
+        if t % spec.log_every == 0 or t == 1 or t == steps or due:  # never log or save a diverged state
             check(t)
         if logged and log is not None:
             ratio = {"balance_ratio": state.balance_ratio} if math.isfinite(state.balance_ratio) else {}
@@ -367,8 +375,10 @@ def train(
         if progress is not None:
             progress(1)
         if due:
+            assert checkpoint is not None
             checkpoint()
-        if stop:
+        if stop_requested is not None and stop_requested():
+            check(t)
             if checkpoint is not None:
                 checkpoint()
             raise Interrupted(t)
