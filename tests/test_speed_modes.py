@@ -81,8 +81,10 @@ def train_then_resume(plugins, tmp_path, monkeypatch, cfg: RunConfig, stop_at: i
     return whole, resumed, keys
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["bf16", "compile", "channels-last"])
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param("bf16", marks=pytest.mark.slow), pytest.param("compile", marks=pytest.mark.slow), "channels-last"],
+)
 def test_a_mode_trains_checkpoints_and_resumes(plugins, tmp_path, monkeypatch, caplog, mode):
     cfg = config(plugins, **MODES[mode])
     whole, resumed, keys = train_then_resume(plugins, tmp_path, monkeypatch, cfg, stop_at=3)
