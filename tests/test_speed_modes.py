@@ -155,3 +155,19 @@ def test_compile_wraps_the_forwards_and_keeps_the_modules(plugins, monkeypatch):
     G, D = state.G, state.D
     run(state, spec, batcher, 1, speed=Speed(compile=True))
     assert compiled == [G, D] and state.G is G and state.D is D
+
+
+def test_deterministic_mode_is_set_on_cuda_only_and_restored(monkeypatch):
+    from sparsebench.train.speed import deterministic
+
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: calls.append(on))
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    with deterministic(True, torch.device("cpu")):
+        assert calls == []  # the CPU's algorithms are deterministic already
+    benchmark = torch.backends.cudnn.benchmark
+    with deterministic(True, torch.device("cuda")):
+        assert calls == [True] and torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert calls == [True, False] and torch.backends.cudnn.benchmark == benchmark
+    with deterministic(False, torch.device("cuda")):
+        assert calls == [True, False]
