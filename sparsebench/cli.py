@@ -139,6 +139,15 @@ def cli(verbose: bool):
     help="sparse layers computed as masked dense, or with SparseProp's sparse CPU kernels (sparseprop)",
 )
 @click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    help="fp32, or bf16 (training forwards under bfloat16 autocast; fp32 weights and optimizer state)",
+)
+@click.option("--compile", "compile_", is_flag=True, help="train through torch.compile of G and D")
+@click.option("--channels-last", is_flag=True, help="channels-last memory format for G, D and images")
+@click.option("--deterministic", is_flag=True, help="deterministic algorithms on CUDA (slower; the CPU always is)")
+@click.option(
     "--option",
     "-o",
     "options",
@@ -182,6 +191,10 @@ def run(
     opt_state,
     metrics,
     kernels,
+    precision,
+    compile_,
+    channels_last,
+    deterministic,
     options,
     device,
     data_dir,
@@ -222,6 +235,10 @@ def run(
         distribution=distribution,
         opt_state=opt_state,
         kernels=kernels,
+        precision=precision,
+        compile=compile_,
+        channels_last=channels_last,
+        deterministic=deterministic,
         options=parse_option_strings(options),
         metrics=tuple(_split(metrics, "--metrics")),
         data_dir=data_dir,

@@ -17,6 +17,7 @@ from typing import Any
 
 from sparsebench import SparsebenchError
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
+from sparsebench.train.speed import PRECISIONS
 
 SCOPES = ("conv", "conv+linear")
 KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparsebench.kernels)
@@ -67,6 +68,10 @@ class TrainSpec:
     # step-to-step wobble of a GAN's FID (benchmarks/noise.py measures how much of the seed-to-seed spread
     # that is).
     score_last: int = 1
+    # D's step as the architecture's reference computes it: True runs D once over the fake and the real
+    # images concatenated (BigGAN-PyTorch's G_D), so spectral norm's power iteration runs once per D step;
+    # False runs two forwards (the SNGAN references).
+    d_joint_forward: bool = False
 
     def replace(self, **changes: Any) -> TrainSpec:
         return dataclasses.replace(self, **changes)
@@ -82,7 +87,15 @@ def curve_points(spec: TrainSpec) -> int:
 
 # TrainSpec fields added after runs were stored: left out of the run id at their defaults, so that
 # those runs keep their ids.
-LATER_TRAIN_FIELDS: dict[str, Any] = {"lr_decay_start": 1.0, "eval_every": 0, "eval_from": 2 / 3, "score_last": 1}
+LATER_TRAIN_FIELDS: dict[str, Any] = {
+    "lr_decay_start": 1.0,
+    "eval_every": 0,
+    "eval_from": 2 / 3,
+    "score_last": 1,
+    "d_joint_forward": False,
+}
+# Opt-in speed modes (sparsebench.train.speed), in the run id only when on: default runs keep their ids.
+SPEED_DEFAULTS: dict[str, Any] = {"precision": "fp32", "compile": False, "channels_last": False, "deterministic": False}
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,10 @@ class RunConfig:
     code: tuple = ()  # (("arch", version), ("method", version), ("sparsebench", version)): see Plugins.code
     version: int = CONFIG_VERSION
     kernels: str = "dense"  # execution backend of sparse layers (sparsebench.kernels); in the id unless dense
+    precision: str = "fp32"  # training forwards in fp32, or under bf16 autocast
+    compile: bool = False  # training forwards through torch.compile
+    channels_last: bool = False  # channels-last memory format of G, D and the real images
+    deterministic: bool = False  # deterministic algorithms on CUDA
 
     def __post_init__(self):
         for axis in ("sg", "sd"):
@@ -119,6 +136,15 @@ class RunConfig:
             raise SparsebenchError(f"unknown opt_state {self.opt_state!r}; known: {', '.join(POLICIES)}")
         if self.kernels not in KERNELS:
             raise SparsebenchError(f"unknown kernels {self.kernels!r}; known: {', '.join(KERNELS)}")
+        if self.precision not in PRECISIONS:
+            raise SparsebenchError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        for flag in ("compile", "channels_last", "deterministic"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SparsebenchError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.compile and self.kernels != "dense":
+            raise SparsebenchError(
+                f"--compile needs --kernels dense (the {self.kernels} kernels are swapped in outside what is compiled)"
+            )
         if self.train.steps < 1:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
         if not 0 <= self.seed < SEED_LIMIT:
@@ -150,6 +176,9 @@ class RunConfig:
         d["metrics"] = list(self.metrics)
         if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
             del d["kernels"]
+        for name, default in SPEED_DEFAULTS.items():  # and runs in the default, faithful mode
+            if d[name] == default:
+                del d[name]
         for name, default in LATER_TRAIN_FIELDS.items():  # likewise runs from before these settings existed
             if d["train"][name] == default:
                 del d["train"][name]
@@ -221,6 +250,10 @@ class GridRequest:
     distribution: str = "erk"
     opt_state: str = DEFAULT_POLICY
     kernels: str = "dense"
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: tuple = ("fid", "is")
     data_dir: str | None = None
@@ -290,6 +323,10 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         metrics=tuple(req.metrics),
                         opt_state=req.opt_state,
                         kernels=req.kernels,
+                        precision=req.precision,
+                        compile=req.compile,
+                        channels_last=req.channels_last,
+                        deterministic=req.deterministic,
                         code=plugins.code(name, req.arch),
                     ).without_unused_settings()
                     if cfg.run_id not in seen:

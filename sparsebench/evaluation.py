@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from sparsebench.config import RunConfig
 from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
 from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
+from sparsebench.timing import Stopwatch
 from sparsebench.train.checkpoint import atomic_save
 from sparsebench.train.context import RunContext, stream_seed
 
@@ -52,7 +52,7 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     # metrics of the evaluated generator
     metrics = [plugins.metrics.get(m) for m in config.metrics]
     flags = {getattr(m, "fidelity_flag", "") for m in metrics} - {""}
-    if st.step_seconds:  # measured time beside FLOPs: the median G step of the final phase
+    if st.step_seconds:  # measured time beside FLOPs: the median G step of the final phase (CUDA events on a GPU)
         res["train_s_per_step"] = statistics.median(st.step_seconds)
     if hasattr(os, "getloadavg"):  # times measured beside other work are not the method's: say how busy it was
         res["load_per_core"] = os.getloadavg()[0] / (os.cpu_count() or 1)
@@ -60,7 +60,8 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
 
     sampling = for_sampling(config.kernels, st.eval_model, st.g_masks, spec, SAMPLE_BATCH)
     try:
-        sampled = time.perf_counter()
+        watch = Stopwatch(device)  # the device's queue drained at both ends: CUDA runs asynchronously
+        watch.start()
         images = sample(
             st.eval_model,
             spec.eval_samples,
@@ -70,7 +71,7 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
             seed=stream_seed(config.seed, "eval-samples"),
             batch=SAMPLE_BATCH,
         )
-        res["infer_ms_per_image"] = 1000.0 * (time.perf_counter() - sampled) / spec.eval_samples
+        res["infer_ms_per_image"] = 1000.0 * watch.stop() / spec.eval_samples
     finally:
         if sampling is not None:
             sampling.restore()

@@ -32,6 +32,8 @@ from sparsebench.store import BALANCE_RATIO_ESTIMATOR, RunStore, process_owner
 from sparsebench.train.checkpoint import atomic_save
 from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Diverged, Interrupted
+from sparsebench.train.speed import deterministic
+from sparsebench.train.speed import environment as speed_environment
 
 log = logging.getLogger("sparsebench.run")
 POLL_S = 2.0  # seconds between looks at a cell another process holds
@@ -149,7 +151,7 @@ class Runner:
     def claim(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> str:
         """The store's decision on `config` for this runner (see Store.claim); with `wait`, a cell
         another process holds is waited for until it is done or its claim goes stale."""
-        env = environment(self.device)
+        env = {**environment(self.device), **speed_environment(config)}
         rerun = self.rerun if rerun is None else rerun
         while True:
             decision = self.store.claim(config, env, self.owner, self.retry_failed, rerun)
@@ -236,6 +238,8 @@ class Runner:
         threads = torch.get_num_threads()
         used_threads = threads
         self.last_context = ctx
+        determinism = deterministic(config.deterministic, self.device)
+        determinism.__enter__()  # left in `finally` below
         try:
             method.run(ctx)
             if ctx.final is None:
@@ -275,6 +279,7 @@ class Runner:
             results = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
             log.error("run %s (%s) failed: %s", run_id, config.method, exc)
         finally:
+            determinism.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
             used_threads = torch.get_num_threads()
@@ -288,7 +293,13 @@ class Runner:
         if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
         self.store.finish_run(
-            run_id, status, results, wall, self.owner, env=environment(self.device) if rerun else None, stats=held
+            run_id,
+            status,
+            results,
+            wall,
+            self.owner,
+            env={**environment(self.device), **speed_environment(config)} if rerun else None,
+            stats=held,
         )
         if status in ("done", "diverged"):  # finished for good (and committed): phase checkpoints are spent
             self.store.remove_checkpoints(run_id)

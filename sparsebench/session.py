@@ -90,6 +90,11 @@ class Grid:
             raise SparsebenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
         if jobs < 1:
             raise SparsebenchError(f"--jobs must be >= 1, got {jobs}")
+        if req.kernels == "sparseprop" and device == "cuda":
+            raise SparsebenchError(
+                "--kernels sparseprop runs SparseProp's CPU kernels and cannot run with --device cuda; "
+                "use --kernels dense on a GPU"
+            )
         configs = expand_grid(req, plugins)
         if req.kernels == "sparseprop":
             from sparsebench.kernels import require_sparseprop
@@ -175,6 +180,10 @@ def run(
     distribution: str = "erk",
     opt_state: str = "dense",
     kernels: str = "dense",
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool = False,
+    deterministic: bool = False,
     metrics: Iterable[str] = ("fid", "is"),
     device: str = "cpu",
     data_dir: str | None = None,
@@ -191,7 +200,9 @@ def run(
     (dependencies trained on the way included) as a pandas DataFrame.
 
     `methods` and the grid axes take one value or a list; `options` maps a plugin to its options
-    ({"stugan": {"explore": "gd"}}) or lists "PLUGIN.NAME=VALUE" strings, as `-o` does. Progress:
+    ({"stugan": {"explore": "gd"}}) or lists "PLUGIN.NAME=VALUE" strings, as `-o` does. `precision`
+    ("fp32" or "bf16"), `compile`, `channels_last` and `deterministic` are the opt-in speed modes of
+    `sparsebench run` (its --precision, --compile, --channels-last and --deterministic). Progress:
     `on_start(config, i, total)` before each cell, `on_done(config, outcome)` after it.
     """
     from sparsebench.config import GridRequest
@@ -218,6 +229,10 @@ def run(
         distribution=distribution,
         opt_state=opt_state,
         kernels=kernels,
+        precision=precision,
+        compile=compile,
+        channels_last=channels_last,
+        deterministic=deterministic,
         options=parsed,
         metrics=tuple(_items(metrics)),
         data_dir=data_dir,

@@ -25,6 +25,7 @@ from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 from sparsebench.train.checkpoint import Checkpoint, CheckpointError
 from sparsebench.train.loop import Batcher, GANState, Hooks, adam, train
+from sparsebench.train.speed import Speed
 
 log = logging.getLogger("sparsebench.run")
 
@@ -244,6 +245,7 @@ class RunContext:
                 wiring.stop_requested,
                 distributed.average_gradients if world > 1 else None,
                 evaluate,
+                Speed.of(self.config),
             )
             save(done=True)
         finally:

@@ -16,7 +16,6 @@ step sees the gradient of the mean loss over all of them.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +26,8 @@ from torch import nn
 from sparsebench.data import ImageData
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
+from sparsebench.timing import StepTimer
+from sparsebench.train.speed import Speed
 
 
 def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -62,11 +63,36 @@ def _d_of(state: GANState, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | N
 
 
 class Diverged(RuntimeError):
-    """A loss became NaN or infinite."""
+    """A loss became NaN or infinite: `step` is the first G step where it was, `detected` the step the
+    loop read it at (the next logged step at the latest)."""
 
-    def __init__(self, step: int, what: str):
-        super().__init__(f"{what} is not finite at G step {step}")
+    def __init__(self, step: int, what: str, detected: int | None = None):
+        later = f" (detected at G step {detected})" if detected is not None and detected != step else ""
+        super().__init__(f"{what} is not finite at G step {step}{later}")
         self.step = step
+        self.detected = step if detected is None else detected
+
+
+class DivergenceWatch:
+    """Whether the losses have been finite so far, kept on the device: `observe` queues a few tiny
+    kernels and never waits; `check` reads the result (one host synchronisation) and raises Diverged
+    with the first G step at which a loss was not finite."""
+
+    WHAT = ("", "D loss", "G loss")
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.zeros((), dtype=torch.long, device=device)  # 0: finite so far
+        self.first_what = torch.zeros((), dtype=torch.long, device=device)  # index into WHAT
+
+    def observe(self, step: int, loss: torch.Tensor, what: str) -> None:
+        new = torch.logical_and(self.first_step == 0, torch.logical_not(torch.isfinite(loss)))
+        self.first_what = torch.where(new, self.WHAT.index(what), self.first_what)
+        self.first_step = torch.where(new, step, self.first_step)
+
+    def check(self, detected: int, cause: BaseException | None = None) -> None:
+        step, what = (int(v) for v in torch.stack([self.first_step, self.first_what]).tolist())
+        if step:
+            raise Diverged(step, self.WHAT[what], detected) from cause
 
 
 class Batcher:
@@ -77,13 +103,15 @@ class Batcher:
         self.labels = data.labels.to(device)
         self.generator = generator
         self.perm = torch.randperm(len(data), generator=generator)
+        self.on_device = self.perm.to(device)  # copied once per epoch, not once per batch (a host sync on CUDA)
         self.pos = 0
 
     def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + n > len(self.perm):
             self.perm = torch.randperm(len(self.perm), generator=self.generator)
+            self.on_device = self.perm.to(self.images.device)
             self.pos = 0
-        idx = self.perm[self.pos : self.pos + n].to(self.images.device)
+        idx = self.on_device[self.pos : self.pos + n]
         self.pos += n
         return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]
 
@@ -92,6 +120,7 @@ class Batcher:
 
     def load_state_dict(self, state: dict) -> None:
         self.perm, self.pos = state["perm"], int(state["pos"])
+        self.on_device = self.perm.to(self.images.device)
         self.generator.set_state(state["rng"])
 
 
@@ -192,6 +221,7 @@ def train(
     stop_requested: Callable[[], bool] | None = None,
     sync_grads: Callable[[nn.Module], None] | None = None,
     evaluate: Callable[[int], None] | None = None,
+    speed: Speed | None = None,
 ) -> None:
     """Train until `state.step` reaches `steps` G steps (continuing a resumed state).
 
@@ -200,18 +230,38 @@ def train(
 
     `checkpoint()` is called every `checkpoint_every` G steps, and before raising Interrupted
     when `stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
+
+    The losses stay on the device: they are read, and checked for divergence, at the logged steps
+    (every `spec.log_every`, and the first), before a checkpoint or a curve evaluation, and at the end;
+    nothing else in the loop waits for the device, except what a hook asks for (its balance-ratio
+    probe, its topology updates). A run whose loss turned non-finite raises Diverged with the first
+    such step at the next of those points (at most `spec.log_every` G steps later).
+
+    `speed` holds the opt-in speed modes (sparsebench.train.speed); None: fp32, eager, contiguous.
+    `spec.d_joint_forward` runs D once per D step over the fake and real images concatenated (fake
+    first), as BigGAN's reference does; otherwise D sees the real and the fake images in two forwards.
     """
     hooks = hooks or Hooks()
-    G, D = state.G, state.D
+    speed = speed or Speed()
+    G, D = speed.prepare(state.G), speed.prepare(state.D)
+    G_fwd, D_fwd = speed.forward(G), speed.forward(D)  # what training calls; state.G / state.D stay the modules
     device = next(G.parameters()).device
     cost = step_cost()
     d_params = [p for p in D.parameters()]
     accumulate = spec.accumulate
+    joint = getattr(spec, "d_joint_forward", False)
+    timer = StepTimer(device)
+    watch = DivergenceWatch(device)
 
     def noise(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(n, spec.z_dim, generator=generator, device=generator.device).to(device)
         y = torch.randint(max(num_classes, 1), (n,), generator=generator, device=generator.device).to(device)
         return z, y
+
+    def check(t: int) -> None:
+        """Raise Diverged if a loss was non-finite at any step so far (one host synchronisation)."""
+        timer.flush(state.step_seconds)
+        watch.check(t)
 
     G.train()
     D.train()
@@ -223,83 +273,113 @@ def train(
             g["initial_lr"] = lr  # the schedule's base, kept in the optimizers' state dicts across resumes
     while state.step < steps:
         t = state.step + 1
-        started = time.perf_counter()
-        if spec.lr_decay_start < 1.0:
-            factor = lr_factor(t, steps, spec.lr_decay_start)
-            for o in (state.d_opt, state.g_opt):
-                for g in o.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
-        for _ in range(spec.n_critic):
-            state.d_opt.zero_grad(set_to_none=True)
-            d_loss = torch.zeros((), device=device)
-            for _ in range(accumulate):
-                x, y = batcher(spec.batch_size)
-                z, yf = noise(spec.batch_size)
-                with torch.no_grad():
-                    fake = G(z, yf)
-                loss = d_hinge_loss(D(x, y), D(fake, yf)) / accumulate
-                loss.backward()
-                d_loss += loss.detach()
-            if sync_grads is not None:
-                sync_grads(D)
-            hooks.after_d_backward(state, t)
-            if state.d_masks is not None:
-                state.d_masks.before_step()
-            state.d_opt.step()
-            if state.d_masks is not None:
-                state.d_masks.apply()
+        timer.start()
+        try:
+            if spec.lr_decay_start < 1.0:
+                factor = lr_factor(t, steps, spec.lr_decay_start)
+                for o in (state.d_opt, state.g_opt):
+                    for g in o.param_groups:
+                        g["lr"] = g["initial_lr"] * factor
+            d_losses = torch.zeros((), device=device)  # their sum: non-finite if any of them is
+            for _ in range(spec.n_critic):
+                state.d_opt.zero_grad(set_to_none=True)
+                d_loss = torch.zeros((), device=device)
+                for _ in range(accumulate):
+                    x, y = batcher(spec.batch_size)
+                    x = speed.images(x)
+                    z, yf = noise(spec.batch_size)
+                    with torch.no_grad(), speed.autocast(device):
+                        fake = G_fwd(z, yf)
+                    with speed.autocast(device):
+                        if joint:  # one forward: spectral norm's power iteration runs once per D step
+                            out = D_fwd(torch.cat([fake, x], 0), torch.cat([yf, y], 0)).float()
+                            on_fake, on_real = torch.split(out, [fake.shape[0], x.shape[0]])
+                        elif speed.compile:  # each forward's backward before the next forward: a compiled
+                            # graph keeps spectral norm's vectors, which the next forward updates in place
+                            loss = F.relu(1.0 - D_fwd(x, y).float()).mean() / accumulate
+                            loss.backward()
+                            d_loss += loss.detach()
+                            on_fake = D_fwd(fake, yf).float()
+                        else:
+                            on_real, on_fake = D_fwd(x, y).float(), D_fwd(fake, yf).float()
+                        if joint or not speed.compile:
+                            loss = d_hinge_loss(on_real, on_fake) / accumulate
+                        else:
+                            loss = F.relu(1.0 + on_fake).mean() / accumulate
+                    loss.backward()
+                    d_loss += loss.detach()
+                if sync_grads is not None:
+                    sync_grads(D)
+                hooks.after_d_backward(state, t)
+                if state.d_masks is not None:
+                    state.d_masks.before_step()
+                state.d_opt.step()
+                if state.d_masks is not None:
+                    state.d_masks.apply()
+                d_losses += d_loss
+            watch.observe(t, d_losses, "D loss")
 
-        for p in d_params:
-            p.requires_grad_(False)
-        state.g_opt.zero_grad(set_to_none=True)
-        g_loss = torch.zeros((), device=device)
-        for _ in range(accumulate):
-            z, yf = noise(spec.g_batch_size)
-            loss = g_hinge_loss(D(G(z, yf), yf)) / accumulate
-            loss.backward()
-            g_loss += loss.detach()
-        for p in d_params:
-            p.requires_grad_(True)
-        if sync_grads is not None:
-            sync_grads(G)
-        hooks.after_g_backward(state, t)
-        logged = log is not None and (t % spec.log_every == 0 or t == 1)
-        every = hooks.balance_ratio_every
-        probe = logged or bool(every and t % every == 0)
-        if probe:  # the balance ratio, as ADAPT's reference measures it: D after its update, G_pre and G_post
-            # on the z G just trained on, real images of D's last batch
-            d_real, d_pre = _d_of(state, x, y), _d_of(state, x, yf, z)
-        if state.g_masks is not None:
-            state.g_masks.before_step()
-        state.g_opt.step()
-        if state.g_masks is not None:
-            state.g_masks.apply()
-        state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, x, yf, z)) if probe else math.nan
-        if state.ema is not None:
-            state.ema.update(t)
-        state.step = t
-        state.flops += cost  # this step ran at the densities before any update below
-        if hooks.after_g_step(state, t):
+            for p in d_params:
+                p.requires_grad_(False)
+            state.g_opt.zero_grad(set_to_none=True)
+            g_loss = torch.zeros((), device=device)
+            for _ in range(accumulate):
+                z, yf = noise(spec.g_batch_size)
+                with speed.autocast(device):
+                    loss = g_hinge_loss(D_fwd(G_fwd(z, yf), yf).float()) / accumulate
+                loss.backward()
+                g_loss += loss.detach()
+            for p in d_params:
+                p.requires_grad_(True)
+            watch.observe(t, g_loss, "G loss")
             if sync_grads is not None:
-                on_topology_change(state)
-            cost = step_cost()  # the next steps run at the new densities
-        state.step_seconds.append(time.perf_counter() - started)  # D steps, G step and topology update
+                sync_grads(G)
+            hooks.after_g_backward(state, t)
+            logged = log is not None and (t % spec.log_every == 0 or t == 1)
+            every = hooks.balance_ratio_every
+            probe = logged or bool(every and t % every == 0)
+            if probe:  # the balance ratio, as ADAPT's reference measures it: D after its update, G_pre and G_post
+                # on the z G just trained on, real images of D's last batch
+                d_real, d_pre = _d_of(state, x, y), _d_of(state, x, yf, z)
+            if state.g_masks is not None:
+                state.g_masks.before_step()
+            state.g_opt.step()
+            if state.g_masks is not None:
+                state.g_masks.apply()
+            state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, x, yf, z)) if probe else math.nan
+            if state.ema is not None:
+                state.ema.update(t)
+            state.step = t
+            state.flops += cost  # this step ran at the densities before any update below
+            if hooks.after_g_step(state, t):
+                if sync_grads is not None:
+                    on_topology_change(state)
+                cost = step_cost()  # the next steps run at the new densities
+        except (Diverged, Interrupted):
+            raise
+        except Exception as exc:  # a step that fails on non-finite values (e.g. in a hook) is the divergence
+            watch.check(t, cause=exc)
+            raise
+        timer.stop()  # D steps, G step and topology update
         if evaluate is not None:
+            if spec.eval_every and t % spec.eval_every == 0:  # a curve point is never taken of a diverged run
+                check(t)
             evaluate(t)
 
-        d_val, g_val = d_loss.item(), g_loss.item()
-        if not math.isfinite(d_val):
-            raise Diverged(t, "D loss")
-        if not math.isfinite(g_val):
-            raise Diverged(t, "G loss")
+        due = checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps
+        if t % spec.log_every == 0 or t == 1 or t == steps or due:  # never log or save a diverged state
+            check(t)
         if logged and log is not None:
             ratio = {"balance_ratio": state.balance_ratio} if math.isfinite(state.balance_ratio) else {}
-            log(t, {"loss_d": d_val, "loss_g": g_val, **ratio, **hooks.stats(state, t)})
+            log(t, {"loss_d": float(d_loss), "loss_g": float(g_loss), **ratio, **hooks.stats(state, t)})
         if progress is not None:
             progress(1)
-        if checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps:
+        if due:
+            assert checkpoint is not None
             checkpoint()
         if stop_requested is not None and stop_requested():
+            check(t)
             if checkpoint is not None:
                 checkpoint()
             raise Interrupted(t)
+    timer.flush(state.step_seconds)

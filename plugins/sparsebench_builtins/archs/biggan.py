@@ -4,6 +4,7 @@ G: linear z -> 4x4x(4ch); up-blocks of 4ch with conditional BN (per-layer class 
 nearest upsampling, 1x1 shortcut); BN, ReLU, 3x3 conv -> 3, tanh. D: "wide" blocks of 4ch,
 the first ones downsampling, ReLU, sum pooling, linear -> 1 plus a projection embedding.
 Spectral norm on every conv and linear of G and D (not G's class embeddings); N(0, 0.02) init.
+Each D step runs D once over the fake and real images concatenated (BigGAN-PyTorch's `G_D`, fake first).
 At ch=64, 32x32: G has 4,304,387 and D 4,207,361 parameters.
 
 The `imagenet` preset builds the reference 128x128 table (ch=96, G channels 16-16-8-4-2-1 x ch,
@@ -190,6 +191,7 @@ PAPER = TrainSpec(
     extractor="inception-v3-compat",
     eval_batch_stats=True,
     log_every=100,
+    d_joint_forward=True,
 )
 QUICK = TrainSpec(
     dataset="digits",
@@ -211,6 +213,7 @@ QUICK = TrainSpec(
     extractor="sparsebench-digits",
     eval_batch_stats=True,
     log_every=10,
+    d_joint_forward=True,
 )
 # `small`: the preset for comparisons on a CPU (digits, 16x16, the quick models), 1,500 G steps,
 # 5,000 samples per evaluation, delta_t 30 (49 topology updates for STU-GAN). Tuning probes of the
@@ -249,11 +252,15 @@ IMAGENET = TrainSpec(  # launch_BigGAN_bs256x8.sh: 8 accumulated batches of 256,
     log_every=100,
     accumulate=8,
     adam_eps=1e-6,
+    d_joint_forward=True,
 )
 
 
 class BigGAN(Architecture):
     name = "biggan"
+    # 0.2.0: D's step runs one forward over fake and real images concatenated, as BigGAN-PyTorch's G_D
+    # (TrainSpec.d_joint_forward); before, two forwards ran spectral norm's power iteration twice per D step.
+    version = "0.2.0"
     description = "BigGAN (class-conditional, projection D, spectral norm everywhere) at 32x32 and 128x128"
     conditional = True
     presets = {"paper": PAPER, "quick": QUICK, "small": SMALL, "imagenet": IMAGENET}

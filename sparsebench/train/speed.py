@@ -1,0 +1,85 @@
+"""Opt-in speed modes of training: bf16 autocast, torch.compile, channels-last, deterministic algorithms.
+
+Each is off by default, so a default run computes as the fp32 references do; each one that is on enters
+the run id (RunConfig) and the stored environment. They change how the forwards of training run, never
+what is trained: the weights, Adam's state and the masks stay fp32 tensors of the same modules (state
+dicts and checkpoints are those of a default run), and evaluation samples in fp32 without compilation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Speed:
+    precision: str = "fp32"  # bf16: the forwards and losses of training under torch.autocast(bfloat16)
+    compile: bool = False  # the forwards of training through torch.compile of G and D
+    channels_last: bool = False  # G's and D's weights and the real images in channels-last memory format
+
+    @classmethod
+    def of(cls, config) -> Speed:
+        return cls(config.precision, config.compile, config.channels_last)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context of a training forward and its loss (a no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """`model` with its parameters in the mode's memory format (in place: the same Parameter objects,
+        so optimizers and masks built on them stay valid)."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, model: nn.Module) -> Callable:
+        """What training calls for `model`'s forward: the module, or its compiled wrapper. The wrapper shares
+        the module's parameters (masks applied in place are seen by the compiled graph: a topology update
+        changes values, not the graph), and `model` itself stays what state dicts and checkpoints hold."""
+        return torch.compile(model) if self.compile else model
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms on CUDA for the duration (the CPU's are deterministic already): cuDNN's
+    deterministic convolutions without autotuning, and an error from any op that has no deterministic
+    implementation. Slower; it makes a CUDA run repeat itself on the same GPU, software and settings."""
+    if not enabled or device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS for deterministic results
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+
+
+def environment(config) -> dict:
+    """The speed modes of `config` for the stored environment (all of them, defaults included)."""
+    return {
+        "precision": config.precision,
+        "compile": config.compile,
+        "channels_last": config.channels_last,
+        "deterministic": config.deterministic,
+    }

@@ -1,0 +1,249 @@
+"""The training loop on an accelerator, tested on the CPU: timing that waits for the device, no host
+synchronisation between logged steps, divergence still caught, BigGAN's joint D forward, and the
+refusal of the CPU-only kernels on CUDA."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from conftest import run_cli
+
+from sparsebench.sparse.masks import MaskState
+from sparsebench.sparse.sema import SparseEMA
+from sparsebench.timing import StepTimer, Stopwatch
+from sparsebench.train import loop
+from sparsebench.train.loop import Batcher, Diverged, GANState, Hooks, adam, train
+
+
+class Images:
+    """What Batcher reads of an image set."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def tiny(plugins, arch: str, sparse: bool = True, **changes):
+    """A quick-preset G/D pair at half width on random 16x16 images, ready for `train`."""
+    a = plugins.archs.get(arch)
+    spec = a.presets["quick"].replace(**changes)
+    torch.manual_seed(0)
+    G, D = a.build(spec, 10, 0.5)
+    gen = torch.Generator().manual_seed(1)
+    g_masks = MaskState.from_distribution(G, 0.9, "erk", "conv", gen) if sparse else None
+    d_masks = MaskState.from_distribution(D, 0.5, "erk", "conv", gen) if sparse else None
+    state = GANState(
+        G,
+        D,
+        adam(G.parameters(), spec.lr_g, spec.beta1, spec.beta2),
+        adam(D.parameters(), spec.lr_d, spec.beta1, spec.beta2),
+        g_masks,
+        d_masks,
+        SparseEMA(G, spec.ema_decay, spec.ema_start, g_masks),
+    )
+    images = torch.randint(0, 256, (64, 3, spec.resolution, spec.resolution), dtype=torch.uint8)
+    data = Images(images, torch.randint(0, 10, (64,)))
+    batcher = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(2))
+    return state, spec, batcher
+
+
+def run(state, spec, batcher, steps, **kwargs):
+    train(state, steps, spec, batcher, 10, torch.Generator().manual_seed(3), lambda: 1.0, **kwargs)
+
+
+# -- timing --------------------------------------------------------------------------------------
+
+
+class FakeEvent:
+    """torch.cuda.Event's timing interface on the host clock."""
+
+    synced = 0
+
+    def __init__(self, enable_timing: bool = False):
+        assert enable_timing
+        self.at = None
+
+    def record(self):
+        import time
+
+        self.at = time.perf_counter()
+
+    def synchronize(self):
+        FakeEvent.synced += 1
+
+    def elapsed_time(self, end) -> float:
+        return (end.at - self.at) * 1000.0
+
+
+def test_timing_waits_for_a_cuda_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    watch = Stopwatch("cuda")
+    watch.start()
+    assert watch.stop() >= 0.0
+    assert len(calls) == 2  # the queue is drained before and after the timed work
+    cpu = Stopwatch("cpu")
+    cpu.start()
+    cpu.stop()
+    assert len(calls) == 2  # nothing to wait for on the CPU
+
+
+def test_step_times_come_from_events_read_once_per_flush(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    FakeEvent.synced = 0
+    timer, seconds = StepTimer("cuda"), []
+    for _ in range(3):
+        timer.start()
+        timer.stop()
+    assert FakeEvent.synced == 0 and seconds == []  # no wait per step
+    timer.flush(seconds)
+    assert FakeEvent.synced == 1 and len(seconds) == 3 and all(s >= 0.0 for s in seconds)
+
+
+def test_the_loop_times_its_steps_on_its_device(plugins, monkeypatch):
+    made = []
+
+    class Recording(StepTimer):
+        def __init__(self, device):
+            super().__init__(device)
+            made.append(self.device)
+
+    monkeypatch.setattr(loop, "StepTimer", Recording)
+    state, spec, batcher = tiny(plugins, "sngan", log_every=2)
+    run(state, spec, batcher, 3)
+    assert made == [torch.device("cpu")] and len(state.step_seconds) == 3
+
+
+# -- host synchronisation -------------------------------------------------------------------------
+
+SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.parametrize("arch", ["sngan", "biggan"])
+def test_no_host_synchronisation_between_logged_steps(plugins, monkeypatch, arch):
+    """Every way a tensor's value reaches Python is counted, by the G step it happens in: only the
+    logged steps (1, 5, 10) and the last one (12) may read the device. Adam's reads of its step count
+    are left out: on CUDA that count stays a host tensor (torch.optim's default), no device sync."""
+    state, spec, batcher = tiny(plugins, arch, log_every=5)
+    done, reads = [0], []
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
+            if "/torch/optim/" not in caller:
+                reads.append((done[0] + 1, _name, caller))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    logged = []
+    advance = lambda n: done.__setitem__(0, done[0] + n)  # noqa: E731
+    run(state, spec, batcher, 12, log=lambda t, v: logged.append(t), progress=advance)
+    monkeypatch.undo()
+    assert logged == [1, 5, 10]
+    steps = {t for t, _, _ in reads}
+    assert steps and steps <= {1, 5, 10, 12}, sorted(reads)
+
+
+def test_a_diverged_loss_is_caught_with_its_first_step(plugins):
+    class Poison(Hooks):
+        def after_g_step(self, state, step):
+            if step == 3:
+                with torch.no_grad():
+                    next(state.G.parameters()).fill_(float("nan"))
+            return False
+
+    state, spec, batcher = tiny(plugins, "sngan", log_every=5)
+    with pytest.raises(Diverged) as caught:
+        run(state, spec, batcher, 20, hooks=Poison(), log=lambda t, v: None)
+    assert caught.value.step == 4  # the first step whose loss was not finite
+    assert caught.value.detected == 5  # read at the next logged step
+    assert state.step == 5 and "G step 4" in str(caught.value)
+
+
+def test_a_hook_failing_on_a_diverged_state_reports_the_divergence(plugins):
+    class Fragile(Hooks):
+        def after_g_step(self, state, step):
+            if step == 2:
+                with torch.no_grad():
+                    next(state.G.parameters()).fill_(float("nan"))
+            if step == 4 and not torch.isfinite(next(state.G.parameters())).all():
+                raise ValueError("weights are not finite")
+            return False
+
+    state, spec, batcher = tiny(plugins, "sngan", log_every=10)
+    with pytest.raises(Diverged) as caught:
+        run(state, spec, batcher, 20, hooks=Fragile())
+    assert caught.value.step == 3 and caught.value.detected == 4
+
+
+# -- spectral norm per D step ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch, expected", [("biggan", 1), ("sngan", 2)])
+def test_spectral_norm_iterations_per_d_step(plugins, monkeypatch, arch, expected):
+    """BigGAN's reference runs D once over fake and real images (one power iteration per SN layer per D
+    step); SNGAN's references run D twice."""
+    from torch.nn.utils.parametrizations import _SpectralNorm
+
+    counts: dict[int, int] = {}
+    original = _SpectralNorm._power_method
+
+    def counting(self, *args, **kwargs):
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_SpectralNorm, "_power_method", counting)
+    state, spec, batcher = tiny(plugins, arch, sparse=False, n_critic=3)
+    sn_of_d = [id(m) for m in state.D.modules() if isinstance(m, _SpectralNorm)]
+    assert sn_of_d
+    seen = [[counts.get(i, 0) for i in sn_of_d]]  # after building (spectral norm's own warm-up iterations)
+
+    class Snapshot(Hooks):
+        def after_d_backward(self, state, step):
+            seen.append([counts.get(i, 0) for i in sn_of_d])
+
+    run(state, spec, batcher, 2, hooks=Snapshot())
+    assert len(seen) == 1 + 2 * spec.n_critic
+    diffs = [[b - a for a, b in zip(before, after)] for before, after in zip(seen, seen[1:])]
+    # D step k (1-based); the first D step of G step 2 also holds the D forward of G step 1's G step
+    per_d_step = [d for k, d in enumerate(diffs, 1) if k == 1 or (k - 1) % spec.n_critic]
+    assert len(per_d_step) == 2 * spec.n_critic - 1
+    assert all(n == expected for d in per_d_step for n in d), per_d_step
+    crossing = diffs[spec.n_critic]
+    assert all(n == expected + 1 for n in crossing), crossing
+
+
+def test_biggan_concatenates_fake_then_real(plugins, monkeypatch):
+    state, spec, batcher = tiny(plugins, "biggan", sparse=False, n_critic=1)
+    assert spec.d_joint_forward and not plugins.archs.get("sngan").presets["quick"].d_joint_forward
+    batches, forward = [], state.D.forward
+
+    def recording(x, y):
+        batches.append(x.detach().clone())
+        return forward(x, y)
+
+    monkeypatch.setattr(state.D, "forward", recording)
+    real = batcher.images[batcher.perm[: spec.batch_size]].float().div_(127.5).sub_(1.0)
+    run(state, spec, batcher, 1)
+    joint = batches[0]
+    assert joint.shape[0] == 2 * spec.batch_size
+    assert torch.equal(joint[spec.batch_size :], real)  # fake first, then real (BigGAN-PyTorch's G_D)
+
+
+# -- kernels on CUDA ------------------------------------------------------------------------------
+
+
+def test_sparseprop_kernels_are_refused_on_cuda(tmp_path):
+    proc = run_cli(
+        "run", "--methods", "static", "--arch", "sngan", "--kernels", "sparseprop", "--device", "cuda",
+        "--steps", "2", "--store", str(tmp_path / "r.db"),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--kernels sparseprop" in lines[0] and "--device cuda" in lines[0], proc.stderr
+    assert not (tmp_path / "r.db").exists()  # refused before anything ran

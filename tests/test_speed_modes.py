@@ -1,0 +1,173 @@
+"""Opt-in speed modes (--precision bf16, --compile, --channels-last, --deterministic): in the run id only
+when on, recorded in the stored environment, and each trains, checkpoints and resumes on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_cli
+
+from sparsebench.config import GridRequest, RunConfig, expand_grid
+from sparsebench.runner import LineProgress, Runner
+from sparsebench.store import Store
+from sparsebench.train.loop import Interrupted
+
+MODES = {
+    "fp32": {},
+    "bf16": {"precision": "bf16"},
+    "compile": {"compile": True},
+    "channels-last": {"channels_last": True},
+    "deterministic": {"deterministic": True},
+    "combined": {"precision": "bf16", "compile": True, "channels_last": True},
+}
+
+
+def config(plugins, **mode) -> RunConfig:
+    (cfg,) = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=6, metrics=("fid",), **mode), plugins)
+    return cfg
+
+
+def test_run_ids_differ_by_mode_and_the_default_keeps_its_id(plugins):
+    ids = {name: config(plugins, **mode).run_id for name, mode in MODES.items()}
+    assert len(set(ids.values())) == len(MODES), ids
+    default = config(plugins).to_dict()
+    assert not {"precision", "compile", "channels_last", "deterministic"} & set(default)  # stored ids stay
+    assert RunConfig.from_dict(config(plugins, precision="bf16").to_dict()).precision == "bf16"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--precision", "fp16"], "unknown precision 'fp16'; known: fp32, bf16"),
+        (["--compile", "--kernels", "sparseprop"], "--compile needs --kernels dense"),
+    ],
+)
+def test_bad_mode_is_one_line(tmp_path, args, needle):
+    proc = run_cli(
+        "run", "--methods", "static", "--arch", "sngan", "--steps", "2", "--store", str(tmp_path / "r.db"), *args
+    )
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_python_api_rejects_a_non_boolean_flag(plugins):
+    from sparsebench import SparsebenchError
+
+    with pytest.raises(SparsebenchError, match="compile must be True or False"):
+        config(plugins, compile="yes")
+
+
+def train_then_resume(plugins, tmp_path, monkeypatch, cfg: RunConfig, stop_at: int):
+    """Train `cfg` in one go in one store; in another, stop it after `stop_at` G steps (a checkpoint is
+    saved, as on SIGTERM) and run it again, which resumes. Returns both stored rows and the checkpoint's G keys."""
+    one_go = Runner(Store(tmp_path / "a" / "r.db"), plugins, progress=False, checkpoint_every=2)
+    whole = one_go.run(cfg)
+    store = Store(tmp_path / "b" / "r.db")
+    stopping = Runner(store, plugins, progress=True, checkpoint_every=2)
+    update = LineProgress.update
+
+    def counting(self, n=1):
+        update(self, n)
+        if self.n >= stop_at:
+            stopping.stop = True
+
+    monkeypatch.setattr(LineProgress, "update", counting)
+    with pytest.raises(Interrupted):
+        stopping.run(cfg)
+    (ckpt,) = store.run_dir(cfg.run_id).glob("checkpoint-phase1.pt")
+    keys = list(torch.load(ckpt, weights_only=True)["G"])
+    monkeypatch.setattr(LineProgress, "update", update)
+    resumed = Runner(store, plugins, progress=False, checkpoint_every=2).run(cfg)
+    return whole, resumed, keys
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [pytest.param("bf16", marks=pytest.mark.slow), pytest.param("compile", marks=pytest.mark.slow), "channels-last"],
+)
+def test_a_mode_trains_checkpoints_and_resumes(plugins, tmp_path, monkeypatch, caplog, mode):
+    cfg = config(plugins, **MODES[mode])
+    whole, resumed, keys = train_then_resume(plugins, tmp_path, monkeypatch, cfg, stop_at=3)
+    assert whole.status == resumed.status == "done"
+    assert "resuming run" in caplog.text
+    default_keys = list(plugins.archs.get("sngan").build(cfg.train, 10)[0].state_dict())
+    assert keys == default_keys  # the checkpoint holds the module, not a compiled wrapper
+    for key in ("fid", "density_g", "density_d", "train_flops"):
+        assert whole.results[key] == resumed.results[key], key
+    env = Store(tmp_path / "b" / "r.db", readonly=True).get(cfg.run_id)["env"]
+    assert {k: env[k] for k in MODES[mode]} == MODES[mode]
+    assert 0.0 < resumed.results["density_g"] < 0.2  # the masks still hold (s_G 0.9)
+
+
+def masked_weights_are_zero(masks) -> bool:
+    return all(bool((p[masks.masks[n] == 0] == 0).all()) for n, p in masks.params.items())
+
+
+def test_bf16_runs_the_forwards_in_bfloat16_on_fp32_weights(plugins, monkeypatch):
+    from test_gpu_path import run, tiny
+
+    from sparsebench.train.speed import Speed
+
+    state, spec, batcher = tiny(plugins, "sngan")
+    dtypes, forward = [], state.D.forward
+
+    def recording(*args):
+        out = forward(*args)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(state.D, "forward", recording)
+    run(state, spec, batcher, 2, speed=Speed(precision="bf16"))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for net in (state.G, state.D) for p in net.parameters())
+    moments = [v for opt in (state.g_opt, state.d_opt) for s in opt.state.values() for k, v in s.items() if k != "step"]
+    assert moments and all(v.dtype == torch.float32 for v in moments)
+    assert masked_weights_are_zero(state.g_masks) and masked_weights_are_zero(state.d_masks)
+
+
+def test_channels_last_converts_the_weights_in_place(plugins):
+    from test_gpu_path import run, tiny
+
+    from sparsebench.train.speed import Speed
+
+    state, spec, batcher = tiny(plugins, "sngan")
+    before = [id(p) for p in state.G.parameters()]
+    run(state, spec, batcher, 2, speed=Speed(channels_last=True))
+    assert [id(p) for p in state.G.parameters()] == before  # the optimizer's and the masks' parameters
+    convs = [p for net in (state.G, state.D) for p in net.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert masked_weights_are_zero(state.g_masks) and masked_weights_are_zero(state.d_masks)
+
+
+def test_compile_wraps_the_forwards_and_keeps_the_modules(plugins, monkeypatch):
+    from test_gpu_path import run, tiny
+
+    from sparsebench.train.speed import Speed
+
+    compiled = []
+
+    def fake_compile(model):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    state, spec, batcher = tiny(plugins, "sngan")
+    G, D = state.G, state.D
+    run(state, spec, batcher, 1, speed=Speed(compile=True))
+    assert compiled == [G, D] and state.G is G and state.D is D
+
+
+def test_deterministic_mode_is_set_on_cuda_only_and_restored(monkeypatch):
+    from sparsebench.train.speed import deterministic
+
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: calls.append(on))
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    with deterministic(True, torch.device("cpu")):
+        assert calls == []  # the CPU's algorithms are deterministic already
+    benchmark = torch.backends.cudnn.benchmark
+    with deterministic(True, torch.device("cuda")):
+        assert calls == [True] and torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert calls == [True, False] and torch.backends.cudnn.benchmark == benchmark
+    with deterministic(False, torch.device("cuda")):
+        assert calls == [True, False]
