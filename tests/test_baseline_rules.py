@@ -273,6 +273,9 @@ def test_adapts_intervals_per_arch_scale_the_references(arch, steps, mode, expec
     assert (h.interval, h.d_interval, h.balance_ratio_every, h.window_size) == expected
     assert h.per_layer is False and h.regrow_pruned is True and h.drop_noise == 1e-5
     assert h.balance_ratio_mode == "train" and h.schedule.p_min == 0.005
+    from sparsebench.kernels import KernelHooks
+
+    assert KernelHooks(h, None, None).balance_ratio_mode == "train"  # also under --kernels sparseprop
 
 
 def test_adapts_window_is_the_references_queue():
