@@ -52,6 +52,7 @@ _PUBLIC = {
     "DynamicSparseMethod": "sparsebench.sparse.dynamic",
     "gradient_magnitude": "sparsebench.sparse.topology",
     "magnitude": "sparsebench.sparse.topology",
+    "noisy_magnitude": "sparsebench.sparse.topology",
     "change_density": "sparsebench.sparse.topology",
     "update_topology": "sparsebench.sparse.topology",
     "d_hinge_loss": "sparsebench.train.loop",

@@ -118,6 +118,9 @@ class Method(VersionedPlugin):
     width: ClassVar[float] = 1.0
     requires: ClassVar[tuple[str, ...]] = ()  # methods whose finished run this one builds on
     title: ClassVar[str] = ""  # its name in tables and figures ("": the method's name)
+    # an option setting ("name=value") -> the name of runs with it, so that they never read as the method's own
+    variant_titles: ClassVar[dict[str, str]] = {}
+    scope: ClassVar[str] = ""  # the sparse scope its reference uses ("": the run's --scope, conv by default)
     group: ClassVar[str] = ""  # a `--methods` shorthand it shares with sibling methods, e.g. "pf"
     order: ClassVar[float] = 100.0  # table rows sort by it, then by name (the built-ins use 10 to 70)
     reference: ClassVar[str] = ""  # the method Table 1 gives its FID difference to ("": none)
@@ -127,6 +130,11 @@ class Method(VersionedPlugin):
     def run(self, ctx: MethodContext) -> None:
         """Train, leaving the final models in `ctx` (see `MethodContext.finish`)."""
         raise NotImplementedError
+
+    def grid_point(self, sg: float, sd: float, options: dict[str, Any]) -> tuple[float, float]:
+        """The (s_G, s_D) a run of this method records at grid point (sg, sd), under its options: the axes in
+        `fixed` pinned (a method whose D starts at G's sparsity returns (sg, sg))."""
+        return self.fixed.get("sg", sg), self.fixed.get("sd", sd)
 
     def flop_phases(self, plan: FlopPlan) -> list[Phase]:
         """The training phases with their densities, for `sparsebench flops` (no training). The default:

@@ -122,7 +122,12 @@ def cli(verbose: bool):
     "paper (CIFAR-10 reference settings); biggan also imagenet (128x128)",
 )
 @click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
-@click.option("--scope", default="conv", show_default=True, help="sparse tensors: conv, or conv+linear")
+@click.option(
+    "--scope",
+    default=None,
+    help="sparse tensors: conv, conv+linear, or weights (ADAPT's: every conv and linear weight but norms' gains); "
+    "default: each method's own (adapt: weights; the others: conv)",
+)
 @click.option("--distribution", default="erk", show_default=True, help="layer-wise sparsity: erk, er, uniform, global")
 @click.option(
     "--opt-state",
@@ -436,7 +441,7 @@ def main():
 @click.option("--preset", default="quick", show_default=True, help="quick, small, paper (biggan also: imagenet)")
 @click.option("--sg", default="0.9", show_default=True, help="generator sparsity for the per-layer densities")
 @click.option("--sd", default="0.5", show_default=True, help="discriminator sparsity for the per-layer densities")
-@click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
+@click.option("--scope", default="conv", show_default=True, help="conv, conv+linear or weights")
 @click.option("--distribution", default="erk", show_default=True, help="erk, er, uniform (global shown as uniform)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json")
 @click.option(
@@ -516,7 +521,7 @@ convention_option = click.option(
 )
 @click.option("--sg", default="0.95,0.9,0.8", show_default=True, help="generator sparsities")
 @click.option("--sd", default="0.5,0.7", show_default=True, help="discriminator sparsities")
-@click.option("--scope", default="conv", show_default=True, help="conv or conv+linear")
+@click.option("--scope", default=None, help="conv, conv+linear or weights (default: each method's own)")
 @click.option("--steps", type=str, default=None, help="G steps (default: the preset's)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or csv")
 @click.option(

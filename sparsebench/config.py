@@ -19,7 +19,7 @@ from sparsebench import SparsebenchError
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
 from sparsebench.train.speed import PRECISIONS
 
-SCOPES = ("conv", "conv+linear")
+SCOPES = ("conv", "conv+linear", "weights")
 KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparsebench.kernels)
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
@@ -246,7 +246,7 @@ class GridRequest:
     seeds: list[int] = field(default_factory=lambda: [0])
     preset: str = "quick"
     steps: int | None = None
-    scope: str = "conv"
+    scope: str | None = None  # None: each method's own (Method.scope), else conv
     distribution: str = "erk"
     opt_state: str = DEFAULT_POLICY
     kernels: str = "dense"
@@ -303,19 +303,20 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
     seen = set()
     for name, method in methods:
         method_options = freeze(validate_options(method.options, req.options.get(name, {}), name))
-        for sg in req.sg:
-            for sd in req.sd:
+        for sg_axis in req.sg:
+            for sd_axis in req.sd:
+                sg, sd = method.grid_point(sg_axis, sd_axis, dict(method_options))
                 for seed in req.seeds:
                     cfg = RunConfig(
                         method=name,
                         arch=req.arch,
                         dataset=dataset,
                         preset=req.preset,
-                        sg=method.fixed.get("sg", sg),
-                        sd=method.fixed.get("sd", sd),
+                        sg=sg,
+                        sd=sd,
                         seed=seed,
                         train=spec,
-                        scope=req.scope,
+                        scope=req.scope or method.scope or "conv",
                         distribution=req.distribution,
                         method_options=method_options,
                         arch_options=arch_options,

@@ -81,9 +81,11 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     for m in metrics:
         res.update(m.compute(samples))
     res.update(score(spec, st.curve, res))
-    floor = ev.floor(flags & {"fid"}) if "fid" in flags else {}
+    floor = ev.floor(flags, spec.eval_samples)  # at this run's sample count (sparsebench.metrics.floor)
     if "frechet_inception_distance" in floor:
         res["fid_floor"] = floor["frechet_inception_distance"]
+        res["fid_floor_inf"] = floor["fid_inf"]
+        res["fid_floor_method"] = floor["description"]
     res["eval_weights"] = ctx.info.pop("eval_weights", "ema" if st.ema is not None else "raw")
     res["extractor"] = config.train.extractor
     res["extractor_accuracy"] = ev.extractor_accuracy

@@ -419,6 +419,7 @@ class KernelHooks(Hooks):
     def __init__(self, inner: Hooks, g: KernelBackend | None, d: KernelBackend | None):
         self.inner, self.g, self.d = inner, g, d
         self.balance_ratio_every = inner.balance_ratio_every
+        self.balance_ratio_mode = inner.balance_ratio_mode
 
     def prepare(self, step: int) -> None:
         """Set up the backends for G step `step` (call before it starts)."""

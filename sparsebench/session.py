@@ -176,7 +176,7 @@ def run(
     options: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None,
     store: str | os.PathLike | None = None,
     dataset: str | None = None,
-    scope: str = "conv",
+    scope: str | None = None,  # None: each method's own scope (conv unless it declares one)
     distribution: str = "erk",
     opt_state: str = "dense",
     kernels: str = "dense",

@@ -62,6 +62,8 @@ EXTRA_COLUMNS = [
     "precision",
     "recall",
     "fid_floor",
+    "fid_floor_inf",
+    "fid_floor_method",
     "exploration_rate",
     "scope",
     "opt_state",

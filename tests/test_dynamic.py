@@ -342,10 +342,16 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
         "rigl.delta_t=2",
         "-o",
         "rigl.update=gd",
+        "-o",  # per layer: globally, D's growth at its zero gradients (a saturated hinge loss in 6 steps) would
+        "rigl.ranking=layer",  # leave grown weights at zero, and the density measured on the weights undercount
         "-o",
         "adapt.delta_t=2",
         "-o",
         "adapt.ratio_every=1",
+        "-o",
+        "adapt.delta_t_d=4",
+        "-o",
+        "adapt.window=2",
         "--store",
         str(store),
         env=cli_env,
@@ -359,8 +365,10 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
         assert float(row["exploration_rate"]) > 0.2 + 0.01  # G's connectivity moved
     for method in ("set", "rigl"):
         assert float(by[method]["density_d"]) == pytest.approx(0.5, abs=1e-4)
-    # one adjustment of D (at G step 4): its density moved by 0.05 or stayed
-    assert min(abs(float(by["adapt"]["density_d"]) - d) for d in (0.45, 0.5, 0.55)) < 1e-3
+    # D started at G's density (0.2, over ADAPT's `weights` scope); one adjustment (at G step 4): it moved by
+    # 0.05 or stayed
+    assert by["adapt"]["scope"] == "weights" and float(by["adapt"]["sd"]) == pytest.approx(0.8)
+    assert min(abs(float(by["adapt"]["density_d"]) - d) for d in (0.15, 0.2, 0.25)) < 1e-3
     import sqlite3
 
     with sqlite3.connect(store) as conn:
@@ -431,6 +439,7 @@ def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
         mode=mode,
         d_interval=2,
         ratio_every=1,
+        window=2,
         d_density=0.5,
     )
 
@@ -455,7 +464,7 @@ def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypat
 def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
     ratios = iter([float("nan")] + [0.2] * 10)  # the first sample point measured nothing
     monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: next(ratios))
-    spec, state, batcher = tiny_state(plugins)  # the window holds d_interval / ratio_every = 2 values
+    spec, state, batcher = tiny_state(plugins)  # a window of 2 values, kept up to 3 as the reference's queue
     seen = []
 
     class Watch(adapt.BalancedTraining):
@@ -466,8 +475,9 @@ def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
 
     hooks = adapt_hooks(plugins, spec, cls=Watch)
     train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, hooks)
-    # step 2: one value in the window, no adjustment; step 4: full (never cleared), D's density moves
-    assert seen[1] == (2, 1, 0.5) and seen[3] == (4, 2, pytest.approx(0.45))
+    # step 2: one value in the window, no adjustment; step 4: full (never cleared; 3 values: the reference
+    # pops one per step after its update, so an adjustment sees window + 1), D's density moves
+    assert seen[1] == (2, 1, 0.5) and seen[3] == (4, 3, pytest.approx(0.45))
 
 
 def test_adapt_train_flops_integrate_its_density_trace(plugins, monkeypatch):

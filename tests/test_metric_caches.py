@@ -101,7 +101,8 @@ def test_digits_run_after_an_imagefolder_run_keeps_the_digits_extractor(plugins,
     assert digits["extractor_accuracy"] > 0.9 and digits["extractor_accuracy"] == clean.extractor_accuracy
     assert digits["data_hash"] == clean.data_hash != folder["data_hash"]
     assert digits["extractor_hash"] == clean.extractor_hash != folder["extractor_hash"]
-    assert digits["fid_floor"] == clean.floor({"fid"})["frechet_inception_distance"]
+    floor = clean.floor({"fid"}, digits["eval_samples"])  # at the run's sample count
+    assert digits["fid_floor"] == floor["frechet_inception_distance"] and digits["fid_floor_inf"] == floor["fid_inf"]
     csv = run_cli("results", "--store", str(tmp_path / "digits" / "r.db"), check=True).stdout
     assert "data_hash" in csv.splitlines()[0] and clean.data_hash in csv and clean.extractor_hash in csv
 

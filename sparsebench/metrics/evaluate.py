@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -207,20 +208,42 @@ class Evaluator:
             )
         return values
 
-    def floor(self, flags: set[str]) -> dict[str, float]:
-        """The metrics between the held-out and the train split of real data (cached)."""
-        if self.data.heldout is None:
+    def floor(self, flags: set[str], samples: int | None = None) -> dict[str, Any]:
+        """The FID floor: held-out real images against the train split, extrapolated to `samples` generated
+        images (None: infinitely many), so that it compares with the runs' FIDs (sparsebench.metrics.floor).
+        Keys: frechet_inception_distance (the floor at `samples`), fid_inf, fid_slope, description (how it
+        was computed); cached under the method's name, so floors computed another way are never reused."""
+        from sparsebench.metrics.floor import FLOOR_METHOD, Floor, jackknife_floor
+
+        if self.data.heldout is None or "fid" not in flags:
             return {}
-        path = self.cache_dir / "floors" / f"{self._cache_name()}-floor.json"
+        path = self.cache_dir / "floors" / f"{self._cache_name()}-floor-{FLOOR_METHOD}.json"
+        floor = None
         try:
             cached = json.loads(path.read_text())
-            if flags <= set(cached["flags"]) and all(isinstance(v, float) for v in cached["values"].values()):
-                return cached["values"]
+            if cached["method"] == FLOOR_METHOD and all(isinstance(v, (int, float)) for v in cached["values"].values()):
+                v = cached["values"]
+                floor = Floor(float(v["fid_inf"]), float(v["fid_slope"]), int(v["heldout"]), int(v["groups"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or not ours: recompute
             pass
-        values = self.compute(self.data.heldout.images, flags & set(METRICS))
-        write_atomic(path, json.dumps({"flags": sorted(flags), "values": values}).encode())
-        return values
+        if floor is None:
+            fe = self.feature_extractor()
+            layer = fe.get_default_feature_layer_for_metric("fid")
+            if layer not in self._reference_stats:
+                from torch_fidelity.metric_fid import fid_features_to_statistics
+
+                self._reference_stats[layer] = fid_features_to_statistics(self.reference()[layer])
+            features = self._features(self.data.heldout.images)[layer]
+            floor = jackknife_floor(features, self._reference_stats[layer])
+            values = {"fid_inf": floor.fid_inf, "fid_slope": floor.slope, "heldout": floor.heldout}
+            values["groups"] = floor.groups
+            write_atomic(path, json.dumps({"method": FLOOR_METHOD, "values": values}).encode())
+        return {
+            "frechet_inception_distance": floor.at(samples),
+            "fid_inf": floor.fid_inf,
+            "fid_slope": floor.slope,
+            "description": floor.describe(samples),
+        }
 
 
 class SampleSet:

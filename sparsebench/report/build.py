@@ -202,12 +202,17 @@ def _index(
         lines += ["", f"Offline extractor held-out accuracy: {acc.iloc[0]:.4f}."]
     floor = df["fid_floor"].dropna()
     if not floor.empty:
-        lines += [f"FID floor (held-out real vs train real, same extractor): {floor.iloc[0]:.2f}."]
+        how = df["fid_floor_method"].get(floor.index[0]) if "fid_floor_method" in df else None
+        lines += [
+            f"FID floor ({how if isinstance(how, str) else 'held-out vs train images at the held-out size: biased up'}"
+            f"): {floor.iloc[0]:.2f}. FIDs are computed against the training images, so a score near the floor "
+            "cannot tell a good generator from one that copies them."
+        ]
     lines += [
         "Sparsity is measured over the scope "
         + ", ".join(_code(s) for s in sorted(df["scope"].dropna().unique()))
-        + " (conv weights unless "
-        "`conv+linear`). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward)"
+        + " (`conv`: conv weights; `conv+linear`: and linears; `weights`: every weight but norms', as ADAPT's"
+        " reference). FLOPs follow fvcore (1 fused multiply-add = 1 FLOP; backward = 2 x forward)"
         + (", except Table 2, which is in the paper's convention (see its caption)." if convention == "paper" else "."),
         "",
     ]

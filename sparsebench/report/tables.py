@@ -54,6 +54,15 @@ class MethodInfo:
     def title(self, name: str) -> str:
         return self._get(name, "title", "") or name
 
+    def titled(self, name: str, variant: str) -> tuple[str, str]:
+        """(title, rest of the variant) of a row: an option setting the method names (`variant_titles`, e.g.
+        SET's `ranking=layer`) gives the row that name instead of the method's title."""
+        parts = [p for p in variant.split(",") if p]
+        for setting, title in self._get(name, "variant_titles", {}).items():
+            if setting in parts:
+                return title, ",".join(p for p in parts if p != setting)
+        return self.title(name), variant
+
     def rank(self, name: str) -> tuple:
         return (self._get(name, "order", math.inf), name)
 
@@ -242,15 +251,17 @@ def _cell_of(r: Any, flat: dict[str, Any]) -> str:
 
 
 def label(row, info: MethodInfo) -> str:
-    title = info.title(row["method"])
-    return f"{title} [{row['variant']}]" if isinstance(row.get("variant"), str) and row["variant"] else title
+    variant = row.get("variant")
+    title, rest = info.titled(row["method"], variant if isinstance(variant, str) else "")
+    return f"{title} [{rest}]" if rest else title
 
 
 def labels(df: pd.DataFrame, info: MethodInfo) -> pd.Series:
-    """`label` for every row of a results frame, vectorised."""
-    titles = df["method"].map(info.title)
+    """`label` for every row of a results frame."""
     variant = cell_variant(df)
-    return titles.where(variant == "", titles + " [" + variant + "]")
+    return pd.Series(
+        [label({"method": m, "variant": v}, info) for m, v in zip(df["method"], variant)], index=df.index, dtype=object
+    )
 
 
 def _order(df: pd.DataFrame, info: MethodInfo) -> list[tuple[str, str, float]]:

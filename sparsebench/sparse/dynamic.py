@@ -6,11 +6,16 @@ minibatch when a score needs them (G's after its backward, D's after its last ba
 step), the optimizer-state policy and the SEMA notification on each update, the FLOP recount (the
 loop recounts the step cost when `after_g_step` returns True), checkpointing of its counter and
 random stream, and its logged statistics. A subclass says only how it scores what to drop and what
-to grow, and whether one ranking spans all layers (`per_layer = False`). The defaults are SET's:
-drop the smallest |w|, grow at random.
+to grow, whether one ranking spans all layers (`per_layer = False`), whether a weight just pruned may be
+regrown in the same update (`regrow_pruned`) and whether RigL's noise breaks ties between equal
+magnitudes (`drop_noise`). The defaults are SET's scores (drop the smallest |w|, grow at random) with
+STU-GAN's rules (per layer, no regrowth of what was just pruned, ties by position).
 
 `DynamicSparseMethod` is the method around such hooks (ERK masks on G and D, the options, the
-run), so that a method of this family names only its hooks class (see the `set` and `rigl` methods).
+run), so that a method of this family names only its hooks class (see the `set` and `rigl` methods). It
+runs them as ADAPT's SDST scripts do (`scripts/SDST.sh`): one global ranking (`global_magnitude` removal,
+`global_gradient` regrowth), a cosine-decayed drop fraction from 0.5 with a floor of 0.005 (the
+reference's `CosineDecay`), a just-pruned weight may be regrown, and ties are broken as RigL does.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import torch
 from sparsebench.api import Method
 from sparsebench.options import Option
 from sparsebench.sparse.masks import MaskState
-from sparsebench.sparse.topology import CosineSchedule, magnitude, random_scores, update_topology
+from sparsebench.sparse.topology import (
+    RIGL_DROP_NOISE,
+    CosineSchedule,
+    magnitude,
+    noisy_magnitude,
+    random_scores,
+    update_topology,
+)
 from sparsebench.train.loop import GANState, Hooks
 
 NETWORKS = ("g", "d", "gd")
@@ -30,6 +42,8 @@ class TopologyUpdate(Hooks):
     """Prune-and-regrow on the networks in `networks` ("g", "d" or "gd") every `interval` G steps."""
 
     per_layer = True  # False: one global ranking per network (densities move between layers)
+    regrow_pruned = False  # True: a weight pruned in an update may be regrown in it (RigL, ADAPT)
+    drop_noise = 0.0  # > 0: N(0, drop_noise) from `generator` added to |w| before dropping (RigL: 1e-5)
 
     def __init__(
         self,
@@ -38,6 +52,8 @@ class TopologyUpdate(Hooks):
         schedule: CosineSchedule,
         generator: torch.Generator,
         per_layer: bool | None = None,
+        regrow_pruned: bool | None = None,
+        drop_noise: float | None = None,
     ):
         if networks not in NETWORKS:
             raise ValueError(f"unknown networks {networks!r}; known: {', '.join(NETWORKS)}")
@@ -49,6 +65,10 @@ class TopologyUpdate(Hooks):
         self.updates = 0
         if per_layer is not None:
             self.per_layer = per_layer
+        if regrow_pruned is not None:
+            self.regrow_pruned = regrow_pruned
+        if drop_noise is not None:
+            self.drop_noise = drop_noise
 
     # -- what a subclass overrides -------------------------------------------------------------
     def uses_gradients(self, net: str) -> bool:
@@ -57,7 +77,7 @@ class TopologyUpdate(Hooks):
 
     def drop_score(self, net: str, masks: MaskState, grads: dict[str, torch.Tensor] | None):
         """Layer name -> flat scores; the active weights with the lowest are dropped."""
-        return magnitude(masks)
+        return noisy_magnitude(masks, self.generator, self.drop_noise) if self.drop_noise else magnitude(masks)
 
     def grow_score(self, net: str, masks: MaskState, grads: dict[str, torch.Tensor] | None):
         """Layer name -> flat scores; the inactive weights with the highest are grown."""
@@ -96,6 +116,7 @@ class TopologyUpdate(Hooks):
                 self.grow_score(net, masks, grads),
                 opt,
                 self.per_layer,
+                self.regrow_pruned,
             )
             if net == "g" and state.ema is not None:
                 state.ema.on_topology_update(result.pruned, result.grown)
@@ -131,12 +152,12 @@ class DynamicSparseMethod(Method):
         Option(
             "ranking",
             str,
-            "layer",
-            "drop and grow per layer (densities fixed) or over the whole network",
-            ("layer", "global"),
+            "global",
+            "drop and grow over the whole network (ADAPT's SDST) or per layer (densities fixed; another row)",
+            ("global", "layer"),
         ),
         Option("p0", float, 0.5, "initial drop fraction", interval="(0, 1]"),
-        Option("p_min", float, 0.0, "final drop fraction of the cosine decay", interval="[0, 1]"),
+        Option("p_min", float, 0.005, "final drop fraction of the cosine decay", interval="[0, 1]"),
         Option(
             "delta_t", int, 0, "G steps between updates (0: the preset's: 500 BigGAN, 1000 SNGAN)", interval="[0, inf)"
         ),
@@ -155,6 +176,8 @@ class DynamicSparseMethod(Method):
             CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps),
             ctx.rng("explore"),
             per_layer=o["ranking"] == "layer",
+            regrow_pruned=True,
+            drop_noise=RIGL_DROP_NOISE,
         )
         ctx.train(state, hooks=hooks)
         ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)

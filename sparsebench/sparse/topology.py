@@ -1,9 +1,12 @@
 """Topology updates: prune the smallest active weights, regrow as many inactive ones.
 
 Per layer (as RigL and the STU-GAN authors), so per-layer densities, and with them the FLOPs,
-stay constant, or with one global ranking (ADAPT), so densities move between layers. Counts are
-exact, ties are broken by position, grown weights start at zero, and a position pruned in this
-update is not regrown in the same update. `change_density` moves a network's total density (ADAPT's D).
+stay constant, or with one global ranking (ADAPT and its SDST baselines), so densities move between
+layers. Counts are exact and grown weights start at zero. Ties are broken by position, unless the drop
+score carries RigL's tie-breaking noise (`noisy_magnitude`). By default a position pruned in an update is
+not regrown in the same update (STU-GAN); with `regrow_pruned` it may be (RigL and ADAPT's reference): it
+then simply stays, with its weight and optimizer state. `change_density` moves a network's total density
+(ADAPT's D).
 
 What the optimizer state holds at pruned and grown positions follows the masks' optimizer-state
 policy (`dense`, `mean` or `zero`, see sparsebench.sparse.opt_state).
@@ -49,6 +52,22 @@ def magnitude(masks: MaskState) -> ScoreFn:
     return lambda name: masks.params[name].detach().abs().flatten().float()
 
 
+RIGL_DROP_NOISE = 1e-5  # RigL's `noise_std`: N(0, 1e-5) added to |w| before ranking what to drop
+
+
+def noisy_magnitude(masks: MaskState, generator: torch.Generator | None, std: float = RIGL_DROP_NOISE) -> ScoreFn:
+    """|w| plus N(0, std) noise from `generator`: RigL's drop score (`sparse_optimizers_base`), whose noise
+    breaks ties between equal magnitudes at random rather than by position. The noise comes from the run's
+    seeded stream, so an update is reproducible and survives a resume."""
+
+    def score(name: str) -> torch.Tensor:
+        w = masks.params[name].detach().abs().flatten().float()
+        noise = torch.randn(w.numel(), generator=generator) * std
+        return w + noise.to(w.device)
+
+    return score
+
+
 def random_scores(masks: MaskState, generator: torch.Generator | None) -> ScoreFn:
     """Uniform noise from `generator`: SET-style random growth (one draw per layer that grows)."""
     return lambda name: torch.rand(masks.params[name].numel(), generator=generator).to(masks.params[name].device)
@@ -85,9 +104,13 @@ def update_topology(
     grow_score: ScoreFn,
     optimizer: torch.optim.Optimizer | None = None,
     per_layer: bool = True,
+    regrow_pruned: bool = False,
 ) -> UpdateResult:
-    """Drop `fraction` of the active weights with the lowest `drop_score`, grow as many inactive ones with the
-    highest `grow_score`.
+    """Drop `fraction` of the active weights with the lowest `drop_score`, grow as many with the highest
+    `grow_score` among the inactive ones: those inactive before this update, or (`regrow_pruned`) those
+    inactive after its drop, as RigL (`reinit_when_same=False`) and ADAPT's reference do. A position dropped
+    and grown in one update is left as it was: active, its weight and optimizer state kept, reported in
+    neither `pruned` nor `grown`.
 
     Per layer, each layer's count is its own, so per-layer densities stay constant; globally (`per_layer`
     False) one ranking spans all layers, so densities move between layers while the total stays exact.
@@ -106,12 +129,13 @@ def update_topology(
             continue
         score = torch.cat([torch.where(active[n], drop_score(n), math.inf) for n in group])
         drop = _split(torch.argsort(score, stable=True)[:k], act, group, active)
-        # candidates are those inactive before this update: what was just pruned is not regrown
-        gscore = torch.cat([torch.where(active[n], -math.inf, grow_score(n)) for n in group])
+        # candidates: inactive before this update, or (regrow_pruned) after its drop
+        candidate = {n: ~(active[n] & ~drop[n]) if regrow_pruned else ~active[n] for n in group}
+        gscore = torch.cat([torch.where(candidate[n], grow_score(n), -math.inf) for n in group])
         grow = _split(torch.argsort(gscore, descending=True, stable=True)[:k], act, group, active)
         for n in group:
-            off[n], on[n] = drop[n], grow[n]
-            counts[n] = int(grow[n].sum())
+            off[n], on[n] = drop[n] & ~grow[n], grow[n] & ~drop[n]  # dropped and regrown: unchanged
+            counts[n] = int(on[n].sum())
     return _commit(masks, active, off, on, optimizer, counts)
 
 

@@ -52,6 +52,13 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
 
 
 @torch.no_grad()
+def _d_in_train_mode(state: GANState, x: torch.Tensor, y: torch.Tensor, yf: torch.Tensor, z: torch.Tensor):
+    """D(G(z)) then D(x) with G and D left in train mode, in the reference's order (`Hooks.balance_ratio_mode`)."""
+    d_post = state.D(state.G(z, yf), yf).flatten()
+    return d_post, state.D(x, y).flatten()
+
+
+@torch.no_grad()
 def _d_of(state: GANState, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
     """D's outputs on `x` (or on G(z) when `z` is given), both in eval mode: a measurement that moves
     neither BN statistics nor spectral-norm vectors, so training is the same with or without it."""
@@ -160,6 +167,11 @@ class Hooks:
     # Measure the balance ratio every this many G steps (0: only at logged steps) and leave it in
     # `state.balance_ratio` for `after_g_step`; the measurement changes no training state.
     balance_ratio_every: int = 0
+    # "train": at those steps, measure as ADAPT's reference does (`gan_functions.train`): D(G_pre(z)) is the
+    # G step's own D output, D(G_post(z)) and D(x) are two more forwards with G and D in train mode (no
+    # gradients), which advance D's spectral-norm vectors and G's BN running statistics as there; training
+    # then differs from a run without the measurement. Logged steps off that schedule measure in eval mode.
+    balance_ratio_mode: str = "eval"
 
     def after_d_backward(self, state: GANState, step: int) -> None:
         """D's dense gradients of this D step are in `.grad` (before masking); called n_critic times per G step."""
@@ -326,9 +338,11 @@ def train(
             for _ in range(accumulate):
                 z, yf = noise(spec.g_batch_size)
                 with speed.autocast(device):
-                    loss = g_hinge_loss(D_fwd(G_fwd(z, yf), yf).float()) / accumulate
+                    d_gen = D_fwd(G_fwd(z, yf), yf).float()
+                    loss = g_hinge_loss(d_gen) / accumulate
                 loss.backward()
                 g_loss += loss.detach()
+                d_gen = d_gen.detach()  # D(G_pre(z)): ADAPT's train-mode balance ratio reads it
             for p in d_params:
                 p.requires_grad_(True)
             watch.observe(t, g_loss, "G loss")
@@ -337,16 +351,21 @@ def train(
             hooks.after_g_backward(state, t)
             logged = log is not None and (t % spec.log_every == 0 or t == 1)
             every = hooks.balance_ratio_every
+            in_train_mode = bool(every and t % every == 0) and hooks.balance_ratio_mode == "train"
             probe = logged or bool(every and t % every == 0)
-            if probe:  # the balance ratio, as ADAPT's reference measures it: D after its update, G_pre and G_post
-                # on the z G just trained on, real images of D's last batch
+            if probe and not in_train_mode:  # the balance ratio: D after its update, G_pre and G_post on the z
+                # G just trained on, real images of D's last batch
                 d_real, d_pre = _d_of(state, x, y), _d_of(state, x, yf, z)
             if state.g_masks is not None:
                 state.g_masks.before_step()
             state.g_opt.step()
             if state.g_masks is not None:
                 state.g_masks.apply()
-            state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, x, yf, z)) if probe else math.nan
+            if in_train_mode:
+                d_post, d_real = _d_in_train_mode(state, x, y, yf, z)
+                state.balance_ratio = balance_ratio(d_real, d_gen.flatten(), d_post)
+            else:
+                state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, x, yf, z)) if probe else math.nan
             if state.ema is not None:
                 state.ema.update(t)
             state.step = t

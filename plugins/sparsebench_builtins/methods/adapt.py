@@ -1,29 +1,48 @@
 """`adapt`: ADAPT (Wang et al., "Balanced Training for Sparse GANs", NeurIPS 2023).
 
-G is trained with RigL-style dynamic sparse training: ERK masks, global magnitude removal and global
-gradient regrowth, drop fraction p0 with a cosine decay, every delta_t G steps. D starts at the run's
-s_D (the paper: equal to s_G) and its density is adjusted every delta_t_d G steps by the balance ratio
+As its reference code runs it (YiteWang/ADAPT@002e2e9: `scripts/adapt_relax.sh`, `adapt_strict.sh`,
+`sparselearning/core.py`, `gan_functions.py`):
 
-    BR = E_z[D(G_post(z)) - D(G_pre(z))] / (E_x[D(x)] - E_z[D(G_pre(z))]),
+- Scope: every weight but biases, norms, embeddings and layers named gain/bias/classifier (the `weights`
+  scope, see sparsebench.sparse.scope), unless `--scope` says otherwise.
+- G: RigL-style dynamic sparse training over the whole network (global |w| removal, global |grad| regrowth),
+  ERK masks, drop fraction 0.5 cosine-decayed to 0.005, every delta_t G steps; a weight just dropped may be
+  regrown (it then keeps its value), ties broken by RigL's noise from the run's seeded stream.
+- D starts at G's density (`d_start=sg`; `d_start=sd` takes the grid's s_D) and its density is adjusted
+  every delta_t_d G steps by the balance ratio
 
-D after its update, G_pre / G_post the generator before / after its update, on the z G just trained on,
-x D's last real batch; at each sample point (every `ratio_every` G steps) one ratio of batch means, as
-the reference code computes it (`sparsebench.balance_ratio`). The adjustment uses the mean of a sliding
-window of the last delta_t_d / ratio_every samples, once it is full: BR <= 0.45: D density -0.05; BR >=
-0.55: +0.05; never below 0.05. `relaxed` lets D reach density 1; `strict` caps it at 0.5 and, at an
-adjustment with BR >= 0.55 at the cap, prunes and regrows D instead (global |w| out, |grad| in).
-Densities change during the run: the training FLOPs follow them step by step. BR is measured in eval
-mode, so it changes neither BN statistics nor spectral-norm vectors.
+      BR = E_z[D(G_post(z)) - D(G_pre(z))] / (E_x[D(x)] - E_z[D(G_pre(z))]),
 
-Before version 0.2.0 the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the
-small preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict
-mode ran DST on D at every G update once at the cap.
+  D after its update, G_pre / G_post the generator before / after its update, on the z G just trained on,
+  x D's last real batch, measured every `ratio_every` G steps with G and D in train mode, as the reference
+  does (`Hooks.balance_ratio_mode`: the two extra forwards advance D's spectral-norm vectors and G's BN
+  statistics, as there). Each sample is one ratio of batch means (`sparsebench.balance_ratio`); the
+  decision takes the mean of a window of `window` samples, acted on once it holds that many; the reference
+  trims its queue after each step's update, so later adjustments see window + 1 samples, the one just
+  taken included, and so does this. BR <= 0.45: D density -0.05; BR >= 0.55: +0.05; never below 0.05.
+  `relaxed` lets D reach density 1; `strict` caps it at 0.5 and, at an adjustment with BR >= 0.55 at the
+  cap, prunes and regrows D instead (global |w| out, |grad| in).
+- Intervals: the reference's SNGAN scripts run 100,000 G steps with G updates every 500, D adjustments every
+  1,000 (relaxed) or 2,000 (strict), a ratio every 10 and a window of 100 (1,000 steps); its scripts set no
+  ADAPT intervals for BigGAN (its code defaults are the same), whose script runs 200,000 G steps. A preset
+  of S steps takes each interval and the window's span at the same fraction of training:
+  round(reference interval / reference steps x S), at least 1 (the small SNGAN preset, 1,500 steps:
+  G every 8, D every 15 / 30, a ratio every step, a window of 15).
+
+Densities change during the run: the training FLOPs follow them step by step.
+
+Before 0.2.0 the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the small
+preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict mode ran
+DST on D at every G update once at the cap. Before 0.3.0: conv weights only, D started at s_D, intervals
+from the preset's STU-GAN interval (G delta_t, D twice that), a window of delta_t_d / ratio_every, BR in
+eval mode, a just-dropped weight never regrown, ties by position, p decayed to 0.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 
@@ -32,27 +51,66 @@ from sparsebench import (
     MaskState,
     Method,
     Option,
+    SparsebenchError,
     change_density,
     gradient_magnitude,
     hookimpl,
-    magnitude,
+    noisy_magnitude,
     update_topology,
 )
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
 B_MINUS, B_PLUS, D_STEP, D_FLOOR = 0.45, 0.55, 0.05, 0.05
 D_CAP = {"relaxed": 1.0, "strict": 0.5}
+P_MIN = 0.005  # the reference's CosineDecay floor (eta_min)
+RIGL_NOISE = 1e-5  # RigL's drop-score noise, for ties
+
+# The reference's schedule, in its G steps (iterations): scripts/adapt_relax.sh, adapt_strict.sh (SNGAN)
+REFERENCE_STEPS = {"sngan": 100_000, "biggan": 200_000}  # max-iter; BigGAN: scripts/biggan.sh
+REFERENCE_G_INTERVAL = 500  # update_frequency_G
+REFERENCE_D_INTERVAL = {"relaxed": 1000, "strict": 2000}  # update_frequency_D
+REFERENCE_RATIO_EVERY = 10  # br_freq
+REFERENCE_WINDOW_STEPS = 1000  # da_iters: a queue of da_iters / br_freq = 100 ratios
+REFERENCE_WINDOW = REFERENCE_WINDOW_STEPS // REFERENCE_RATIO_EVERY
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """ADAPT's intervals for a run of `steps` G steps: the reference's, at the same fraction of training."""
+
+    g_interval: int
+    d_interval: int
+    ratio_every: int
+    window: int  # balance-ratio samples
+
+    @classmethod
+    def scaled(cls, arch: str, steps: int, mode: str) -> Schedule:
+        """round(reference / reference steps x steps), at least 1; the window keeps the reference's span
+        (1,000 of its steps, scaled alike) and at most its 100 samples. An architecture the reference does
+        not run takes its SNGAN scripts' length."""
+        fraction = steps / REFERENCE_STEPS.get(arch, REFERENCE_STEPS["sngan"])
+
+        def scale(value: int) -> int:
+            return max(1, math.floor(value * fraction + 0.5))
+
+        ratio_every = scale(REFERENCE_RATIO_EVERY)
+        window = min(REFERENCE_WINDOW, max(1, scale(REFERENCE_WINDOW_STEPS) // ratio_every))
+        return cls(scale(REFERENCE_G_INTERVAL), scale(REFERENCE_D_INTERVAL[mode]), ratio_every, window)
 
 
 class BalancedTraining(GradientGrowth):
     """RigL-style global DST on G, D's density steered by the balance ratio (and DST on D in strict mode).
 
-    The ratio is measured by the training loop every `ratio_every` G steps (`Hooks.balance_ratio_every`)
-    and kept in a sliding window of the last `d_interval / ratio_every` values, as the reference keeps a
-    queue of them: D's density is adjusted every `d_interval` G steps once the window is full, from its mean.
+    The ratio is measured by the training loop every `ratio_every` G steps in train mode
+    (`Hooks.balance_ratio_every`, `balance_ratio_mode`) and kept in a queue as the reference keeps it: D's
+    density is adjusted every `d_interval` G steps once the queue holds `window` values, from their mean; the
+    queue holds at most window + 1 (the reference pops one after each step's update).
     """
 
     per_layer = False
+    regrow_pruned = True
+    drop_noise = RIGL_NOISE
+    balance_ratio_mode = "train"
 
     def __init__(
         self,
@@ -63,13 +121,15 @@ class BalancedTraining(GradientGrowth):
         mode: str,
         d_interval: int,
         ratio_every: int,
+        window: int,
         d_density: float,
     ):
         super().__init__("g", interval, schedule, generator)
         self.mode, self.d_interval = mode, d_interval
         self.balance_ratio_every = ratio_every
         self.d_density = d_density
-        self.window: deque[float] = deque(maxlen=max(1, d_interval // ratio_every))
+        self.window_size = window
+        self.window: deque[float] = deque(maxlen=window + 1)
         self.d_updates = 0  # strict mode: prune-and-regrow updates of D at its cap
         self._d_grads: dict[str, torch.Tensor] = {}
 
@@ -88,7 +148,7 @@ class BalancedTraining(GradientGrowth):
         if step % self.balance_ratio_every == 0 and math.isfinite(state.balance_ratio):
             self.window.append(state.balance_ratio)  # G_post measured before G's topology changes
         changed = super().after_g_step(state, step)
-        if self.adjust_due(step) and len(self.window) == self.window.maxlen:
+        if self.adjust_due(step) and len(self.window) >= self.window_size:
             changed = self._adjust_d(state, step, sum(self.window) / len(self.window)) or changed
         self._d_grads = {}
         return changed
@@ -99,18 +159,20 @@ class BalancedTraining(GradientGrowth):
         cap, masks = D_CAP[self.mode], state.d_masks
         move = -D_STEP if ratio <= B_MINUS else D_STEP if ratio >= B_PLUS else 0.0
         target = round(min(max(self.d_density + move, D_FLOOR), cap), 10)
+        drop = noisy_magnitude(masks, self.generator, self.drop_noise)
         if target != self.d_density:
             self.d_density = target
-            change_density(masks, target, magnitude(masks), gradient_magnitude(self._d_grads), state.d_opt)
+            change_density(masks, target, drop, gradient_magnitude(self._d_grads), state.d_opt)
             return True
         if self.mode == "strict" and move > 0:  # at the cap
             update_topology(
                 masks,
                 self.schedule(step),
-                magnitude(masks),
+                drop,
                 gradient_magnitude(self._d_grads),
                 state.d_opt,
                 per_layer=False,
+                regrow_pruned=True,
             )
             self.d_updates += 1
             return True
@@ -136,8 +198,9 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(Method):
     name = "adapt"
-    version = "0.2.0"
+    version = "0.3.0"
     title, order, reference = "ADAPT", 100, "dense"
+    scope = "weights"
     result_columns = ("topology_updates", "delta_t")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
     options = (
@@ -148,31 +211,61 @@ class ADAPT(Method):
             "relaxed: D's density may reach 1; strict: capped at 0.5, then DST on D",
             tuple(D_CAP),
         ),
-        Option("p0", float, 0.5, "initial drop fraction of G's updates (cosine-decayed to 0)", interval="(0, 1]"),
+        Option(
+            "d_start", str, "sg", "D's starting sparsity: sg (G's, as the reference) or sd (the grid's)", ("sg", "sd")
+        ),
+        Option("p0", float, 0.5, "initial drop fraction of G's updates (cosine-decayed to 0.005)", interval="(0, 1]"),
         Option(
             "delta_t",
             int,
             0,
-            "G steps between G's topology updates (0: the preset's: 500 BigGAN, 1000 SNGAN)",
+            "G steps between G's topology updates (0: the reference's 500 at the same fraction of training)",
             interval="[0, inf)",
         ),
-        Option("delta_t_d", int, 0, "G steps between D density adjustments (0: twice delta_t)", interval="[0, inf)"),
-        Option("ratio_every", int, 10, "G steps between balance-ratio samples", interval="[1, inf)"),
+        Option(
+            "delta_t_d",
+            int,
+            0,
+            "G steps between D density adjustments (0: the reference's 1,000 relaxed / 2,000 strict, scaled alike)",
+            interval="[0, inf)",
+        ),
+        Option(
+            "ratio_every",
+            int,
+            0,
+            "G steps between balance-ratio samples (0: the reference's 10, scaled)",
+            interval="[0, inf)",
+        ),
+        Option(
+            "window",
+            int,
+            0,
+            "balance-ratio samples the decision averages (0: the reference's, scaled)",
+            interval="[0, inf)",
+        ),
     )
+
+    def grid_point(self, sg: float, sd: float, options: dict) -> tuple[float, float]:
+        """D starts at G's sparsity unless `d_start=sd`: the run records s_D = s_G, whatever the grid's s_D."""
+        return (sg, sg) if options.get("d_start", "sg") == "sg" else (sg, sd)
 
     def run(self, ctx) -> None:
         o, spec, cfg = ctx.options, ctx.spec, ctx.config
-        interval = o["delta_t"] or spec.explore_interval
+        if o["d_start"] == "sg" and cfg.sd != cfg.sg:
+            raise SparsebenchError(f"adapt: d_start=sg needs s_D = s_G, got s_G {cfg.sg} and s_D {cfg.sd}")
+        ref = Schedule.scaled(cfg.arch, spec.steps, o["mode"])
+        interval = o["delta_t"] or ref.g_interval
         G, D = ctx.build_models()
         d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
         state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
         hooks = BalancedTraining(
             interval,
-            CosineSchedule(o["p0"], 0.0, spec.steps),
+            CosineSchedule(o["p0"], P_MIN, spec.steps),
             ctx.rng("explore"),
             mode=o["mode"],
-            d_interval=o["delta_t_d"] or 2 * interval,
-            ratio_every=o["ratio_every"],
+            d_interval=o["delta_t_d"] or ref.d_interval,
+            ratio_every=o["ratio_every"] or ref.ratio_every,
+            window=o["window"] or ref.window,
             d_density=1.0 - cfg.sd,
         )
         ctx.train(state, hooks=hooks)

@@ -1,7 +1,8 @@
 """`rigl`: SDST-RigL, the dynamic-sparse baseline of ADAPT (Wang et al., NeurIPS 2023; RigL: Evci et al. 2020).
 
 As `set`, but regrowth takes the inactive weights with the largest dense gradient of the current minibatch
-(G's after its backward; D's, with `update=gd`, after its last D backward of that G step)."""
+(G's after its backward; D's, with `update=gd`, after its last D backward of that G step). `ranking=layer`
+is per-layer RigL, shown as its own row. Before 0.2.0: as `set` before 0.2.0."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ class GradientGrowth(TopologyUpdate):
 
 
 class RigL(DynamicSparseMethod):
-    name = "rigl"
+    name, version = "rigl", "0.2.0"
     title, order = "SDST-RigL", 90
+    variant_titles = {"ranking=layer": "RigL (per layer)"}
     description = "SDST-RigL: sparse G and D from scratch, G's connectivity updated by gradient regrowth, SEMA"
     hooks = GradientGrowth
 
