@@ -214,7 +214,8 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
     groups: dict[tuple, dict[str, list[int]]] = {}
     for i, r in enumerate(df.itertuples(index=False)):
         text = ",".join(_show(k, flats[i][k]) for k in parts[i])
-        groups.setdefault((r.method, r.arch, r.sg, r.sd, text), {}).setdefault(cells[i], []).append(i)
+        position = (r.method, r.arch, getattr(r, "sg", None), getattr(r, "sd", None), text)
+        groups.setdefault(position, {}).setdefault(cells[i], []).append(i)
     for by_cell in groups.values():
         if len(by_cell) < 2:
             continue
@@ -247,7 +248,8 @@ def _cell_of(r: Any, flat: dict[str, Any]) -> str:
     cell = getattr(r, "cell", None)
     if isinstance(cell, str) and cell:
         return cell
-    return json.dumps({"axes": [r.method, r.arch, r.sg, r.sd], **flat}, sort_keys=True, default=str)
+    axes = [getattr(r, k, None) for k in ("method", "arch", "sg", "sd")]
+    return json.dumps({"axes": axes, **flat}, sort_keys=True, default=str)
 
 
 def label(row, info: MethodInfo) -> str:
