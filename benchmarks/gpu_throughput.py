@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=0, help="timed G steps (0: 20 on a GPU, 3 on a CPU)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed G steps first (0: 5 on a GPU, 1 on a CPU)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s (default: table)")
-    ap.add_argument("--smoke", action="store_true", help="seconds: tiny width, 2 timed steps, fp32 only")
+    ap.add_argument("--smoke", action="store_true", help="seconds: tiny width, one arch and method, fp32")
     args = ap.parse_args(argv)
     if args.device not in ("cpu", "cuda"):
         ap.error(f"--device {args.device!r}: allowed: cpu, cuda")
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = device.type == "cuda"
     if args.smoke:
         args.width, args.steps, args.warmup, args.modes = min(args.width, 1 / 16), 2, 1, "fp32"
+        args.archs, args.methods = "sngan", "stugan"  # the arch of two D forwards and a topology update
     steps = args.steps or (20 if gpu else 3)
     warmup = args.warmup or (5 if gpu else 1)
     plugins = get_plugins()

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a tiny run of every arm (tests the script)")
     args = ap.parse_args(argv)
 
+    if args.smoke:  # the code paths of every kind of arm (twice as long, sparse), tiny: tests the script
+        args.arms, args.archs = "dense x2,stugan", "sngan"
     names = args.arms.split(",")
     unknown = set(names) - {a.name for a in ARMS}
     if unknown:
