@@ -402,7 +402,9 @@ def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp
         env={**os.environ, "PYTHONWARNINGS": "ignore", **cli_env},
     )
     t0 = time.time()
-    while not list((store.parent / "artifacts").glob("*/checkpoint-phase1.pt")) and time.time() - t0 < 120:
+    while (
+        not list((store.parent / f"{store.stem}-artifacts").glob("*/checkpoint-phase1.pt")) and time.time() - t0 < 120
+    ):
         time.sleep(0.02)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
