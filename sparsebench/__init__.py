@@ -32,6 +32,7 @@ _PUBLIC = {
     "Metric": "sparsebench.api",
     "Phase": "sparsebench.api",
     "FlopPlan": "sparsebench.api",
+    "DensePass": "sparsebench.api",
     "ImageData": "sparsebench.api",
     "DataSplits": "sparsebench.api",
     "MethodContext": "sparsebench.api",
@@ -50,6 +51,7 @@ _PUBLIC = {
     "scope_parameters": "sparsebench.sparse",
     "TopologyUpdate": "sparsebench.sparse.dynamic",
     "DynamicSparseMethod": "sparsebench.sparse.dynamic",
+    "with_dense_grads": "sparsebench.sparse.dynamic",
     "gradient_magnitude": "sparsebench.sparse.topology",
     "magnitude": "sparsebench.sparse.topology",
     "change_density": "sparsebench.sparse.topology",
@@ -58,6 +60,7 @@ _PUBLIC = {
     "g_hinge_loss": "sparsebench.train.loop",
     "balance_ratio": "sparsebench.train.loop",
     "FeatureExtractor": "sparsebench.api",
+    "ExtractorWeights": "sparsebench.api",
     "results": "sparsebench.session",
     "run": "sparsebench.session",
 }

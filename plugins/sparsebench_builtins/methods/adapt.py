@@ -17,7 +17,8 @@ mode, so it changes neither BN statistics nor spectral-norm vectors.
 
 Before version 0.2.0 the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the
 small preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict
-mode ran DST on D at every G update once at the cap.
+mode ran DST on D at every G update once at the cap. Before 0.3.0 the training FLOPs left out the dense
+weight gradients of G's regrowth steps and D's adjustment steps.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from sparsebench import (
     MaskState,
     Method,
     Option,
+    Phase,
     change_density,
     gradient_magnitude,
     hookimpl,
     magnitude,
     update_topology,
+    with_dense_grads,
 )
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
@@ -78,6 +81,11 @@ class BalancedTraining(GradientGrowth):
 
     def needs_dense_grads(self, step: int) -> bool:
         return super().needs_dense_grads(step) or self.adjust_due(step)  # D grows by its dense gradient
+
+    def dense_weight_grads(self, step: int) -> str:
+        """G's on its regrowth steps; D's on its adjustment steps (captured there whether D then grows or not)."""
+        g = super().dense_weight_grads(step)
+        return g + "d" if self.adjust_due(step) and "d" not in g else g
 
     def after_d_backward(self, state, step: int) -> None:
         super().after_d_backward(state, step)
@@ -136,7 +144,7 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(Method):
     name = "adapt"
-    version = "0.2.0"
+    version = "0.3.0"  # 0.3.0: training FLOPs count the dense weight gradients its scores read
     title, order, reference = "ADAPT", 100, "dense"
     result_columns = ("topology_updates", "delta_t")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
@@ -160,23 +168,34 @@ class ADAPT(Method):
         Option("ratio_every", int, 10, "G steps between balance-ratio samples", interval="[1, inf)"),
     )
 
-    def run(self, ctx) -> None:
-        o, spec, cfg = ctx.options, ctx.spec, ctx.config
-        interval = o["delta_t"] or spec.explore_interval
-        G, D = ctx.build_models()
-        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
-        state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
-        hooks = BalancedTraining(
+    def make_hooks(self, o: dict, cfg, generator: torch.Generator) -> BalancedTraining:
+        """The training hooks of a run with options `o`: what `run` trains with and `flop_phases` counts."""
+        interval = o["delta_t"] or cfg.train.explore_interval
+        return BalancedTraining(
             interval,
-            CosineSchedule(o["p0"], 0.0, spec.steps),
-            ctx.rng("explore"),
+            CosineSchedule(o["p0"], 0.0, cfg.train.steps),
+            generator,
             mode=o["mode"],
             d_interval=o["delta_t_d"] or 2 * interval,
             ratio_every=o["ratio_every"],
             d_density=1.0 - cfg.sd,
         )
+
+    def run(self, ctx) -> None:
+        cfg = ctx.config
+        G, D = ctx.build_models()
+        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
+        state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
+        hooks = self.make_hooks(ctx.options, cfg, ctx.rng("explore"))
         ctx.train(state, hooks=hooks)
-        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
+        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=hooks.interval)
+
+    def flop_phases(self, plan) -> list[Phase]:
+        """The initial densities (D's moves with the balance ratio and G's with the global ranking during the
+        run; its trained FLOPs follow them), and the steps that read dense gradients of G or D."""
+        (phase,) = super().flop_phases(plan)
+        o = {opt.name: opt.default for opt in self.options} | dict(plan.config.method_options)
+        return [with_dense_grads(phase, self.make_hooks(o, plan.config, torch.Generator()))]
 
 
 @hookimpl

@@ -1,7 +1,8 @@
 """`rigl`: SDST-RigL, the dynamic-sparse baseline of ADAPT (Wang et al., NeurIPS 2023; RigL: Evci et al. 2020).
 
 As `set`, but regrowth takes the inactive weights with the largest dense gradient of the current minibatch
-(G's after its backward; D's, with `update=gd`, after its last D backward of that G step)."""
+(G's after its backward; D's, with `update=gd`, after its last D backward of that G step); those steps'
+dense weight gradients are counted in the training FLOPs."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class RigL(DynamicSparseMethod):
     title, order = "SDST-RigL", 90
     description = "SDST-RigL: sparse G and D from scratch, G's connectivity updated by gradient regrowth, SEMA"
     hooks = GradientGrowth
+    version = "0.2.0"  # 0.2.0: training FLOPs count the dense weight gradients of the regrowth steps
 
 
 @hookimpl
