@@ -462,7 +462,11 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, opti
     given = parse_option_strings(options)
     for target in given:
         if target not in (arch, method):
-            allowed = f"{arch}.NAME=VALUE" + (f" or {method}.NAME=VALUE" if method else "")
+            allowed = (
+                f"the architecture ({arch}.NAME=VALUE) or of --method ({method}.NAME=VALUE)"
+                if method
+                else f"the architecture only ({arch}.NAME=VALUE; a method's with --method NAME)"
+            )
             raise SparsebenchError(f"--option for {target!r}: describe takes options of {allowed}")
     if steps is not None and method is None:
         raise SparsebenchError("--steps: give --method too (the steps of a method's run)")

@@ -47,7 +47,8 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
             + [(s, "exploration_rate", 0.1 * s) for s in range(1, 5)] * (cfg.method == "stugan"),
         )
     for method, variant in extra:
-        cfg = configs[0].replace(method=method)
+        same = [c for c in configs if c.method == method]  # the method's own code versions, where it has runs
+        cfg = configs[0].replace(method=method, **({"code": same[0].code} if same else {}))
         store.claim(cfg, {}, "filler")
         store.finish_run(
             cfg.run_id,
