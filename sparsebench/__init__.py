@@ -32,6 +32,7 @@ _PUBLIC = {
     "Metric": "sparsebench.api",
     "Phase": "sparsebench.api",
     "FlopPlan": "sparsebench.api",
+    "DensePass": "sparsebench.api",
     "ImageData": "sparsebench.data",
     "DataSplits": "sparsebench.data",
     "MethodContext": "sparsebench.api",
@@ -50,6 +51,7 @@ _PUBLIC = {
     "scope_parameters": "sparsebench.sparse",
     "TopologyUpdate": "sparsebench.sparse.dynamic",
     "DynamicSparseMethod": "sparsebench.sparse.dynamic",
+    "with_dense_grads": "sparsebench.sparse.dynamic",
     "gradient_magnitude": "sparsebench.sparse.topology",
     "magnitude": "sparsebench.sparse.topology",
     "noisy_magnitude": "sparsebench.sparse.topology",
@@ -59,6 +61,7 @@ _PUBLIC = {
     "g_hinge_loss": "sparsebench.train.loop",
     "balance_ratio": "sparsebench.train.loop",
     "FeatureExtractor": "sparsebench.api",
+    "ExtractorWeights": "sparsebench.api",
     "results": "sparsebench.session",
     "run": "sparsebench.session",
 }

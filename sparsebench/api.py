@@ -80,6 +80,11 @@ class MethodContext(Protocol):
     def rng(self, name: str, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator seeded from the run's seed and `name`: one independent stream per name."""
 
+    def batch(self, n: int, stream: str = "batch") -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` real training images in [-1, 1] and their labels, on the run's device, drawn without replacement
+        from the named stream `stream` (the same batch for the same name; training's own minibatches are not
+        touched), for methods that score weights on data (SNIP-style)."""
+
     def build_models(self) -> tuple[nn.Module, nn.Module]:
         """G and D, initialised deterministically from the run's seed."""
 
@@ -102,6 +107,10 @@ class MethodContext(Protocol):
 
     def finish(self, state: GANState, **info: Any) -> None:
         """Declare `state` the result; `info` goes into the stored results."""
+
+    def count(self, work: DensePass) -> None:
+        """Add work done outside `train` (a dense scoring pass) to the run's training FLOPs, once per call;
+        declare the same work in `Method.flop_phases`."""
 
 
 class Method(VersionedPlugin):
@@ -136,11 +145,15 @@ class Method(VersionedPlugin):
         `fixed` pinned (a method whose D starts at G's sparsity returns (sg, sg))."""
         return self.fixed.get("sg", sg), self.fixed.get("sd", sd)
 
-    def flop_phases(self, plan: FlopPlan) -> list[Phase]:
-        """The training phases with their densities, for `sparsebench flops` (no training). The default:
+    def flop_phases(self, plan: FlopPlan) -> list[Phase | DensePass]:
+        """The FLOP plan of a run with `plan.config` (its options included), for `sparsebench flops` and
+        `describe` (no training): its training phases with their densities and the steps whose backward
+        computes dense weight gradients, and any one-off `DensePass` (in the order they run). The default:
         one phase of the preset's steps at the run's initial per-layer densities (a 'global' distribution
-        counted as uniform: its layer densities depend on trained weights). A run's own FLOPs always
-        follow the densities it really trains at."""
+        counted as uniform: its layer densities depend on trained weights), no extra work. Override it when
+        an option changes densities or lengths, or the method does work the loop does not count (declare
+        the same work in `run` with `ctx.count`). A run's own FLOPs always follow the densities it really
+        trains at."""
         from sparsebench.sparse.distributions import layer_densities
 
         c = plan.config
@@ -152,12 +165,32 @@ class Method(VersionedPlugin):
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of training at fixed per-layer densities (None means dense)."""
+    """A stretch of training at fixed per-layer densities (None means dense).
+
+    `g_dense_grad_steps` of its steps compute G's weight gradients densely in G's backward (a score reads
+    them, e.g. gradient regrowth every delta_t steps); `d_dense_grad_steps` compute D's in the last D
+    backward of the G step. Each costs the dense weight gradient's extra over the sparse one: per image,
+    (1 - density) x the layer's forward FLOPs (fvcore counts a backward as 2 x forward, half of it the
+    weight gradient). The training loop counts the same from `Hooks.dense_weight_grads`.
+    """
 
     steps: int
     g_density: dict[str, float] | None
     d_density: dict[str, float] | None
     label: str = "train"
+    g_dense_grad_steps: int = 0
+    d_dense_grad_steps: int = 0
+
+
+@dataclass(frozen=True)
+class DensePass:
+    """One-off work outside the training steps: `g_images` images through G and `d_images` through D, all
+    dense, forward and backward (e.g. SNIP's saliency: G on one batch, D on the fakes for G's loss and on
+    real and fake for D's). Declare it in `Method.flop_phases` and count it in `run` with `ctx.count`."""
+
+    g_images: int
+    d_images: int
+    label: str = "dense pass"
 
 
 @dataclass

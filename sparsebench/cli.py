@@ -445,14 +445,20 @@ def main():
 @click.option("--distribution", default="erk", show_default=True, help="erk, er, uniform (global shown as uniform)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json")
 @click.option(
+    "--method",
+    default=None,
+    help="show the densities and FLOP plan of this method's run (its options with -o METHOD.NAME=VALUE)",
+)
+@click.option("--steps", type=str, default=None, help="G steps of the method's run (default: the preset's)")
+@click.option(
     "--option",
     "-o",
     "options",
     multiple=True,
-    metavar="ARCH.NAME=VALUE",
-    help="an architecture option, as for run (repeatable)",
+    metavar="PLUGIN.NAME=VALUE",
+    help="an option of the architecture or of --method, as for run (repeatable)",
 )
-def describe(arch, preset, sg, sd, scope, distribution, fmt, options):
+def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, options):
     """Parameter counts, per-layer shapes and densities, and dense FLOPs of G and D."""
     from tabulate import tabulate
 
@@ -470,15 +476,35 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, options):
     arch_obj = plugins.archs.get(arch)
     given = parse_option_strings(options)
     for target in given:
-        if target != arch:
-            raise SparsebenchError(
-                f"--option for {target!r}: describe takes options of the architecture only ({arch}.NAME=VALUE)"
+        if target not in (arch, method):
+            allowed = (
+                f"the architecture ({arch}.NAME=VALUE) or of --method ({method}.NAME=VALUE)"
+                if method
+                else f"the architecture only ({arch}.NAME=VALUE; a method's with --method NAME)"
             )
+            raise SparsebenchError(f"--option for {target!r}: describe takes options of {allowed}")
+    if steps is not None and method is None:
+        raise SparsebenchError("--steps: give --method too (the steps of a method's run)")
     arch_options = freeze(validate_options(arch_obj.options, given.get(arch, {}), arch))
     spec = preset_spec(arch_obj, preset)
-    info = describe_arch(
-        plugins, arch, spec, scope, _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], distribution, arch_options
-    )
+    s_g, s_d, config = _floats(sg, "--sg")[0], _floats(sd, "--sd")[0], None
+    if method is not None:
+        from sparsebench.config import GridRequest, expand_grid
+
+        req = GridRequest(
+            methods=[method],
+            arch=arch,
+            sg=[s_g],
+            sd=[s_d],
+            preset=preset,
+            steps=_ints(steps, "--steps")[0] if steps else None,
+            scope=scope,
+            distribution=distribution,
+            options=given,
+        )
+        config = expand_grid(req, plugins)[0]
+        s_g, s_d, spec = config.sg, config.sd, config.train
+    info = describe_arch(plugins, arch, spec, scope, s_g, s_d, distribution, arch_options, config)
     if fmt == "json":
         click.echo(json.dumps(info, indent=2))
         return
@@ -497,8 +523,22 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, options):
             ]
             for la in info[key + "_layers"]
         ]
-        click.echo(tabulate(rows, headers=["layer", "shape", "params", f"density at s={s:g}", "FLOPs"]))
+        what = f"density ({info['method']})" if "method" in info else f"density at s={s:g}"
+        click.echo(tabulate(rows, headers=["layer", "shape", "params", what, "FLOPs"]))
         click.echo()
+    for item in info.get("plan", []):
+        if item.get("dense_pass"):
+            click.echo(
+                f"{item['label']}: one dense pass, {item['g_images']} images through G, {item['d_images']} through D"
+            )
+            continue
+        nets = ", ".join(f"{n} {'dense' if item[n.lower() + '_dense'] else 'sparse'}" for n in ("G", "D"))
+        grads = "".join(
+            f"; {item[k]} steps with {n}'s dense weight gradients"
+            for n, k in (("G", "g_dense_grad_steps"), ("D", "d_dense_grad_steps"))
+            if item[k]
+        )
+        click.echo(f"{item['label']}: {item['steps']} G steps ({nets}){grads}")
 
 
 convention_option = click.option(
@@ -585,7 +625,9 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
         if convention == "fvcore"
         else "FLOPs in the paper's convention: 2 FLOPs per multiply-add; a phase that trains a sparse G beside a "
         "dense D costs a dense step times G's FLOP density (the dense D's share left out); backward = 2 x "
-        "forward. The default (--convention fvcore) counts 1 per multiply-add and D as dense."
+        "forward; the work methods declare beyond sparse steps (dense weight gradients of regrowth steps, "
+        "one-off dense passes) is left out. The default (--convention fvcore) counts 1 per multiply-add, D as "
+        "dense, and that work."
     )
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sparsebench.api import FlopPlan
+from sparsebench import SparsebenchError
+from sparsebench.api import DensePass, FlopPlan, Phase
 from sparsebench.config import RunConfig
 from sparsebench.flop_conventions import PAPER_FLOPS_PER_FMA
-from sparsebench.flops import count_gan
+from sparsebench.flops import GANFlops, count_gan
 from sparsebench.sparse.distributions import layer_densities
 from sparsebench.sparse.scope import scope_parameters
 
@@ -26,9 +27,20 @@ def _build(plugins, arch_name: str, spec, width: float = 1.0, arch_options: tupl
 
 
 def describe(
-    plugins, arch_name: str, spec, scope: str, sg: float, sd: float, distribution: str = "erk", arch_options: tuple = ()
+    plugins,
+    arch_name: str,
+    spec,
+    scope: str,
+    sg: float,
+    sd: float,
+    distribution: str = "erk",
+    arch_options: tuple = (),
+    config: RunConfig | None = None,
 ) -> dict:
-    """Parameter counts, per-layer shapes with their densities, and dense forward FLOPs per image."""
+    """Parameter counts, per-layer shapes with their densities, and dense forward FLOPs per image.
+
+    With a method's run `config`, the densities are those of the last phase of the method's FLOP plan
+    (`Method.flop_phases` with the config's options: the generator it evaluates) and the plan is listed."""
     G, D = _build(plugins, arch_name, spec, arch_options=arch_options)
     flops = count_gan(G, D, spec, scope, 1)
     out = {
@@ -40,11 +52,21 @@ def describe(
         "sg": sg,
         "sd": sd,
     }
+    planned: dict[str, dict | None] = {}
+    if config is not None:
+        items, _, _ = flop_plan(plugins, config, {})
+        last = [i for i in items if isinstance(i, Phase)][-1]
+        planned = {"g": last.g_density, "d": last.d_density}
+        out["method"] = config.method
+        out["method_options"] = dict(config.method_options)
+        out["plan"] = [_plan_item(i) for i in items]
     for key, model, sparsity, mf in (("g", G, sg, flops.g), ("d", D, sd, flops.d)):
         params = scope_parameters(model, scope)
         shapes = {n: tuple(p.shape) for n, p in params.items()}
         kind = distribution if distribution != "global" else "uniform"
         dens = layer_densities(shapes, 1.0 - sparsity, kind) if sparsity > 0 else {n: 1.0 for n in shapes}
+        if config is not None:
+            dens = {n: (planned[key] or {}).get(n, 1.0) for n in shapes}
         out[f"{key}_params"] = sum(p.numel() for p in model.parameters())
         out[f"{key}_scope_params"] = sum(p.numel() for p in params.values())
         out[f"{key}_flops"] = mf.total
@@ -55,29 +77,52 @@ def describe(
     return out
 
 
+def _plan_item(item) -> dict:
+    if isinstance(item, DensePass):
+        return {"label": item.label, "dense_pass": True, "g_images": item.g_images, "d_images": item.d_images}
+    return {
+        "label": item.label,
+        "steps": item.steps,
+        "g_dense": item.g_density is None,
+        "d_dense": item.d_density is None,
+        "g_dense_grad_steps": item.g_dense_grad_steps,
+        "d_dense_grad_steps": item.d_dense_grad_steps,
+    }
+
+
 def _shapes(G, D, scope: str) -> tuple[dict, dict]:
     return tuple({n: tuple(p.shape) for n, p in scope_parameters(m, scope).items()} for m in (G, D))
 
 
+def flop_plan(plugins, cfg: RunConfig, cache: dict) -> tuple[list, GANFlops, GANFlops]:
+    """The method's FLOP plan for `cfg` (its options included), the counted models it trains at its width,
+    and the dense GAN of the same arch at full width; `cache` keeps counted models across configs."""
+    method = plugins.methods.get(cfg.method)
+    key = (cfg.arch, cfg.train, cfg.scope, cfg.arch_options)
+    if key not in cache:
+        G, D = _build(plugins, cfg.arch, cfg.train, arch_options=cfg.arch_options)
+        cache[key] = (count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope))
+    dense, shapes = cache[key]
+    gan = dense
+    if method.width != 1.0:
+        G, D = _build(plugins, cfg.arch, cfg.train, method.width, cfg.arch_options)
+        gan, shapes = count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope)
+    items = list(method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1])))
+    if not any(isinstance(i, Phase) for i in items):
+        raise SparsebenchError(f"method {cfg.method!r}: its flop_phases returned no training Phase")
+    return items, gan, dense
+
+
 def cost_table(plugins, configs: list[RunConfig], convention: str = "fvcore") -> list[dict]:
-    """Training and testing FLOPs of each config from its method's phases, without training, in `convention`."""
+    """Training and testing FLOPs of each config from its method's FLOP plan, without training, in `convention`
+    (fvcore counts the plan's declared extra work; the paper's convention leaves it out)."""
     scale = PAPER_FLOPS_PER_FMA if convention == "paper" else 1.0
     rows = []
     cache: dict = {}
     for cfg in configs:
-        method = plugins.methods.get(cfg.method)
-        key = (cfg.arch, cfg.train, cfg.scope, cfg.arch_options)
-        if key not in cache:
-            G, D = _build(plugins, cfg.arch, cfg.train, arch_options=cfg.arch_options)
-            cache[key] = (count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope))
-        dense, shapes = cache[key]
-        gan = dense
-        if method.width != 1.0:
-            G, D = _build(plugins, cfg.arch, cfg.train, method.width, cfg.arch_options)
-            gan, shapes = count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope)
-        phases = method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1]))
-        train = sum(ph.steps * gan.phase_step(ph.g_density, ph.d_density, convention) for ph in phases)
-        test = gan.test(phases[-1].g_density)
+        items, gan, dense = flop_plan(plugins, cfg, cache)
+        train = gan.plan(items, convention)
+        test = gan.test([i for i in items if isinstance(i, Phase)][-1].g_density)
         dense_train = cfg.train.steps * dense.step()
         rows.append(
             {

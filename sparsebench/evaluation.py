@@ -86,7 +86,7 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
         res["fid_floor"] = floor["frechet_inception_distance"]
         res["fid_floor_inf"] = floor["fid_inf"]
         res["fid_floor_method"] = floor["description"]
-    res["eval_weights"] = ctx.info.pop("eval_weights", "ema" if st.ema is not None else "raw")
+    res["eval_weights"] = evaluated_weights(st, ctx.info.pop("eval_weights", "ema"))
     res["extractor"] = config.train.extractor
     res["extractor_accuracy"] = ev.extractor_accuracy
     res["data_hash"] = ev.data_hash
@@ -95,6 +95,13 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     res.update(ctx.info)
     atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage
     return res
+
+
+def evaluated_weights(state, declared: str) -> str:
+    """The label of the weights really evaluated: the method's (`ema`, `sema`) only if the average ran;
+    before `ema_start` the (S)EMA is a copy of G, so a run that short evaluated G's own weights (`raw`)."""
+    averaged = state.ema is not None and state.step > state.ema.start
+    return declared if averaged else "raw"
 
 
 def curve_point(config: RunConfig, model: torch.nn.Module, ev: Evaluator, num_classes: int, device) -> dict:

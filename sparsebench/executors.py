@@ -48,6 +48,7 @@ class CellJob:
     threads: int = 0
     owner: str = ""  # the driver's claim on this cell, which the worker trains under
     parent_pid: int = 0  # a local worker stops (checkpointing) when this process is gone
+    artifacts_name: str = "artifacts"  # the store's artifacts folder beside it (Store.artifacts_name)
 
 
 class RecordingStore(ArtifactPaths):
@@ -56,8 +57,9 @@ class RecordingStore(ArtifactPaths):
     The driver claimed the cell before sending it, so a claim here only checks the snapshot.
     """
 
-    def __init__(self, path: str, known: dict[str, dict]):
+    def __init__(self, path: str, known: dict[str, dict], artifacts_name: str = "artifacts"):
         self.path = Path(path)
+        self.artifacts_name = artifacts_name
         self.known = dict(known)
         self.ops: list[tuple[str, tuple]] = []
 
@@ -158,7 +160,7 @@ def run_cell(job: CellJob) -> tuple[list, dict]:
     warnings.filterwarnings("ignore")
     if job.threads:
         torch.set_num_threads(job.threads)
-    sink = RecordingStore(job.store_path, job.known)
+    sink = RecordingStore(job.store_path, job.known, job.artifacts_name)
     runner = Runner(
         sink,
         get_plugins(),
@@ -319,6 +321,7 @@ def _run_wave(
                 threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
                 owner=runner.owner,
                 parent_pid=os.getpid() if executor == "local" else 0,
+                artifacts_name=store.artifacts_name,
             )
             if decision == "rerun":  # from scratch: the worker only records its store writes
                 store.remove_checkpoints(cfg.run_id)

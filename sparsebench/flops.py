@@ -6,8 +6,13 @@ density, plus the dense FLOPs of everything else. Training FLOPs follow the sche
 
     per D step: G forward on the fakes + D forward and backward on real and fake
     per G step: G and D forward and backward
-    backward = 2 x forward
+    backward = 2 x forward (half of it the weight gradient, at the layer's density)
     with gradient accumulation, each D and G step runs all of it on `accumulate` minibatches
+
+Extra work a method declares (sparsebench.api: `Phase.g_dense_grad_steps` / `d_dense_grad_steps`,
+`DensePass`) is counted on top: a step whose backward computes a network's weight gradients densely
+(gradient regrowth) adds (1 - density) x each scope layer's forward FLOPs per image of that backward;
+a dense pass costs forward and backward of its images through the dense networks.
 
 Counting runs on eval copies of the models, so it never touches the training models' BN
 statistics or spectral-norm vectors; fvcore's unsupported-operator warnings are collected and
@@ -101,6 +106,34 @@ class GANFlops:
         if convention == "paper" and g_density is not None and d_density is None:
             return self.step() * self.g.forward(g_density) / self.g.total
         return self.step(g_density, d_density)
+
+    def dense_grad_extra(self, net: str, density: dict | None) -> float:
+        """The extra FLOPs of one step whose backward computes `net`'s ("g" or "d") weight gradients densely
+        rather than at `density`: G's in its G step, D's in one D step (real and fake), per minibatch."""
+        if not density:
+            return 0.0
+        model, images = (self.g, self.g_batch_size) if net == "g" else (self.d, 2 * self.batch_size)
+        return self.accumulate * images * (model.total - model.forward(density))
+
+    def dense_pass(self, g_images: int, d_images: int) -> float:
+        """FLOPs of a one-off dense forward and backward of `g_images` images through G and `d_images` through D."""
+        return (1.0 + BACKWARD_FACTOR) * (g_images * self.g.total + d_images * self.d.total)
+
+    def plan(self, items: list, convention: str = "fvcore") -> float:
+        """Training FLOPs of a method's FLOP plan (`Method.flop_phases`), in `convention` before its per-FMA
+        scale: the phases, plus in fvcore the declared extra work (the paper's convention leaves it out)."""
+        from sparsebench.api import DensePass
+
+        total = 0.0
+        for item in items:
+            if isinstance(item, DensePass):
+                total += self.dense_pass(item.g_images, item.d_images) if convention == "fvcore" else 0.0
+                continue
+            total += item.steps * self.phase_step(item.g_density, item.d_density, convention)
+            if convention == "fvcore":
+                total += item.g_dense_grad_steps * self.dense_grad_extra("g", item.g_density)
+                total += item.d_dense_grad_steps * self.dense_grad_extra("d", item.d_density)
+        return total
 
     def test(self, g_density: dict | None = None) -> float:
         """FLOPs of one generator forward for one image."""

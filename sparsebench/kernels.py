@@ -447,6 +447,9 @@ class KernelHooks(Hooks):
     def stats(self, state: GANState, step: int) -> dict[str, float]:
         return self.inner.stats(state, step)
 
+    def dense_weight_grads(self, step: int) -> str:
+        return self.inner.dense_weight_grads(step)
+
     def state_dict(self) -> dict:
         return self.inner.state_dict()
 

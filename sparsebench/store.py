@@ -5,7 +5,10 @@ A process trains a cell only after claiming it: the claim names its owner and ca
 the owner's heartbeat renews, so no two processes train one cell; a claim whose owner died (same
 host, process gone) or whose lease expired is taken over and the run resumes from its checkpoint.
 Status changes are guarded: only the owner of a `running` row can finish it, so a late failure never
-replaces `done`. Model weights live beside the database in `artifacts/<run_id>/`.
+replaces `done`. Model weights, checkpoints and samples live beside the database in the store's own
+artifacts folder, `<store-stem>-artifacts/<run_id>/`, named in its metadata (`artifacts_dir`), so two
+stores in one folder never share a file; a store made before that keeps the `artifacts/` folder its runs
+were saved in.
 """
 
 from __future__ import annotations
@@ -279,14 +282,24 @@ class RunStore(Protocol):
     def log_stats(self, run_id: str, rows: list) -> None: ...
 
 
+ARTIFACTS_KEY = "artifacts_dir"  # meta key: the store's artifacts folder, a name beside the database
+LEGACY_ARTIFACTS = "artifacts"  # where stores made before ARTIFACTS_KEY keep their runs' files
+
+
+def own_artifacts_name(store_path: Path) -> str:
+    """The artifacts folder of a new store: named after the database, so stores in one folder never share one."""
+    return f"{store_path.stem}-artifacts"
+
+
 class ArtifactPaths:
-    """Where a store at `self.path` keeps model weights: `artifacts/<run_id>/` beside it."""
+    """Where a store at `self.path` keeps model weights: `<artifacts_name>/<run_id>/` beside it."""
 
     path: Path
+    artifacts_name: str = LEGACY_ARTIFACTS
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.path.parent / "artifacts"
+        return self.path.parent / self.artifacts_name
 
     def run_dir(self, run_id: str) -> Path:
         d = self.artifacts_dir / check_run_id(run_id)
@@ -317,6 +330,7 @@ class Store(ArtifactPaths):
                 ) from None
             if version is None:
                 raise SparsebenchError(f"{self.path} is not a sparsebench results store (an empty database); {HINT}")
+            self.artifacts_name = self._artifacts_name() or LEGACY_ARTIFACTS
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,6 +339,7 @@ class Store(ArtifactPaths):
             self.conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout = 120000")
             self._init_schema()
+            self.artifacts_name = self._own_artifacts()
         except sqlite3.OperationalError as exc:  # the file is a database, but it cannot be written
             raise SparsebenchError(f"cannot write results store {self.path}: {exc}; {hint}") from None
         except sqlite3.DatabaseError as exc:
@@ -374,6 +389,33 @@ class Store(ArtifactPaths):
                 f"version {SCHEMA_VERSION}; use another --store"
             )
         return version
+
+    def _artifacts_name(self) -> str | None:
+        """The artifacts folder the store's metadata names (None: a store made before it was recorded)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (ARTIFACTS_KEY,)).fetchone()
+        if row is None:
+            return None
+        name = str(row[0])
+        if not name or name in (".", "..") or "/" in name or os.sep in name:
+            raise SparsebenchError(f"results store {self.path} names an invalid artifacts folder {name!r}; {HINT}")
+        return name
+
+    def _own_artifacts(self) -> str:
+        """The store's artifacts folder, recorded on first write: its own for a new store; for one made before
+        the folder was recorded, `artifacts/`, where its runs' files already are."""
+        name = self._artifacts_name()
+        if name is not None:
+            return name
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = self.conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+            name = own_artifacts_name(self.path) if fresh else LEGACY_ARTIFACTS
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (ARTIFACTS_KEY, name))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return self._artifacts_name() or name
 
     def _init_schema(self) -> None:
         version = self._schema_version()

@@ -359,8 +359,9 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     )
     by = {r["method"]: r for r in results(store, cli_env)}
     assert set(by) == {"set", "rigl", "adapt"}
+    averaged = "sema" if arch == "sngan" else "raw"  # BigGAN's quick EMA starts at G step 100: G's own weights
     for row in by.values():
-        assert row["status"] == "done" and row["eval_weights"] == "sema"
+        assert row["status"] == "done" and row["eval_weights"] == averaged
         assert float(row["density_g"]) == pytest.approx(0.2, abs=1e-4)
         assert float(row["exploration_rate"]) > 0.2 + 0.01  # G's connectivity moved
     for method in ("set", "rigl"):
@@ -412,7 +413,9 @@ def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp
         env={**os.environ, "PYTHONWARNINGS": "ignore", **cli_env},
     )
     t0 = time.time()
-    while not list((store.parent / "artifacts").glob("*/checkpoint-phase1.pt")) and time.time() - t0 < 120:
+    while (
+        not list((store.parent / f"{store.stem}-artifacts").glob("*/checkpoint-phase1.pt")) and time.time() - t0 < 120
+    ):
         time.sleep(0.02)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)

@@ -22,13 +22,18 @@ def rows(store):
 def test_a_worker_never_touches_the_store(tmp_path, plugins):
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=3), plugins)[0]
     db = tmp_path / "store" / "results.db"
+    store = Store(db)
+    store.conn.close()
+    db.rename(db.with_suffix(".moved"))  # the worker must not need the database
     job = CellJob(cfg.to_dict(), str(db), {}, "cpu", None, None, 0, False, owner="driver")
+    job.artifacts_name = store.artifacts_name
     ops, summary = run_cell(job)
     assert summary["status"] == "done"
     assert not db.exists()  # the worker recorded its writes instead of making them
+    db.with_suffix(".moved").rename(db)
     names = [op for op, _ in ops]
     assert names[0] == "update_env" and names[-2:] == ["finish_run", "remove_checkpoints"]
-    run_dir = db.parent / "artifacts" / cfg.run_id
+    run_dir = store.artifacts_dir / cfg.run_id
     assert (run_dir / "checkpoint-phase1.pt").exists()  # kept until the driver has committed the outcome
     store = Store(db)
     assert store.claim(cfg, {}, "driver") == "claimed"

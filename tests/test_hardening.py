@@ -158,7 +158,11 @@ def test_artifact_folders_refuse_bad_run_ids(tmp_path):
         for bad in ("../x", "/tmp/x", "0123456789abcde", "0123456789abcdef0"):
             with pytest.raises(SparsebenchError, match="invalid run id"):
                 holder.run_dir(bad)
-    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "x").exists()
+    assert (
+        not (tmp_path / "r-artifacts").exists()
+        and not (tmp_path / "artifacts").exists()
+        and not (tmp_path / "x").exists()
+    )
 
 
 def test_report_escapes_markdown_and_html_from_the_store(tmp_path, plugins):

@@ -75,7 +75,9 @@ def test_stugan_explored_and_static_did_not(grid):
     assert f(by["stugan"], "exploration_rate") > 1 - 0.8 + 0.01
     assert f(by["static"], "exploration_rate") == f(by["static"], "density_g")
     assert by["stugan"]["eval_weights"] == "sema"
-    assert f(by["stugan"], "train_flops") == pytest.approx(f(by["static"], "train_flops"))
+    # the same sparse steps, plus the dense weight gradients of G's regrowth steps, 2 of the 6 at delta_t=2
+    # (exactly: tests/test_flop_plan.py)
+    assert f(by["static"], "train_flops") < f(by["stugan"], "train_flops") < 1.5 * f(by["static"], "train_flops")
 
 
 def test_stugan_logs_exploration_statistics(grid):

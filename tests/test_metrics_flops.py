@@ -113,7 +113,8 @@ def test_flops_table_has_the_structure_of_table_2(arch):
     assert rel("dense", 0.0, 0.0) == 1.0
     for sg in (0.95, 0.9, 0.8):
         assert 1.0 < rel("pf-global", sg, 0.0) < 2.0  # dense + a fine-tuning share
-        assert rel("static", sg, 0.5) == rel("stugan", sg, 0.5)
+        # the same sparse steps, plus the dense weight gradients of G's regrowth steps (every 500 / 1000 steps)
+        assert rel("static", sg, 0.5) < rel("stugan", sg, 0.5) < 1.001 * rel("static", sg, 0.5)
         assert rel("static", sg, 0.7) < rel("static", sg, 0.5) < 1.0
         assert rel("gan-tickets", sg, 0.0) > 3.0
         test_rel = float(cell[("stugan", sg, 0.5)]["test_rel"])

@@ -132,7 +132,7 @@ def test_third_party_plugin_resumes_exactly_after_sigkill(example_installed, tmp
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     t0 = time.time()
-    while not list(killed.parent.glob("artifacts/*/checkpoint-phase1.pt")) and time.time() - t0 < 120:
+    while not list(killed.parent.glob("r-artifacts/*/checkpoint-phase1.pt")) and time.time() - t0 < 120:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -254,7 +254,7 @@ def stop_after_checkpoint(cmd: list[str], env: dict, store: Path, step: int) -> 
     reached = False
     while proc.poll() is None and not reached:
         time.sleep(0.05)
-        for ckpt in (store.parent / "artifacts").glob("*/checkpoint-phase1.pt"):
+        for ckpt in (store.parent / f"{store.stem}-artifacts").glob("*/checkpoint-phase1.pt"):
             try:
                 reached = torch.load(ckpt, weights_only=True)["step"] >= step
             except (RuntimeError, EOFError, OSError):  # being replaced

@@ -86,7 +86,7 @@ def test_four_processes_on_one_grid_train_each_cell_once(tmp_path):
     assert sum(err.count("G step 4/4") for err in errs) == 4  # every cell trained exactly once
     got = rows(store)
     assert len(got) == 4 and all(r["status"] == "done" for r in got)
-    assert not list((tmp_path / "artifacts").glob("*/*.tmp"))
+    assert not list((tmp_path / "r-artifacts").glob("*/*.tmp"))
 
 
 def test_claims_leases_and_guarded_status(tmp_path, plugins):
@@ -158,7 +158,7 @@ def test_stats_reach_the_store_with_each_checkpoint(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "200", "--checkpoint-every", "25", "--store", str(store)]
     proc = subprocess.Popen([EXE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    folder = store.parent / "artifacts"
+    folder = store.parent / f"{store.stem}-artifacts"
     ckpt = wait_for_file(folder, "*/checkpoint-phase1.pt")
     from sparsebench.train.checkpoint import load_plain
 
@@ -204,7 +204,7 @@ def _grid_driver(store: Path) -> subprocess.Popen:
 def test_jobs_driver_killed_takes_its_workers_along(tmp_path):
     store = tmp_path / "r.db"
     driver = _grid_driver(store)
-    wait_for_file(store.parent / "artifacts", "*/checkpoint-phase1.pt")
+    wait_for_file(store.parent / f"{store.stem}-artifacts", "*/checkpoint-phase1.pt")
     workers = [p for p in children(driver.pid) if alive(p)]
     assert workers
     driver.send_signal(signal.SIGKILL)
@@ -219,7 +219,7 @@ def test_jobs_driver_killed_takes_its_workers_along(tmp_path):
 def test_jobs_driver_sigterm_checkpoints_every_worker(tmp_path):
     store = tmp_path / "r.db"
     driver = _grid_driver(store)
-    folder = store.parent / "artifacts"
+    folder = store.parent / f"{store.stem}-artifacts"
     t0 = time.time()
     while len(list(folder.glob("*/checkpoint-phase1.pt"))) < 2 and time.time() - t0 < 180:
         time.sleep(0.05)
@@ -240,7 +240,7 @@ def test_a_resume_continues_with_the_thread_count_it_started_with(tmp_path):
     proc = subprocess.Popen(
         [EXE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**ENV, "OMP_NUM_THREADS": "1"}
     )
-    wait_for_file(store.parent / "artifacts", "*/checkpoint-phase1.pt")
+    wait_for_file(store.parent / f"{store.stem}-artifacts", "*/checkpoint-phase1.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     again = run_cli(*cmd, "--steps", "400", env={"OMP_NUM_THREADS": "2"}, check=True)
@@ -253,7 +253,7 @@ def test_a_corrupt_checkpoint_is_set_aside_and_the_grid_goes_on(tmp_path):
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "60", "--checkpoint-every", "5", "--store", str(store)]
     proc = subprocess.Popen([EXE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    ckpt = wait_for_file(store.parent / "artifacts", "*/checkpoint-phase1.pt")
+    ckpt = wait_for_file(store.parent / f"{store.stem}-artifacts", "*/checkpoint-phase1.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
@@ -292,6 +292,6 @@ def test_samples_keep_only_the_grid_and_logs_get_periodic_lines(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if "G step" in line]
     assert 1 <= len(lines) <= 11 and "G step 40/40" in lines[-1]
     assert "\r" not in proc.stderr  # no redrawn bar in a log
-    samples = next((tmp_path / "artifacts").glob("*/samples.pt"))
+    samples = next((tmp_path / "r-artifacts").glob("*/samples.pt"))
     images = torch.load(samples, weights_only=True)["images"]
     assert images.shape[0] == 64 and samples.stat().st_size < 3 * images.numel()

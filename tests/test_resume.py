@@ -56,7 +56,7 @@ def test_sigkill_then_rerun_gives_the_same_metrics(tmp_path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    ckpt = wait_for(store.parent / "artifacts")
+    ckpt = wait_for(store.parent / f"{store.stem}-artifacts")
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -92,7 +92,7 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert "run the same command to resume" in err
     row = results(store)[0]
     assert row["status"] == "running" and int(row["interrupted_step"]) > 0
-    assert list((store.parent / "artifacts").glob("*/checkpoint-phase1.pt"))
+    assert list((store.parent / f"{store.stem}-artifacts").glob("*/checkpoint-phase1.pt"))
 
 
 def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
@@ -121,7 +121,7 @@ def test_a_tampered_checkpoint_is_set_aside_unexecuted(tmp_path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    ckpt = wait_for(store.parent / "artifacts")
+    ckpt = wait_for(store.parent / f"{store.stem}-artifacts")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 

@@ -20,9 +20,11 @@ reference's `CosineDecay`), a just-pruned weight may be regrown, and ties are br
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from sparsebench.api import Method
+from sparsebench.api import Method, Phase
 from sparsebench.options import Option
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.topology import (
@@ -89,7 +91,14 @@ class TopologyUpdate(Hooks):
 
     def needs_dense_grads(self, step: int) -> bool:
         """Whether this G step's gradients are read as dense ones (sparse kernels run densely then)."""
-        return self.due(step) and any(self.uses_gradients(net) for net in self.networks if net in "gd")
+        return bool(self.dense_weight_grads(step))
+
+    def dense_weight_grads(self, step: int) -> str:
+        """The networks whose dense gradients this G step's scores read: those updated at a due step whose
+        growth uses gradients (their extra cost is counted in the training FLOPs)."""
+        if not self.due(step):
+            return ""
+        return "".join(net for net in "gd" if net in self.networks and self.uses_gradients(net))
 
     def _capture(self, net: str, masks: MaskState | None, step: int) -> None:
         if net in self.networks and masks is not None and self.uses_gradients(net) and self.due(step):
@@ -139,6 +148,18 @@ class TopologyUpdate(Hooks):
         return out
 
 
+def with_dense_grads(phase: Phase, hooks: Hooks) -> Phase:
+    """`phase` with the steps whose backward computes dense weight gradients, as `hooks` will ask for them
+    (`Hooks.dense_weight_grads`, counted over the phase's steps 1..steps): the FLOP plan of a method whose
+    scores read gradients, counted by the same rule as its trained runs."""
+    asked = [hooks.dense_weight_grads(t) for t in range(1, phase.steps + 1)]
+    return replace(
+        phase,
+        g_dense_grad_steps=sum("g" in nets for nets in asked),
+        d_dense_grad_steps=sum("d" in nets for nets in asked),
+    )
+
+
 class DynamicSparseMethod(Method):
     """Sparse G and D from ERK masks (as STU-GAN), trained with the topology updates of `hooks`; evaluated
     through SEMA. Per-layer updates keep the FLOPs of the initial masks; global ones move density between
@@ -163,21 +184,32 @@ class DynamicSparseMethod(Method):
         ),
     )
 
+    def make_hooks(self, options: dict, spec, generator: torch.Generator) -> TopologyUpdate:
+        """The topology updates of a run with these options: what `run` trains with and `flop_phases` counts."""
+        return self.hooks(
+            options["update"],
+            options["delta_t"] or spec.explore_interval,
+            CosineSchedule(options["p0"], options["p_min"], spec.steps),
+            generator,
+            per_layer=options["ranking"] == "layer",
+            regrow_pruned=True,
+            drop_noise=RIGL_DROP_NOISE,
+        )
+
     def run(self, ctx) -> None:
-        o = ctx.options
-        interval = o["delta_t"] or ctx.spec.explore_interval
         G, D = ctx.build_models()
         state = ctx.state(
             G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
         )
-        hooks = self.hooks(
-            o["update"],
-            interval,
-            CosineSchedule(o["p0"], o["p_min"], ctx.spec.steps),
-            ctx.rng("explore"),
-            per_layer=o["ranking"] == "layer",
-            regrow_pruned=True,
-            drop_noise=RIGL_DROP_NOISE,
-        )
+        hooks = self.make_hooks(ctx.options, ctx.spec, ctx.rng("explore"))
         ctx.train(state, hooks=hooks)
-        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
+        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=hooks.interval)
+
+    def flop_phases(self, plan) -> list:
+        """The initial densities (a global ranking moves them during the run; its trained FLOPs follow them),
+        and the regrowth steps that read dense gradients."""
+        (phase,) = super().flop_phases(plan)
+        assert isinstance(phase, Phase)  # the default plan is one phase
+        options = {o.name: o.default for o in self.options} | dict(plan.config.method_options)
+        hooks = self.make_hooks(options, plan.config.train, torch.Generator())
+        return [with_dense_grads(phase, hooks)]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.api import DataSplits, RunArtifacts
+from sparsebench.api import DataSplits, DensePass, RunArtifacts
 from sparsebench.config import RunConfig
 from sparsebench.flops import GANFlops, count_gan
 from sparsebench.sparse.masks import MaskState
@@ -199,6 +199,12 @@ class RunContext:
             d = state.d_masks.layer_density() if state.d_masks else None
             return self.flops.step(g, d)
 
+        def extra_cost(nets: str) -> float:
+            """The extra of a step computing the weight gradients of `nets` densely, at the current densities."""
+            g = state.g_masks.layer_density() if state.g_masks and "g" in nets else None
+            d = state.d_masks.layer_density() if state.d_masks and "d" in nets else None
+            return self.flops.dense_grad_extra("g", g) + self.flops.dense_grad_extra("d", d)
+
         def log_step(step: int, values: dict) -> None:
             self._wiring.log(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
 
@@ -246,6 +252,7 @@ class RunContext:
                 distributed.average_gradients if world > 1 else None,
                 evaluate,
                 Speed.of(self.config),
+                extra_cost,
             )
             save(done=True)
         finally:
@@ -266,6 +273,11 @@ class RunContext:
         """Declare `state` the run's result; `info` goes into the stored results."""
         self.final = state
         self.info.update(info)
+
+    def count(self, work: DensePass) -> None:
+        """Add work done outside `train` (a dense scoring pass) to this run's training FLOPs: once per call, so a
+        resumed run, which runs `Method.run` again from the start, counts it once."""
+        self._spent_flops += self.flops.dense_pass(work.g_images, work.d_images)
 
     def total_train_flops(self) -> float:
         """Everything spent to obtain the final generator, pre-training included."""

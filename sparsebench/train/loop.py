@@ -183,6 +183,12 @@ class Hooks:
         """After G's optimizer step and the (S)EMA update. Return True if any mask changed."""
         return False
 
+    def dense_weight_grads(self, step: int) -> str:
+        """The networks ("g", "d", "gd"; "" none) whose weight gradients G step `step` computes densely because
+        a score reads them (gradient regrowth): their extra cost is added to the step's training FLOPs, as
+        `Phase.g_dense_grad_steps` / `d_dense_grad_steps` declare it for `sparsebench flops`."""
+        return ""
+
     def stats(self, state: GANState, step: int) -> dict[str, float]:
         """Extra statistics to log at this step."""
         return {}
@@ -234,11 +240,15 @@ def train(
     sync_grads: Callable[[nn.Module], None] | None = None,
     evaluate: Callable[[int], None] | None = None,
     speed: Speed | None = None,
+    extra_cost: Callable[[str], float] | None = None,
 ) -> None:
     """Train until `state.step` reaches `steps` G steps (continuing a resumed state).
 
     `evaluate(t)` is called after every G step t, outside its measured time (the evaluation curve:
     it decides itself whether t is due, and must not change the training state).
+
+    `extra_cost(nets)` is the extra FLOPs of a step whose backward computes the weight gradients of `nets`
+    densely (`hooks.dense_weight_grads`), at the densities before any topology update of that step.
 
     `checkpoint()` is called every `checkpoint_every` G steps, and before raising Interrupted
     when `stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
@@ -370,6 +380,9 @@ def train(
                 state.ema.update(t)
             state.step = t
             state.flops += cost  # this step ran at the densities before any update below
+            dense_grads = hooks.dense_weight_grads(t)
+            if dense_grads and extra_cost is not None:
+                state.flops += extra_cost(dense_grads)
             if hooks.after_g_step(state, t):
                 if sync_grads is not None:
                     on_topology_change(state)

@@ -35,7 +35,8 @@ Before 0.2.0 the balance ratio was a mean of per-image ratios on fresh z (biased
 preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict mode ran
 DST on D at every G update once at the cap. Before 0.3.0: conv weights only, D started at s_D, intervals
 from the preset's STU-GAN interval (G delta_t, D twice that), a window of delta_t_d / ratio_every, BR in
-eval mode, a just-dropped weight never regrown, ties by position, p decayed to 0.
+eval mode, a just-dropped weight never regrown, ties by position, p decayed to 0, and the training FLOPs
+left out the dense weight gradients of G's regrowth steps and D's adjustment steps.
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ from sparsebench import (
     MaskState,
     Method,
     Option,
+    Phase,
     SparsebenchError,
     change_density,
     gradient_magnitude,
     hookimpl,
     noisy_magnitude,
     update_topology,
+    with_dense_grads,
 )
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
@@ -139,6 +142,11 @@ class BalancedTraining(GradientGrowth):
     def needs_dense_grads(self, step: int) -> bool:
         return super().needs_dense_grads(step) or self.adjust_due(step)  # D grows by its dense gradient
 
+    def dense_weight_grads(self, step: int) -> str:
+        """G's on its regrowth steps; D's on its adjustment steps (captured there whether D then grows or not)."""
+        g = super().dense_weight_grads(step)
+        return g + "d" if self.adjust_due(step) and "d" not in g else g
+
     def after_d_backward(self, state, step: int) -> None:
         super().after_d_backward(state, step)
         if self.adjust_due(step):  # D's dense gradients of its last step, for growing D
@@ -198,7 +206,7 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(Method):
     name = "adapt"
-    version = "0.3.0"
+    version = "0.3.0"  # 0.3.0: training FLOPs count the dense weight gradients its scores read
     title, order, reference = "ADAPT", 100, "dense"
     scope = "weights"
     result_columns = ("topology_updates", "delta_t")
@@ -249,27 +257,37 @@ class ADAPT(Method):
         """D starts at G's sparsity unless `d_start=sd`: the run records s_D = s_G, whatever the grid's s_D."""
         return (sg, sg) if options.get("d_start", "sg") == "sg" else (sg, sd)
 
-    def run(self, ctx) -> None:
-        o, spec, cfg = ctx.options, ctx.spec, ctx.config
-        if o["d_start"] == "sg" and cfg.sd != cfg.sg:
-            raise SparsebenchError(f"adapt: d_start=sg needs s_D = s_G, got s_G {cfg.sg} and s_D {cfg.sd}")
-        ref = Schedule.scaled(cfg.arch, spec.steps, o["mode"])
-        interval = o["delta_t"] or ref.g_interval
-        G, D = ctx.build_models()
-        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
-        state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
-        hooks = BalancedTraining(
-            interval,
-            CosineSchedule(o["p0"], P_MIN, spec.steps),
-            ctx.rng("explore"),
+    def make_hooks(self, o: dict, cfg, generator: torch.Generator) -> BalancedTraining:
+        """The training hooks of a run with options `o`: what `run` trains with and `flop_phases` counts."""
+        ref = Schedule.scaled(cfg.arch, cfg.train.steps, o["mode"])
+        return BalancedTraining(
+            o["delta_t"] or ref.g_interval,
+            CosineSchedule(o["p0"], P_MIN, cfg.train.steps),
+            generator,
             mode=o["mode"],
             d_interval=o["delta_t_d"] or ref.d_interval,
             ratio_every=o["ratio_every"] or ref.ratio_every,
             window=o["window"] or ref.window,
             d_density=1.0 - cfg.sd,
         )
+
+    def run(self, ctx) -> None:
+        cfg = ctx.config
+        if ctx.options["d_start"] == "sg" and cfg.sd != cfg.sg:
+            raise SparsebenchError(f"adapt: d_start=sg needs s_D = s_G, got s_G {cfg.sg} and s_D {cfg.sd}")
+        G, D = ctx.build_models()
+        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
+        state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
+        hooks = self.make_hooks(ctx.options, cfg, ctx.rng("explore"))
         ctx.train(state, hooks=hooks)
-        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=interval)
+        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=hooks.interval)
+
+    def flop_phases(self, plan) -> list[Phase]:
+        """The initial densities (D's moves with the balance ratio and G's with the global ranking during the
+        run; its trained FLOPs follow them), and the steps that read dense gradients of G or D."""
+        (phase,) = super().flop_phases(plan)
+        o = {opt.name: opt.default for opt in self.options} | dict(plan.config.method_options)
+        return [with_dense_grads(phase, self.make_hooks(o, plan.config, torch.Generator()))]
 
 
 @hookimpl

@@ -1,10 +1,12 @@
-"""An offline feature extractor for the embedded digits data, registered in torch-fidelity.
+"""An offline feature extractor: a classifier of the data set's own classes, registered in torch-fidelity.
 
-A small CNN classifier trained deterministically on the digits train split. Its penultimate
+A small CNN classifier trained deterministically on the data's train split (the embedded digits, or any
+labelled data set with at least 2 classes: its output layer has one logit per class). Its penultimate
 layer ('128') serves FID / KID / precision-recall, its logits IS. Weights are cached on disk (.npz,
 no pickle) under a name that hashes the extractor's config and the data it was trained on, and its
 held-out accuracy travels with every result.
-Inception features mean nothing on 16x16 digits; this extractor is the honest stand-in.
+Inception features mean nothing on 16x16 digits; this extractor is the honest stand-in. Its name stays
+`sparsebench-digits`, the name stored with every result it scored.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ CONFIG = {"version": 1, "resolution": 16, "epochs": 20, "batch": 64, "lr": 1e-3,
 
 
 class DigitsNet(nn.Module):
-    def __init__(self, resolution: int = 16):
+    def __init__(self, resolution: int = 16, classes: int = 10):
         super().__init__()
         self.resolution = resolution
         self.c1 = nn.Conv2d(3, 32, 3, padding=1)
         self.c2 = nn.Conv2d(32, 64, 3, padding=1)
         self.fc = nn.Linear(64 * (resolution // 4) ** 2, 128)
-        self.out = nn.Linear(128, 10)
+        self.out = nn.Linear(128, classes)
 
     def features(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x_uint8.float().div(127.5).sub(1.0)
@@ -61,8 +63,11 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], float] | None:
     arrays = load_arrays(path)
     if arrays is None or arrays.get("accuracy", np.empty(0)).shape != () or arrays["accuracy"].dtype.kind != "f":
         return None
+    classes = arrays.get("state.out.bias", np.empty((0, 0))).shape
+    if len(classes) != 1 or classes[0] < 2:
+        return None
     with torch.device("meta"):  # shapes and dtypes only, without touching the global RNG
-        expected = DigitsNet(CONFIG["resolution"]).state_dict()
+        expected = DigitsNet(CONFIG["resolution"], classes[0]).state_dict()
     state = {k: torch.from_numpy(arrays.get(f"state.{k}", np.empty(0))) for k in expected}
     if any(state[k].shape != v.shape or state[k].dtype != v.dtype for k, v in expected.items()):
         return None
@@ -77,7 +82,7 @@ def ensure_weights(cache_dir: Path, train, heldout, data_key: str) -> tuple[Path
         return path, cached[1]
     g = torch.Generator().manual_seed(CONFIG["seed"])
     torch.manual_seed(CONFIG["seed"])
-    net = DigitsNet(CONFIG["resolution"])
+    net = DigitsNet(CONFIG["resolution"], train.num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=CONFIG["lr"])
     n = len(train)
     for _ in range(CONFIG["epochs"]):
@@ -111,7 +116,7 @@ def fidelity_extractor_class():
             cached = load_weights(feature_extractor_weights_path)
             if cached is None:
                 raise ValueError(f"{NAME}: {feature_extractor_weights_path} holds no usable weights")
-            self.net = DigitsNet(CONFIG["resolution"])
+            self.net = DigitsNet(CONFIG["resolution"], cached[0]["out.bias"].shape[0])
             self.net.load_state_dict(cached[0])
 
         def forward(self, x):

@@ -1,5 +1,5 @@
 """Feature extractors of the built-in metrics: torch-fidelity's TF-compatible Inception v3 (the paper
-preset) and the offline digits classifier (the quick preset).
+preset) and the offline classifier of the data's own classes (the quick and small presets).
 
 Inception weights are loaded with weights_only=True (a pickled object is refused, never run) and handed
 to torch-fidelity in memory, so its own unrestricted torch.load only sees what we wrote.
@@ -23,17 +23,17 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 class DigitsExtractor(FeatureExtractor):
     name = digits_extractor.NAME
-    description = "a small CNN classifier trained offline on the data's train split (10 classes), cached"
+    description = "a small CNN classifier of the data's own classes, trained offline on its train split, cached"
     needs_heldout = True  # its held-out accuracy is recorded with every result
 
     def fidelity_class(self) -> type:
         return digits_extractor.fidelity_extractor_class()
 
     def prepare(self, data, dataset, data_key, cache_dir, weights_file) -> ExtractorWeights:
-        if data.train.num_classes != 10:
+        if data.train.num_classes < 2:
             raise SparsebenchError(
-                f"the quick preset scores with the {self.name} extractor, which only fits the digits data; "
-                f"use --preset paper (Inception features) for {dataset}"
+                f"the {self.name} extractor is a classifier of the data's classes, so it needs at least 2; "
+                f"{dataset} has {data.train.num_classes}: use --preset paper (Inception features) for it"
             )
         path, accuracy = digits_extractor.ensure_weights(Path(cache_dir), data.train, data.heldout, data_key)
         return ExtractorWeights(str(path), accuracy)
