@@ -44,7 +44,7 @@ class FakeCtx:
     def __init__(self, options: dict, steps: int, arch: str = "sngan", sg: float = 0.8, sd: float = 0.8):
         self.options = options
         self.spec = types.SimpleNamespace(steps=steps, explore_interval=30)
-        self.config = types.SimpleNamespace(arch=arch, sg=sg, sd=sd, scope="conv")
+        self.config = types.SimpleNamespace(arch=arch, sg=sg, sd=sd, scope="conv", train=self.spec)
         self.hooks: TopologyUpdate | None = None
 
     def build_models(self):

@@ -43,11 +43,13 @@ def snip_env(tmp_path_factory) -> dict:
 
 def test_regrowth_steps_cost_their_dense_weight_gradients_in_trained_runs_and_in_flops(tmp_path):
     store = tmp_path / "r.db"
+    # per-layer ranking keeps every layer's density (a global one moves density between layers)
+    per_layer = ["-o", "set.ranking=layer", "-o", "rigl.ranking=layer"]
     run_cli("run", "--methods", "static,stugan,set,rigl", *GRID, "-o", "stugan.delta_t=2", "-o", "rigl.delta_t=2",
-            "-o", "set.delta_t=2", "--no-progress", "--store", str(store), check=True)  # fmt: skip
+            "-o", "set.delta_t=2", *per_layer, "--no-progress", "--store", str(store), check=True)  # fmt: skip
     by = {m: float(r["train_flops"]) for m, r in results(store).items()}
     plan = predicted("--methods", "static,stugan,set,rigl", "-o", "stugan.delta_t=2", "-o", "rigl.delta_t=2",
-                     "-o", "set.delta_t=2")  # fmt: skip
+                     "-o", "set.delta_t=2", *per_layer)  # fmt: skip
     for method in ("static", "stugan", "set", "rigl"):
         # prediction = what the run stored (up to the rounding of per-layer non-zero counts)
         assert plan[method] == pytest.approx(by[method], rel=1e-4), method

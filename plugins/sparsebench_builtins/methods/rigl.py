@@ -1,9 +1,8 @@
 """`rigl`: SDST-RigL, the dynamic-sparse baseline of ADAPT (Wang et al., NeurIPS 2023; RigL: Evci et al. 2020).
 
-As `set`, but regrowth takes the inactive weights with the largest dense gradient of the current minibatch
-(G's after its backward; D's, with `update=gd`, after its last D backward of that G step); those steps'
-dense weight gradients are counted in the training FLOPs. `ranking=layer` is per-layer RigL, shown as its
-own row. Before 0.2.0: as `set` before 0.2.0, and the regrowth steps' dense weight gradients uncounted."""
+As `set`, but regrowth takes the inactive weights with the largest dense gradient of the minibatch (G's after
+its backward; D's, with `update=gd`, after its last D backward), counted in the training FLOPs. `ranking=layer`:
+per-layer RigL, a row of its own. Before 0.2.0: as `set` before 0.2.0, those dense gradients uncounted."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ class RigL(DynamicSparseMethod):
     variant_titles = {"ranking=layer": "RigL (per layer)"}
     description = "SDST-RigL: sparse G and D from scratch, G's connectivity updated by gradient regrowth, SEMA"
     hooks = GradientGrowth
-    version = "0.2.0"  # 0.2.0: training FLOPs count the dense weight gradients of the regrowth steps
 
 
 @hookimpl
