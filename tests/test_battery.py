@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -33,14 +34,40 @@ def register_methods(register):
 """
 
 
-def crash_plugin(tmp_path: Path) -> dict:
-    """The environment of a process that sees the `crash` method plugin."""
-    site = tmp_path / "site"
-    dist = site / "crash_plugin-0.1.dist-info"
+KILL_PLUGIN = """
+import os
+import signal
+import sqlite3
+
+from sparsebench import Metric, hookimpl
+
+
+class KillOnce(Metric):
+    name = "killonce"
+    description = "kills its own process the first time it is computed (when its marker file is absent)"
+
+    def compute(self, ev, **options):
+        marker = os.environ["BATTERY_MARKER"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"killonce": 1.0}
+
+
+@hookimpl
+def register_metrics(register):
+    register(KillOnce())
+"""
+
+
+def plugin_env(tmp_path: Path, name: str, source: str) -> dict:
+    """The environment of a process that sees the plugin module `source` (entry point `name`)."""
+    site = tmp_path / f"site-{name}"
+    dist = site / f"{name}_plugin-0.1.dist-info"
     dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: crash-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[sparsebench]\ncrash = crash_plugin_module\n")
-    (site / "crash_plugin_module.py").write_text(CRASH_PLUGIN)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[sparsebench]\n{name} = {name}_plugin_module\n")
+    (site / f"{name}_plugin_module.py").write_text(source)
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -84,7 +111,7 @@ def test_a_worker_that_exits_in_a_plugin_fails_its_cell_with_its_cause_and_the_g
     store = tmp_path / "r.db"
     proc = run_cli(
         "run", "--methods", "crash,static", "--arch", "sngan", "--sg", "0.8,0.9", "--steps", "30", "--jobs", "2",
-        "--no-progress", "--store", str(store), env=crash_plugin(tmp_path),
+        "--no-progress", "--store", str(store), env=plugin_env(tmp_path, "crash", CRASH_PLUGIN),
     )  # fmt: skip
     assert "Traceback" not in proc.stderr, proc.stderr
     by = {(r["method"], r["sg"]): r for r in rows(store)}
@@ -93,3 +120,63 @@ def test_a_worker_that_exits_in_a_plugin_fails_its_cell_with_its_cause_and_the_g
     for sg in ("0.8", "0.9"):
         crashed = by[("crash", sg)]
         assert crashed["status"] == "failed" and "exited with code 3" in crashed["error"], crashed
+
+
+# -- a killed run's logged rows and results are those of an uninterrupted run -------------------------
+def logged_steps(store: Path, key: str = "loss_g") -> dict[str, set[int]]:
+    with sqlite3.connect(store) as conn:
+        out: dict[str, set[int]] = {}
+        for run_id, step in conn.execute("SELECT run_id, step FROM stats WHERE key = ?", (key,)):
+            out.setdefault(run_id, set()).add(step)
+    return out
+
+
+@pytest.mark.slow
+def test_jobs_driver_killed_loses_no_logged_row(tmp_path):
+    store = tmp_path / "r.db"
+    cmd = [*LONG, "--sg", "0.8,0.9", "--steps", "60", "--jobs", "2", "--checkpoint-every", "10"]
+    driver = subprocess.Popen(
+        [EXE, *cmd, "--store", str(store)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+    )
+    from sparsebench.train.checkpoint import load_plain
+
+    folder = store.parent / "artifacts"
+    t0 = time.time()
+    while time.time() - t0 < 300:
+        ckpts = list(folder.glob("*/checkpoint-phase1.pt"))
+        try:
+            if len(ckpts) == 2 and min(load_plain(c)["step"] for c in ckpts) >= 20:
+                break
+        except Exception:  # noqa: BLE001 - a checkpoint being replaced
+            pass
+        time.sleep(0.05)
+    victims = workers(driver.pid)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    t0 = time.time()
+    while any(alive(p) for p in victims) and time.time() - t0 < 120:
+        time.sleep(0.2)
+    run_cli(*cmd, "--store", str(store), check=True)
+    steps = logged_steps(store)
+    assert len(steps) == 2
+    assert all(s == {1} | set(range(10, 61, 10)) for s in steps.values()), steps
+
+
+RESULT_TIMES = {"wall_s", "train_s_per_step", "infer_ms_per_image", "load_per_core", "threads"}
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_evaluation_resumes_to_the_uninterrupted_results(tmp_path):
+    cmd = [*LONG, "--steps", "30", "--checkpoint-every", "10", "--metrics", "fid,killonce"]
+    ref, killed = tmp_path / "ref" / "r.db", tmp_path / "killed" / "r.db"
+    marker = tmp_path / "marker"
+    env = {**plugin_env(tmp_path, "killonce", KILL_PLUGIN), "BATTERY_MARKER": str(marker)}
+    first = run_cli(*cmd, "--store", str(killed), env=env)
+    assert first.returncode == -signal.SIGKILL and marker.exists()  # killed inside the evaluation
+    run_cli(*cmd, "--store", str(killed), env=env, check=True)  # resumed
+    run_cli(*cmd, "--store", str(ref), env=env, check=True)  # uninterrupted
+    (a,), (b,) = rows(ref), rows(killed)
+    assert a["balance_ratio"] and a["balance_ratio_last10"]
+    differ = {k for k in a if a[k] != b.get(k)} - RESULT_TIMES
+    assert not differ, {k: (a[k], b.get(k)) for k in differ}
+    assert logged_steps(ref) == logged_steps(killed)

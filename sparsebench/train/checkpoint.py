@@ -85,6 +85,8 @@ class Checkpoint:
             "step": state.step,
             "flops": state.flops,
             "curve": [[float(step), value] for step, value in state.curve],
+            "logged": [[step, {k: float(v) for k, v in values.items()}] for step, values in state.logged],
+            "step_seconds": list(state.step_seconds),
             "G": state.G.state_dict(),
             "D": state.D.state_dict(),
             "g_opt": state.g_opt.state_dict(),
@@ -132,6 +134,10 @@ class Checkpoint:
             state.ema.load_state_dict(blob["ema"])
         state.step, state.flops = int(blob["step"]), float(blob["flops"])
         state.curve = [(int(step), float(value)) for step, value in blob.get("curve", [])]
+        state.logged = [
+            (int(step), {str(k): float(v) for k, v in values.items()}) for step, values in blob.get("logged", [])
+        ]
+        state.step_seconds = [float(s) for s in blob.get("step_seconds", [])]
         batcher.load_state_dict(blob["batcher"])
         noise.set_state(blob["noise"])
         hooks.load_state_dict(blob["hooks"])
