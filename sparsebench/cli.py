@@ -153,6 +153,14 @@ def cli(verbose: bool):
     help="sparse layers computed as masked dense, or with SparseProp's sparse CPU kernels (sparseprop)",
 )
 @click.option(
+    "--threads",
+    type=str,
+    default="1",
+    show_default=True,
+    help="CPU threads each run trains with, in every executor (a CPU result depends on it: "
+    "part of the run id when not 1)",
+)
+@click.option(
     "--option",
     "-o",
     "options",
@@ -196,6 +204,7 @@ def run(
     opt_state,
     metrics,
     kernels,
+    threads,
     options,
     device,
     data_dir,
@@ -236,6 +245,7 @@ def run(
         distribution=distribution,
         opt_state=opt_state,
         kernels=kernels,
+        threads=_ints(threads, "--threads")[0],
         options=parse_option_strings(options),
         metrics=tuple(_split(metrics, "--metrics")),
         data_dir=data_dir,

@@ -23,6 +23,7 @@ KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparse
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
 RUN_ID_LENGTH = 16
+MAX_THREADS = 1024
 SEED_LIMIT = 2**32  # seeds lie in [0, 2^32); random streams are derived from (seed, name), see MethodContext.rng
 _RUN_ID = re.compile(f"[0-9a-f]{{{RUN_ID_LENGTH}}}")
 
@@ -105,6 +106,10 @@ class RunConfig:
     code: tuple = ()  # (("arch", version), ("method", version), ("sparsebench", version)): see Plugins.code
     version: int = CONFIG_VERSION
     kernels: str = "dense"  # execution backend of sparse layers (sparsebench.kernels); in the id unless dense
+    # CPU threads the run trains and evaluates with, whichever executor runs it: float reassociation makes a
+    # CPU result depend on the count, so a run id must fix it; in the id unless 1 (the runs stored before it
+    # existed trained with 1 thread per run)
+    threads: int = 1
 
     def __post_init__(self):
         for axis in ("sg", "sd"):
@@ -140,6 +145,8 @@ class RunConfig:
                 f"{curve_points(self.train)} (eval_every={self.train.eval_every} from {self.train.eval_from:g} "
                 f"of {self.train.steps} steps, the final evaluation included)"
             )
+        if not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS:
+            raise SparsebenchError(f"threads must be an integer in [1, {MAX_THREADS}], got {self.threads}")
         if self.train.accumulate < 1:
             raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
@@ -150,6 +157,8 @@ class RunConfig:
         d["metrics"] = list(self.metrics)
         if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
             del d["kernels"]
+        if d["threads"] == 1:  # likewise runs from before the thread count was fixed per run
+            del d["threads"]
         for name, default in LATER_TRAIN_FIELDS.items():  # likewise runs from before these settings existed
             if d["train"][name] == default:
                 del d["train"][name]
@@ -221,6 +230,7 @@ class GridRequest:
     distribution: str = "erk"
     opt_state: str = DEFAULT_POLICY
     kernels: str = "dense"
+    threads: int = 1
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: tuple = ("fid", "is")
     data_dir: str | None = None
@@ -290,6 +300,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         metrics=tuple(req.metrics),
                         opt_state=req.opt_state,
                         kernels=req.kernels,
+                        threads=req.threads,
                         code=plugins.code(name, req.arch),
                     ).without_unused_settings()
                     if cfg.run_id not in seen:

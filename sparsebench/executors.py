@@ -321,7 +321,7 @@ def _run_wave(
                 runner.checkpoint_every,
                 runner.retry_failed,
                 decision == "rerun",
-                threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
+                threads=cfg.threads,
                 owner=runner.owner,
                 parent_pid=os.getpid() if executor == "local" else 0,
             )

@@ -15,6 +15,8 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,17 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+@contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """torch's CPU thread count set to `n` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -141,9 +154,10 @@ class Runner:
         """Load data and extractors before any run starts, so bad setups fail before training."""
         for config in configs:
             if self.store.status(config.run_id) != "done":
-                ev = self.evaluator(config)
-                if "fid" in config.metrics:
-                    ev.floor({"fid"})  # also caches the reference features before workers need them
+                with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
+                    ev = self.evaluator(config)
+                    if "fid" in config.metrics:
+                        ev.floor({"fid"})  # also caches the reference features before workers need them
 
     # -- one run --------------------------------------------------------------------------------
     def claim(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> str:
@@ -234,7 +248,8 @@ class Runner:
         status, results = "done", {}
         leader = distributed.rank() == 0
         threads = torch.get_num_threads()
-        used_threads = threads
+        torch.set_num_threads(config.threads)  # the run's own count, whichever executor runs it
+        used_threads = config.threads
         self.last_context = ctx
         try:
             method.run(ctx)

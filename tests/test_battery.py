@@ -180,3 +180,28 @@ def test_a_run_killed_during_evaluation_resumes_to_the_uninterrupted_results(tmp
     differ = {k for k in a if a[k] != b.get(k)} - RESULT_TIMES
     assert not differ, {k: (a[k], b.get(k)) for k in differ}
     assert logged_steps(ref) == logged_steps(killed)
+
+
+# -- one run id, one result --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_run_id_trains_with_the_same_threads_in_every_executor_and_environment(tmp_path):
+    cmd = ["run", "--methods", "static", "--arch", "sngan", "--steps", "20", "--no-progress"]
+    got = {}
+    for name, extra, omp in (("one", [], "1"), ("two", [], "2"), ("jobs", ["--sg", "0.8,0.9", "--jobs", "2"], "4")):
+        store = tmp_path / name / "r.db"
+        run_cli(*cmd, *extra, "--store", str(store), env={"OMP_NUM_THREADS": omp}, check=True)
+        got[name] = next(r for r in rows(store) if r["sg"] == "0.9")
+    assert got["one"]["run_id"] == got["two"]["run_id"] == got["jobs"]["run_id"]
+    assert got["one"]["threads"] == got["two"]["threads"] == got["jobs"]["threads"] == "1"
+    for key in ("fid", "is_mean", "balance_ratio"):
+        assert got["one"][key] == got["two"][key] == got["jobs"][key], key
+    store = tmp_path / "three" / "r.db"
+    run_cli(*cmd, "--threads", "2", "--store", str(store), check=True)  # an explicit count is its own cell
+    (row,) = rows(store)
+    assert row["threads"] == "2" and row["run_id"] != got["one"]["run_id"]
+
+
+def test_threads_out_of_range_is_one_line(store):
+    proc = run_cli("run", "--methods", "static", "--arch", "sngan", "--threads", "0", "--store", str(store))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "threads must be an integer in [1, 1024], got 0" in proc.stderr
