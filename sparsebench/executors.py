@@ -74,6 +74,21 @@ class RecordingStore(ArtifactPaths):
     def holder(self, run_id: str) -> str | None:
         return None
 
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether the driver's claim stands, read from the store when this worker can see it (a local
+        worker; a remote one cannot tell and trains on: the driver refuses its result if the claim is gone)."""
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                row = conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return True
+        return row is not None and row[0] == owner
+
     def claim(self, config: RunConfig, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         status = self.status(config.run_id)
         if rerun and status not in (None, "running"):

@@ -37,6 +37,12 @@ from sparsebench.train.loop import Diverged, Interrupted
 
 log = logging.getLogger("sparsebench.run")
 POLL_S = 2.0  # seconds between looks at a cell another process holds
+CLAIM_CHECK_S = 1.0  # at most this often, a training run looks whether it still holds its claim
+
+
+class ClaimLost(RuntimeError):
+    """This process no longer holds its claim on the run (paused past its lease, taken over elsewhere):
+    it stops and touches none of that run's files, which belong to the new holder now."""
 
 
 def cache_dir() -> Path:
@@ -196,12 +202,25 @@ class Runner:
         arch = self.plugins.archs.get(config.arch)
         data = self.data(config)
         bar = self._bar(config)
+        leader = distributed.rank() == 0
         pending: list[tuple[int, str, float]] = []
         held: list[tuple[int, str, float]] | None = [] if rerun else None  # a rerun's, stored with its outcome
 
+        checked = [time.monotonic()]
+
+        def holding(every: float = CLAIM_CHECK_S) -> bool:
+            """Raise ClaimLost once the claim is gone (looked at most every `every` seconds)."""
+            if time.monotonic() - checked[0] >= every:
+                checked[0] = time.monotonic()
+                if leader and not self.store.holds(run_id, self.owner):
+                    raise ClaimLost(f"run {run_id} was taken over by another process")
+            return True
+
         def flush() -> None:
             """Logged statistics reach the store with every checkpoint and before evaluation (a rerun's
-            only with its outcome, which replaces the old one's curves and results at once)."""
+            only with its outcome, which replaces the old one's curves and results at once); nothing
+            is written, and no checkpoint follows, once the claim is lost."""
+            holding(every=0.0)
             if held is not None:
                 held.extend(pending)
             else:
@@ -234,7 +253,7 @@ class Runner:
             if bar is not None
             else None,
             checkpoint_every=self.checkpoint_every,
-            stop_requested=lambda: self.stop,
+            stop_requested=lambda: holding() and self.stop,
             flush=flush,
             elapsed=lambda: time.perf_counter() - t0 - self._nested_wall,
             evaluate=(
@@ -246,7 +265,6 @@ class Runner:
         ctx = RunContext(config, data, self.device, self.store.run_dir(run_id), wiring, width=method.width)
         outer_nested, self._nested_wall = self._nested_wall, 0.0
         status, results = "done", {}
-        leader = distributed.rank() == 0
         threads = torch.get_num_threads()
         torch.set_num_threads(config.threads)  # the run's own count, whichever executor runs it
         used_threads = config.threads
@@ -263,6 +281,8 @@ class Runner:
                 }
                 if "fid_final" in results and config.train.eval_every:  # the curve ends at the final evaluation
                     pending.append((ctx.final.step, "fid", float(results["fid_final"])))
+        except ClaimLost as exc:  # the run is another process's now: no file of it is touched
+            return self._lost(config, exc, outer_nested + time.perf_counter() - t0)
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
@@ -294,7 +314,10 @@ class Runner:
                 bar.close()
             used_threads = torch.get_num_threads()
             torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with
-        flush()
+        try:
+            flush()
+        except ClaimLost as exc:
+            return self._lost(config, exc, outer_nested + time.perf_counter() - t0)
         elapsed = time.perf_counter() - t0
         wall = ctx.wall_s()  # a dependency's time is its own run's wall_s; earlier segments count
         self._nested_wall = outer_nested + elapsed
@@ -302,13 +325,20 @@ class Runner:
         results["threads"] = used_threads
         if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
-        self.store.finish_run(
+        stored = self.store.finish_run(
             run_id, status, results, wall, self.owner, env=environment(self.device) if rerun else None, stats=held
         )
-        if status in ("done", "diverged"):  # finished for good (and committed): phase checkpoints are spent
+        if stored and status in ("done", "diverged"):  # finished for good (and committed): checkpoints are spent
             self.store.remove_checkpoints(run_id)
         distributed.barrier()  # followers read this run's artifacts only after rank 0 wrote them
         return Outcome(run_id, config, status, results)
+
+    def _lost(self, config: RunConfig, exc: ClaimLost, nested_wall: float) -> Outcome:
+        """A run whose claim this process lost: left to its new holder (looked at again like a taken cell)."""
+        log.warning("%s while this process was stopped or slow; left to that process", exc)
+        self._nested_wall = nested_wall
+        holder = {"owner": self.store.holder(config.run_id)}
+        return Outcome(config.run_id, config, "running", holder, skipped=True, taken=True)
 
     def _abandon(self, run_id: str, rerun: bool, status: str, results: dict, wall: float) -> None:
         """A run stopped by the user or the environment: stored as `status`, except that a rerun

@@ -253,6 +253,7 @@ class RunStore(Protocol):
     def get(self, run_id: str) -> dict | None: ...
     def status(self, run_id: str) -> str | None: ...
     def holder(self, run_id: str) -> str | None: ...  # the owner of a live claim
+    def holds(self, run_id: str, owner: str) -> bool: ...  # whether `owner` still holds its claim on the run
 
     def claim(
         self, config: Any, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False
@@ -476,6 +477,10 @@ class Store(ArtifactPaths):
         row = self.conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether `owner`'s claim on the run stands (a process paused past its lease may have lost it)."""
+        return self.holder(run_id) == owner
+
     def update_env(self, run_id: str, env: dict, owner: str) -> None:
         self._write("UPDATE runs SET env = ? WHERE run_id = ? AND owner = ?", (json.dumps(env), run_id, owner))
 
@@ -681,6 +686,9 @@ class FollowerStore(ArtifactPaths):
 
     def claim(self, config, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         return "claimed"  # a placeholder: the runner takes rank 0's decision
+
+    def holds(self, run_id: str, owner: str) -> bool:
+        return True  # rank 0 holds the claim for the group
 
     def keep_alive(self, owner: str) -> None:
         pass

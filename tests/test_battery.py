@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXE, run_cli
-from test_reliability import ENV, LONG, alive, children, rows
+from test_reliability import ENV, LONG, alive, children, rows, wait_for_file
 
 CRASH_PLUGIN = """
 import os
@@ -205,3 +205,32 @@ def test_threads_out_of_range_is_one_line(store):
     proc = run_cli("run", "--methods", "static", "--arch", "sngan", "--threads", "0", "--store", str(store))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "threads must be an integer in [1, 1024], got 0" in proc.stderr
+
+
+# -- a process that lost its claim touches nothing of that run ----------------------------------------
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
+
+
+@pytest.mark.slow
+def test_a_process_paused_past_its_lease_stops_and_touches_no_file_of_the_run(tmp_path):
+    store = tmp_path / "r.db"
+    cmd = [*LONG, "--steps", "400", "--checkpoint-every", "10", "--store", str(store)]
+    proc = subprocess.Popen([EXE, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    ckpt = wait_for_file(store.parent / "artifacts", "*/checkpoint-phase1.pt")
+    proc.send_signal(signal.SIGSTOP)
+    # meanwhile its lease ran out, another process took the cell over and finished it
+    (ckpt.parent / "final.pt").write_bytes(b"the other process's weights")
+    with sqlite3.connect(store) as conn:
+        conn.execute(
+            "UPDATE runs SET status = 'done', results = ?, owner = NULL, lease_until = NULL", ('{"fid": 1.5}',)
+        )
+    before = files_of(ckpt.parent)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)  # it stops at its next step instead of training on
+    assert proc.returncode == 0, err
+    assert "taken over by another process" in err
+    assert files_of(ckpt.parent) == before  # no checkpoint, weights, samples written or removed
+    (row,) = rows(store)
+    assert row["status"] == "done" and row["fid"] == "1.5"
