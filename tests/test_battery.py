@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXE, run_cli
+from test_hardening import RESULTS
 from test_reliability import ENV, LONG, alive, children, rows, wait_for_file
 
 CRASH_PLUGIN = """
@@ -234,3 +235,21 @@ def test_a_process_paused_past_its_lease_stops_and_touches_no_file_of_the_run(tm
     assert files_of(ckpt.parent) == before  # no checkpoint, weights, samples written or removed
     (row,) = rows(store)
     assert row["status"] == "done" and row["fid"] == "1.5"
+
+
+# -- a report renders whatever metrics were computed ------------------------------------------------
+@pytest.mark.parametrize("fmt", ["md", "latex"])
+def test_report_of_runs_that_computed_only_fid(tmp_path, plugins, fmt):
+    from sparsebench.config import GridRequest, expand_grid
+    from sparsebench.store import Store
+
+    store = Store(tmp_path / "r.db")
+    cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", metrics=("fid",)), plugins)[0]
+    store.claim(cfg, {"torch": "x", "device": "cpu"}, "filler")
+    store.finish_run(cfg.run_id, "done", {k: v for k, v in RESULTS.items() if not k.startswith("is_")}, 1.0, "filler")
+    store.close()
+    out = tmp_path / "rep"
+    proc = run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--format", fmt)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    text = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".md", ".tex"))
+    assert "50.00" in text and "n/a" in text
