@@ -31,7 +31,7 @@ from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.options import validate_options
 from sparsebench.plugins import Plugins
 from sparsebench.store import BALANCE_RATIO_ESTIMATOR, RunStore, process_owner
-from sparsebench.train.checkpoint import atomic_save
+from sparsebench.train.checkpoint import atomic_save, remove_stale_temporaries
 from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Diverged, Interrupted
 
@@ -243,6 +243,8 @@ class Runner:
 
         if rerun:
             self.store.remove_checkpoints(run_id)
+        if leader:  # what a killed process of this run left half-written
+            remove_stale_temporaries(self.store.run_dir(run_id))
         t0 = time.perf_counter()
         wiring = RunWiring(
             build=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
