@@ -253,3 +253,100 @@ def test_report_of_runs_that_computed_only_fid(tmp_path, plugins, fmt):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     text = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".md", ".tex"))
     assert "50.00" in text and "n/a" in text
+
+
+# -- one-line errors ------------------------------------------------------------------------------------
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["results"], ["run", "--methods", "static", "--arch", "sngan", "--steps", "2"]])
+def test_a_store_name_longer_than_the_filesystem_allows_is_one_line(tmp_path, command):
+    path = tmp_path / ("a" * 300 + ".db")
+    line = one_line(run_cli(*command, "--store", str(path)))
+    assert "File name too long" in line and "--store" in line
+
+
+def test_a_truncated_store_is_called_damaged(tmp_path, plugins):
+    from test_hardening import one_run_store
+
+    path = tmp_path / "r.db"
+    one_run_store(path, plugins)
+    path.write_bytes(path.read_bytes()[:3000])
+    for command in (["results"], ["run", "--methods", "static", "--arch", "sngan", "--steps", "2"]):
+        line = one_line(run_cli(*command, "--store", str(path)))
+        assert "damaged or truncated" in line and "writable" not in line, line
+
+
+@pytest.mark.parametrize("prefix", ["5_66", "%", "_"])
+def test_show_takes_a_prefix_literally(tmp_path, plugins, prefix):
+    from test_hardening import one_run_store
+
+    run_id = one_run_store(tmp_path / "r.db", plugins)
+    line = one_line(run_cli("show", prefix, "--store", str(tmp_path / "r.db")))
+    assert "expected hexadecimal characters" in line
+    shown = run_cli("show", run_id[:4].upper(), "--store", str(tmp_path / "r.db"), check=True)
+    assert run_id in shown.stdout
+
+
+def test_an_option_given_twice_is_an_error(store):
+    line = one_line(
+        run_cli(
+            "run", "--methods", "stugan", "--arch", "sngan", "-o", "stugan.delta_t=7", "-o", "stugan.delta_t=9",
+            "--store", str(store),
+        )
+    )  # fmt: skip
+    assert "stugan.delta_t given twice" in line
+    assert not store.exists()
+
+
+def test_a_full_disk_while_writing_weights_says_so(tmp_path, monkeypatch):
+    import shutil
+
+    from sparsebench.train import checkpoint
+
+    def full(obj, path):
+        Path(path).write_bytes(b"part")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0; file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError, match="the disk is full"):
+        checkpoint.atomic_save({"x": 1}, tmp_path / "checkpoint-phase1.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporaries_of_killed_processes_are_removed_when_the_run_runs_again(tmp_path, plugins):
+    from sparsebench.config import GridRequest, expand_grid
+
+    (cfg,) = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=2), plugins)
+    folder = tmp_path / "artifacts" / cfg.run_id
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = folder / f"init.pt.{dead.pid}.tmp"
+    stale.write_bytes(b"")
+    live = folder / f"final.pt.{os.getpid()}.tmp"  # a live process's write is left alone
+    live.write_bytes(b"")
+    run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "2", "--no-progress",
+            "--store", str(tmp_path / "r.db"), check=True)  # fmt: skip
+    assert not stale.exists() and live.exists()
+
+
+@pytest.mark.slow
+def test_tensorboard_export_holds_every_logged_statistic(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = tmp_path / "r.db"
+    run_cli(*LONG, "--steps", "20", "--sd", "0.5", "-o", "stugan.explore=gd", "--store", str(store), check=True)
+    with sqlite3.connect(store) as conn:
+        keys = {k for (k,) in conn.execute("SELECT DISTINCT key FROM stats")}
+    assert {"exploration_rate_d", "update_fraction"} <= keys
+    out = tmp_path / "rep"
+    run_cli("report", "--store", str(store), "--out", str(out), "--no-samples", check=True)
+    (folder,) = (out / "tensorboard").iterdir()
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == keys
