@@ -229,7 +229,12 @@ def test_a_process_paused_past_its_lease_stops_and_touches_no_file_of_the_run(tm
     before = files_of(ckpt.parent)
     time.sleep(0.05)
     proc.send_signal(signal.SIGCONT)
-    _, err = proc.communicate(timeout=120)  # it stops at its next step instead of training on
+    try:
+        _, err = proc.communicate(timeout=120)  # it stops at its next step instead of training on
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the process that lost its claim trained on") from None
     assert proc.returncode == 0, err
     assert "taken over by another process" in err
     assert files_of(ckpt.parent) == before  # no checkpoint, weights, samples written or removed
@@ -350,3 +355,36 @@ def test_tensorboard_export_holds_every_logged_statistic(tmp_path):
     acc = EventAccumulator(str(folder))
     acc.Reload()
     assert set(acc.Tags()["scalars"]) == keys
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+# -- the report's plot workers end with it ------------------------------------------------------------
+@pytest.mark.slow
+def test_report_plot_workers_die_with_a_killed_report(tmp_path, plugins):
+    from test_hardening import one_run_store
+
+    one_run_store(tmp_path / "r.db", plugins)
+    cmd = [EXE, "report", "--store", str(tmp_path / "r.db"), "--out", str(tmp_path / "rep"), "--no-samples"]
+    report = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    own = Path(f"/proc/{report.pid}/cmdline").read_bytes()
+    forked: list[int] = []
+    t0 = time.time()
+    while len(forked) < 2 and report.poll() is None and time.time() - t0 < 120:
+        forked = [p for p in children(report.pid) if cmdline(p) == own]
+        time.sleep(0.01)
+    assert len(forked) == 2, "no plot workers seen"
+    report.send_signal(signal.SIGKILL)
+    report.wait()
+    t0 = time.time()
+    while any(alive(p) for p in forked) and time.time() - t0 < 20:
+        time.sleep(0.1)
+    orphans = [p for p in forked if alive(p)]
+    for p in orphans:
+        os.kill(p, signal.SIGKILL)
+    assert not orphans, "plot workers outlived the report"
