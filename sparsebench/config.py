@@ -8,6 +8,7 @@ core, method and architecture). The device is not part of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -151,7 +152,10 @@ class RunConfig:
             raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        # shallow, not dataclasses.asdict: every field but `train` is a scalar or a tuple converted below, and
+        # `train` holds scalars only; asdict's deep copies made grids of many cells slow to expand
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["train"] = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(self.train)}
         for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = dict(getattr(self, key))
         d["metrics"] = list(self.metrics)
@@ -173,8 +177,8 @@ class RunConfig:
         d["metrics"] = tuple(d.get("metrics", ()))
         return cls(**d)
 
-    @property
-    def run_id(self) -> str:
+    @functools.cached_property
+    def run_id(self) -> str:  # computed once per config (it is frozen): grids look it up many times
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_LENGTH]
 

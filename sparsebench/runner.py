@@ -158,8 +158,13 @@ class Runner:
 
     def preflight(self, configs: list[RunConfig]) -> None:
         """Load data and extractors before any run starts, so bad setups fail before training."""
+        prepared: set[tuple] = set()
         for config in configs:
+            key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
+            if key + (config.threads, "fid" in config.metrics) in prepared:  # once per data set, not per cell
+                continue
             if self.store.status(config.run_id) != "done":
+                prepared.add(key + (config.threads, "fid" in config.metrics))
                 with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
                     ev = self.evaluator(config)
                     if "fid" in config.metrics:

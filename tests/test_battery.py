@@ -388,3 +388,30 @@ def test_report_plot_workers_die_with_a_killed_report(tmp_path, plugins):
     for p in orphans:
         os.kill(p, signal.SIGKILL)
     assert not orphans, "plot workers outlived the report"
+
+
+# -- a grid of many cells starts its first cell without delay ------------------------------------------
+def test_a_large_grid_hashes_each_cell_once_and_prepares_each_data_set_once(tmp_path, plugins, monkeypatch):
+    from sparsebench.config import GridRequest, RunConfig, expand_grid
+    from sparsebench.executors import waves
+    from sparsebench.runner import Runner
+    from sparsebench.store import Store
+
+    hashed, prepared = [], []
+    to_dict = RunConfig.to_dict
+    monkeypatch.setattr(RunConfig, "to_dict", lambda self: hashed.append(1) or to_dict(self))
+
+    class Floor:
+        def floor(self, metrics):
+            prepared.append(metrics)
+
+    monkeypatch.setattr(Runner, "evaluator", lambda self, config: Floor())
+    req = GridRequest(methods=["static", "stugan"], arch="sngan", sg=[0.8, 0.9], seeds=list(range(500)))
+    configs = expand_grid(req, plugins)
+    runner = Runner(Store(tmp_path / "r.db"), plugins, progress=False)
+    runner.preflight(configs)
+    plan = waves(configs, runner)
+    assert len(configs) == sum(len(w) for w in plan) == 2000
+    assert len({c.run_id for c in configs}) == 2000
+    assert len(hashed) <= len(configs) + 10  # each cell's run id is computed once (it was 4 times, deep copies each)
+    assert len(prepared) == 1  # the data set's reference features are prepared once, not once per cell
