@@ -65,7 +65,8 @@ def atomic_save(obj: Any, path: Path) -> None:
     except (OSError, RuntimeError) as exc:
         if _disk_full(exc, path.parent):
             raise OSError(
-                errno.ENOSPC, f"the disk is full: cannot write {path}; free space and run the same command again"
+                errno.ENOSPC,
+                f"the disk is full: cannot write {path}; free space, then run the same command with --retry-failed",
             ) from None
         raise
     finally:
