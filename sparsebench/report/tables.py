@@ -171,9 +171,7 @@ def _stat(values: pd.Series) -> tuple[float | None, float | None]:
     return mean, (float(values.std(ddof=1)) if len(values) > 1 else None)
 
 
-def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if mean is None:  # a metric the runs did not compute (e.g. IS under --metrics fid)
-        return "n/a"
+def _fmt(mean: float, std: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
