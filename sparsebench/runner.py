@@ -63,13 +63,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, threads: int | None = None) -> dict[str, Any]:
+    """Where a run ran; `threads`: the run's own CPU thread count (RunConfig.threads), else this process's."""
     env = {
         "sparsebench": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
         "host": platform.node(),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
@@ -174,7 +175,7 @@ class Runner:
     def claim(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> str:
         """The store's decision on `config` for this runner (see Store.claim); with `wait`, a cell
         another process holds is waited for until it is done or its claim goes stale."""
-        env = environment(self.device)
+        env = environment(self.device, config.threads)
         rerun = self.rerun if rerun is None else rerun
         while True:
             decision = self.store.claim(config, env, self.owner, self.retry_failed, rerun)
@@ -333,7 +334,13 @@ class Runner:
         if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
         stored = self.store.finish_run(
-            run_id, status, results, wall, self.owner, env=environment(self.device) if rerun else None, stats=held
+            run_id,
+            status,
+            results,
+            wall,
+            self.owner,
+            env=environment(self.device, config.threads) if rerun else None,
+            stats=held,
         )
         if stored and status in ("done", "diverged"):  # finished for good (and committed): checkpoints are spent
             self.store.remove_checkpoints(run_id)
