@@ -153,6 +153,14 @@ def cli(verbose: bool):
 @click.option("--channels-last", is_flag=True, help="channels-last memory format for G, D and images")
 @click.option("--deterministic", is_flag=True, help="deterministic algorithms on CUDA (slower; the CPU always is)")
 @click.option(
+    "--threads",
+    type=str,
+    default="1",
+    show_default=True,
+    help="CPU threads each run trains with, in every executor (a CPU result depends on it: "
+    "part of the run id when not 1)",
+)
+@click.option(
     "--option",
     "-o",
     "options",
@@ -200,6 +208,7 @@ def run(
     compile_,
     channels_last,
     deterministic,
+    threads,
     options,
     device,
     data_dir,
@@ -244,6 +253,7 @@ def run(
         compile=compile_,
         channels_last=channels_last,
         deterministic=deterministic,
+        threads=_ints(threads, "--threads")[0],
         options=parse_option_strings(options),
         metrics=tuple(_split(metrics, "--metrics")),
         data_dir=data_dir,

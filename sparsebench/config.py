@@ -8,6 +8,7 @@ core, method and architecture). The device is not part of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparse
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
 RUN_ID_LENGTH = 16
+MAX_THREADS = 1024
 SEED_LIMIT = 2**32  # seeds lie in [0, 2^32); random streams are derived from (seed, name), see MethodContext.rng
 _RUN_ID = re.compile(f"[0-9a-f]{{{RUN_ID_LENGTH}}}")
 
@@ -122,6 +124,10 @@ class RunConfig:
     compile: bool = False  # training forwards through torch.compile
     channels_last: bool = False  # channels-last memory format of G, D and the real images
     deterministic: bool = False  # deterministic algorithms on CUDA
+    # CPU threads the run trains and evaluates with, whichever executor runs it: float reassociation makes a
+    # CPU result depend on the count, so a run id must fix it; in the id unless 1 (the runs stored before it
+    # existed trained with 1 thread per run)
+    threads: int = 1
 
     def __post_init__(self):
         for axis in ("sg", "sd"):
@@ -166,11 +172,16 @@ class RunConfig:
                 f"{curve_points(self.train)} (eval_every={self.train.eval_every} from {self.train.eval_from:g} "
                 f"of {self.train.steps} steps, the final evaluation included)"
             )
+        if not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS:
+            raise SparsebenchError(f"threads must be an integer in [1, {MAX_THREADS}], got {self.threads}")
         if self.train.accumulate < 1:
             raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        # shallow, not dataclasses.asdict: every field but `train` is a scalar or a tuple converted below, and
+        # `train` holds scalars only; asdict's deep copies made grids of many cells slow to expand
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["train"] = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(self.train)}
         for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = dict(getattr(self, key))
         d["metrics"] = list(self.metrics)
@@ -179,6 +190,8 @@ class RunConfig:
         for name, default in SPEED_DEFAULTS.items():  # and runs in the default, faithful mode
             if d[name] == default:
                 del d[name]
+        if d["threads"] == 1:  # likewise runs from before the thread count was fixed per run
+            del d["threads"]
         for name, default in LATER_TRAIN_FIELDS.items():  # likewise runs from before these settings existed
             if d["train"][name] == default:
                 del d["train"][name]
@@ -193,8 +206,8 @@ class RunConfig:
         d["metrics"] = tuple(d.get("metrics", ()))
         return cls(**d)
 
-    @property
-    def run_id(self) -> str:
+    @functools.cached_property
+    def run_id(self) -> str:  # computed once per config (it is frozen): grids look it up many times
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:RUN_ID_LENGTH]
 
@@ -254,6 +267,7 @@ class GridRequest:
     compile: bool = False
     channels_last: bool = False
     deterministic: bool = False
+    threads: int = 1
     options: dict[str, dict[str, str]] = field(default_factory=dict)
     metrics: tuple = ("fid", "is")
     data_dir: str | None = None
@@ -328,6 +342,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         compile=req.compile,
                         channels_last=req.channels_last,
                         deterministic=req.deterministic,
+                        threads=req.threads,
                         code=plugins.code(name, req.arch),
                     ).without_unused_settings()
                     if cfg.run_id not in seen:

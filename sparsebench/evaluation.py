@@ -149,8 +149,8 @@ def _dense_flops(config: RunConfig, ctx: RunContext, plugins: Plugins):
 
 
 def ratio_results(ratios: list[tuple[int, float]]) -> dict[str, float]:
-    """The final balance ratio and its mean over the last 10 % of the final phase's steps (of those this
-    process logged: a run resumed late in training averages fewer of them)."""
+    """The final balance ratio and its mean over the last 10 % of the final phase's logged steps (a resumed
+    run's too: its checkpoints keep what the phase logged, see `GANState.logged`)."""
     if not ratios:
         return {}
     last = ratios[-1][0]

@@ -12,11 +12,13 @@ runs, so a dependency is trained once, not once per worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
@@ -25,6 +27,7 @@ from sparsebench.store import ArtifactPaths, RunStore, Store
 from sparsebench.train.loop import Interrupted
 
 EXECUTORS = ("local", "ray")
+log = logging.getLogger("sparsebench.run")
 
 
 class GridInterrupted(Interrupted):
@@ -72,6 +75,21 @@ class RecordingStore(ArtifactPaths):
 
     def holder(self, run_id: str) -> str | None:
         return None
+
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether the driver's claim stands, read from the store when this worker can see it (a local
+        worker; a remote one cannot tell and trains on: the driver refuses its result if the claim is gone)."""
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                row = conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return True
+        return row is not None and row[0] == owner
 
     def claim(self, config: RunConfig, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         status = self.status(config.run_id)
@@ -286,6 +304,7 @@ def _run_wave(
     queue, waiting, inflight = list(wave), [], {}
     reruns: set[str] = set()
     announced: set[str] = set()
+    retried: set[str] = set()  # cells whose worker died once
     while queue or waiting or inflight:
         if runner.stop:
             pool.interrupt()
@@ -299,7 +318,8 @@ def _run_wave(
                     on_done(cfg, outcome)
                 waiting.append(cfg)
                 continue
-            on_start(cfg)
+            if cfg.run_id not in retried:
+                on_start(cfg)
             if decision not in ("claimed", "rerun"):
                 row = store.get(cfg.run_id)
                 outcome = Outcome(cfg.run_id, cfg, decision, row["results"] if row else {}, skipped=True)
@@ -318,7 +338,7 @@ def _run_wave(
                 runner.checkpoint_every,
                 runner.retry_failed,
                 decision == "rerun",
-                threads=max(1, (os.cpu_count() or 1) // max(slots, 1)) if executor == "local" else 0,
+                threads=cfg.threads,
                 owner=runner.owner,
                 parent_pid=os.getpid() if executor == "local" else 0,
                 artifacts_name=store.artifacts_name,
@@ -339,8 +359,14 @@ def _run_wave(
             cfg = inflight.pop(future)
             try:
                 ops, summary = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker that died: the cell is failed, the grid goes on
-                ops, summary = [], {"status": "failed", "results": {"error": f"worker died: {exc}"}, "skipped": False}
+            except Exception as exc:  # noqa: BLE001 - a worker that died costs its own cell only, the grid goes on
+                if cfg.run_id not in retried and not runner.stop:  # tried once more, from its checkpoint
+                    retried.add(cfg.run_id)
+                    log.warning("run %s: %s; trying it once more", cfg.run_id, exc)
+                    queue.insert(0, cfg)
+                    continue
+                error = f"worker died: {exc}" + (" (also when tried again)" if cfg.run_id in retried else "")
+                ops, summary = [], {"status": "failed", "results": {"error": error}, "skipped": False}
                 if cfg.run_id in reruns:  # the outcome stored before the rerun stays
                     store.release(cfg.run_id, runner.owner)
                 else:
@@ -362,18 +388,71 @@ def _dep_ids(cfg: RunConfig, runner: Runner) -> list[str]:
     return [runner.dependency(cfg, d).run_id for d in runner.plugins.methods.get(cfg.method).requires]
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without returning its cell's result (killed, or exited inside a plugin)."""
+
+    def __init__(self, exitcode: int | None):
+        import signal
+
+        if exitcode is not None and exitcode < 0:
+            try:
+                how = f"was killed by {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"was killed by signal {-exitcode}"
+        else:
+            how = f"exited with code {exitcode}"
+        super().__init__(f"the worker process training this cell {how} before returning its result")
+
+
+def _cell_process(job: CellJob, conn) -> None:
+    """A worker process's body: one cell, its result sent back through `conn`."""
+    try:
+        result: tuple[str, Any] = ("ok", run_cell(job))
+    except BaseException as exc:  # noqa: BLE001 - reported to the driver, which stores the cell's outcome
+        result = ("error", f"{type(exc).__name__}: {exc}")
+    conn.send(result)
+    conn.close()
+
+
 class _ProcessPool:
-    """Worker processes (spawned, so no state is inherited); SIGTERM is forwarded to them on stop."""
+    """One spawned worker process per cell (so no state is inherited, and a worker that dies costs
+    only its own cell: the other cells' processes go on); SIGTERM is forwarded to them on stop."""
 
     def __init__(self, jobs: int):
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.mp = multiprocessing.get_context("spawn")
+        self.procs: set[Any] = set()  # the live worker processes
         self.signalled = False
 
     def submit(self, job: CellJob):
-        return self.pool.submit(run_cell, job)
+        import threading
+        from concurrent.futures import Future
+
+        receiver, sender = self.mp.Pipe(duplex=False)
+        proc = self.mp.Process(target=_cell_process, args=(job, sender), name="sparsebench-cell")
+        proc.start()
+        sender.close()
+        self.procs.add(proc)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+
+        def collect() -> None:
+            try:
+                kind, value = receiver.recv()
+            except (EOFError, OSError):
+                kind, value = "died", None
+            proc.join()
+            self.procs.discard(proc)
+            if kind == "ok":
+                future.set_result(value)
+            elif kind == "error":
+                future.set_exception(RuntimeError(value))
+            else:
+                future.set_exception(WorkerDied(proc.exitcode))
+
+        threading.Thread(target=collect, daemon=True, name="sparsebench-cell-result").start()
+        return future
 
     def interrupt(self) -> None:
         """Ask every running cell to checkpoint and stop (once)."""
@@ -381,12 +460,15 @@ class _ProcessPool:
 
         if not self.signalled:
             self.signalled = True
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
+            for proc in list(self.procs):
                 if proc.is_alive():
                     os.kill(proc.pid, signal.SIGTERM)
 
     def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
+        """Cells still running (the driver stopped on an error) checkpoint and stop; wait for them."""
+        self.interrupt()
+        for proc in list(self.procs):
+            proc.join()
 
 
 def _ray_pool(address: str | None, runner: Runner):

@@ -132,5 +132,9 @@ def parse_option_strings(items: tuple[str, ...] | list[str]) -> dict[str, dict[s
         target, dot, name = key.partition(".")
         if not sep or not dot or not target or not name:
             raise SparsebenchError(f"--option {item!r}: expected PLUGIN.NAME=VALUE, e.g. stugan.explore=gd")
+        if name in out.get(target, {}):
+            raise SparsebenchError(
+                f"--option {target}.{name} given twice ({out[target][name]!r} and {value!r}); give it once"
+            )
         out.setdefault(target, {})[name] = value
     return out

@@ -15,6 +15,8 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.options import validate_options
 from sparsebench.plugins import Plugins
 from sparsebench.store import BALANCE_RATIO_ESTIMATOR, RunStore, process_owner
-from sparsebench.train.checkpoint import atomic_save
+from sparsebench.train.checkpoint import atomic_save, remove_stale_temporaries
 from sparsebench.train.context import RunContext, RunWiring
 from sparsebench.train.loop import Diverged, Interrupted
 from sparsebench.train.speed import deterministic
@@ -37,6 +39,12 @@ from sparsebench.train.speed import environment as speed_environment
 
 log = logging.getLogger("sparsebench.run")
 POLL_S = 2.0  # seconds between looks at a cell another process holds
+CLAIM_CHECK_S = 1.0  # at most this often, a training run looks whether it still holds its claim
+
+
+class ClaimLost(RuntimeError):
+    """This process no longer holds its claim on the run (paused past its lease, taken over elsewhere):
+    it stops and touches none of that run's files, which belong to the new holder now."""
 
 
 def cache_dir() -> Path:
@@ -57,13 +65,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, threads: int | None = None) -> dict[str, Any]:
+    """Where a run ran; `threads`: the run's own CPU thread count (RunConfig.threads), else this process's."""
     env = {
         "sparsebench": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
         "host": platform.node(),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
@@ -72,6 +81,17 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+@contextmanager
+def pinned_threads(n: int) -> Iterator[None]:
+    """torch's CPU thread count set to `n` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -141,17 +161,23 @@ class Runner:
 
     def preflight(self, configs: list[RunConfig]) -> None:
         """Load data and extractors before any run starts, so bad setups fail before training."""
+        prepared: set[tuple] = set()
         for config in configs:
+            key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
+            if key + (config.threads, "fid" in config.metrics) in prepared:  # once per data set, not per cell
+                continue
             if self.store.status(config.run_id) != "done":
-                ev = self.evaluator(config)
-                if "fid" in config.metrics:
-                    ev.floor({"fid"})  # also caches the reference features before workers need them
+                prepared.add(key + (config.threads, "fid" in config.metrics))
+                with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
+                    ev = self.evaluator(config)
+                    if "fid" in config.metrics:
+                        ev.floor({"fid"})  # also caches the reference features before workers need them
 
     # -- one run --------------------------------------------------------------------------------
     def claim(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> str:
         """The store's decision on `config` for this runner (see Store.claim); with `wait`, a cell
         another process holds is waited for until it is done or its claim goes stale."""
-        env = {**environment(self.device), **speed_environment(config)}
+        env = {**environment(self.device, config.threads), **speed_environment(config)}
         rerun = self.rerun if rerun is None else rerun
         while True:
             decision = self.store.claim(config, env, self.owner, self.retry_failed, rerun)
@@ -184,12 +210,25 @@ class Runner:
         arch = self.plugins.archs.get(config.arch)
         data = self.data(config)
         bar = self._bar(config)
+        leader = distributed.rank() == 0
         pending: list[tuple[int, str, float]] = []
         held: list[tuple[int, str, float]] | None = [] if rerun else None  # a rerun's, stored with its outcome
 
+        checked = [time.monotonic()]
+
+        def holding(every: float = CLAIM_CHECK_S) -> bool:
+            """Raise ClaimLost once the claim is gone (looked at most every `every` seconds)."""
+            if time.monotonic() - checked[0] >= every:
+                checked[0] = time.monotonic()
+                if leader and not self.store.holds(run_id, self.owner):
+                    raise ClaimLost(f"run {run_id} was taken over by another process")
+            return True
+
         def flush() -> None:
             """Logged statistics reach the store with every checkpoint and before evaluation (a rerun's
-            only with its outcome, which replaces the old one's curves and results at once)."""
+            only with its outcome, which replaces the old one's curves and results at once); nothing
+            is written, and no checkpoint follows, once the claim is lost."""
+            holding(every=0.0)
             if held is not None:
                 held.extend(pending)
             else:
@@ -212,6 +251,8 @@ class Runner:
 
         if rerun:
             self.store.remove_checkpoints(run_id)
+        if leader:  # what a killed process of this run left half-written
+            remove_stale_temporaries(self.store.run_dir(run_id))
         t0 = time.perf_counter()
         wiring = RunWiring(
             build=lambda width: arch.build(config.train, data.train.num_classes, width, **dict(config.arch_options)),
@@ -222,7 +263,7 @@ class Runner:
             if bar is not None
             else None,
             checkpoint_every=self.checkpoint_every,
-            stop_requested=lambda: self.stop,
+            stop_requested=lambda: holding() and self.stop,
             flush=flush,
             elapsed=lambda: time.perf_counter() - t0 - self._nested_wall,
             evaluate=(
@@ -234,9 +275,9 @@ class Runner:
         ctx = RunContext(config, data, self.device, self.store.run_dir(run_id), wiring, width=method.width)
         outer_nested, self._nested_wall = self._nested_wall, 0.0
         status, results = "done", {}
-        leader = distributed.rank() == 0
         threads = torch.get_num_threads()
-        used_threads = threads
+        torch.set_num_threads(config.threads)  # the run's own count, whichever executor runs it
+        used_threads = config.threads
         self.last_context = ctx
         determinism = deterministic(config.deterministic, self.device)
         determinism.__enter__()  # left in `finally` below
@@ -252,6 +293,8 @@ class Runner:
                 }
                 if "fid_final" in results and config.train.eval_every:  # the curve ends at the final evaluation
                     pending.append((ctx.final.step, "fid", float(results["fid_final"])))
+        except ClaimLost as exc:  # the run is another process's now: no file of it is touched
+            return self._lost(config, exc, outer_nested + time.perf_counter() - t0)
         except Diverged as exc:
             status = "diverged"
             results = {"diverged_step": exc.step, "error": str(exc), **self._partial(config, ctx)}
@@ -284,7 +327,10 @@ class Runner:
                 bar.close()
             used_threads = torch.get_num_threads()
             torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with
-        flush()
+        try:
+            flush()
+        except ClaimLost as exc:
+            return self._lost(config, exc, outer_nested + time.perf_counter() - t0)
         elapsed = time.perf_counter() - t0
         wall = ctx.wall_s()  # a dependency's time is its own run's wall_s; earlier segments count
         self._nested_wall = outer_nested + elapsed
@@ -292,19 +338,26 @@ class Runner:
         results["threads"] = used_threads
         if ctx.final is not None and status == "done" and leader:
             self._save_artifacts(ctx)
-        self.store.finish_run(
+        stored = self.store.finish_run(
             run_id,
             status,
             results,
             wall,
             self.owner,
-            env={**environment(self.device), **speed_environment(config)} if rerun else None,
+            env={**environment(self.device, config.threads), **speed_environment(config)} if rerun else None,
             stats=held,
         )
-        if status in ("done", "diverged"):  # finished for good (and committed): phase checkpoints are spent
+        if stored and status in ("done", "diverged"):  # finished for good (and committed): checkpoints are spent
             self.store.remove_checkpoints(run_id)
         distributed.barrier()  # followers read this run's artifacts only after rank 0 wrote them
         return Outcome(run_id, config, status, results)
+
+    def _lost(self, config: RunConfig, exc: ClaimLost, nested_wall: float) -> Outcome:
+        """A run whose claim this process lost: left to its new holder (looked at again like a taken cell)."""
+        log.warning("%s while this process was stopped or slow; left to that process", exc)
+        self._nested_wall = nested_wall
+        holder = {"owner": self.store.holder(config.run_id)}
+        return Outcome(config.run_id, config, "running", holder, skipped=True, taken=True)
 
     def _abandon(self, run_id: str, rerun: bool, status: str, results: dict, wall: float) -> None:
         """A run stopped by the user or the environment: stored as `status`, except that a rerun

@@ -261,6 +261,7 @@ class RunStore(Protocol):
     def get(self, run_id: str) -> dict | None: ...
     def status(self, run_id: str) -> str | None: ...
     def holder(self, run_id: str) -> str | None: ...  # the owner of a live claim
+    def holds(self, run_id: str, owner: str) -> bool: ...  # whether `owner` still holds its claim on the run
 
     def claim(
         self, config: Any, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False
@@ -314,6 +315,10 @@ class Store(ArtifactPaths):
     def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
         hint = f"{HINT} to a writable location"
+        try:
+            self.path.is_dir()
+        except OSError as exc:  # a name too long for the filesystem, a loop of links...
+            raise SparsebenchError(f"results store {self.path}: {exc.strerror or exc}; {HINT}") from None
         if self.path.is_dir():
             raise SparsebenchError(f"results store {self.path} is a directory; {HINT}")
         if readonly:
@@ -325,9 +330,7 @@ class Store(ArtifactPaths):
             except sqlite3.OperationalError as exc:
                 raise SparsebenchError(f"cannot read results store {self.path}: {exc}; {HINT}") from None
             except sqlite3.DatabaseError as exc:
-                raise SparsebenchError(
-                    f"{self.path} is not a sparsebench results store (not a SQLite database: {exc}); {HINT}"
-                ) from None
+                raise SparsebenchError(self._not_a_store(exc)) from None
             if version is None:
                 raise SparsebenchError(f"{self.path} is not a sparsebench results store (an empty database); {HINT}")
             self.artifacts_name = self._artifacts_name() or LEGACY_ARTIFACTS
@@ -342,12 +345,24 @@ class Store(ArtifactPaths):
             self.artifacts_name = self._own_artifacts()
         except sqlite3.OperationalError as exc:  # the file is a database, but it cannot be written
             raise SparsebenchError(f"cannot write results store {self.path}: {exc}; {hint}") from None
-        except sqlite3.DatabaseError as exc:
-            raise SparsebenchError(
-                f"{self.path} is not a sparsebench results store (not a SQLite database: {exc}); {hint}"
-            ) from None
+        except sqlite3.DatabaseError as exc:  # not about writing: no writable location helps
+            raise SparsebenchError(self._not_a_store(exc)) from None
         except OSError as exc:
             raise SparsebenchError(f"cannot write results store {self.path}: {exc.strerror or exc}; {hint}") from None
+
+    def _not_a_store(self, exc: sqlite3.DatabaseError) -> str:
+        """Why the file cannot be read as a store: a damaged (e.g. truncated) SQLite file, or something else."""
+        try:
+            with open(self.path, "rb") as f:
+                damaged = f.read(16) == b"SQLite format 3\x00"
+        except OSError:
+            damaged = False
+        if damaged:
+            return (
+                f"results store {self.path} is damaged or truncated ({exc}); restore it from a copy, "
+                f"or {HINT} to start another"
+            )
+        return f"{self.path} is not a sparsebench results store (not a SQLite database: {exc}); {HINT}"
 
     # -- schema -------------------------------------------------------------------------------
     def _connect_readonly(self) -> sqlite3.Connection:
@@ -523,6 +538,10 @@ class Store(ArtifactPaths):
         row = self.conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether `owner`'s claim on the run stands (a process paused past its lease may have lost it)."""
+        return self.holder(run_id) == owner
+
     def update_env(self, run_id: str, env: dict, owner: str) -> None:
         self._write("UPDATE runs SET env = ? WHERE run_id = ? AND owner = ?", (json.dumps(env), run_id, owner))
 
@@ -625,7 +644,13 @@ class Store(ArtifactPaths):
         }
 
     def find(self, prefix: str) -> dict | None:
-        rows = self.conn.execute("SELECT run_id FROM runs WHERE run_id LIKE ?", (prefix + "%",)).fetchall()
+        """The run whose id starts with `prefix` (its characters taken literally, `_` and `%` too)."""
+        prefix = prefix.lower()
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            raise SparsebenchError(f"run id {prefix!r}: expected hexadecimal characters 0-9a-f (a run id or its start)")
+        rows = self.conn.execute(
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
         if len(rows) > 1:
             raise SparsebenchError(f"run id prefix {prefix!r} is ambiguous ({len(rows)} runs); give more characters")
         return self.get(rows[0][0]) if rows else None
@@ -639,13 +664,17 @@ class Store(ArtifactPaths):
             "SELECT step, key, value FROM stats WHERE run_id = ? ORDER BY step, key", (run_id,)
         ).fetchall()
 
-    def stats_rows(self, keys: list[str]) -> list[tuple[str, int, str, float]]:
-        """(run_id, step, key, value) for every run and the given keys (balance ratios only where current)."""
-        marks = ",".join("?" * len(keys))
-        rows = self.conn.execute(
-            f"SELECT run_id, step, key, value FROM stats WHERE key IN ({marks}) ORDER BY run_id, step", keys
-        ).fetchall()
-        if "balance_ratio" not in keys:
+    def stats_rows(self, keys: list[str] | None) -> list[tuple[str, int, str, float]]:
+        """(run_id, step, key, value) for every run and the given keys, or every key logged (None); balance
+        ratios only where current."""
+        if keys is None:
+            rows = self.conn.execute("SELECT run_id, step, key, value FROM stats ORDER BY run_id, step").fetchall()
+        else:
+            marks = ",".join("?" * len(keys))
+            rows = self.conn.execute(
+                f"SELECT run_id, step, key, value FROM stats WHERE key IN ({marks}) ORDER BY run_id, step", keys
+            ).fetchall()
+        if keys is not None and "balance_ratio" not in keys:
             return rows
         envs = self.conn.execute("SELECT run_id, env FROM runs").fetchall()
         current = {run_id for run_id, env in envs if current_ratio(json.loads(env or "{}"))}
@@ -730,6 +759,9 @@ class FollowerStore(ArtifactPaths):
 
     def claim(self, config, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
         return "claimed"  # a placeholder: the runner takes rank 0's decision
+
+    def holds(self, run_id: str, owner: str) -> bool:
+        return True  # rank 0 holds the claim for the group
 
     def keep_alive(self, owner: str) -> None:
         pass

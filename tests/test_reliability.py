@@ -243,8 +243,7 @@ def test_a_resume_continues_with_the_thread_count_it_started_with(tmp_path):
     wait_for_file(store.parent / f"{store.stem}-artifacts", "*/checkpoint-phase1.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = run_cli(*cmd, "--steps", "400", env={"OMP_NUM_THREADS": "2"}, check=True)
-    assert "resuming with 1 threads, as this run started (not 2)" in again.stderr
+    run_cli(*cmd, "--steps", "400", env={"OMP_NUM_THREADS": "2"}, check=True)  # the run's own count, not the env's
     assert rows(store)[0]["threads"] == "1"
 
 

@@ -110,11 +110,9 @@ def build_report(
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    stats = pd.DataFrame(
-        store.stats_rows(["exploration_rate", "loss_d", "loss_g", "balance_ratio"]),
-        columns=["run_id", "step", "key", "value"],
-    )
-    stats = stats[stats["run_id"].isin(df["run_id"])]
+    logged = pd.DataFrame(store.stats_rows(None), columns=["run_id", "step", "key", "value"])
+    logged = logged[logged["run_id"].isin(df["run_id"])]  # every statistic: the TensorBoard export holds them all
+    stats = logged[logged["key"].isin(["exploration_rate", "loss_d", "loss_g", "balance_ratio"])]
     written += plots.render_all(
         [
             (plots.fid_vs_sg, (df, figures)),
@@ -142,7 +140,7 @@ def build_report(
             if plots.sample_grid(store.artifacts_dir / r.run_id / "samples.pt", target):
                 grids.append((r, target))
                 written.append(target)
-    written += _tensorboard(stats, out)
+    written += _tensorboard(logged, out)
     written.append(_index(store, df, out, written, grids, command, convention))
     return written
 

@@ -6,6 +6,8 @@ Runs are named by the results frame's `label` column (`tables.labels`: the metho
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +34,39 @@ def render_all(jobs: list[tuple]) -> list[Path]:
     _plt()  # import once in the parent: forked workers inherit it
     if "fork" not in multiprocessing.get_all_start_methods() or len(jobs) < 2:
         return [p for fn, args in jobs for p in fn(*args)]
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=2,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(fn, *args) for fn, args in jobs]
         return [p for f in futures for p in f.result()]
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when `parent_pid` does (killed with SIGKILL, it cannot shut its pool down, and
+    a forked worker blocks for ever on a queue whose other end it holds itself): Linux's parent-death
+    signal, elsewhere a thread that watches the parent."""
+    import signal
+    import threading
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="sparsebench-parent-watch").start()
+    if os.getppid() != parent_pid:  # the parent was gone before the signal was set
+        os._exit(1)
 
 
 def _save(fig, out: Path, stem: str) -> list[Path]:

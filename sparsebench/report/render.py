@@ -72,7 +72,9 @@ def _latex_cell(cell, kind: str) -> str:
         return latex_escape(cell.text)
     if kind == "quality":
         (fm, fs), (im, is_) = cell.parts
-        pm = lambda m, s: f"{m:.2f}" + (rf" \pm {s:.2f}" if s is not None else "")  # noqa: E731
+        pm = lambda m, s: (  # noqa: E731 - a metric the runs did not compute: n/a
+            r"\text{n/a}" if m is None else f"{m:.2f}" + (rf" \pm {s:.2f}" if s is not None else "")
+        )
         body = f"${pm(fm, fs)}$ / ${pm(im, is_)}$"
         note = latex_escape(cell.note)
         body = rf"\textbf{{{body}}}" if cell.bold else body

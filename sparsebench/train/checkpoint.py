@@ -13,10 +13,12 @@ file can be set aside and its phase restarted from scratch.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import pickle
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -48,16 +50,58 @@ def load_plain(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); delete it to restart that run") from None
 
 
+DISK_FULL_BYTES = 64 * 2**20  # a failed write with less free space than this is taken for a full disk
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file of this process, renamed into place; no temporary file
-    is left behind when the write fails."""
+    is left behind when the write fails, and a full disk is said in words (torch reports it as a
+    failed write)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
         tmp.replace(path)
+    except (OSError, RuntimeError) as exc:
+        if _disk_full(exc, path.parent):
+            raise OSError(
+                errno.ENOSPC,
+                f"the disk is full: cannot write {path}; free space, then run the same command with --retry-failed",
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_BYTES
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (`NAME.PID.tmp`) that processes of this host killed mid-write left in
+    `folder`; a live process's are kept."""
+    removed = []
+    for tmp in Path(folder).glob("*.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Checkpoint:
@@ -85,6 +129,8 @@ class Checkpoint:
             "step": state.step,
             "flops": state.flops,
             "curve": [[float(step), value] for step, value in state.curve],
+            "logged": [[step, {k: float(v) for k, v in values.items()}] for step, values in state.logged],
+            "step_seconds": list(state.step_seconds),
             "G": state.G.state_dict(),
             "D": state.D.state_dict(),
             "g_opt": state.g_opt.state_dict(),
@@ -132,6 +178,10 @@ class Checkpoint:
             state.ema.load_state_dict(blob["ema"])
         state.step, state.flops = int(blob["step"]), float(blob["flops"])
         state.curve = [(int(step), float(value)) for step, value in blob.get("curve", [])]
+        state.logged = [
+            (int(step), {str(k): float(v) for k, v in values.items()}) for step, values in blob.get("logged", [])
+        ]
+        state.step_seconds = [float(s) for s in blob.get("step_seconds", [])]
         batcher.load_state_dict(blob["batcher"])
         noise.set_state(blob["noise"])
         hooks.load_state_dict(blob["hooks"])

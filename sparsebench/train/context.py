@@ -180,6 +180,10 @@ class RunContext:
         noise = self.rng(f"noise{suffix}", self.device)
         self._phases += 1
         ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self._phases}{suffix}.pt", self.config)
+
+        def emit(step: int, values: dict) -> None:
+            self._wiring.log(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
+
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
             try:
                 done, wall = ckpt.restore(state, batcher, noise, hooks)
@@ -190,6 +194,8 @@ class RunContext:
                     "resuming run %s phase %d (%s) from G step %d", self.config.run_id, self._phases, label, state.step
                 )
                 self._resumed_wall = wall - self._wiring.elapsed()  # the run's clock goes on from the save
+                for step, values in state.logged:  # stored again: the killed process may not have stored them
+                    emit(step, values)
                 if done:
                     self._spent_flops += state.flops
                     return
@@ -206,7 +212,8 @@ class RunContext:
             return self.flops.dense_grad_extra("g", g) + self.flops.dense_grad_extra("d", d)
 
         def log_step(step: int, values: dict) -> None:
-            self._wiring.log(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
+            state.logged.append((step, {k: float(v) for k, v in values.items()}))
+            emit(step, values)
 
         wiring = self._wiring
         if wiring.progress_phase is not None:

@@ -152,9 +152,12 @@ class GANState:
     ema: SparseEMA | None = None
     step: int = 0
     flops: float = 0.0
-    step_seconds: list[float] = field(default_factory=list)  # wall time of each G step this process ran
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each G step of this phase (checkpointed)
     balance_ratio: float = math.nan  # measured at this G step (see Hooks.balance_ratio_every), else NaN
     curve: list[tuple[int, float]] = field(default_factory=list)  # (G step, FID) of this phase's evaluation curve
+    # (G step, values) of every statistic this phase logged, kept in its checkpoints: a resumed run stores
+    # them again (rows a killed process had not stored yet are not lost) and rebuilds its balance ratios
+    logged: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
     @property
     def eval_model(self) -> nn.Module:
