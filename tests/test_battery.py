@@ -327,7 +327,7 @@ def test_temporaries_of_killed_processes_are_removed_when_the_run_runs_again(tmp
     from sparsebench.config import GridRequest, expand_grid
 
     (cfg,) = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=2), plugins)
-    folder = tmp_path / "artifacts" / cfg.run_id
+    folder = tmp_path / "r-artifacts" / cfg.run_id  # the store r.db's own artifacts folder
     folder.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -336,7 +336,7 @@ def test_temporaries_of_killed_processes_are_removed_when_the_run_runs_again(tmp
     live = folder / f"final.pt.{os.getpid()}.tmp"  # a live process's write is left alone
     live.write_bytes(b"")
     run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "2", "--no-progress",
-            "--store", str(tmp_path / "r.db"), check=True)  # fmt: skip
+            "--store", str(tmp_path / "r.db"), check=True, spawn=True)  # fmt: skip
     assert not stale.exists() and live.exists()
 
 

@@ -54,11 +54,14 @@ def insert_row(
     arch: str = "sngan",
     results: dict = RESULTS,
     env: dict | None = None,
+    method_options: dict | None = None,
 ) -> None:
     """A row written with sqlite3 directly, as anything other than sparsebench could write it."""
     conn = sqlite3.connect(path)
     with conn:
         config = conn.execute("SELECT config FROM runs LIMIT 1").fetchone()[0]
+        if method_options is not None:
+            config = json.dumps({**json.loads(config), "method_options": method_options})
         conn.execute(
             "INSERT INTO runs (run_id, method, arch, dataset, preset, sg, sd, seed, status, config, results, env, "
             "wall_s, created_at, updated_at) "
@@ -174,6 +177,7 @@ def test_report_escapes_markdown_and_html_from_the_store(tmp_path, plugins):
         method="<img src=x onerror=alert(1)>\n# injected",
         results={**RESULTS, "variant": "[click](javascript:alert(1))|*x*", "extractor": "<b>ex</b>"},
         env={"torch": "<script>alert(2)</script>"},
+        method_options={"k": "[click](javascript:alert(1))|*x*"},  # labels name a cell's settings
     )
     out = tmp_path / "rep"
     run_cli("report", "--store", str(db), "--out", str(out), "--format", "md", check=True)
@@ -184,7 +188,7 @@ def test_report_escapes_markdown_and_html_from_the_store(tmp_path, plugins):
         assert re.search(r"(?<!\\)\]\(javascript", text) is None, name  # the crafted link does not form
         assert not any(line.startswith("# injected") for line in text.splitlines()), name
     table = (out / "table1.md").read_text()
-    assert r"&lt;img src=x onerror=alert(1)&gt; # injected \[\[click\](javascript:alert(1))\|\*x\*\]" in table
+    assert r"&lt;img src=x onerror=alert(1)&gt; # injected \[k=\[click\](javascript:alert(1))\|\*x\*\]" in table
     assert "&lt;script&gt;" in (out / "index.md").read_text()
 
 
