@@ -65,6 +65,9 @@ def arm_spec(base, arm: Arm, every: int):
     return base.replace(steps=steps, eval_every=every, eval_from=arm.curve_from, **changes)
 
 
+_PRESETS: dict[tuple[str, str], object] = {}  # the installed presets, before any arm changed them in this process
+
+
 def _one(arch: str, preset: str, arm: Arm, seed: int, every: int, store: str, smoke: bool) -> tuple:
     import torch
 
@@ -72,7 +75,7 @@ def _one(arch: str, preset: str, arm: Arm, seed: int, every: int, store: str, sm
     from sparsebench.plugins import get_plugins
 
     entry = get_plugins().archs.get(arch)
-    base = entry.presets[preset]
+    base = _PRESETS.setdefault((arch, preset), entry.presets[preset])  # a worker runs several arms in turn
     if smoke:
         base = base.replace(steps=12, eval_samples=200)
     spec = arm_spec(base, arm, every)
@@ -85,6 +88,8 @@ def _one(arch: str, preset: str, arm: Arm, seed: int, every: int, store: str, sm
     s = Store(store, readonly=True)
     curve = [(step, v) for step, key, v in s.stats(row["run_id"]) if key == "fid"]
     s.close()
+    if row["status"] == "done" and (int(row["steps"]) != spec.steps or curve[-1][0] != spec.steps):
+        raise RuntimeError(f"{arch} {arm.name} seed {seed}: trained {row['steps']} G steps, the arm has {spec.steps}")
     return arch, arm.name, seed, row["status"], curve, float(row["wall_s"])
 
 
