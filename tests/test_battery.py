@@ -93,7 +93,7 @@ def test_a_killed_worker_costs_only_its_cell_which_is_tried_again(tmp_path):
     driver = subprocess.Popen(
         [EXE, *cmd, "--store", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
     )
-    folder = store.parent / "artifacts"
+    folder = store.parent / "r-artifacts"  # the store r.db's own artifacts folder
     t0 = time.time()
     while len(list(folder.glob("*/checkpoint-phase1.pt"))) < 2 and time.time() - t0 < 300:
         time.sleep(0.05)
@@ -141,7 +141,7 @@ def test_jobs_driver_killed_loses_no_logged_row(tmp_path):
     )
     from sparsebench.train.checkpoint import load_plain
 
-    folder = store.parent / "artifacts"
+    folder = store.parent / "r-artifacts"  # the store r.db's own artifacts folder
     t0 = time.time()
     while time.time() - t0 < 300:
         ckpts = list(folder.glob("*/checkpoint-phase1.pt"))
@@ -218,7 +218,7 @@ def test_a_process_paused_past_its_lease_stops_and_touches_no_file_of_the_run(tm
     store = tmp_path / "r.db"
     cmd = [*LONG, "--steps", "400", "--checkpoint-every", "10", "--store", str(store)]
     proc = subprocess.Popen([EXE, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    ckpt = wait_for_file(store.parent / "artifacts", "*/checkpoint-phase1.pt")
+    ckpt = wait_for_file(store.parent / "r-artifacts", "*/checkpoint-phase1.pt")
     proc.send_signal(signal.SIGSTOP)
     # meanwhile its lease ran out, another process took the cell over and finished it
     (ckpt.parent / "final.pt").write_bytes(b"the other process's weights")
