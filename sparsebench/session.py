@@ -184,6 +184,7 @@ def run(
     compile: bool = False,
     channels_last: bool = False,
     deterministic: bool = False,
+    threads: int = 1,
     metrics: Iterable[str] = ("fid", "is"),
     device: str = "cpu",
     data_dir: str | None = None,
@@ -202,7 +203,8 @@ def run(
     `methods` and the grid axes take one value or a list; `options` maps a plugin to its options
     ({"stugan": {"explore": "gd"}}) or lists "PLUGIN.NAME=VALUE" strings, as `-o` does. `precision`
     ("fp32" or "bf16"), `compile`, `channels_last` and `deterministic` are the opt-in speed modes of
-    `sparsebench run` (its --precision, --compile, --channels-last and --deterministic). Progress:
+    `sparsebench run` (its --precision, --compile, --channels-last and --deterministic); `threads` the CPU
+    threads each run trains with (part of the run id when not 1, as `--threads`). Progress:
     `on_start(config, i, total)` before each cell, `on_done(config, outcome)` after it.
     """
     from sparsebench.config import GridRequest
@@ -229,6 +231,7 @@ def run(
         distribution=distribution,
         opt_state=opt_state,
         kernels=kernels,
+        threads=threads,
         precision=precision,
         compile=compile,
         channels_last=channels_last,
