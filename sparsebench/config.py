@@ -62,7 +62,7 @@ class TrainSpec:
     # The evaluation curve: every `eval_every` G steps from the fraction `eval_from` of training on (0: none),
     # the evaluated weights' FID over `eval_samples` samples drawn from the same z as the final evaluation,
     # logged as the run's `fid` curve. It reads the weights only: training and the final scores are the same
-    # with or without it (tests/test_eval_curve.py).
+    # with or without it (tests/test_eval_curve.py checks it).
     eval_every: int = 0
     eval_from: float = 2 / 3
     # The run's score: the mean FID over the last `score_last` evaluations of its curve, the final one

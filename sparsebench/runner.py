@@ -292,7 +292,8 @@ class Runner:
                     **ratio_results(ratios),
                 }
                 if "fid_final" in results and config.train.eval_every:  # the curve ends at the final evaluation
-                    pending.append((ctx.final.step, "fid", float(results["fid_final"])))
+                    key = "fid" if ctx.phase_label == "train" else f"{ctx.phase_label}/fid"  # as the phase's points
+                    pending.append((ctx.final.step, key, float(results["fid_final"])))
         except ClaimLost as exc:  # the run is another process's now: no file of it is touched
             return self._lost(config, exc, outer_nested + time.perf_counter() - t0)
         except Diverged as exc:

@@ -132,6 +132,8 @@ def test_detectable_difference_and_seeds_needed_match_statsmodels():
     # textbook: d = 0.5 needs 64 per group (Cohen 1988, Table 2.4.1), statsmodels 63.77
     assert power.seeds_needed(0.5, 1.0, 1.0) == math.ceil(solver.solve_power(effect_size=0.5, alpha=0.05, power=0.8))
     assert power.seeds_needed(0.5, 1.0, 1.0) == 64
+    # near the cap (10,000 seeds) the answer is still found, not given up on
+    assert 8000 < power.seeds_needed(0.0418, 1.0, 1.0) < power.MAX_SEEDS
     # the power at the returned n reaches 80 %, one seed fewer does not
     n = power.seeds_needed(3.0, 4.0, 6.0)
     assert power.power(3.0, 4.0, n, 6.0, n) >= 0.8 > power.power(3.0, 4.0, n - 1, 6.0, n - 1)
@@ -201,3 +203,67 @@ def test_a_report_renders_runs_that_computed_fid_only(tmp_path, plugins):
     df["is_mean"] = None
     (cells,) = _rows(quality_table(df)).values()
     assert cells[0].text.startswith("10.50 ± 0.71 / n/a")
+
+
+def test_a_method_with_its_own_scope_finds_its_dense_reference(tmp_path, plugins):
+    """ADAPT sparsifies its reference's scope; a dense run has no masks, so its scope does not matter."""
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["dense"]}, {0: 30.0, 1: 31.0}, {}),
+            ({"methods": ["adapt"], "sd": [0.9]}, {0: 40.0, 1: 42.0}, {}),
+        ],
+    )
+    cells = {c["method"]: c for c in cell_aggregates(_frame(store, None, None, None))}
+    assert cells["adapt"]["n_reference"] == 2 and cells["adapt"]["diff"] == pytest.approx(10.5)
+    assert cells["adapt"]["variant"] == ""  # its own scope is its default, not a variant
+
+
+def test_settings_that_differ_never_read_alike(tmp_path, plugins):
+    store = _store(tmp_path / "r.db", plugins, [({"methods": ["dense"]}, {0: 10.0, 1: 11.0}, {})])
+    df = _frame(store, None, None, None)
+    for i, lr in enumerate((2.0000001e-4, 2.0000002e-4)):  # as two runs of nearly equal learning rates
+        flat = json.loads(df.loc[i, "settings"])
+        df.loc[i, "settings"] = json.dumps({**flat, "train.lr_g": lr}, sort_keys=True)
+        df.loc[i, "cell"] = f"cell-{i}"
+    labels = cell_aggregates(df)
+    assert len(labels) == 2 and len({c["variant"] for c in labels}) == 2 and all(c["n"] == 1 for c in labels)
+
+
+def test_two_reference_cells_are_named_never_pooled(tmp_path, plugins):
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [({"methods": ["static"]}, {0: 30.0, 1: 31.0}, {}), ({"methods": ["stugan"]}, {0: 20.0, 1: 21.0}, {})],
+    )
+    df = _frame(store, None, None, None)
+    old = df[df["method"] == "static"].copy()  # the reference again, from another code version
+    old["run_id"] = ["00000000000000a" + str(i) for i in range(len(old))]
+    old["settings"] = old["settings"].str.replace('"code.method": "', '"code.method": "old-')
+    old["cell"] = "old-static"
+    df = pd.concat([df, old], ignore_index=True)
+    stu = next(c for c in cell_aggregates(df) if c["method"] == "stugan")
+    assert stu["diff"] is None and len(stu["reference_cells"]) == 2
+    text = _rows(quality_table(df))["STU-GAN"][0].text
+    assert "2 Static Sparse GAN cells match" in text
+
+
+def test_table_3_compares_with_references_outside_it(tmp_path, plugins):
+    from sparsebench.report.tables import length_table
+
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["static"]}, {0: 30.0, 1: 31.0, 2: 32.0}, {}),
+            ({"methods": ["stugan"]}, {0: 25.0, 1: 26.0, 2: 27.0}, {}),
+            ({"methods": ["stugan"], "options": {"stugan": {"length": "2"}}}, {0: 20.0, 1: 21.0, 2: 22.0}, {}),
+        ],
+    )
+    df = _frame(store, None, None, None)
+    df.loc[df["settings"].str.contains('"option.length": 2'), "variant"] = "length=2"
+    table = length_table(df)
+    assert table is not None
+    texts = [cells[0].text for _, cells in table.rows]
+    assert all("Δ vs Static Sparse GAN -" in t for t in texts), texts

@@ -9,7 +9,7 @@ with the Welch-Satterthwaite degrees of freedom), from the standard deviations o
 - `seeds_needed`: the seeds per arm at which a given difference is detected with probability `power`.
 
 With equal n and equal standard deviations the Welch degrees of freedom are 2n - 2 and both agree with the
-pooled two-sample t test's power (statsmodels' `TTestIndPower`; tests/test_power.py checks them against it).
+pooled two-sample t test's power (statsmodels' `TTestIndPower`; tests/test_cells.py checks them against it).
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def seeds_needed(diff: float, s1: float, s2: float, alpha: float = ALPHA, target
         return None
     if s1 == 0 and s2 == 0:
         return 2
+    if power(diff, s1, MAX_SEEDS, s2, MAX_SEEDS, alpha) < target:
+        return None
     lo, hi = 2, 2
     while power(diff, s1, hi, s2, hi, alpha) < target:  # doubling, then bisection: power grows with n
-        lo, hi = hi, hi * 2
-        if hi > MAX_SEEDS:
-            return None
+        lo, hi = hi, min(hi * 2, MAX_SEEDS)
     while lo < hi:
         mid = (lo + hi) // 2
         if power(diff, s1, mid, s2, mid, alpha) >= target:

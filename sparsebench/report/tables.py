@@ -6,6 +6,7 @@ Markdown or LaTeX is done elsewhere, so both formats show the same numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -65,6 +66,10 @@ class MethodInfo:
 
     def rank(self, name: str) -> tuple:
         return (self._get(name, "order", math.inf), name)
+
+    def fixed(self, name: str) -> dict:
+        """The axes (sg, sd) the method fixes by definition (the dense GAN: both at 0)."""
+        return dict(self._get(name, "fixed", {}) or {})
 
     def reference(self, name: str) -> str | None:
         """The method whose FID a cell of `name` is compared with (None: no comparison)."""
@@ -151,6 +156,10 @@ class _Defaults:
 
         out: dict[str, Any] = dict(self.CORE)
         plugins = get_plugins()
+        try:  # a method may declare its own default scope (ADAPT's reference scope)
+            out["scope"] = getattr(plugins.methods.get(method), "scope", "") or "conv"
+        except Exception:  # noqa: BLE001 - a method not installed here
+            pass
         try:
             spec = plugins.archs.get(arch).presets[preset]
         except Exception:  # noqa: BLE001 - an architecture or preset not installed here
@@ -174,7 +183,7 @@ class _Defaults:
 def _show(key: str, value: Any) -> str:
     name = key.split(".", 1)[1] if key.startswith(("train.", "option.")) else key
     if isinstance(value, float):
-        value = f"{value:g}"
+        value = f"{value:.12g}"  # two settings that differ never print alike
     elif isinstance(value, list):
         value = "+".join(str(v) for v in value)
     return f"{name}={value}"
@@ -231,6 +240,14 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
             for i in idx:
                 parts[i] = parts[i] + [k for k in telling if k not in parts[i]]
     out = [",".join(_show(k, flats[i].get(k, "none")) for k in p) for i, p in enumerate(parts)]
+    seen: dict[tuple, set[str]] = {}
+    for i, r in enumerate(df.itertuples(index=False)):
+        position = (r.method, r.arch, getattr(r, "sg", None), getattr(r, "sd", None), out[i])
+        seen.setdefault(position, set()).add(cells[i])
+    for i, r in enumerate(df.itertuples(index=False)):  # still alike (e.g. across groups): name the cell itself
+        if len(seen[(r.method, r.arch, getattr(r, "sg", None), getattr(r, "sd", None), out[i])]) > 1:
+            short = hashlib.sha256(cells[i].encode()).hexdigest()[:8] if len(cells[i]) != 12 else cells[i][:8]
+            out[i] = ",".join(filter(None, [out[i], f"cell={short}"]))
     return pd.Series(out, index=df.index, dtype=object)
 
 
@@ -355,10 +372,11 @@ CELL_KEYS = ["method", "variant", "arch", "sg", "sd"]
 
 def _reference_key(flat: dict[str, Any], dense_reference: bool) -> str:
     """What a reference run must share with a cell: its settings but the method's own; against a dense
-    reference (s_G = s_D = 0) also but the optimizer-state policy and backend, which a dense run cannot use."""
+    reference (s_G = s_D = 0) also but the optimizer-state policy, backend, scope and distribution, which a
+    dense run cannot use."""
     shared = shared_settings(flat)
-    if dense_reference:
-        shared = {k: v for k, v in shared.items() if k not in ("opt_state", "kernels")}
+    if dense_reference:  # a dense run has no masked weight: no policy, backend, scope or distribution applies
+        shared = {k: v for k, v in shared.items() if k not in ("opt_state", "kernels", "scope", "distribution")}
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -369,24 +387,32 @@ def _describe_settings(flat: dict[str, Any], base: dict[str, Any]) -> str:
     return ", ".join(["preset " + str(flat.get("preset"))] + named)
 
 
-def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
+def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | None = None) -> list[dict]:
     """One record per Table 1 cell: FID / IS over its seeds, and the FID difference to the method's declared
     reference method with its Welch interval, its minimum detectable difference and the seeds per arm that
-    would detect 20 % of the reference's mean (`sparsebench.report.power`). The reference is the run of that
-    method with the same settings (length included; same arch, s_G and s_D, or the reference's own when it
-    fixes them, as the dense GAN does). Table 1 and `sparsebench results --format json` both read these."""
+    would detect 20 % of the reference's mean (`sparsebench.report.power`). The reference is the cell of that
+    method with the same settings (length included; same arch, s_G and s_D, or the reference's own where it
+    fixes them, as the dense GAN does), at its default options; several such cells (code versions) are named,
+    not pooled. `references`: the runs to look references up in (default: `df`'s own). Table 1 and
+    `sparsebench results --format json` both read these."""
     info = MethodInfo.of(methods)
     df = df.copy()
     df["variant"] = cell_variant(df)
     defaults = _Defaults()
     flat_of = [_row_settings(r) for r in df.itertuples(index=False)]
     df["settings_key"] = [json.dumps(f, sort_keys=True, default=str) for f in flat_of]
-    done = df[(df["status"] == "done") & df["fid"].notna()]
-    by_reference: dict[tuple, list[int]] = {}  # (method, arch, sg, sd, shared settings) -> rows done
+    pool = df if references is None else references
+    done = pool[(pool["status"] == "done") & pool["fid"].notna()]
+    # (method, arch, sg, sd, shared settings) -> the done runs of each matching cell
+    by_reference: dict[tuple, dict[str, list[int]]] = {}
     for i, r in zip(done.index, done.itertuples(index=False)):
-        flat = json.loads(r.settings_key)
+        flat = _row_settings(r)
+        base = defaults(r.method, r.arch, str(getattr(r, "preset", "")))
+        if any(k.startswith("option.") and k in base and not _same(v, base[k]) for k, v in flat.items()):
+            continue  # a reference runs at its method's default options
         for dense_ref in (False, True):
-            by_reference.setdefault((r.method, r.arch, r.sg, r.sd, _reference_key(flat, dense_ref)), []).append(i)
+            key = (r.method, r.arch, r.sg, r.sd, _reference_key(flat, dense_ref))
+            by_reference.setdefault(key, {}).setdefault(_cell_of(r, flat), []).append(i)
     out = []
     for key, runs in df.groupby(CELL_KEYS, sort=False):
         method, variant, arch, sg, sd = key
@@ -412,6 +438,7 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
             "is_std": is_[1],
             "reference": info.reference(method),
             "reference_settings": None,
+            "reference_cells": None,
             "n_reference": None,
             "diff": None,
             "ci_low": None,
@@ -424,9 +451,13 @@ def cell_aggregates(df: pd.DataFrame, methods=None) -> list[dict]:
         if twice:
             rec["fid_mean"] = rec["fid_std"] = rec["is_mean"] = rec["is_std"] = None
         if rec["reference"] is not None:
-            ref_rows = by_reference.get((rec["reference"], arch, sg, sd, _reference_key(flat, False)))
-            if ref_rows is None:
-                ref_rows = by_reference.get((rec["reference"], arch, 0.0, 0.0, _reference_key(flat, True)), [])
+            fixed = info.fixed(rec["reference"])
+            ref_sg, ref_sd = float(fixed.get("sg", sg)), float(fixed.get("sd", sd))
+            dense_ref = ref_sg == 0.0 and ref_sd == 0.0
+            cells = by_reference.get((rec["reference"], arch, ref_sg, ref_sd, _reference_key(flat, dense_ref)), {})
+            if len(cells) > 1:  # e.g. two code versions of the reference: name them, never pool them
+                rec["reference_cells"] = sorted(cells)
+            ref_rows = next(iter(cells.values())) if len(cells) == 1 else []
             ref = done.loc[ref_rows]
             rec["reference_settings"] = _describe_settings(flat, defaults(method, arch, str(flat.get("preset"))))
             rec["n_reference"] = int(ref["seed"].nunique()) if "seed" in ref else len(ref)
@@ -471,6 +502,8 @@ def _comparison(rec: dict, info: MethodInfo) -> str:
     if ref is None:
         return ""
     title = info.title(ref)
+    if rec.get("reference_cells"):
+        return f"Δ vs {title}: {len(rec['reference_cells'])} {title} cells match ({', '.join(rec['reference_cells'])})"
     if not rec["n_reference"]:
         return f"Δ vs {title}: no {title} run with {rec['reference_settings']}"
     if rec["diff"] is None:
@@ -502,9 +535,10 @@ def _over_budget(rec: dict) -> float | None:
     return ratio if ratio is not None and ratio > OVER_BUDGET else None
 
 
-def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None) -> Table:
+def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None, references=None) -> Table:
+    """Table 1 (FID / IS, differences to references); `references`: where to look them up (default `df`)."""
     info = MethodInfo.of(methods)
-    aggregates = {tuple(r[k] for k in CELL_KEYS): r for r in cell_aggregates(df, info)}
+    aggregates = {tuple(r[k] for k in CELL_KEYS): r for r in cell_aggregates(df, info, references)}
 
     def make(key, here: pd.DataFrame) -> Cell:
         note = _status_note(here)
@@ -663,4 +697,4 @@ def length_table(df: pd.DataFrame, methods=None) -> Table | None:
         longer = variant.str.contains(rf"(?:^|,){re.escape(option)}=\d+", regex=True)
         if longer.any():
             parts += [runs[variant == ""], runs[longer]]
-    return quality_table(pd.concat(parts), "Table 3", info) if parts else None
+    return quality_table(pd.concat(parts), "Table 3", info, references=df) if parts else None

@@ -78,6 +78,7 @@ class RunContext:
         self._required_flops: dict[str, float] = {}  # train FLOPs of the runs this one builds on, by run id
         self._spent_flops = 0.0  # FLOPs of every training phase this run ran itself
         self._phases = 0  # training phases started so far (checkpoints are kept per phase)
+        self.phase_label = "train"  # the label of the last phase trained (its logged keys carry it)
         self._resumed_wall = 0.0  # wall seconds of earlier segments of a resumed run (see `wall_s`)
 
     # -- shortcuts ----------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class RunContext:
         batcher = Batcher(self.data.train, self.device, self.rng(f"data{suffix}"))
         noise = self.rng(f"noise{suffix}", self.device)
         self._phases += 1
+        self.phase_label = label
         ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self._phases}{suffix}.pt", self.config)
 
         def emit(step: int, values: dict) -> None:

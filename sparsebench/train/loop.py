@@ -364,8 +364,10 @@ def train(
             hooks.after_g_backward(state, t)
             logged = log is not None and (t % spec.log_every == 0 or t == 1)
             every = hooks.balance_ratio_every
-            in_train_mode = bool(every and t % every == 0) and hooks.balance_ratio_mode == "train"
-            probe = logged or bool(every and t % every == 0)
+            scheduled = bool(every and t % every == 0)
+            in_train_mode = scheduled and hooks.balance_ratio_mode == "train"
+            # a method that measures in train mode logs those samples only, never a mix of the two modes
+            probe = scheduled if hooks.balance_ratio_mode == "train" else logged or scheduled
             if probe and not in_train_mode:  # the balance ratio: D after its update, G_pre and G_post on the z
                 # G just trained on, real images of D's last batch
                 d_real, d_pre = _d_of(state, x, y), _d_of(state, x, yf, z)

@@ -1,0 +1,86 @@
+"""The evaluation curve reads the weights only, and a run's score is the mean of its curve's last points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_accumulate import context
+
+from sparsebench import SparsebenchError
+from sparsebench.config import GridRequest, expand_grid
+from sparsebench.train.loop import Interrupted
+
+
+@pytest.fixture
+def curve_preset(plugins):
+    """The quick SNGAN preset with a small evaluation, restored after the test."""
+    entry = plugins.archs.get("sngan")
+    saved = entry.presets
+    entry.presets = {**saved, "quick": saved["quick"].replace(eval_samples=200)}
+    yield entry
+    entry.presets = saved
+
+
+def _run(store, **train):
+    import sparsebench
+    from sparsebench.plugins import get_plugins
+
+    entry = get_plugins().archs.get("sngan")
+    quick = entry.presets["quick"]
+    entry.presets = {**entry.presets, "quick": quick.replace(**train)}
+    try:
+        df = sparsebench.run("static", "sngan", sg=0.8, steps=8, store=store)
+    finally:
+        entry.presets = {**entry.presets, "quick": quick}
+    row = df.iloc[-1]
+    assert row["status"] == "done", row.get("error")
+    return row
+
+
+def test_the_curve_changes_neither_training_nor_the_final_score_and_the_score_averages_its_end(
+    tmp_path, curve_preset
+):
+    import json
+
+    from sparsebench.store import Store
+
+    plain = _run(tmp_path / "plain.db")
+    curved = _run(tmp_path / "curve.db", eval_every=2, eval_from=0.5, score_last=3)
+    other = json.loads(curved["other"])
+    assert other["fid_final"] == plain["fid"]  # the same training, the same final evaluation, to the last digit
+    store = Store(tmp_path / "curve.db", readonly=True)
+    curve = [(step, v) for step, key, v in store.stats(curved["run_id"]) if key == "fid"]
+    assert [s for s, _ in curve] == [4, 6, 8] and curve[-1][1] == plain["fid"]
+    assert curved["fid"] == pytest.approx(sum(v for _, v in curve) / 3)
+    assert other["fid_score"] == "mean of last 3"
+
+
+def test_a_score_needs_as_many_evaluations_as_it_averages(plugins):
+    cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=8), plugins)[0]
+    with pytest.raises(SparsebenchError, match="score_last=4 needs as many evaluations, the curve gives 3"):
+        cfg.replace(train=cfg.train.replace(eval_every=2, eval_from=0.5, score_last=4))
+    with pytest.raises(SparsebenchError, match="only with an evaluation curve"):
+        cfg.replace(train=cfg.train.replace(score_last=2))
+
+
+def test_the_curve_survives_a_resume(plugins, tmp_path):
+    """Points taken before a stop are kept in the checkpoint: the resumed run's curve is the whole curve."""
+    cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", sg=[0.8], steps=8), plugins)[0]
+    cfg = cfg.replace(train=cfg.train.replace(eval_every=2, eval_from=0.0))
+
+    def score(model: torch.nn.Module) -> dict[str, float]:  # a cheap, exact stand-in for the FID
+        return {"fid": float(sum(p.double().sum() for p in model.parameters()))}
+
+    method = plugins.methods.get(cfg.method)
+    ref = context(plugins, cfg, tmp_path / "ref")
+    ref._wiring.evaluate = score
+    method.run(ref)
+    stopped = context(plugins, cfg, tmp_path / "run", stop_after=5)
+    stopped._wiring.evaluate = score
+    with pytest.raises(Interrupted):
+        method.run(stopped)
+    resumed = context(plugins, cfg, tmp_path / "run")
+    resumed._wiring.evaluate = score
+    method.run(resumed)
+    assert [s for s, _ in ref.final.curve] == [2, 4, 6]  # the last step's point is the final evaluation's
+    assert resumed.final.curve == ref.final.curve
