@@ -37,9 +37,7 @@ def _run(store, **train):
     return row
 
 
-def test_the_curve_changes_neither_training_nor_the_final_score_and_the_score_averages_its_end(
-    tmp_path, curve_preset
-):
+def test_the_curve_changes_neither_training_nor_the_final_score_and_the_score_averages_its_end(tmp_path, curve_preset):
     import json
 
     from sparsebench.store import Store
