@@ -36,6 +36,12 @@ def results(store):
     return list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
 
 
+def started(store) -> bool:
+    """Whether the store holds a run yet (a store just created may not hold its tables for an instant)."""
+    proc = run_cli("results", "--store", str(store))
+    return proc.returncode == 0 and bool(list(csv.DictReader(io.StringIO(proc.stdout))))
+
+
 def wait_for(pattern_dir, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -83,7 +89,7 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     t0 = time.time()
-    while time.time() - t0 < 120 and not (store.exists() and results(store)):
+    while time.time() - t0 < 120 and not (store.exists() and started(store)):
         time.sleep(0.1)
     time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
