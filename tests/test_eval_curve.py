@@ -51,6 +51,10 @@ def test_the_curve_changes_neither_training_nor_the_final_score_and_the_score_av
     assert [s for s, _ in curve] == [4, 6, 8] and curve[-1][1] == plain["fid"]
     assert curved["fid"] == pytest.approx(sum(v for _, v in curve) / 3)
     assert other["fid_score"] == "mean of last 3"
+    from conftest import run_cli
+
+    run_cli("report", "--store", str(tmp_path / "curve.db"), "--out", str(tmp_path / "rep"), "--no-samples", check=True)
+    assert (tmp_path / "rep" / "figures" / "fid_curve.png").exists()  # the report shows the curve
 
 
 def test_a_score_needs_as_many_evaluations_as_it_averages(plugins):

@@ -112,7 +112,7 @@ def build_report(
     figures.mkdir(exist_ok=True)
     logged = pd.DataFrame(store.stats_rows(None), columns=["run_id", "step", "key", "value"])
     logged = logged[logged["run_id"].isin(df["run_id"])]  # every statistic: the TensorBoard export holds them all
-    stats = logged[logged["key"].isin(["exploration_rate", "loss_d", "loss_g", "balance_ratio"])]
+    stats = logged[logged["key"].isin(["exploration_rate", "loss_d", "loss_g", "balance_ratio", "fid"])]
     written += plots.render_all(
         [
             (plots.fid_vs_sg, (df, figures)),
@@ -128,6 +128,10 @@ def build_report(
             (
                 plots.curves,
                 (stats, df, [("balance_ratio", "balance ratio (ADAPT)")], "balance_ratio", figures),
+            ),
+            (  # the evaluation curve of runs that have one (TrainSpec.eval_every)
+                plots.curves,
+                (stats, df, [("fid", "FID of the evaluated weights")], "fid_curve", figures),
             ),
         ]
     )
