@@ -198,6 +198,11 @@ def _same(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
+def _off_default(key: str, flat: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether setting `key` differs from its default (`train.dataset` repeats `dataset`: never named twice)."""
+    return key in base and key != "train.dataset" and not _same(flat[key], base[key])
+
+
 def cell_variant(df: pd.DataFrame) -> pd.Series:
     """The row label's variant of every run: the settings of its cell that differ from the defaults of its
     method, arch and preset (method options first, then the length, then the rest), and where two cells of one
@@ -214,7 +219,7 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
         differ = [
             k
             for k in flat
-            if (k in base and k != "train.dataset" and not _same(flat[k], base[k]))
+            if _off_default(k, flat, base)
             or (k.startswith("option.") and "option.*" in base)  # a method not installed: all its options
         ]
         parts.append(sorted(differ, key=_label_order))
@@ -382,7 +387,7 @@ def _reference_key(flat: dict[str, Any], dense_reference: bool) -> str:
 
 def _describe_settings(flat: dict[str, Any], base: dict[str, Any]) -> str:
     """The settings a reference was looked for with, as a reader needs them: those off the defaults."""
-    differ = [k for k in shared_settings(flat) if k in base and k != "train.dataset" and not _same(flat[k], base[k])]
+    differ = [k for k in shared_settings(flat) if _off_default(k, flat, base)]
     named = [_show(k, flat[k]) for k in sorted(differ, key=_label_order)]
     return ", ".join(["preset " + str(flat.get("preset"))] + named)
 
