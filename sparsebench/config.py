@@ -151,6 +151,11 @@ class RunConfig:
             raise SparsebenchError(
                 f"--compile needs --kernels dense (the {self.kernels} kernels are swapped in outside what is compiled)"
             )
+        if self.precision != "fp32" and self.kernels != "dense":
+            raise SparsebenchError(
+                f"--kernels {self.kernels} computes in fp32 (under --precision {self.precision} its layers would fall "
+                "back to dense ones); use --precision fp32 with it, or --kernels dense"
+            )
         if self.train.steps < 1:
             raise SparsebenchError(f"steps must be a positive integer, got {self.train.steps}")
         if not 0 <= self.seed < SEED_LIMIT:

@@ -55,6 +55,8 @@ def test_the_curve_changes_neither_training_nor_the_final_score_and_the_score_av
 
     run_cli("report", "--store", str(tmp_path / "curve.db"), "--out", str(tmp_path / "rep"), "--no-samples", check=True)
     assert (tmp_path / "rep" / "figures" / "fid_curve.png").exists()  # the report shows the curve
+    protocol = (tmp_path / "rep" / "index.md").read_text().split("## Protocol")[1].split("## Tables")[0]
+    assert "| mean of the last 3 evaluations, 2 G steps apart | fp32 | 1 |" in protocol  # the report says how
 
 
 def test_a_score_needs_as_many_evaluations_as_it_averages(plugins):

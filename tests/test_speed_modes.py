@@ -40,6 +40,7 @@ def test_run_ids_differ_by_mode_and_the_default_keeps_its_id(plugins):
     [
         (["--precision", "fp16"], "unknown precision 'fp16'; known: fp32, bf16"),
         (["--compile", "--kernels", "sparseprop"], "--compile needs --kernels dense"),
+        (["--precision", "bf16", "--kernels", "sparseprop"], "--kernels sparseprop computes in fp32"),
     ],
 )
 def test_bad_mode_is_one_line(tmp_path, args, needle):

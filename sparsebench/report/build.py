@@ -9,6 +9,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -178,8 +179,12 @@ def _index(
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     counts = df["status"].value_counts().to_dict()
     evaluated = df[df["status"] == "done"]
+    evaluated = evaluated.assign(
+        score=[_score_protocol(_settings_of(r)) for r in evaluated.itertuples(index=False)],
+        numerics=[_numerics(_settings_of(r)) for r in evaluated.itertuples(index=False)],
+    )
     protocol = (
-        evaluated.groupby(["preset", "dataset", "extractor", "eval_samples"], dropna=False)
+        evaluated.groupby(["preset", "dataset", "extractor", "eval_samples", "score", "numerics"], dropna=False)
         .agg(runs=("run_id", "size"), accuracy=("extractor_accuracy", "first"))
         .reset_index()
     )
@@ -195,8 +200,8 @@ def _index(
     lines += [
         "## Protocol",
         "",
-        "| preset | data | feature extractor | samples per run | runs | extractor trained on |",
-        "|---|---|---|---|---|---|",
+        "| preset | data | feature extractor | samples per run | a run's FID | numerics | runs | extractor trained on |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in protocol.itertuples(index=False):
         cells = ["n/a" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else v for v in r[:-1]]
@@ -263,6 +268,29 @@ def _index(
     path = out / "index.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _settings_of(r: Any) -> dict[str, Any]:
+    text = getattr(r, "settings", None)
+    return json.loads(text) if isinstance(text, str) and text else {}
+
+
+def _score_protocol(flat: dict[str, Any]) -> str:
+    """How a run's FID was scored (`TrainSpec.score_last`): its final evaluation, or the mean over its last ones."""
+    last = int(flat.get("train.score_last") or 1)
+    if last <= 1:
+        return "final evaluation"
+    return f"mean of the last {last} evaluations, {flat.get('train.eval_every')} G steps apart"
+
+
+def _numerics(flat: dict[str, Any]) -> str:
+    """The opt-in execution modes a run trained under (fp32 and none of them when the settings do not say)."""
+    parts = [str(flat.get("precision") or "fp32")]
+    parts += [name for key, name in MODES if flat.get(key)]
+    return ", ".join(parts)
+
+
+MODES = (("channels_last", "channels-last"), ("compile", "compiled"), ("deterministic", "deterministic"))
 
 
 def _convergence(df: pd.DataFrame) -> list[str]:
