@@ -267,3 +267,20 @@ def test_table_3_compares_with_references_outside_it(tmp_path, plugins):
     assert table is not None
     texts = [cells[0].text for _, cells in table.rows]
     assert all("Δ vs Static Sparse GAN -" in t for t in texts), texts
+
+
+def test_execution_modes_are_named_against_the_reports_most_common_ones(tmp_path, plugins):
+    """A grid trained in bf16 reads plainly (its protocol table says bf16); the odd fp32 cell says fp32, and the
+    two never pool."""
+    bf16 = {"precision": "bf16", "channels_last": True}
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["dense"], **bf16}, {0: 10.0, 1: 11.0}, {}),
+            ({"methods": ["static"], **bf16}, {0: 20.0, 1: 21.0}, {}),
+            ({"methods": ["static"]}, {0: 30.0}, {}),
+        ],
+    )
+    names = sorted(_rows(quality_table(_frame(store, None, None, None))))
+    assert names == ["Dense GAN", "Static Sparse GAN", "Static Sparse GAN [channels_last=False,precision=fp32]"], names

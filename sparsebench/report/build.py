@@ -200,7 +200,8 @@ def _index(
     lines += [
         "## Protocol",
         "",
-        "| preset | data | feature extractor | samples per run | a run's FID | numerics | runs | extractor trained on |",
+        "| preset | data | feature extractor | samples per run | a run's FID | numerics | runs "
+        "| extractor trained on |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in protocol.itertuples(index=False):

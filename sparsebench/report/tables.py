@@ -11,6 +11,7 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,12 +211,19 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
     settings that tell them apart. Runs of different cells never share a label, so never a table cell."""
     if df.empty:
         return df.get("variant", pd.Series(dtype=str)).fillna("").astype(str)
+    from sparsebench.config import SPEED_DEFAULTS
+
     defaults = _Defaults()
-    flats, parts = [], []
-    for r in df.itertuples(index=False):
-        flat = _row_settings(r)
-        flats.append(flat)
-        base = defaults(r.method, r.arch, str(getattr(r, "preset", "")))
+    # execution modes (precision, channels-last...) are named against the report's most common ones, which
+    # its protocol table states: a grid run in bf16 reads plainly, and the odd fp32 row says so
+    flats = [{**SPEED_DEFAULTS, **_row_settings(r)} for r in df.itertuples(index=False)]
+    common = {
+        k: json.loads(Counter(json.dumps(f[k], default=str) for f in flats).most_common(1)[0][0])
+        for k in SPEED_DEFAULTS
+    }
+    parts = []
+    for r, flat in zip(df.itertuples(index=False), flats):
+        base = {**defaults(r.method, r.arch, str(getattr(r, "preset", ""))), **common}
         differ = [
             k
             for k in flat
