@@ -51,14 +51,17 @@ def test_a_store_made_before_its_folder_was_recorded_keeps_artifacts(tmp_path):
 
 
 def test_the_committed_small_store_finds_its_dense_weights(tmp_path):
-    """What reports/small/commands.sh restores: the snapshot store with its dense runs' files in artifacts/."""
-    folder = tmp_path / "store"
-    folder.mkdir()
-    shutil.copy(ROOT / "reports" / "small" / "results.db", folder / "results.db")
-    shutil.copytree(ROOT / "reports" / "small" / "dense-artifacts", folder / "artifacts")
-    store = Store(folder / "results.db")
+    """What reports/small/commands.sh restores: the snapshot store with its dense runs' files in its artifacts."""
+    small = ROOT / "reports" / "small"
+    (tmp_path / "small").mkdir()  # what a clean checkout has of the grid (no live store/)
+    for name in ("results.db", "snapshot.sh", "dense-artifacts", "checkpoints"):
+        if (small / name).exists():
+            subprocess.run(["cp", "-r", str(small / name), str(tmp_path / "small" / name)], check=True)
+    subprocess.run(["bash", str(tmp_path / "small" / "snapshot.sh"), "restore"], check=True)
+    store = Store(tmp_path / "small" / "store" / "results.db")
     dense = [r for r in store.all_runs() if r["method"] == "dense" and r["status"] == "done"]
     assert dense
     found = [r for r in dense if (store.artifacts_dir / r["run_id"] / "final.pt").exists()]
-    assert len(found) == len(list((folder / "artifacts").iterdir()))
+    assert found and len(found) == len(list((tmp_path / "small" / "dense-artifacts").iterdir()))
+    folder = tmp_path / "small" / "store"
     assert run_cli("results", "--store", str(folder / "results.db"), check=True).stdout
