@@ -62,7 +62,9 @@ def arm_spec(base, arm: Arm, every: int):
     changes = {k: type(getattr(base, k))(getattr(base, k) * f) for k, f in arm.sets}
     steps = int(round(base.steps * arm.steps_factor))
     every = max(1, int(round(every * min(1.0, arm.steps_factor))))  # as many points over a shorter run
-    return base.replace(steps=steps, eval_every=every, eval_from=arm.curve_from, **changes)
+    # the study scores each run from its curve itself: the stored score is the final evaluation (score_last 1,
+    # as when the study started), whatever the preset's own score is
+    return base.replace(steps=steps, eval_every=every, eval_from=arm.curve_from, score_last=1, **changes)
 
 
 _PRESETS: dict[tuple[str, str], object] = {}  # the installed presets, before any arm changed them in this process

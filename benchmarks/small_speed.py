@@ -43,9 +43,11 @@ def one_run(arch: str, steps: int, store: Path, seed: int, speed: dict, eval_sam
     torch.set_num_threads(1)
     from sparsebench.plugins import get_plugins
 
-    if eval_samples is not None:
-        entry = get_plugins().archs.get(arch)
-        entry.presets = {**entry.presets, "small": entry.presets["small"].replace(eval_samples=eval_samples)}
+    # a measured run is a few of the preset's steps: it trains without the preset's evaluation curve (the same
+    # evaluations before and after; what differs is the G step), scored by its final evaluation
+    entry = get_plugins().archs.get(arch)
+    small = entry.presets["small"].replace(eval_every=0, score_last=1)
+    entry.presets = {**entry.presets, "small": small.replace(eval_samples=eval_samples or small.eval_samples)}
     from sparsebench import run
 
     df = run("dense", arch, seeds=seed, preset="small", steps=steps, store=store, rerun=True, **speed)

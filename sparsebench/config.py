@@ -87,6 +87,14 @@ def curve_points(spec: TrainSpec) -> int:
     return len(range(max(first, spec.eval_every), spec.steps, spec.eval_every)) + 1
 
 
+def min_steps_for_score(spec: TrainSpec) -> int:
+    """The fewest G steps whose evaluation curve holds the `score_last` evaluations the score averages."""
+    steps = 1
+    while curve_points(dataclasses.replace(spec, steps=steps)) < spec.score_last:
+        steps += 1
+    return steps
+
+
 # TrainSpec fields added after runs were stored: left out of the run id at their defaults, so that
 # those runs keep their ids.
 LATER_TRAIN_FIELDS: dict[str, Any] = {
@@ -175,7 +183,8 @@ class RunConfig:
             raise SparsebenchError(
                 f"score_last={self.train.score_last} needs as many evaluations, the curve gives "
                 f"{curve_points(self.train)} (eval_every={self.train.eval_every} from {self.train.eval_from:g} "
-                f"of {self.train.steps} steps, the final evaluation included)"
+                f"of {self.train.steps} steps, the final evaluation included); the preset's score needs "
+                f"--steps {min_steps_for_score(self.train)} or more"
             )
         if not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS:
             raise SparsebenchError(f"threads must be an integer in [1, {MAX_THREADS}], got {self.threads}")
