@@ -222,3 +222,45 @@ def test_cosine_schedule():
     assert s(1000) == pytest.approx(0.005)
     assert s(500) == pytest.approx(0.005 + 0.5 * 0.495)
     assert s(250) > s(750)
+
+
+@pytest.mark.parametrize("policy", ["mean", "zero"])
+def test_topology_updates_act_on_the_same_elements_in_channels_last_memory(plugins, policy):
+    """A channels-last G (`--channels-last`) has no flat view of its conv weights, its Adam state or its SEMA
+    copy: a topology update must prune, grow, reset state and restart SEMA at the same elements as in the
+    default memory format (fails with a view error, or at the wrong elements, if any of them indexes memory)."""
+    runs = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        G, _ = build(plugins, "biggan")
+        G = G.to(memory_format=layout)
+        masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(0))
+        masks.opt_state = policy
+        ema = SparseEMA(G, decay=0.9, start=0, masks=masks)
+        opt = torch.optim.Adam(G.parameters(), lr=1e-2)
+        runs.append((G, masks, ema, opt))
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in runs[1][1].params.values())
+    torch.manual_seed(1)
+    z, y = batch(runs[0][0])
+    for t in range(1, 4):
+        G0, opt0 = runs[0][0], runs[0][3]
+        opt0.zero_grad()
+        G0(z, y).square().mean().backward()  # the same gradients for both: the forwards' sums may differ
+        for G, masks, ema, opt in runs:
+            for q, q0 in zip(G.parameters(), G0.parameters()):
+                q.grad = torch.empty_like(q).copy_(q0.grad)  # in q's own memory format
+            masks.mask_grads()
+            opt.step()
+            masks.apply()
+            ema.update(t)
+        grads = {n: p.grad.clone() for n, p in runs[0][1].params.items()}
+        for _, masks, ema, opt in runs:
+            result = prune_and_regrow(masks, 0.3, {n: grads[n].clone() for n in masks.params}, optimizer=opt)
+            ema.on_topology_update(result.pruned, result.grown)
+    (G0, m0, e0, o0), (G1, m1, e1, o1) = runs
+    for (n, p0), p1 in zip(m0.params.items(), m1.params.values()):
+        assert torch.equal(m0.masks[n].bool(), m1.masks[n].bool()), n
+        assert torch.equal(p0, p1), n
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(o0.state[p0][key], o1.state[p1][key]), (n, key)
+    for a, b in zip(e0.model.parameters(), e1.model.parameters()):
+        assert torch.equal(a, b)

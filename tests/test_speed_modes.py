@@ -172,3 +172,24 @@ def test_deterministic_mode_is_set_on_cuda_only_and_restored(monkeypatch):
     assert calls == [True, False] and torch.backends.cudnn.benchmark == benchmark
     with deterministic(False, torch.device("cuda")):
         assert calls == [True, False]
+
+
+@pytest.mark.parametrize("method", ["stugan", "set", "rigl", "adapt"])
+def test_dynamic_methods_update_their_topology_under_bf16_and_channels_last(plugins, tmp_path, method):
+    """The grid of reports/small runs every method under --precision bf16 --channels-last: each dynamic method
+    reaches its topology updates there and finishes (an update indexed channels-last weights as flat memory)."""
+    import sparsebench
+
+    entry = plugins.archs.get("biggan")
+    saved = entry.presets
+    entry.presets = {**saved, "quick": saved["quick"].replace(explore_interval=2, eval_samples=100)}
+    try:
+        df = sparsebench.run(
+            method, "biggan", sg=0.8, sd=0.5, steps=12, store=tmp_path / "r.db", precision="bf16", channels_last=True
+        )
+    finally:
+        entry.presets = saved
+    row = df.iloc[-1]
+    assert row["status"] == "done", row.get("error")
+    if method != "adapt":  # ADAPT's intervals follow its reference's at this length; the rest every 2 steps
+        assert row["exploration_rate"] > row["density_g"]

@@ -55,10 +55,12 @@ def on_topology_update(
     for value in state.values():
         if not (isinstance(value, torch.Tensor) and value.shape == param.shape):
             continue  # e.g. Adam's per-tensor step counter
-        flat = value.view(-1)
+        # the flat position sets index the logical (row-major) order: shaped as the state, they select the
+        # same elements whatever its memory format (a channels-last state has no flat view)
+        kept, off, on = (positions.view(value.shape) for positions in (survivors, pruned, grown))
         if policy == "mean":
-            fill = flat[survivors].mean() if survivors.any() else flat.new_zeros(())
-            flat[pruned] = 0
-            flat[grown] = fill
+            fill = value[kept].mean() if survivors.any() else value.new_zeros(())
+            value[off] = 0
+            value[on] = fill
         else:
-            flat[pruned | grown] = 0
+            value[off | on] = 0

@@ -47,7 +47,8 @@ class SparseEMA:
                 assert self.masks is not None  # growth is only ever reported with masks
                 src = self.masks.params[layer]
                 dst = self._name_of_scope[layer]
-                dst.view(-1)[fresh] = src.view(-1)[fresh]
+                at = fresh.view(dst.shape)  # flat positions in logical order: any memory format
+                dst[at] = src[at]
         self._fresh = {}
         if self._src_buf:
             torch._foreach_copy_(self._dst_buf, self._src_buf)
@@ -57,7 +58,7 @@ class SparseEMA:
         """Pruned positions average to 0 now; grown ones start at their weight at the next update."""
         for layer in pruned:
             dst = self._name_of_scope[layer]
-            dst.view(-1)[pruned[layer].view(-1) | grown[layer].view(-1)] = 0.0
+            dst[(pruned[layer] | grown[layer]).view(dst.shape)] = 0.0
             if grown[layer].any():
                 self._fresh[layer] = grown[layer].view(-1).clone()
 

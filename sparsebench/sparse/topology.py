@@ -147,7 +147,7 @@ def _commit(masks: MaskState, active: dict, off: dict, on: dict, optimizer, coun
         if off[n].any() or on[n].any():
             masks.masks[n] = ((active[n] & ~off[n]) | on[n]).view_as(mask).to(mask.dtype)
             masks.ever_active[n] |= on[n].view_as(mask)
-            p.view(-1)[off[n] | on[n]] = 0.0  # pruned weights vanish; grown weights start at zero
+            p[(off[n] | on[n]).view(p.shape)] = 0.0  # pruned weights vanish; grown weights start at zero
             if optimizer is not None:
                 on_topology_update(optimizer, p, off[n], on[n], active[n] & ~off[n], masks.opt_state)
         pruned[n], grown[n] = off[n].view_as(mask), on[n].view_as(mask)
