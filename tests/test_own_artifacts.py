@@ -4,6 +4,7 @@ and a store made before the folder was recorded keeps finding its runs' files in
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -40,9 +41,15 @@ def test_two_stores_in_one_folder_train_their_own_cell_at_once(tmp_path):
     assert not (tmp_path / "artifacts").exists()  # no shared folder was made
 
 
-def test_a_store_made_before_its_folder_was_recorded_keeps_artifacts(tmp_path):
+def test_a_store_made_before_its_folder_was_recorded_keeps_artifacts(tmp_path, plugins):
+    from sparsebench.config import GridRequest, expand_grid
+
     db = tmp_path / "results.db"
-    shutil.copy(ROOT / "reports" / "small" / "results.db", db)
+    store = Store(db)
+    store.claim(expand_grid(GridRequest(methods=["dense"], arch="sngan"), plugins)[0], {}, "filler")
+    store.close()
+    with sqlite3.connect(db) as conn:  # as a store with runs made before the folder was recorded
+        conn.execute("DELETE FROM meta WHERE key = 'artifacts_dir'")
     assert Store(db, readonly=True).artifacts_dir == tmp_path / "artifacts"
     assert Store(db).artifacts_dir == tmp_path / "artifacts"  # recorded on the first write
     assert Store(db, readonly=True).artifacts_dir == tmp_path / "artifacts"
