@@ -67,6 +67,33 @@ def test_a_score_needs_as_many_evaluations_as_it_averages(plugins):
         cfg.replace(train=cfg.train.replace(score_last=2))
 
 
+def test_the_small_preset_scores_its_last_six_evaluations_and_a_run_too_short_for_them_is_one_line(plugins, tmp_path):
+    from conftest import run_cli
+
+    from sparsebench.config import curve_points
+
+    for arch in ("biggan", "sngan"):
+        spec = plugins.archs.get(arch).presets["small"]
+        assert (spec.eval_every, spec.score_last, curve_points(spec)) == (100, 6, 6)
+        # by hand: from step 1,301 the curve has 900..1,300 and the final evaluation; at 1,300 one fewer
+        assert curve_points(spec.replace(steps=1301)) == 6 and curve_points(spec.replace(steps=1300)) == 5
+    proc = run_cli(
+        "run",
+        "--methods",
+        "dense",
+        "--preset",
+        "small",
+        "--arch",
+        "sngan",
+        "--steps",
+        "600",
+        "--store",
+        str(tmp_path / "r.db"),
+    )
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert "the curve gives 3" in proc.stderr and "needs --steps 1301 or more" in proc.stderr
+
+
 def test_the_curve_survives_a_resume(plugins, tmp_path):
     """Points taken before a stop are kept in the checkpoint: the resumed run's curve is the whole curve."""
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", sg=[0.8], steps=8), plugins)[0]
