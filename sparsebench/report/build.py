@@ -130,9 +130,9 @@ def build_report(
                 plots.curves,
                 (stats, df, [("balance_ratio", "balance ratio (ADAPT)")], "balance_ratio", figures),
             ),
-            (  # the evaluation curve of runs that have one (TrainSpec.eval_every)
-                plots.curves,
-                (stats, df, [("fid", "FID of the evaluated weights")], "fid_curve", figures),
+            (  # the evaluation curve of runs that have one (TrainSpec.eval_every): mean and spread per cell
+                plots.cell_curves,
+                (stats, df, "fid", "FID of the evaluated weights (mean ± std over seeds)", "fid_curve", figures),
             ),
         ]
     )

@@ -147,6 +147,32 @@ def curves(
     return _save(fig, out, stem)
 
 
+def cell_curves(stats: pd.DataFrame, runs: pd.DataFrame, key: str, ylabel: str, stem: str, out: Path) -> list[Path]:
+    """One panel per arch, one line per table cell (label, s_G, s_D): the mean of `key` over the cell's seeds
+    at each G step all of them logged, with a band of one standard deviation between seeds. Shows whether a
+    method is still improving where the protocol scores it, and how far its seeds spread along the way."""
+    plt = _plt()
+    sub = stats[stats["key"] == key].merge(runs[["run_id", "arch", "label", "sg", "sd"]], on="run_id")
+    if sub.empty:
+        return []
+    archs = sorted(sub["arch"].unique())
+    fig, axes = plt.subplots(1, len(archs), figsize=(5.5 * len(archs), 3.8), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for (label, sg, sd), g in sub[sub["arch"] == arch].groupby(["label", "sg", "sd"], sort=True):
+            table = g.pivot_table(index="step", columns="run_id", values="value").dropna()  # steps every seed has
+            if table.empty:
+                continue
+            mean, std = table.mean(axis=1), table.std(axis=1, ddof=1).fillna(0.0)
+            steps = table.index.to_numpy()
+            (line,) = ax.plot(steps, mean.to_numpy(), lw=1.2, label=f"{label} sG={sg:g} sD={sd:g} (n={table.shape[1]})")
+            ax.fill_between(steps, (mean - std).to_numpy(), (mean + std).to_numpy(), color=line.get_color(), alpha=0.15)
+        ax.set_title(arch)
+        ax.set_xlabel("G step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=5)
+    return _save(fig, out, stem)
+
+
 def sample_grid(samples_path: Path, target: Path) -> bool:
     if not samples_path.exists():
         return False
