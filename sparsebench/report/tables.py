@@ -590,12 +590,13 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None, refere
         + " trained with the same settings (length included), at the same s_G and s_D unless the reference fixes "
         f"them, with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
         "(none when either side has one seed), and the cell's training FLOPs relative to the reference's "
-        "where they are more (a method that trains longer is not compared like for like). Where the interval "
+        f"where they are more than {OVER_BUDGET:g}× (a method that trains longer is not compared like for like). "
+        "Where the interval "
         f"spans zero: 'no difference larger than D' when the difference detectable at {100 * power.POWER:g} % "
         f"power (D, from the observed stds and n) is at most {100 * power.TARGET:g} % of the reference's mean, "
         f"else 'undecided' with the seeds per arm that would detect {100 * power.TARGET:g} % of it. The best FID "
         "per column is in bold among the cells eligible to win: significantly better than their reference "
-        "(interval below zero) with no more training FLOPs.",
+        f"(interval below zero) with at most {OVER_BUDGET:g}× their reference's training FLOPs.",
         ["Method", "s_D (%)"],
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
