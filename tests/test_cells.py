@@ -284,3 +284,42 @@ def test_execution_modes_are_named_against_the_reports_most_common_ones(tmp_path
     )
     names = sorted(_rows(quality_table(_frame(store, None, None, None))))
     assert names == ["Dense GAN", "Static Sparse GAN", "Static Sparse GAN [channels_last=False,precision=fp32]"], names
+
+
+def test_runs_of_one_cell_scored_on_other_data_are_never_averaged(tmp_path, plugins):
+    """The data set's files changed between seeds under the same settings (an image folder edited in place):
+    the runs' stored data hashes differ, so the cell is an error naming them, and a cell whose reference was
+    scored on other data gets no difference."""
+    a = {"data_hash": "aaaa", "extractor_hash": "eeee"}
+    b = {"data_hash": "bbbb", "extractor_hash": "eeee"}
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["static"]}, {0: 20.0}, a),
+            ({"methods": ["static"]}, {1: 90.0}, b),
+            ({"methods": ["dense"]}, {0: 10.0, 1: 12.0}, a),
+            ({"methods": ["stugan"]}, {0: 30.0, 1: 31.0}, b),
+        ],
+    )
+    frame = _frame(store, None, None, None)
+    cells = {c["method"]: c for c in cell_aggregates(frame)}
+    assert cells["static"]["fid_mean"] is None and sorted(cells["static"]["mixed_content"]) == [
+        "aaaa/eeee",
+        "bbbb/eeee",
+    ]
+    rows = _rows(quality_table(frame))
+    assert "runs scored on different data or features" in rows["Static Sparse GAN"][0].text
+    # STU-GAN (data b) against Static (a and b): no difference is computed across contents
+    assert cells["stugan"]["diff"] is None and cells["stugan"]["fid_mean"] == pytest.approx(30.5)
+    plain = _store(
+        tmp_path / "p.db",
+        plugins,
+        [({"methods": ["dense"]}, {0: 10.0, 1: 12.0}, a), ({"methods": ["static"]}, {0: 20.0, 1: 22.0}, b)],
+    )
+    static = next(c for c in cell_aggregates(_frame(plain, None, None, None)) if c["method"] == "static")
+    assert static["diff"] is None and static["reference_content_differs"]
+    assert (
+        "scored on other data or features"
+        in _rows(quality_table(_frame(plain, None, None, None)))["Static Sparse GAN"][0].text
+    )

@@ -3,7 +3,6 @@ and a store made before the folder was recorded keeps finding its runs' files in
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path

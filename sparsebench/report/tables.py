@@ -433,6 +433,7 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
         twice = {
             int(seed): sorted(g["run_id"].astype(str)) for seed, g in ok.groupby("seed") if len(g) > 1
         }  # one seed twice in a cell: never averaged
+        mixed = _mixed_content(ok)  # one cell's runs scored on different data or features: never averaged
         fid, is_ = _stat(ok["fid"]), _stat(ok["is_mean"]) if "is_mean" in ok else (None, None)
         flat = json.loads(runs["settings_key"].iloc[0])
         rec: dict[str, Any] = {
@@ -445,6 +446,7 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
             "n": int(ok["seed"].nunique()) if "seed" in ok else len(ok),
             "seeds": sorted(int(x) for x in ok["seed"].dropna().unique()) if "seed" in ok else [],
             "duplicate_seeds": twice or None,
+            "mixed_content": mixed,
             "fid_mean": fid[0],
             "fid_std": fid[1],
             "is_mean": is_[0],
@@ -460,8 +462,9 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
             "seeds_needed_20pct": None,
             "verdict": None,
             "train_flops_vs_reference": None,
+            "reference_content_differs": None,
         }
-        if twice:
+        if twice or mixed:
             rec["fid_mean"] = rec["fid_std"] = rec["is_mean"] = rec["is_std"] = None
         if rec["reference"] is not None:
             fixed = info.fixed(rec["reference"])
@@ -478,8 +481,10 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
             theirs = float(ref["train_flops"].astype(float).mean()) if len(ref) else math.nan
             if mine > 0 and theirs > 0:  # the training it took, against the reference's: more is no like-for-like win
                 rec["train_flops_vs_reference"] = mine / theirs
-            if ok.empty or ref.empty or twice or len(ref) != rec["n_reference"]:
+            if ok.empty or ref.empty or twice or mixed or len(ref) != rec["n_reference"]:
                 pass
+            elif _mixed_content(pd.concat([ok, ref])):  # scored on other data or features than its reference
+                rec["reference_content_differs"] = True
             elif (interval := welch_interval(ok["fid"], ref["fid"])) is not None:
                 rec["diff"], rec["ci_low"], rec["ci_high"] = interval
                 rec.update(_power(ok["fid"].astype(float).tolist(), ref["fid"].astype(float).tolist(), rec))
@@ -519,6 +524,8 @@ def _comparison(rec: dict, info: MethodInfo) -> str:
         return f"Δ vs {title}: {len(rec['reference_cells'])} {title} cells match ({', '.join(rec['reference_cells'])})"
     if not rec["n_reference"]:
         return f"Δ vs {title}: no {title} run with {rec['reference_settings']}"
+    if rec.get("reference_content_differs"):
+        return f"Δ vs {title}: none (its runs were scored on other data or features)"
     if rec["diff"] is None:
         return f"Δ vs {title}: n/a"
     budget = f" at {ratio:.1f}× its training FLOPs" if (ratio := _over_budget(rec)) else ""
@@ -526,6 +533,19 @@ def _comparison(rec: dict, info: MethodInfo) -> str:
         return f"Δ vs {title} {rec['diff']:+.2f} (n=1, no interval){budget}"
     text = f"Δ vs {title} {rec['diff']:+.2f} [{rec['ci_low']:+.2f}, {rec['ci_high']:+.2f}]"
     return text + (f"; {verdict}" if (verdict := _verdict_text(rec)) else "") + budget
+
+
+def _mixed_content(ok: pd.DataFrame) -> dict[str, list[str]] | None:
+    """The done runs of one cell by the content their FIDs were computed from (`data_hash/extractor_hash`),
+    where there is more than one: the data set's files or the feature extractor changed between seeds under
+    the same settings, so their scores do not measure one thing. None when they agree (or were not recorded)."""
+    if not {"data_hash", "extractor_hash"} <= set(ok.columns):
+        return None
+    by: dict[str, list[str]] = {}
+    for r in ok.itertuples(index=False):
+        if isinstance(r.data_hash, str) and r.data_hash:
+            by.setdefault(f"{r.data_hash}/{r.extractor_hash}", []).append(str(r.run_id))
+    return {k: sorted(v) for k, v in sorted(by.items())} if len(by) > 1 else None
 
 
 def _verdict_text(rec: dict) -> str:
@@ -562,6 +582,10 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None, refere
             pairs = rec["duplicate_seeds"].items()
             twice = "; ".join(f"seed {seed} stored twice: {', '.join(ids)}" for seed, ids in pairs)
             return Cell(f"error: {twice}", note=f"error: {twice}")
+        if rec["mixed_content"]:  # the data or extractor changed between seeds: an error, never averaged
+            parts = "; ".join(f"{', '.join(ids)} on data/extractor {h}" for h, ids in rec["mixed_content"].items())
+            text = f"error: runs scored on different data or features ({parts}); keep them in separate stores"
+            return Cell(text, note=text)
         fid, is_ = (rec["fid_mean"], rec["fid_std"]), (rec["is_mean"], rec["is_std"])
         comparison = _comparison(rec, info)
         text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={rec['n']}" + (f"; {note})" if note else ")")
