@@ -160,18 +160,42 @@ class Runner:
         return self._evaluators[key]
 
     def preflight(self, configs: list[RunConfig]) -> None:
-        """Load data and extractors before any run starts, so bad setups fail before training."""
+        """Load data and extractors before any run starts, so bad setups fail before training; and check that
+        the data a grid's done cells were scored on is the data there now (see `check_stored_data`)."""
         prepared: set[tuple] = set()
+        checked: set[tuple] = set()
         for config in configs:
             key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
             if key + (config.threads, "fid" in config.metrics) in prepared:  # once per data set, not per cell
                 continue
-            if self.store.status(config.run_id) != "done":
+            status = self.store.status(config.run_id)
+            if status == "done" and not self.rerun and key[:3] not in checked:  # the done cells met before
+                checked.add(key[:3])  # the first one to train: all of them when the whole grid is done
+                self.check_stored_data(config)
+            if status != "done":
                 prepared.add(key + (config.threads, "fid" in config.metrics))
                 with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
                     ev = self.evaluator(config)
                     if "fid" in config.metrics:
                         ev.floor({"fid"})  # also caches the reference features before workers need them
+
+    def check_stored_data(self, config: RunConfig) -> None:
+        """A done cell is skipped on its run id, which names the data set and its options but not its files: if
+        they changed since the cell was scored (an image folder edited in place), its stored numbers are of
+        other data. Compared once per data set of a grid, on its first done cell met before the first cell to
+        train (every cell when the grid is done); the report flags cells whose runs disagree."""
+        from sparsebench.metrics.cache import data_hash
+
+        stored = ((self.store.get(config.run_id) or {}).get("results") or {}).get("data_hash")
+        if not stored:
+            return  # stored before the data hash was recorded
+        now = data_hash(self.data(config))
+        if now != stored:
+            raise SparsebenchError(
+                f"data set {config.dataset} has changed since run {config.run_id} was scored on it (data hash "
+                f"{stored}, now {now}): its stored results are of other data; use another --store, or --rerun "
+                "to train the grid again on this data"
+            )
 
     # -- one run --------------------------------------------------------------------------------
     def claim(self, config: RunConfig, wait: bool = False, rerun: bool | None = None) -> str:

@@ -186,3 +186,19 @@ def test_wrong_inception_weights_file_is_one_error_line_before_training(tmp_path
     assert len(lines) == 1 and lines[0].startswith("Error: --inception-weights ") and str(weights) in lines[0]
     assert "state dict" in lines[0] and "Inception" in lines[0]
     assert results(store) == []
+
+
+def test_a_grid_whose_data_files_changed_since_its_runs_were_scored_is_refused(tmp_path):
+    """A done cell is skipped on its run id, which names the image folder but not its files: after an image
+    changes, running the grid again says so in one line instead of returning the numbers of the old data."""
+    from PIL import Image
+
+    write_imagefolder(tmp_path / "images")
+    args = [*RUN, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"), "--store", str(tmp_path / "r.db")]
+    run_cli(*args, check=True)
+    assert run_cli(*args).returncode == 0  # unchanged: skipped as done
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / "c0" / "0.png")
+    proc = run_cli(*args)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "data set imagefolder has changed since run" in proc.stderr and "--rerun" in proc.stderr
+    assert [r["status"] for r in Store(tmp_path / "r.db").all_runs()] == ["done"]  # nothing stored is lost
