@@ -202,3 +202,21 @@ def test_a_grid_whose_data_files_changed_since_its_runs_were_scored_is_refused(t
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "data set imagefolder has changed since run" in proc.stderr and "--rerun" in proc.stderr
     assert [r["status"] for r in Store(tmp_path / "r.db").all_runs()] == ["done"]  # nothing stored is lost
+
+
+def test_a_data_set_too_small_for_a_floor_trains_and_stores_no_floor(tmp_path):
+    """Two images per class leave fewer held-out images than a floor needs (a covariance of one image is
+    undefined): the run trains and is scored, without a floor, instead of failing in a linear-algebra error."""
+    write_imagefolder(tmp_path / "images", per_class=2)
+    run_cli(
+        *RUN,
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "images"),
+        "--store",
+        str(tmp_path / "r.db"),
+        check=True,
+    )
+    (res,) = results(tmp_path / "r.db")
+    assert res["fid"] == res["fid"] and res.get("fid_floor") is None  # a FID, no floor

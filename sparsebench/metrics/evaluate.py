@@ -213,10 +213,10 @@ class Evaluator:
         images (None: infinitely many), so that it compares with the runs' FIDs (sparsebench.metrics.floor).
         Keys: frechet_inception_distance (the floor at `samples`), fid_inf, fid_slope, description (how it
         was computed); cached under the method's name, so floors computed another way are never reused."""
-        from sparsebench.metrics.floor import FLOOR_METHOD, Floor, jackknife_floor
+        from sparsebench.metrics.floor import FLOOR_METHOD, MIN_HELDOUT, Floor, jackknife_floor
 
-        if self.data.heldout is None or "fid" not in flags:
-            return {}
+        if self.data.heldout is None or "fid" not in flags or len(self.data.heldout.images) < MIN_HELDOUT:
+            return {}  # no held-out split, or one too small to estimate a floor from: the runs have none
         path = self.cache_dir / "floors" / f"{self._cache_name()}-floor-{FLOOR_METHOD}.json"
         floor = None
         try:

@@ -73,6 +73,9 @@ class _FastFID:
         return float(((mu - self.mu) ** 2).sum() + np.trace(sigma) + self.trace - 2 * cross)
 
 
+MIN_HELDOUT = 3  # fewer held-out images leave nothing to extrapolate from (and no covariance under 2)
+
+
 def jackknife_floor(features: torch.Tensor, reference: dict, max_groups: int = MAX_GROUPS) -> Floor:
     """FID_inf and k of FID(n) = FID_inf + k/n for `features` (the held-out split's) against `reference`.
 
@@ -80,8 +83,8 @@ def jackknife_floor(features: torch.Tensor, reference: dict, max_groups: int = M
     torch-fidelity's), so a group costs one eigendecomposition."""
     raw = features.double().numpy()
     n = raw.shape[0]
-    if n < 3:  # nothing to extrapolate from: the plain FID of the whole split
-        return Floor(fid_against(features, reference), 0.0, n, 0)
+    if n < MIN_HELDOUT:
+        raise ValueError(f"a floor needs at least {MIN_HELDOUT} held-out images, got {n}")
     shift = raw.mean(axis=0)
     x = raw - shift  # centred, so that the sums below lose no precision; the means add `shift` back
     fid = _FastFID(reference)
