@@ -19,6 +19,7 @@ from sparsebench.report import plots
 from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
 from sparsebench.report.tables import (
     MethodInfo,
+    _row_settings,
     cost_table,
     labels,
     length_table,
@@ -179,10 +180,8 @@ def _index(
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     counts = df["status"].value_counts().to_dict()
     evaluated = df[df["status"] == "done"]
-    evaluated = evaluated.assign(
-        score=[_score_protocol(_settings_of(r)) for r in evaluated.itertuples(index=False)],
-        numerics=[_numerics(_settings_of(r)) for r in evaluated.itertuples(index=False)],
-    )
+    flats = [_row_settings(r) for r in evaluated.itertuples(index=False)]
+    evaluated = evaluated.assign(score=[_score_protocol(f) for f in flats], numerics=[_numerics(f) for f in flats])
     protocol = (
         evaluated.groupby(["preset", "dataset", "extractor", "eval_samples", "score", "numerics"], dropna=False)
         .agg(runs=("run_id", "size"), accuracy=("extractor_accuracy", "first"))
@@ -269,11 +268,6 @@ def _index(
     path = out / "index.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _settings_of(r: Any) -> dict[str, Any]:
-    text = getattr(r, "settings", None)
-    return json.loads(text) if isinstance(text, str) and text else {}
 
 
 def _score_protocol(flat: dict[str, Any]) -> str:
