@@ -104,6 +104,11 @@ class Outcome:
     taken: bool = False  # held by another live process: left to it
 
 
+def data_key(config: RunConfig) -> tuple:
+    """What a run's data depends on: runs sharing it share one loaded data set."""
+    return (config.dataset, config.train.resolution, config.dataset_options)
+
+
 class Runner:
     def __init__(
         self,
@@ -139,14 +144,14 @@ class Runner:
 
     # -- shared resources -----------------------------------------------------------------------
     def data(self, config: RunConfig) -> DataSplits:
-        key = (config.dataset, config.train.resolution, config.dataset_options)
+        key = data_key(config)
         if key not in self._data:
             ds = self.plugins.datasets.get(config.dataset)
             self._data[key] = ds.load(config.train.resolution, self.data_dir, **dict(config.dataset_options))
         return self._data[key]
 
     def evaluator(self, config: RunConfig) -> Evaluator:
-        key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
+        key = (*data_key(config), config.train.extractor)
         if key not in self._evaluators:  # keyed like `data`: a data set option changes the reference
             self._evaluators[key] = Evaluator(
                 self.data(config),
@@ -165,25 +170,26 @@ class Runner:
         prepared: set[tuple] = set()
         checked: set[tuple] = set()
         for config in configs:
-            key = (config.dataset, config.train.resolution, config.dataset_options, config.train.extractor)
-            if key + (config.threads, "fid" in config.metrics) in prepared:  # once per data set, not per cell
-                continue
             status = self.store.status(config.run_id)
-            if status == "done" and not self.rerun and key[:3] not in checked:  # the done cells met before
-                checked.add(key[:3])  # the first one to train: all of them when the whole grid is done
-                self.check_stored_data(config)
-            if status != "done":
-                prepared.add(key + (config.threads, "fid" in config.metrics))
-                with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
-                    ev = self.evaluator(config)
-                    if "fid" in config.metrics:
-                        ev.floor({"fid"})  # also caches the reference features before workers need them
+            if status == "done" and not self.rerun:  # skipped: its data is checked once per data set
+                if data_key(config) not in checked:
+                    checked.add(data_key(config))
+                    self.check_stored_data(config)
+                continue
+            key = (*data_key(config), config.train.extractor, config.threads, "fid" in config.metrics)
+            if key in prepared:  # once per data set, not per cell
+                continue
+            prepared.add(key)
+            with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
+                ev = self.evaluator(config)
+                if "fid" in config.metrics:
+                    ev.floor({"fid"})  # also caches the reference features before workers need them
 
     def check_stored_data(self, config: RunConfig) -> None:
         """A done cell is skipped on its run id, which names the data set and its options but not its files: if
         they changed since the cell was scored (an image folder edited in place), its stored numbers are of
-        other data. Compared once per data set of a grid, on its first done cell met before the first cell to
-        train (every cell when the grid is done); the report flags cells whose runs disagree."""
+        other data. Compared once per data set of a grid, on its first done cell; the report flags cells whose runs
+        disagree."""
         from sparsebench.metrics.cache import data_hash
 
         stored = ((self.store.get(config.run_id) or {}).get("results") or {}).get("data_hash")

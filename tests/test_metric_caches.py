@@ -202,6 +202,9 @@ def test_a_grid_whose_data_files_changed_since_its_runs_were_scored_is_refused(t
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "data set imagefolder has changed since run" in proc.stderr and "--rerun" in proc.stderr
     assert [r["status"] for r in Store(tmp_path / "r.db").all_runs()] == ["done"]  # nothing stored is lost
+    proc = run_cli(*args, "--seeds", "1,0")  # a cell to train comes first: the done one is still checked
+    assert proc.returncode != 0 and "data set imagefolder has changed since run" in proc.stderr, proc.stderr
+    assert [r["status"] for r in Store(tmp_path / "r.db").all_runs()] == ["done"]  # and nothing trained
 
 
 def test_a_data_set_too_small_for_a_floor_trains_and_stores_no_floor(tmp_path):
