@@ -23,6 +23,11 @@ DIGITS = "sparsebench-digits"
 RUN = ["run", "--methods", "static", "--arch", "sngan", *TINY]
 
 
+def folder_run(images: Path, store: Path) -> list[str]:
+    """RUN on an image folder, into `store`."""
+    return [*RUN, "--dataset", "imagefolder", "--data-dir", str(images), "--store", str(store)]
+
+
 class Payload:
     """Unpickling this runs a shell command that creates `marker`."""
 
@@ -82,17 +87,7 @@ def write_imagefolder(root: Path, per_class: int = 5) -> None:
 def test_digits_run_after_an_imagefolder_run_keeps_the_digits_extractor(plugins, tmp_path):
     env = {"SPARSEBENCH_CACHE": str(tmp_path / "cache")}
     write_imagefolder(tmp_path / "images")
-    run_cli(
-        *RUN,
-        "--dataset",
-        "imagefolder",
-        "--data-dir",
-        str(tmp_path / "images"),
-        "--store",
-        str(tmp_path / "folder" / "r.db"),
-        env=env,
-        check=True,
-    )
+    run_cli(*folder_run(tmp_path / "images", tmp_path / "folder" / "r.db"), env=env, check=True)
     run_cli(*RUN, "--store", str(tmp_path / "digits" / "r.db"), env=env, check=True)
     (folder,) = results(tmp_path / "folder" / "r.db")
     (digits,) = results(tmp_path / "digits" / "r.db")
@@ -194,7 +189,7 @@ def test_a_grid_whose_data_files_changed_since_its_runs_were_scored_is_refused(t
     from PIL import Image
 
     write_imagefolder(tmp_path / "images")
-    args = [*RUN, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "images"), "--store", str(tmp_path / "r.db")]
+    args = folder_run(tmp_path / "images", tmp_path / "r.db")
     run_cli(*args, check=True)
     assert run_cli(*args).returncode == 0  # unchanged: skipped as done
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / "c0" / "0.png")
@@ -211,15 +206,6 @@ def test_a_data_set_too_small_for_a_floor_trains_and_stores_no_floor(tmp_path):
     """Two images per class leave fewer held-out images than a floor needs (a covariance of one image is
     undefined): the run trains and is scored, without a floor, instead of failing in a linear-algebra error."""
     write_imagefolder(tmp_path / "images", per_class=2)
-    run_cli(
-        *RUN,
-        "--dataset",
-        "imagefolder",
-        "--data-dir",
-        str(tmp_path / "images"),
-        "--store",
-        str(tmp_path / "r.db"),
-        check=True,
-    )
+    run_cli(*folder_run(tmp_path / "images", tmp_path / "r.db"), check=True)
     (res,) = results(tmp_path / "r.db")
     assert res["fid"] == res["fid"] and res.get("fid_floor") is None  # a FID, no floor
