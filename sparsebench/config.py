@@ -136,6 +136,9 @@ class RunConfig:
     # CPU result depend on the count, so a run id must fix it; in the id unless 1 (the runs stored before it
     # existed trained with 1 thread per run)
     threads: int = 1
+    # processes training the run data-parallel (torchrun): each draws its own share of the global batch from
+    # its own stream, so the count changes what is trained; in the id unless 1
+    world_size: int = 1
 
     def __post_init__(self):
         for axis in ("sg", "sd"):
@@ -188,6 +191,8 @@ class RunConfig:
             )
         if not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS:
             raise SparsebenchError(f"threads must be an integer in [1, {MAX_THREADS}], got {self.threads}")
+        if not isinstance(self.world_size, int) or self.world_size < 1:
+            raise SparsebenchError(f"world_size must be a positive integer, got {self.world_size!r}")
         if self.train.accumulate < 1:
             raise SparsebenchError(f"accumulate must be a positive integer, got {self.train.accumulate}")
 
@@ -206,6 +211,8 @@ class RunConfig:
                 del d[name]
         if d["threads"] == 1:  # likewise runs from before the thread count was fixed per run
             del d["threads"]
+        if d["world_size"] == 1:  # and runs in one process
+            del d["world_size"]
         for name, default in LATER_TRAIN_FIELDS.items():  # likewise runs from before these settings existed
             if d["train"][name] == default:
                 del d["train"][name]
@@ -288,7 +295,10 @@ class GridRequest:
 
 
 def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
-    """One config per cell of methods x s_G x s_D x seeds, minus repeats along fixed axes."""
+    """One config per cell of methods x s_G x s_D x seeds, minus repeats along fixed axes, for the processes
+    this one trains with (under torchrun, its process group)."""
+    from sparsebench import distributed
+
     if not req.methods:
         raise SparsebenchError("no method given; pass --methods NAME[,NAME...]")
     for axis, values in (("s_G", req.sg), ("s_D", req.sd)):
@@ -357,6 +367,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         channels_last=req.channels_last,
                         deterministic=req.deterministic,
                         threads=req.threads,
+                        world_size=distributed.world_size(),
                         code=plugins.code(name, req.arch),
                     ).without_unused_settings()
                     if cfg.run_id not in seen:

@@ -95,12 +95,12 @@ class Grid:
                 "--kernels sparseprop runs SparseProp's CPU kernels and cannot run with --device cuda; "
                 "use --kernels dense on a GPU"
             )
-        configs = expand_grid(req, plugins)
         if req.kernels == "sparseprop":
             from sparsebench.kernels import require_sparseprop
 
             require_sparseprop()
         device = distributed.init_from_env(device)
+        configs = expand_grid(req, plugins)  # after joining the process group: its size is in the run ids
         leader = distributed.rank() == 0
         store: RunStore  # a Store, or under torchrun a FollowerStore on the other ranks
         if leader:

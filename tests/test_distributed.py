@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import run_cli
 
+from sparsebench.store import Store
+
 WORKER = textwrap.dedent("""
     import os, sys, warnings
     warnings.filterwarnings("ignore")
@@ -106,3 +108,7 @@ def test_torchrun_cli_only_rank0_writes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
     assert sorted(r["method"] for r in rows) == ["dense", "static"] and all(r["status"] == "done" for r in rows)
+    # two processes draw their own batches: other runs than one process's, never skipped as them
+    assert all(Store(store).get(r["run_id"])["config"]["world_size"] == 2 for r in rows)
+    one = run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "4", "--store", str(store))
+    assert "already done" not in one.stdout + one.stderr and len(Store(store).all_runs()) == 3

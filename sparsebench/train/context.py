@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsebench import SparsebenchError
 from sparsebench.api import DataSplits, DensePass, RunArtifacts
 from sparsebench.config import RunConfig
 from sparsebench.flops import GANFlops, count_gan
@@ -171,6 +172,11 @@ class RunContext:
         steps = self.spec.steps if steps is None else steps
         hooks = hooks or Hooks()
         world, rank = distributed.world_size(), distributed.rank()
+        if world != self.config.world_size:
+            raise SparsebenchError(
+                f"run {self.config.run_id} is set up for {self.config.world_size} process(es) and this is "
+                f"{world}: its config comes from another process group (expand the grid inside this one)"
+            )
         spec = self.spec
         if world > 1:  # each rank takes its share of the preset's global batch
             spec = spec.replace(
