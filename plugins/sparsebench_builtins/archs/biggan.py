@@ -232,6 +232,8 @@ QUICK = TrainSpec(
 # share of the mean, final evaluation -> mean of the last 6:
 #   dense fp32 32.4 % -> 18.8 % (20.06: 23.53 / 19.96 / 18.79 / 23.56 / 14.48)
 #   dense bf16 + channels-last 26.7 % -> 11.7 % (21.68: 22.33 / 25.68 / 19.08 / 21.12 / 20.20)
+#     at 10 seeds (reports/small's grid): 39 % (24.46 +- 9.61), final evaluation 38 %: seed 9 scores 46.6,
+#     twice the median, over its whole last third; the spread has a heavy tail 5 seeds did not sample
 #   Static s_G 0.95 24.3 % -> 18.8 %; STU-GAN s_G 0.95 17.2 % -> 17.2 %
 #   not better: half the learning rates (12.9 % around a worse mean, 23.69), twice the batch at the same
 #   images seen (18.5 %, 30.34), twice the steps (final at 3,000: 28.7 %).
