@@ -279,9 +279,11 @@ def test_adapts_intervals_per_arch_scale_the_references(arch, steps, mode, expec
 
 
 def test_adapts_window_is_the_references_queue():
-    # window 3, a ratio every step, D adjusted every 4. The reference appends, adjusts, then trims its queue to 3:
-    # at step 4 it averages samples 1-4 = (0.9 + 3 x 0.5) / 4 = 0.6 >= 0.55: D density 0.5 -> 0.55 (the last
-    # three alone, 0.5, would not move it); at step 8 samples 5-8 = 0.4 <= 0.45: back to 0.5.
+    # window 4, a ratio every step, D adjusted every 4. The reference trims its queue to the window after every
+    # iteration and adjusts D at iterations that take no sample, so each decision averages the last 4 samples
+    # and none is reused: at step 4, samples 1-4 = (3 x 0.5 + 0.9) / 4 = 0.6 >= 0.55: D density 0.5 -> 0.55;
+    # at step 8, samples 5-8 = (0.2 + 3 x 0.5) / 4 = 0.425 <= 0.45: back to 0.5 (with sample 4 reused, as
+    # before 0.3.1: (0.9 + 0.2 + 3 x 0.5) / 5 = 0.52, no move).
     torch.manual_seed(0)
     D = nn.Sequential(nn.Conv2d(1, 1, (1, 10), bias=False), nn.Conv2d(1, 1, (1, 10), bias=False))
     d_masks = MaskState.from_distribution(D, 0.5, "uniform", "conv", torch.Generator().manual_seed(0))
@@ -297,11 +299,11 @@ def test_adapts_window_is_the_references_queue():
         mode="relaxed",
         d_interval=4,
         ratio_every=1,
-        window=3,
+        window=4,
         d_density=0.5,
     )
     seen = []
-    for step, ratio in enumerate([0.9, 0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4], start=1):
+    for step, ratio in enumerate([0.5, 0.5, 0.5, 0.9, 0.2, 0.5, 0.5, 0.5], start=1):
         state.balance_ratio = ratio
         hooks.after_d_backward(state, step)
         hooks.after_g_step(state, step)

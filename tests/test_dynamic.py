@@ -467,7 +467,7 @@ def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypat
 def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
     ratios = iter([float("nan")] + [0.2] * 10)  # the first sample point measured nothing
     monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: next(ratios))
-    spec, state, batcher = tiny_state(plugins)  # a window of 2 values, kept up to 3 as the reference's queue
+    spec, state, batcher = tiny_state(plugins)  # a window of 2 values, the reference's queue
     seen = []
 
     class Watch(adapt.BalancedTraining):
@@ -478,9 +478,9 @@ def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
 
     hooks = adapt_hooks(plugins, spec, cls=Watch)
     train(state, 6, spec, batcher, 10, torch.Generator().manual_seed(5), lambda: 0.0, hooks)
-    # step 2: one value in the window, no adjustment; step 4: full (never cleared; 3 values: the reference
-    # pops one per step after its update, so an adjustment sees window + 1), D's density moves
-    assert seen[1] == (2, 1, 0.5) and seen[3] == (4, 3, pytest.approx(0.45))
+    # step 2: one value in the window, no adjustment; step 4: full (never cleared; the last 2 values, as the
+    # reference's queue holds at its adjustments), D's density moves
+    assert seen[1] == (2, 1, 0.5) and seen[3] == (4, 2, pytest.approx(0.45))
 
 
 def test_adapt_train_flops_integrate_its_density_trace(plugins, monkeypatch):

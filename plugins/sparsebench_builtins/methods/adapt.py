@@ -17,14 +17,18 @@ As its reference code runs it (YiteWang/ADAPT@002e2e9: `scripts/adapt_relax.sh`,
   x D's last real batch, measured every `ratio_every` G steps with G and D in train mode, as the reference
   does (`Hooks.balance_ratio_mode`: the two extra forwards advance D's spectral-norm vectors and G's BN
   statistics, as there). Each sample is one ratio of batch means (`sparsebench.balance_ratio`); the
-  decision takes the mean of a window of `window` samples, acted on once it holds that many; the reference
-  trims its queue after each step's update, so later adjustments see window + 1 samples, the one just
-  taken included, and so does this. BR <= 0.45: D density -0.05; BR >= 0.55: +0.05; never below 0.05.
+  decision takes the mean of the last `window` samples, acted on once there are that many: the reference
+  trims its queue to `window` after each iteration and adjusts D at iterations that take no sample (999,
+  1,999, ...: its D counter counts n_critic steps an iteration, its samples fall on multiples of 10), so
+  each decision averages exactly `window` samples and consecutive windows do not overlap.
+  BR <= 0.45: D density -0.05; BR >= 0.55: +0.05; never below 0.05.
   `relaxed` lets D reach density 1; `strict` caps it at 0.5 and, at an adjustment with BR >= 0.55 at the
   cap, prunes and regrows D instead (global |w| out, |grad| in).
 - Intervals: the reference's SNGAN scripts run 100,000 G steps with G updates every 500, D adjustments every
   1,000 (relaxed) or 2,000 (strict), a ratio every 10 and a window of 100 (1,000 steps); its scripts set no
-  ADAPT intervals for BigGAN (its code defaults are the same), whose script runs 200,000 G steps. A preset
+  ADAPT intervals for BigGAN (its code defaults, 500 / 500 / a ratio every 100 / a window of 100 iterations,
+  fail its own check of at least 10 ratios per D adjustment), so BigGAN takes the SNGAN scripts' intervals
+  at the same fraction of its script's 200,000 G steps: our extrapolation, not the reference's. A preset
   of S steps takes each interval and the window's span at the same fraction of training:
   round(reference interval / reference steps x S), at least 1 (the small SNGAN preset, 1,500 steps:
   G every 8, D every 15 / 30, a ratio every step, a window of 15).
@@ -106,8 +110,8 @@ class BalancedTraining(GradientGrowth):
 
     The ratio is measured by the training loop every `ratio_every` G steps in train mode
     (`Hooks.balance_ratio_every`, `balance_ratio_mode`) and kept in a queue as the reference keeps it: D's
-    density is adjusted every `d_interval` G steps once the queue holds `window` values, from their mean; the
-    queue holds at most window + 1 (the reference pops one after each step's update).
+    density is adjusted every `d_interval` G steps once the queue holds `window` values, from their mean (the
+    queue keeps the last `window`: the reference's decisions never reuse a sample of the one before).
     """
 
     per_layer = False
@@ -132,7 +136,7 @@ class BalancedTraining(GradientGrowth):
         self.balance_ratio_every = ratio_every
         self.d_density = d_density
         self.window_size = window
-        self.window: deque[float] = deque(maxlen=window + 1)
+        self.window: deque[float] = deque(maxlen=window)
         self.d_updates = 0  # strict mode: prune-and-regrow updates of D at its cap
         self._d_grads: dict[str, torch.Tensor] = {}
 
@@ -206,7 +210,7 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(Method):
     name = "adapt"
-    version = "0.3.0"  # 0.3.0: training FLOPs count the dense weight gradients its scores read
+    version = "0.3.1"  # 0.3.1: a decision averages the last `window` ratios (0.3.0: window + 1)
     title, order, reference = "ADAPT", 100, "dense"
     scope = "weights"
     result_columns = ("topology_updates", "delta_t")
