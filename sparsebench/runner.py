@@ -172,8 +172,9 @@ class Runner:
         for config in configs:
             status = self.store.status(config.run_id)
             if status == "done" and not self.rerun:  # skipped: its data is checked once per data set
-                if data_key(config) not in checked:
-                    checked.add(data_key(config))
+                stored_key = data_key(config)
+                if stored_key not in checked:
+                    checked.add(stored_key)
                     self.check_stored_data(config)
                 continue
             key = (*data_key(config), config.train.extractor, config.threads, "fid" in config.metrics)

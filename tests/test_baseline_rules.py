@@ -270,7 +270,7 @@ def test_adapts_intervals_per_arch_scale_the_references(arch, steps, mode, expec
     adapt.ADAPT().run(ctx)
     h = ctx.hooks
     assert isinstance(h, adapt.BalancedTraining)
-    assert (h.interval, h.d_interval, h.balance_ratio_every, h.window_size) == expected
+    assert (h.interval, h.d_interval, h.balance_ratio_every, h.window.maxlen) == expected
     assert h.per_layer is False and h.regrow_pruned is True and h.drop_noise == 1e-5
     assert h.balance_ratio_mode == "train" and h.schedule.p_min == 0.005
     from sparsebench.kernels import KernelHooks

@@ -135,7 +135,6 @@ class BalancedTraining(GradientGrowth):
         self.mode, self.d_interval = mode, d_interval
         self.balance_ratio_every = ratio_every
         self.d_density = d_density
-        self.window_size = window
         self.window: deque[float] = deque(maxlen=window)
         self.d_updates = 0  # strict mode: prune-and-regrow updates of D at its cap
         self._d_grads: dict[str, torch.Tensor] = {}
@@ -160,7 +159,7 @@ class BalancedTraining(GradientGrowth):
         if step % self.balance_ratio_every == 0 and math.isfinite(state.balance_ratio):
             self.window.append(state.balance_ratio)  # G_post measured before G's topology changes
         changed = super().after_g_step(state, step)
-        if self.adjust_due(step) and len(self.window) >= self.window_size:
+        if self.adjust_due(step) and len(self.window) == self.window.maxlen:
             changed = self._adjust_d(state, step, sum(self.window) / len(self.window)) or changed
         self._d_grads = {}
         return changed
