@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from sparsebench.config import GridRequest, expand_grid
-from sparsebench.report.build import _frame
+from sparsebench.report.build import _floor_lines, _frame
 from sparsebench.report.render import latex, latex_escape, markdown
 from sparsebench.report.tables import cell_aggregates, quality_table, welch_interval
 from sparsebench.store import Store
@@ -250,6 +250,33 @@ def test_a_method_that_trained_longer_than_its_reference_says_so_and_is_never_bo
     assert cells[("stugan", 0.9)]["train_flops_vs_reference"] == pytest.approx(2.0)
     assert cells[("stugan", 0.8)]["train_flops_vs_reference"] == pytest.approx(1.0)
     assert "training FLOPs" not in {names[0]: cells for names, cells in table.rows}["STU-GAN"][1 - win].text
+
+
+def test_a_cell_whose_mean_fid_is_below_its_floor_says_so(tmp_path, plugins):
+    df = _frame(significance_store(tmp_path / "r.db", plugins), None, None, None)
+    df["fid_floor"] = 25.0  # STU-GAN at s_G 0.9 scores 20.5 on average: below it; Static (30.5) is not
+    cells = {(c["method"], c["sg"]): c for c in cell_aggregates(df)}
+    assert cells[("stugan", 0.9)]["below_floor"] and cells[("stugan", 0.9)]["fid_floor"] == pytest.approx(25.0)
+    assert not cells[("static", 0.9)]["below_floor"]
+    table = quality_table(df)
+    win = [label for _, label in table.columns].index("s_G = 90%")
+    rows = {names[0]: cells for names, cells in table.rows}
+    assert "(n=3; below the FID floor 25.00)" in rows["STU-GAN"][win].text
+    assert "below the FID floor" not in rows["Static Sparse GAN"][win].text
+    assert rows["STU-GAN"][win].bold  # a note, not a verdict: the comparison with Static stands
+    df.loc[df["fid_floor"].notna(), "fid_floor"] = float("nan")  # not recorded: no claim either way
+    assert not any(c["below_floor"] for c in cell_aggregates(df))
+
+
+def test_the_report_states_each_data_sets_own_floor(tmp_path, plugins):
+    df = _frame(significance_store(tmp_path / "r.db", plugins), None, None, None)
+    df["extractor"], df["eval_samples"], df["fid_floor_method"] = "x", 5000, "matched n"
+    df["dataset"] = ["digits" if i % 2 else "cifar10" for i in range(len(df))]
+    df["fid_floor"] = [7.0 if i % 2 else 3.0 for i in range(len(df))]
+    (line,) = _floor_lines(df)
+    assert "3.00 (dataset cifar10, extractor x, eval_samples 5000; matched n)" in line
+    assert "7.00 (dataset digits, extractor x, eval_samples 5000; matched n)" in line
+    assert _floor_lines(df.drop(columns="fid_floor")) == []
 
 
 def test_results_json_has_runs_and_the_table_cells(tmp_path, plugins):

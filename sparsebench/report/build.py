@@ -212,14 +212,7 @@ def _index(
         lines.append("| " + " | ".join(map(markdown_escape, [*cells, trained])) + " |")
     if len(evaluated) < len(df):
         lines += ["", f"Runs not done (running, stopped, failed or diverged): {len(df) - len(evaluated)}."]
-    floor = df["fid_floor"].dropna()
-    if not floor.empty:
-        how = df["fid_floor_method"].get(floor.index[0]) if "fid_floor_method" in df else None
-        lines += [
-            f"FID floor ({how if isinstance(how, str) else 'held-out vs train images at the held-out size: biased up'}"
-            f"): {floor.iloc[0]:.2f}. FIDs are computed against the training images, so a score near the floor "
-            "cannot tell a good generator from one that copies them."
-        ]
+    lines += _floor_lines(df)
     lines += [
         "Sparsity is measured over the scope "
         + ", ".join(_code(s) for s in sorted(df["scope"].dropna().unique()))
@@ -286,6 +279,28 @@ def _numerics(flat: dict[str, Any]) -> str:
 
 
 MODES = (("channels_last", "channels-last"), ("compile", "compiled"), ("deterministic", "deterministic"))
+
+
+def _floor_lines(df: pd.DataFrame) -> list[str]:
+    """The FID floor of each data set, extractor and sample count in the store (a store may hold several; each
+    run is compared with its own), with how it was computed."""
+    if "fid_floor" not in df:
+        return []
+    keys = [k for k in ("dataset", "extractor", "eval_samples") if k in df]
+    floors = df[df["fid_floor"].notna()]
+    if floors.empty:
+        return []
+    parts = []
+    for key, g in floors.groupby(keys, sort=True, dropna=False) if keys else [((), floors)]:
+        how = g["fid_floor_method"].dropna() if "fid_floor_method" in g else pd.Series(dtype=object)
+        method = how.iloc[0] if len(how) else "held-out vs train images at the held-out size: biased up"
+        where = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in zip(keys, key))
+        parts.append(f"{float(g['fid_floor'].mean()):.2f} ({where}; {method})")
+    return [
+        "FID floor: " + "; ".join(parts) + ". FIDs are computed against the training images, so a score near the "
+        "floor cannot tell a good generator from one that copies them, and one below it is closer to the training "
+        "images than unseen real images are."
+    ]
 
 
 def _convergence(df: pd.DataFrame) -> list[str]:

@@ -463,9 +463,12 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
             "verdict": None,
             "train_flops_vs_reference": None,
             "reference_content_differs": None,
+            "fid_floor": _floor(ok),
+            "below_floor": False,
         }
         if twice or mixed:
             rec["fid_mean"] = rec["fid_std"] = rec["is_mean"] = rec["is_std"] = None
+        rec["below_floor"] = None not in (rec["fid_mean"], rec["fid_floor"]) and rec["fid_mean"] < rec["fid_floor"]
         if rec["reference"] is not None:
             fixed = info.fixed(rec["reference"])
             ref_sg, ref_sd = float(fixed.get("sg", sg)), float(fixed.get("sd", sd))
@@ -492,6 +495,15 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
                 rec["diff"] = fid[0] - float(ref["fid"].astype(float).mean())
         out.append(rec)
     return out
+
+
+def _floor(ok: pd.DataFrame) -> float | None:
+    """The FID floor the cell's runs were scored against (held-out real images at the runs' sample size; one
+    value per cell, whose runs share data, extractor and sample count), or None where it was not recorded."""
+    if "fid_floor" not in ok:
+        return None
+    floors = ok["fid_floor"].dropna().astype(float)
+    return float(floors.mean()) if len(floors) else None
 
 
 def _power(mine: list[float], theirs: list[float], rec: dict) -> dict[str, Any]:
@@ -588,6 +600,8 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None, refere
             return Cell(text, note=text)
         fid, is_ = (rec["fid_mean"], rec["fid_std"]), (rec["is_mean"], rec["is_std"])
         comparison = _comparison(rec, info)
+        if rec["below_floor"]:  # closer to the training images than unseen real images are: fitting, not quality
+            note = "; ".join(filter(None, [note, f"below the FID floor {rec['fid_floor']:.2f}"]))
         text = f"{_fmt(*fid)} / {_fmt(*is_)} (n={rec['n']}" + (f"; {note})" if note else ")")
         return Cell(
             text + (f"; {comparison}" if comparison else ""),
@@ -620,7 +634,10 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None, refere
         f"power (D, from the observed stds and n) is at most {100 * power.TARGET:g} % of the reference's mean, "
         f"else 'undecided' with the seeds per arm that would detect {100 * power.TARGET:g} % of it. The best FID "
         "per column is in bold among the cells eligible to win: significantly better than their reference "
-        f"(interval below zero) with at most {OVER_BUDGET:g}× their reference's training FLOPs.",
+        f"(interval below zero) with at most {OVER_BUDGET:g}× their reference's training FLOPs. 'Below the FID "
+        "floor': the mean FID is lower than held-out real images score at the same sample size; FIDs are computed "
+        "against the training images, so such a generator is closer to them than unseen real images are (it fits "
+        "the training set; the score does not say it generalises better).",
         ["Method", "s_D (%)"],
         [(a, f"s_G = {100 * sg:g}%") for a, sg in cols],
         rows,
