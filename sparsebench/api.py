@@ -135,6 +135,10 @@ class Method(VersionedPlugin):
     reference: ClassVar[str] = ""  # the method Table 1 gives its FID difference to ("": none)
     result_columns: ClassVar[tuple[str, ...]] = ()  # result keys it stores beyond the core's: results columns
     length_option: ClassVar[str] = ""  # its option that multiplies the training length: runs above 1x fill Table 3
+    # Its masks never change while a phase trains (no regrowth): Adam is elementwise and masked weights are
+    # zeroed after every step, so the optimizer-state policy cannot change its results (dense kernels), and a
+    # method compared with it at another --opt-state is compared with its runs at the default policy.
+    fixed_masks: ClassVar[bool] = False
 
     def run(self, ctx: MethodContext) -> None:
         """Train, leaving the final models in `ctx` (see `MethodContext.finish`)."""

@@ -113,6 +113,37 @@ def test_the_reference_is_the_run_with_the_same_settings_length_included(tmp_pat
     assert "no Static Sparse GAN run with preset quick, steps=900" in text
 
 
+def test_a_reference_whose_masks_never_change_is_found_at_any_optimizer_state_policy(tmp_path, plugins):
+    """Static trains identically under every policy (test_opt_state), so STU-GAN at --opt-state zero is compared
+    with Static at the default policy; with sparse kernels the policy changes which gradients are computed, and
+    against SET (its masks change) the policy must match."""
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["static"]}, {0: 30.0, 1: 31.0, 2: 32.0}, {}),
+            ({"methods": ["stugan"], "opt_state": "zero"}, {0: 20.0, 1: 21.0, 2: 22.0}, {}),
+            ({"methods": ["stugan"], "opt_state": "zero", "kernels": "sparseprop"}, {0: 24.0, 1: 25.0}, {}),
+        ],
+    )
+    df = _frame(store, None, None, None)
+    cells = {(c["method"], c["variant"]): c for c in cell_aggregates(df)}
+    zero = cells[("stugan", "opt_state=zero")]
+    assert zero["n_reference"] == 3 and zero["diff"] == pytest.approx(-10.0)
+    sparse_kernels = next(c for (m, v), c in cells.items() if m == "stugan" and "kernels=sparseprop" in v)
+    assert sparse_kernels["n_reference"] == 0 and sparse_kernels["diff"] is None
+    from sparsebench.report.tables import MethodInfo
+
+    methods = dict(MethodInfo.of(None).methods)
+    static = methods["static"]
+    dynamic = type("DynamicStatic", (type(static),), {"fixed_masks": False})()  # a reference whose masks move
+    again = cell_aggregates(df, methods={**methods, "static": dynamic})
+    zero = next(c for c in again if c["method"] == "stugan" and c["variant"] == "opt_state=zero")
+    assert zero["n_reference"] == 0 and zero["diff"] is None
+    text = _rows(quality_table(df, methods={**methods, "static": dynamic}))["STU-GAN [opt_state=zero]"][0].text
+    assert "no Static Sparse GAN run with preset quick, opt_state=zero" in text
+
+
 def test_relative_flops_follow_the_runs_own_length(tmp_path, plugins):
     """A --steps 60 Static run shows in Table 2 what `sparsebench results` stores, not 60 / 400 of it."""
     store = _store(tmp_path / "r.db", plugins, [({"methods": ["static"], "steps": 60}, {0: 50.0}, {})])

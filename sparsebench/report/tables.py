@@ -79,6 +79,10 @@ class MethodInfo:
     def length_option(self, name: str) -> str:
         return self._get(name, "length_option", "")
 
+    def fixed_masks(self, name: str) -> bool:
+        """Whether the method's masks never change while it trains (the optimizer-state policy cannot matter)."""
+        return bool(self._get(name, "fixed_masks", False))
+
 
 @dataclass
 class Cell:
@@ -383,14 +387,26 @@ def welch_interval(a, b, confidence: float = CONFIDENCE) -> tuple[float, float, 
 CELL_KEYS = ["method", "variant", "arch", "sg", "sd"]
 
 
-def _reference_key(flat: dict[str, Any], dense_reference: bool) -> str:
-    """What a reference run must share with a cell: its settings but the method's own; against a dense
-    reference (s_G = s_D = 0) also but the optimizer-state policy, backend, scope and distribution, which a
-    dense run cannot use."""
-    shared = shared_settings(flat)
-    if dense_reference:  # a dense run has no masked weight: no policy, backend, scope or distribution applies
-        shared = {k: v for k, v in shared.items() if k not in ("opt_state", "kernels", "scope", "distribution")}
+# The settings a reference cannot use, by kind of reference: a dense run (s_G = s_D = 0) has no masked weight,
+# so no optimizer-state policy, backend, scope or distribution applies; a method whose masks never change
+# trains identically under every optimizer-state policy (sparsebench.sparse.opt_state) with dense kernels.
+NOT_USED_BY_DENSE = ("opt_state", "kernels", "scope", "distribution")
+NOT_USED_BY_FIXED_MASKS = ("opt_state",)
+
+
+def _reference_key(flat: dict[str, Any], not_used: tuple[str, ...] = ()) -> str:
+    """What a reference run must share with a cell: its settings but the method's own and those the
+    reference cannot use (`NOT_USED_BY_DENSE`, `NOT_USED_BY_FIXED_MASKS`)."""
+    shared = {k: v for k, v in shared_settings(flat).items() if k not in not_used}
     return json.dumps(shared, sort_keys=True, default=str)
+
+
+def _not_used_by_reference(info: MethodInfo, reference: str, dense: bool, flat: dict[str, Any]) -> tuple[str, ...]:
+    if dense:
+        return NOT_USED_BY_DENSE
+    if info.fixed_masks(reference) and flat.get("kernels", "dense") == "dense":
+        return NOT_USED_BY_FIXED_MASKS
+    return ()
 
 
 def _describe_settings(flat: dict[str, Any], base: dict[str, Any]) -> str:
@@ -423,8 +439,8 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
         base = defaults(r.method, r.arch, str(getattr(r, "preset", "")))
         if any(k.startswith("option.") and k in base and not _same(v, base[k]) for k, v in flat.items()):
             continue  # a reference runs at its method's default options
-        for dense_ref in (False, True):
-            key = (r.method, r.arch, r.sg, r.sd, _reference_key(flat, dense_ref))
+        for not_used in ((), NOT_USED_BY_DENSE, NOT_USED_BY_FIXED_MASKS):
+            key = (r.method, r.arch, r.sg, r.sd, _reference_key(flat, not_used))
             by_reference.setdefault(key, {}).setdefault(_cell_of(r, flat), []).append(i)
     out = []
     for key, runs in df.groupby(CELL_KEYS, sort=False):
@@ -472,8 +488,8 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
         if rec["reference"] is not None:
             fixed = info.fixed(rec["reference"])
             ref_sg, ref_sd = float(fixed.get("sg", sg)), float(fixed.get("sd", sd))
-            dense_ref = ref_sg == 0.0 and ref_sd == 0.0
-            cells = by_reference.get((rec["reference"], arch, ref_sg, ref_sd, _reference_key(flat, dense_ref)), {})
+            not_used = _not_used_by_reference(info, rec["reference"], ref_sg == 0.0 and ref_sd == 0.0, flat)
+            cells = by_reference.get((rec["reference"], arch, ref_sg, ref_sd, _reference_key(flat, not_used)), {})
             if len(cells) > 1:  # e.g. two code versions of the reference: name them, never pool them
                 rec["reference_cells"] = sorted(cells)
             ref_rows = next(iter(cells.values())) if len(cells) == 1 else []
@@ -625,7 +641,9 @@ def quality_table(df: pd.DataFrame, title: str = "Table 1", methods=None, refere
         "not dropped; runs share a cell only when every setting but the seed is the same (the row label names "
         "those off the preset's defaults). Δ = FID difference to the method's reference method"
         + (f" ({references})" if references else "")
-        + " trained with the same settings (length included), at the same s_G and s_D unless the reference fixes "
+        + " trained with the same settings (length included; the optimizer-state policy excepted where the "
+        "reference's masks never change, as Static Sparse's: the policy cannot change such runs), at the same s_G "
+        "and s_D unless the reference fixes "
         f"them, with its {100 * CONFIDENCE:g} % Welch t interval over seeds "
         "(none when either side has one seed), and the cell's training FLOPs relative to the reference's "
         f"where they are more than {OVER_BUDGET:g}× (a method that trains longer is not compared like for like). "

@@ -38,6 +38,7 @@ class GANTickets(Method):
     fixed = {"sd": 0.0}
     requires = ("dense",)
     title = "GAN Tickets"
+    fixed_masks = True  # no regrowth: the optimizer-state policy cannot change its runs
     order = 50
     reference = "dense"
     result_columns = ("reached_sg", "rounds", "pruned_from")

@@ -27,6 +27,7 @@ class PruneFinetune(Method):
     group = "pf"
     reference = "dense"
     result_columns = ("pruned_from",)
+    fixed_masks = True  # pruned once, then fine-tuned: the optimizer-state policy cannot change its runs
 
     def run(self, ctx: MethodContext) -> None:
         dense = ctx.require("dense")

@@ -12,6 +12,7 @@ class Static(Method):
     name = "static"
     description = "Static Sparse GAN: fixed ERK masks on G and D, trained from scratch"
     title = "Static Sparse GAN"
+    fixed_masks = True  # no regrowth: the optimizer-state policy cannot change its runs
     order = 60
     reference = "dense"
 
