@@ -680,6 +680,12 @@ class Store(ArtifactPaths):
         current = {run_id for run_id, env in envs if current_ratio(json.loads(env or "{}"))}
         return [r for r in rows if r[2] != "balance_ratio" or r[0] in current]
 
+    def last_change(self) -> float | None:
+        """When a run was last claimed or finished (seconds since the epoch; None for an empty store): what a
+        report built from the store is as of, so the same store always builds the same report."""
+        (value,) = self.conn.execute("SELECT MAX(updated_at) FROM runs").fetchone()
+        return None if value is None else float(value)
+
     def all_runs(self) -> list[dict]:
         rows = self.conn.execute(
             "SELECT run_id, method, arch, dataset, preset, sg, sd, seed, status, results, wall_s, config, env "

@@ -343,8 +343,12 @@ def test_tensorboard_events_hold_the_logged_scalars(store, tmp_path):
     conn.close()
     assert {(k, s) for k, s, _ in logged} == {(k, s) for k in ("loss_d", "loss_g") for s in (1, 10)}
     out = tmp_path / "rep"
-    for _ in range(2):  # building the report again must not repeat the curves
+    builds = []
+    for _ in range(2):  # building the report again must not repeat the curves, nor change a byte
         run_cli("report", "--store", str(store), "--out", str(out), "--no-samples", check=True)
+        builds.append({f.relative_to(out): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()})
+    assert builds[0] == builds[1]  # the same store builds the same report (no clock, host or process in it)
+    assert {f.suffix for f in builds[0]} >= {".md", ".tex", ".png", ".pdf"}
     folder = out / "tensorboard" / run_id
     assert len(list(folder.glob("events.out.tfevents.*"))) == 1
     events = EventAccumulator(str(folder))

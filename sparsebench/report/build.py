@@ -152,19 +152,27 @@ def build_report(
 
 
 def _tensorboard(stats: pd.DataFrame, out: Path) -> list[Path]:
+    """One TensorBoard event file per run with its logged scalars by G step. Written record by record rather
+    than through SummaryWriter, whose file name and records carry the clock, host and process: these carry
+    none (wall time 0; the store keeps no time per step), so the same store writes the same bytes."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
     except ImportError:  # tensorboard is optional
         return []
     written = []
     for run_id, g in stats.groupby("run_id"):
-        folder = out / "tensorboard" / run_id
+        folder = out / "tensorboard" / str(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("events.out.tfevents.*"):  # a report built again replaces, never repeats, its curves
             old.unlink()
-        writer = SummaryWriter(str(folder))
-        for r in g.itertuples():
-            writer.add_scalar(r.key, r.value, int(r.step))
-        writer.close()
+        with open(folder / "events.out.tfevents.0.sparsebench", "wb") as f:
+            records = RecordWriter(f)
+            records.write(Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
+            for r in g.sort_values(["step", "key"]).itertuples():
+                summary = Summary(value=[Summary.Value(tag=str(r.key), simple_value=float(r.value))])
+                records.write(Event(wall_time=0.0, step=int(r.step), summary=summary).SerializeToString())
         written.append(folder)
     return written
 
@@ -187,10 +195,12 @@ def _index(
         .agg(runs=("run_id", "size"), accuracy=("extractor_accuracy", "first"))
         .reset_index()
     )
+    changed = store.last_change()  # the store's time, not the clock's: the same store builds the same report
+    as_of = f" as of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(changed))}" if changed is not None else ""
     lines = [
         "# sparsebench report",
         "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {_code(store.path)}: "
+        f"Built from {_code(store.path)}{as_of}: "
         f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).",
         "",
     ]

@@ -71,8 +71,8 @@ def die_with_parent(parent_pid: int) -> None:
 
 def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=100, bbox_inches="tight")
+    for p in paths:  # no creation date in a PDF: the same store draws the same bytes
+        fig.savefig(p, dpi=100, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     _plt().close(fig)
     return paths
 
