@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import shlex
@@ -162,7 +163,8 @@ def _tensorboard(stats: pd.DataFrame, out: Path) -> list[Path]:
     except ImportError:  # tensorboard is optional
         return []
     written = []
-    for run_id, g in stats.groupby("run_id"):
+    rows = stats.sort_values(["run_id", "step", "key"])[["run_id", "step", "key", "value"]].itertuples(index=False)
+    for run_id, g in itertools.groupby(rows, key=lambda r: r[0]):
         folder = out / "tensorboard" / str(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("events.out.tfevents.*"):  # a report built again replaces, never repeats, its curves
@@ -170,9 +172,9 @@ def _tensorboard(stats: pd.DataFrame, out: Path) -> list[Path]:
         with open(folder / "events.out.tfevents.0.sparsebench", "wb") as f:
             records = RecordWriter(f)
             records.write(Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
-            for r in g.sort_values(["step", "key"]).itertuples():
-                summary = Summary(value=[Summary.Value(tag=str(r.key), simple_value=float(r.value))])
-                records.write(Event(wall_time=0.0, step=int(r.step), summary=summary).SerializeToString())
+            for _, step, key, value in g:
+                summary = Summary(value=[Summary.Value(tag=str(key), simple_value=float(value))])
+                records.write(Event(wall_time=0.0, step=int(step), summary=summary).SerializeToString())
         written.append(folder)
     return written
 
