@@ -421,9 +421,9 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
     reference method with its Welch interval, its minimum detectable difference and the seeds per arm that
     would detect 20 % of the reference's mean (`sparsebench.report.power`). The reference is the cell of that
     method with the same settings (length included; same arch, s_G and s_D, or the reference's own where it
-    fixes them, as the dense GAN does), at its default options; several such cells (code versions) are named,
-    not pooled. `references`: the runs to look references up in (default: `df`'s own). Table 1 and
-    `sparsebench results --format json` both read these."""
+    fixes them, as the dense GAN does; settings the reference cannot use left out, `_not_used_by_reference`),
+    at its default options; several such cells (code versions) are named, not pooled. `references`: the runs to
+    look references up in (default: `df`'s own). Table 1 and `sparsebench results --format json` both read these."""
     info = MethodInfo.of(methods)
     df = df.copy()
     df["variant"] = cell_variant(df)
@@ -439,7 +439,8 @@ def cell_aggregates(df: pd.DataFrame, methods=None, references: pd.DataFrame | N
         base = defaults(r.method, r.arch, str(getattr(r, "preset", "")))
         if any(k.startswith("option.") and k in base and not _same(v, base[k]) for k, v in flat.items()):
             continue  # a reference runs at its method's default options
-        for not_used in ((), NOT_USED_BY_DENSE, NOT_USED_BY_FIXED_MASKS):
+        # the keys it is looked up by: as it is, as a dense reference, at any policy where its masks never change
+        for not_used in ((), NOT_USED_BY_DENSE) + ((NOT_USED_BY_FIXED_MASKS,) if info.fixed_masks(r.method) else ()):
             key = (r.method, r.arch, r.sg, r.sd, _reference_key(flat, not_used))
             by_reference.setdefault(key, {}).setdefault(_cell_of(r, flat), []).append(i)
     out = []
