@@ -13,6 +13,12 @@ hundred images left the fitted intercept varying by about 1.8 FID between subset
 size, 0.5 at 200). The floor of a run of N samples is FID_inf + k/N. Both are against the same train-split
 statistics as the runs' FIDs: so a score near the floor says the samples are as close to the training images
 as unseen real images are, and cannot tell a good generator from one that copies its training images.
+
+The floor is itself an estimate from a few hundred images, so a cell is said to lie below it only beyond its
+uncertainty: `Floor.se` is the jackknife standard error of FID_inf, sqrt((g - 1)/g * sum_i (F_(i) - mean F)^2)
+over the g left-out-group FIDs F_(i) (Quenouille-Tukey; FID_inf is the matching bias-corrected estimate
+g FID(n) - (g - 1) mean F_(i), with equal groups). It covers the held-out images' sampling, not the train
+statistics' nor the slope's k/N (small at a run's N).
 """
 
 from __future__ import annotations
@@ -32,10 +38,17 @@ class Floor:
     slope: float  # k of FID(n) = FID_inf + k/n
     heldout: int  # images in the held-out split
     groups: int  # jackknife groups (= heldout: leave-one-out)
+    se: float = 0.0  # jackknife standard error of fid_inf (0.0: not known, e.g. a floor cached without it)
 
     def at(self, n: int | None) -> float:
         """The floor for FIDs over `n` generated images (None: FID_inf)."""
         return self.fid_inf if n is None else self.fid_inf + self.slope / n
+
+    def interval(self, n: int | None, z: float = 1.96) -> tuple[float, float]:
+        """The floor at `n` images plus and minus z standard errors (z 1.96: a 95 % normal interval); the
+        slope's term k/n is taken as exact, so the width is that of FID_inf."""
+        at = self.at(n)
+        return at - z * self.se, at + z * self.se
 
     def describe(self, n: int | None) -> str:
         where = f"at n={n}" if n is not None else "at n=inf"
@@ -103,4 +116,6 @@ def jackknife_floor(features: torch.Tensor, reference: dict, max_groups: int = M
         inverse.append(1.0 / (n - len(g)))
     # FID(n) = a + k/n and mean FID(n - m_g) = a + k mean(1/(n - m_g)): two equations, two unknowns
     slope = (float(np.mean(values)) - full) / (float(np.mean(inverse)) - 1.0 / n)
-    return Floor(full - slope / n, slope, n, len(groups))
+    left_out, count = np.asarray(values), len(groups)  # jackknife SE over the left-out-group FIDs
+    se = float(np.sqrt((count - 1) / count * float(((left_out - left_out.mean()) ** 2).sum())))
+    return Floor(full - slope / n, slope, n, count, se)

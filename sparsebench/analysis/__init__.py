@@ -1,0 +1,1 @@
+"""Statistics, cell identity, references and verdicts shared by the report and `sparsebench results`."""
