@@ -42,13 +42,15 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "plugins")]
 warnings.filterwarnings("ignore")
 
+from sparsebench.balance import probed  # noqa: E402
 from sparsebench.config import curve_points  # noqa: E402
 from sparsebench.flops import count_gan  # noqa: E402
+from sparsebench.interfaces import GANState  # noqa: E402
 from sparsebench.plugins import get_plugins  # noqa: E402
 from sparsebench.sparse.masks import MaskState  # noqa: E402
 from sparsebench.sparse.sema import SparseEMA  # noqa: E402
 from sparsebench.timing import Stopwatch  # noqa: E402
-from sparsebench.train.loop import Batcher, GANState, adam, train  # noqa: E402
+from sparsebench.train.loop import Batcher, adam, train  # noqa: E402
 from sparsebench.train.speed import Speed  # noqa: E402
 
 MODES = {
@@ -102,7 +104,7 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> fl
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from sparsebench.runner import cpu_model
+    from sparsebench.resources import cpu_model
 
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
@@ -137,7 +139,7 @@ def time_steps(arch, spec, method: str, speed: Speed, device, warmup: int, steps
     batcher = Batcher(data, device, torch.Generator().manual_seed(3))  # type: ignore[arg-type]
     noise = torch.Generator(device=device).manual_seed(4)
     quiet = spec.replace(log_every=10**9)  # the loop reads the device at its first and last step only
-    train(state, warmup + steps, quiet, batcher, classes, noise, lambda: 0.0, hooks, speed=speed)
+    train(state, warmup + steps, quiet, batcher, classes, noise, probed(hooks), speed=speed)
     timed = state.step_seconds[warmup:]
     if method != "stugan":
         return {"step_s": statistics.median(timed), "update_s": 0.0}

@@ -67,9 +67,11 @@ def main() -> None:
         args.steps, args.block, updates = 10, 5, 2
     torch.set_num_threads(args.threads)
 
+    from sparsebench.balance import probed
+    from sparsebench.interfaces import GANState
     from sparsebench.plugins import get_plugins
     from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA
-    from sparsebench.train.loop import Batcher, GANState, adam, train
+    from sparsebench.train.loop import Batcher, adam, train
     from sparsebench_builtins.methods.stugan import Exploration
 
     plugins = get_plugins()
@@ -112,7 +114,7 @@ def main() -> None:
     # warm up both
     for _ in range(3):
         plain_step(Ga, Da, ga, da, ema_a, src_a, spec, data.train.images, data.train.labels, gen_a)
-    train(state, 3, spec, batcher, 10, noise, lambda: 0.0, hooks)
+    train(state, 3, spec, batcher, 10, noise, probed(hooks))
 
     times_a, times_b = [], []
     for _ in range(args.steps // args.block):
@@ -121,7 +123,7 @@ def main() -> None:
             plain_step(Ga, Da, ga, da, ema_a, src_a, spec, data.train.images, data.train.labels, gen_a)
         times_a.append((time.perf_counter() - t0) / args.block)
         t0 = time.perf_counter()
-        train(state, state.step + args.block, spec, batcher, 10, noise, lambda: 0.0, hooks)
+        train(state, state.step + args.block, spec, batcher, 10, noise, probed(hooks))
         times_b.append((time.perf_counter() - t0) / args.block)
 
     # one topology update (gradient capture + prune/regrow + optimizer-state reset + SEMA notice), due at

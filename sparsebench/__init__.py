@@ -26,21 +26,22 @@ class SparsebenchError(Exception):
 _PUBLIC = {
     "hookimpl": "sparsebench.hookspecs",
     "Option": "sparsebench.options",
-    "Method": "sparsebench.api",
-    "Architecture": "sparsebench.api",
-    "Dataset": "sparsebench.api",
-    "Metric": "sparsebench.api",
-    "Phase": "sparsebench.api",
-    "FlopPlan": "sparsebench.api",
-    "DensePass": "sparsebench.api",
+    "Method": "sparsebench.interfaces",
+    "Architecture": "sparsebench.interfaces",
+    "Dataset": "sparsebench.interfaces",
+    "Metric": "sparsebench.interfaces",
+    "Phase": "sparsebench.interfaces",
+    "FlopPlan": "sparsebench.interfaces",
+    "DensePass": "sparsebench.interfaces",
     "ImageData": "sparsebench.data",
     "DataSplits": "sparsebench.data",
-    "MethodContext": "sparsebench.api",
-    "RunArtifacts": "sparsebench.api",
+    "MethodContext": "sparsebench.interfaces",
+    "RunArtifacts": "sparsebench.interfaces",
     "RunConfig": "sparsebench.config",
     "TrainSpec": "sparsebench.config",
-    "Hooks": "sparsebench.train.loop",
-    "GANState": "sparsebench.train.loop",
+    "Callbacks": "sparsebench.interfaces",
+    "GANState": "sparsebench.interfaces",
+    "GStep": "sparsebench.interfaces",
     "MaskState": "sparsebench.sparse",
     "SparseEMA": "sparsebench.sparse",
     "CosineSchedule": "sparsebench.sparse",
@@ -49,9 +50,11 @@ _PUBLIC = {
     "magnitude_masks": "sparsebench.sparse",
     "random_masks": "sparsebench.sparse",
     "scope_parameters": "sparsebench.sparse",
-    "TopologyUpdate": "sparsebench.sparse.dynamic",
-    "DynamicSparseMethod": "sparsebench.sparse.dynamic",
-    "with_dense_grads": "sparsebench.sparse.dynamic",
+    "SparseGANMethod": "sparsebench.kit",
+    "TopologyUpdate": "sparsebench.kit",
+    "GradientGrowth": "sparsebench.kit",
+    "DynamicSparseMethod": "sparsebench.kit",
+    "with_dense_grads": "sparsebench.kit",
     "gradient_magnitude": "sparsebench.sparse.topology",
     "magnitude": "sparsebench.sparse.topology",
     "noisy_magnitude": "sparsebench.sparse.topology",
@@ -59,17 +62,28 @@ _PUBLIC = {
     "update_topology": "sparsebench.sparse.topology",
     "d_hinge_loss": "sparsebench.train.loop",
     "g_hinge_loss": "sparsebench.train.loop",
-    "balance_ratio": "sparsebench.train.loop",
-    "FeatureExtractor": "sparsebench.api",
-    "ExtractorWeights": "sparsebench.api",
-    "results": "sparsebench.session",
-    "run": "sparsebench.session",
+    "balance_ratio": "sparsebench.balance",
+    "BalanceProbe": "sparsebench.balance",
+    "FeatureExtractor": "sparsebench.interfaces",
+    "ExtractorWeights": "sparsebench.interfaces",
+    "RunSettings": "sparsebench.settings",
+    "results": "sparsebench.grid",
+    "run": "sparsebench.grid",
 }
+# Old names, kept for one minor version: each warns once and resolves to its new name.
+_DEPRECATED = {"Hooks": "Callbacks"}
 __all__ = ["SparsebenchError", "__version__"]
-__all__ += list(_PUBLIC)
+__all__ += list(_PUBLIC) + list(_DEPRECATED)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(
+            f"sparsebench.{name} is deprecated; use sparsebench.{_DEPRECATED[name]}", DeprecationWarning, stacklevel=2
+        )
+        return __getattr__(_DEPRECATED[name])
     if name not in _PUBLIC:
         raise AttributeError(f"module 'sparsebench' has no attribute {name!r}")
     value = getattr(import_module(_PUBLIC[name]), name)

@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from sparsebench import SparsebenchError, __version__
+from sparsebench import SparsebenchError, __version__, defaults
 
 
 class OneLineErrors(click.Group):
@@ -111,12 +111,18 @@ def cli(verbose: bool):
 @click.option("--methods", required=True, help="comma-separated methods; 'pf' = pf-global,pf-uniform")
 @click.option("--arch", required=True, help="architecture, e.g. biggan or sngan")
 @click.option("--dataset", default=None, help="data set (default: the preset's: digits for quick)")
-@click.option("--sg", default="0.9", show_default=True, help="generator sparsities, comma-separated, in [0, 1)")
-@click.option("--sd", default="0.5", show_default=True, help="discriminator sparsities, comma-separated, in [0, 1)")
-@click.option("--seeds", default="0", show_default=True, help="seeds, comma-separated integers in [0, 2^32)")
+@click.option(
+    "--sg", default=str(defaults.SG), show_default=True, help="generator sparsities, comma-separated, in [0, 1)"
+)
+@click.option(
+    "--sd", default=str(defaults.SD), show_default=True, help="discriminator sparsities, comma-separated, in [0, 1)"
+)
+@click.option(
+    "--seeds", default=str(defaults.SEED), show_default=True, help="seeds, comma-separated integers in [0, 2^32)"
+)
 @click.option(
     "--preset",
-    default="quick",
+    default=defaults.PRESET,
     show_default=True,
     help="quick (a smoke test: minutes on CPU, digits), small (comparisons on CPU, digits: ~5 min a run), "
     "paper (CIFAR-10 reference settings); biggan also imagenet (128x128)",
@@ -128,24 +134,35 @@ def cli(verbose: bool):
     help="sparse tensors: conv, conv+linear, or weights (ADAPT's: every conv and linear weight but norms' gains); "
     "default: each method's own (adapt: weights; the others: conv)",
 )
-@click.option("--distribution", default="erk", show_default=True, help="layer-wise sparsity: erk, er, uniform, global")
+@click.option(
+    "--distribution",
+    default=defaults.DISTRIBUTION,
+    show_default=True,
+    help="layer-wise sparsity: erk, er, uniform, global",
+)
 @click.option(
     "--opt-state",
-    default="dense",
+    default=defaults.OPT_STATE,
     show_default=True,
     help="Adam state of masked weights: dense (dense gradients, warm regrowth), mean (regrown get the "
     "layer's mean), zero (regrown start at zero)",
 )
-@click.option("--metrics", "metrics", default="fid,is", show_default=True, help="metrics to compute, comma-separated")
+@click.option(
+    "--metrics",
+    "metrics",
+    default=",".join(defaults.METRICS),
+    show_default=True,
+    help="metrics to compute, comma-separated",
+)
 @click.option(
     "--kernels",
-    default="dense",
+    default=defaults.KERNELS,
     show_default=True,
     help="sparse layers computed as masked dense, or with SparseProp's sparse CPU kernels (sparseprop)",
 )
 @click.option(
     "--precision",
-    default="fp32",
+    default=defaults.PRECISION,
     show_default=True,
     help="fp32, or bf16 (training forwards under bfloat16 autocast; fp32 weights and optimizer state)",
 )
@@ -155,7 +172,7 @@ def cli(verbose: bool):
 @click.option(
     "--threads",
     type=str,
-    default="1",
+    default=str(defaults.THREADS),
     show_default=True,
     help="CPU threads each run trains with, in every executor (a CPU result depends on it: "
     "part of the run id when not 1)",
@@ -168,14 +185,14 @@ def cli(verbose: bool):
     metavar="PLUGIN.NAME=VALUE",
     help="a plugin option, e.g. stugan.explore=gd (repeatable)",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--device", default=defaults.DEVICE, show_default=True, help="cpu or cuda")
 @click.option("--data-dir", default=None, help="where data sets live (CIFAR-10, image folders)")
 @click.option("--inception-weights", default=None, help="local Inception weights file for offline use")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.option(
     "--checkpoint-every",
     type=str,
-    default="500",
+    default=str(defaults.CHECKPOINT_EVERY),
     show_default=True,
     help="G steps between checkpoints (0: only at the end of each phase and on SIGTERM / Ctrl-C)",
 )
@@ -186,8 +203,14 @@ def cli(verbose: bool):
     help="train every cell of the grid again, done ones too; a cell's stored "
     "result is replaced only when its new run ends (runs it builds on are reused)",
 )
-@click.option("--executor", default="local", show_default=True, help="local (worker processes) or ray")
-@click.option("--jobs", type=str, default="1", show_default=True, help="local worker processes (1: in this process)")
+@click.option("--executor", default=defaults.EXECUTOR, show_default=True, help="local (worker processes) or ray")
+@click.option(
+    "--jobs",
+    type=str,
+    default=str(defaults.JOBS),
+    show_default=True,
+    help="local worker processes (1: in this process)",
+)
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray)")
 @store_option
 def run(
@@ -228,14 +251,13 @@ def run(
     definition (dense, pf-*, gan-tickets) run once per seed with the sparsity they really use.
     """
     from sparsebench.config import GridRequest
-    from sparsebench.executors import GridInterrupted
+    from sparsebench.grid import Grid, expand_methods
     from sparsebench.options import parse_option_strings
-    from sparsebench.session import Grid, expand_methods
+    from sparsebench.scheduler import GridInterrupted
+    from sparsebench.settings import RunSettings
     from sparsebench.train.loop import Interrupted
 
     plugins = _plugins()
-    if steps is not None:
-        steps = _ints(steps, "--steps")[0]
     req = GridRequest(
         methods=expand_methods(methods, plugins),
         arch=arch,
@@ -244,7 +266,7 @@ def run(
         sd=_floats(sd, "--sd"),
         seeds=_ints(seeds, "--seeds"),
         preset=preset,
-        steps=steps,
+        steps=None if steps is None else _ints(steps, "--steps")[0],
         scope=scope,
         distribution=distribution,
         opt_state=opt_state,
@@ -256,25 +278,22 @@ def run(
         threads=_ints(threads, "--threads")[0],
         options=parse_option_strings(options),
         metrics=tuple(_split(metrics, "--metrics")),
-        data_dir=data_dir,
     )
-    n_jobs = _ints(jobs, "--jobs")[0]
-    grid = Grid.open(
-        req,
-        plugins,
-        store_path,
+    settings = RunSettings(
+        store=store_path,
         device=device,
+        data_dir=data_dir,
         inception_weights=inception_weights,
-        progress=not no_progress,
         checkpoint_every=_ints(checkpoint_every, "--checkpoint-every")[0],
         retry_failed=retry_failed,
         rerun=rerun,
+        progress=not no_progress,
         executor=executor,
-        jobs=n_jobs,
+        jobs=_ints(jobs, "--jobs")[0],
         address=address,
     )
-    runner, store, leader = grid.runner, grid.store, grid.leader
-    runner.install_signal_handlers()
+    grid = Grid.open(req, settings, plugins)
+    grid.runner.install_signal_handlers()
     started = []
 
     def on_start(config, i, total):
@@ -299,21 +318,21 @@ def run(
                 f"  {config.run_id} {outcome.status} before, skipped (--retry-failed or --rerun runs it again)",
                 err=True,
             )
-        elif len(started) > 1 and (executor == "ray" or n_jobs > 1):
+        elif len(started) > 1 and settings.pooled:
             click.echo(f"  {config.run_id} {outcome.status}", err=True)
 
     try:
         grid.execute(on_start, on_done)
     except Interrupted as exc:
-        _summary(runner.outcomes)
+        _summary(grid.outcomes)
         saved = "" if isinstance(exc, GridInterrupted) else ", checkpoint saved"
         click.echo(f"Stopped: {exc}{saved}; run the same command to resume.", err=True)
         return 130
-    if not leader:
+    if not grid.leader:
         return 0
-    _summary(runner.outcomes)
-    click.echo(f"results: {store.path}", err=True)
-    bad = [o for o in runner.outcomes if o.status != "done"]
+    _summary(grid.outcomes)
+    click.echo(f"results: {grid.store.path}", err=True)
+    bad = [o for o in grid.outcomes if o.status != "done"]
     return 1 if bad else 0
 
 
@@ -418,7 +437,7 @@ def results(fmt, store_path):
     seeds done, the FID difference to the reference method with its 95 % Welch interval, and the cell's
     training FLOPs relative to the reference's).
     """
-    from sparsebench.session import results_frame
+    from sparsebench.grid import results_frame
     from sparsebench.store import OTHER_COLUMN
 
     if fmt not in ("csv", "json"):
@@ -451,8 +470,13 @@ def main():
 @click.option("--preset", default="quick", show_default=True, help="quick, small, paper (biggan also: imagenet)")
 @click.option("--sg", default="0.9", show_default=True, help="generator sparsity for the per-layer densities")
 @click.option("--sd", default="0.5", show_default=True, help="discriminator sparsity for the per-layer densities")
-@click.option("--scope", default="conv", show_default=True, help="conv, conv+linear or weights")
-@click.option("--distribution", default="erk", show_default=True, help="erk, er, uniform (global shown as uniform)")
+@click.option("--scope", default=defaults.SCOPE, show_default=True, help="conv, conv+linear or weights")
+@click.option(
+    "--distribution",
+    default=defaults.DISTRIBUTION,
+    show_default=True,
+    help="erk, er, uniform (global shown as uniform)",
+)
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json")
 @click.option(
     "--method",
@@ -590,8 +614,8 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
     from sparsebench.config import GridRequest, expand_grid
     from sparsebench.describe import cost_table
     from sparsebench.flop_conventions import CONVENTION_NOTES, check_convention
+    from sparsebench.grid import expand_methods
     from sparsebench.options import parse_option_strings
-    from sparsebench.session import expand_methods
 
     if fmt not in ("text", "csv"):
         raise SparsebenchError(f"--format {fmt!r}: allowed: text, csv")

@@ -16,11 +16,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparsebench import SparsebenchError
+from sparsebench import SparsebenchError, defaults
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
-from sparsebench.train.speed import PRECISIONS
 
 SCOPES = ("conv", "conv+linear", "weights")
+PRECISIONS = ("fp32", "bf16")  # of training forwards (sparsebench.train.speed)
+DEFAULT_SCOPE = defaults.SCOPE
+DEFAULT_DISTRIBUTION = defaults.DISTRIBUTION
 KERNELS = ("dense", "sparseprop")  # execution backends of sparse layers (sparsebench.kernels)
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 CONFIG_VERSION = 1
@@ -28,6 +30,12 @@ RUN_ID_LENGTH = 16
 MAX_THREADS = 1024
 SEED_LIMIT = 2**32  # seeds lie in [0, 2^32); random streams are derived from (seed, name), see MethodContext.rng
 _RUN_ID = re.compile(f"[0-9a-f]{{{RUN_ID_LENGTH}}}")
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """The torch seed of the random stream `name` of a run with `seed`: a 63-bit slice of
+    sha256("seed:name"), the same in every process and independent between names."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,8 @@ class RunConfig:
     sd: float
     seed: int
     train: TrainSpec
-    scope: str = "conv"
-    distribution: str = "erk"
+    scope: str = DEFAULT_SCOPE
+    distribution: str = DEFAULT_DISTRIBUTION
     method_options: tuple = ()
     arch_options: tuple = ()
     dataset_options: tuple = ()
@@ -275,23 +283,22 @@ class GridRequest:
     methods: list[str]
     arch: str
     dataset: str | None = None
-    sg: list[float] = field(default_factory=lambda: [0.9])
-    sd: list[float] = field(default_factory=lambda: [0.5])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    preset: str = "quick"
+    sg: list[float] = field(default_factory=lambda: [defaults.SG])
+    sd: list[float] = field(default_factory=lambda: [defaults.SD])
+    seeds: list[int] = field(default_factory=lambda: [defaults.SEED])
+    preset: str = defaults.PRESET
     steps: int | None = None
-    scope: str | None = None  # None: each method's own (Method.scope), else conv
-    distribution: str = "erk"
-    opt_state: str = DEFAULT_POLICY
-    kernels: str = "dense"
-    precision: str = "fp32"
+    scope: str | None = None  # None: each method's own (Method.scope), else DEFAULT_SCOPE
+    distribution: str = DEFAULT_DISTRIBUTION
+    opt_state: str = defaults.OPT_STATE
+    kernels: str = defaults.KERNELS
+    precision: str = defaults.PRECISION
     compile: bool = False
     channels_last: bool = False
     deterministic: bool = False
-    threads: int = 1
+    threads: int = defaults.THREADS
     options: dict[str, dict[str, str]] = field(default_factory=dict)
-    metrics: tuple = ("fid", "is")
-    data_dir: str | None = None
+    metrics: tuple = defaults.METRICS
 
 
 def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
@@ -354,7 +361,7 @@ def expand_grid(req: GridRequest, plugins) -> list[RunConfig]:
                         sd=sd,
                         seed=seed,
                         train=spec,
-                        scope=req.scope or method.scope or "conv",
+                        scope=req.scope or method.scope or DEFAULT_SCOPE,
                         distribution=req.distribution,
                         method_options=method_options,
                         arch_options=arch_options,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DensePass, FlopPlan, Phase
-from sparsebench.config import RunConfig
+from sparsebench.config import DEFAULT_DISTRIBUTION, RunConfig
 from sparsebench.flop_conventions import PAPER_FLOPS_PER_FMA
 from sparsebench.flops import GANFlops, count_gan
+from sparsebench.interfaces import DensePass, FlopPlan, Phase
+from sparsebench.kit import resolved_options
 from sparsebench.sparse.distributions import layer_densities
 from sparsebench.sparse.scope import scope_parameters
 
@@ -33,7 +34,7 @@ def describe(
     scope: str,
     sg: float,
     sd: float,
-    distribution: str = "erk",
+    distribution: str = DEFAULT_DISTRIBUTION,
     arch_options: tuple = (),
     config: RunConfig | None = None,
 ) -> dict:
@@ -107,7 +108,7 @@ def flop_plan(plugins, cfg: RunConfig, cache: dict) -> tuple[list, GANFlops, GAN
     if method.width != 1.0:
         G, D = _build(plugins, cfg.arch, cfg.train, method.width, cfg.arch_options)
         gan, shapes = count_gan(G, D, cfg.train, cfg.scope, 1), _shapes(G, D, cfg.scope)
-    items = list(method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1])))
+    items = list(method.flop_phases(FlopPlan(cfg, shapes[0], shapes[1], resolved_options(method, cfg))))
     if not any(isinstance(i, Phase) for i in items):
         raise SparsebenchError(f"method {cfg.method!r}: its flop_phases returned no training Phase")
     return items, gan, dense

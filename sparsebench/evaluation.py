@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsebench.config import RunConfig
-from sparsebench.metrics.evaluate import Evaluator, SampleSet, sample
+from sparsebench.config import RunConfig, stream_seed
+from sparsebench.metrics.evaluate import SAMPLE_BATCH, Evaluator, SampleSet, sample
 from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
 from sparsebench.timing import Stopwatch
 from sparsebench.train.checkpoint import atomic_save
-from sparsebench.train.context import RunContext, stream_seed
 
-SAMPLE_BATCH = 250  # generator batch of evaluation sampling (and of its measured time per image)
+if TYPE_CHECKING:  # pragma: no cover
+    from sparsebench.train.context import RunContext
 
 
 def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plugins, device: torch.device) -> dict:
@@ -104,21 +104,6 @@ def evaluated_weights(state, declared: str) -> str:
     return declared if averaged else "raw"
 
 
-def curve_point(config: RunConfig, model: torch.nn.Module, ev: Evaluator, num_classes: int, device) -> dict:
-    """One point of a run's evaluation curve: the FID of `model` over the final evaluation's samples (same z)."""
-    spec = config.train
-    images = sample(
-        model,
-        spec.eval_samples,
-        spec.z_dim,
-        num_classes,
-        device,
-        seed=stream_seed(config.seed, "eval-samples"),
-        batch=SAMPLE_BATCH,
-    )
-    return {"fid": float(ev.compute(images, {"fid"})["frechet_inception_distance"])}
-
-
 def score(spec, curve: list[tuple[int, float]], res: dict) -> dict[str, Any]:
     """The run's FID under the preset's score (`TrainSpec.score_last`): the mean over the last evaluations of
     its curve, the final one included; the final evaluation's own FID stays as `fid_final`."""
@@ -146,13 +131,3 @@ def _dense_flops(config: RunConfig, ctx: RunContext, plugins: Plugins):
     arch = plugins.archs.get(config.arch)
     G, D = arch.build(config.train, ctx.num_classes, 1.0, **dict(config.arch_options))
     return count_gan(G, D, config.train, config.scope, ctx.num_classes)
-
-
-def ratio_results(ratios: list[tuple[int, float]]) -> dict[str, float]:
-    """The final balance ratio and its mean over the last 10 % of the final phase's logged steps (a resumed
-    run's too: its checkpoints keep what the phase logged, see `GANState.logged`)."""
-    if not ratios:
-        return {}
-    last = ratios[-1][0]
-    tail = [v for s, v in ratios if s >= 0.9 * last]
-    return {"balance_ratio": ratios[-1][1], "balance_ratio_last10": sum(tail) / len(tail)}

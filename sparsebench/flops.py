@@ -122,7 +122,7 @@ class GANFlops:
     def plan(self, items: list, convention: str = "fvcore") -> float:
         """Training FLOPs of a method's FLOP plan (`Method.flop_phases`), in `convention` before its per-FMA
         scale: the phases, plus in fvcore the declared extra work (the paper's convention leaves it out)."""
-        from sparsebench.api import DensePass
+        from sparsebench.interfaces import DensePass
 
         total = 0.0
         for item in items:

@@ -35,10 +35,10 @@ from torch import nn
 
 from sparsebench import SparsebenchError
 from sparsebench.config import KERNELS as BACKENDS
+from sparsebench.interfaces import Callbacks, GANState, GStep
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.opt_state import masks_gradients
 from sparsebench.sparse.scope import weight_tensor
-from sparsebench.train.loop import GANState, Hooks
 
 DEFAULT_THRESHOLD = 0.8  # minimum sparsity of a layer worth trying (SparseProp's)
 _EXACT_FLOAT_INDEX = 2**24  # positions are carried through the kernels' format as float32 values
@@ -398,7 +398,7 @@ class KernelBackend:
         return "\n".join(rows)
 
 
-def needs_dense_grads(hooks: Hooks, step: int) -> bool:
+def needs_dense_grads(hooks: Callbacks, step: int) -> bool:
     """Whether `hooks` read dense gradients (G's, or D's) at G step `step` (a regrowth step).
 
     Hooks say so through `needs_dense_grads(step)`; hooks that read gradients without saying when
@@ -408,18 +408,16 @@ def needs_dense_grads(hooks: Hooks, step: int) -> bool:
     if ask is not None:
         return bool(ask(step))
     return any(
-        getattr(type(hooks), name) is not getattr(Hooks, name) for name in ("after_g_backward", "after_d_backward")
+        getattr(type(hooks), name) is not getattr(Callbacks, name) for name in ("after_g_backward", "after_d_backward")
     )
 
 
-class KernelHooks(Hooks):
+class KernelHooks(Callbacks):
     """A method's hooks, plus what the backends need: dense gradient-taking forwards on the steps that
     read dense gradients, and a rebuild after every topology update."""
 
-    def __init__(self, inner: Hooks, g: KernelBackend | None, d: KernelBackend | None):
+    def __init__(self, inner: Callbacks, g: KernelBackend | None, d: KernelBackend | None):
         self.inner, self.g, self.d = inner, g, d
-        self.balance_ratio_every = inner.balance_ratio_every
-        self.balance_ratio_mode = inner.balance_ratio_mode
 
     def prepare(self, step: int) -> None:
         """Set up the backends for G step `step` (call before it starts)."""
@@ -434,6 +432,12 @@ class KernelHooks(Hooks):
 
     def after_g_backward(self, state: GANState, step: int) -> None:
         self.inner.after_g_backward(state, step)
+
+    def before_g_update(self, state: GANState, step: int, batch: GStep) -> None:
+        self.inner.before_g_update(state, step, batch)
+
+    def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
+        self.inner.after_g_update(state, step, batch)
 
     def after_g_step(self, state: GANState, step: int) -> bool:
         changed = self.inner.after_g_step(state, step)
@@ -461,7 +465,7 @@ class Attached:
     """The backends of one training phase (none for the `dense` backend) and the hooks to train with."""
 
     def __init__(
-        self, hooks: Hooks, g: KernelBackend | None = None, d: KernelBackend | None = None, next_step: int = 1
+        self, hooks: Callbacks, g: KernelBackend | None = None, d: KernelBackend | None = None, next_step: int = 1
     ):
         self.g, self.d = g, d
         self.hooks = hooks if g is None and d is None else KernelHooks(hooks, g, d)
@@ -500,7 +504,7 @@ def for_sampling(
     return chosen
 
 
-def attach(backend: str, state: GANState, hooks: Hooks, spec) -> Attached:
+def attach(backend: str, state: GANState, hooks: Callbacks, spec) -> Attached:
     """Swap the kernels into `state`'s sparse G and D for a training phase (nothing for `dense`).
 
     The measurement runs on random inputs of the training shapes, outside the run's random streams.

@@ -113,7 +113,7 @@ class Plugins:
 
     def method_groups(self) -> dict[str, list[str]]:
         """The groups the methods declare, each with its methods in table order (`Method.group`)."""
-        from sparsebench.api import Method
+        from sparsebench.interfaces import Method
 
         groups: dict[str, list[str]] = {}
         methods = self.methods.objects()

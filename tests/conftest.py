@@ -92,3 +92,79 @@ def plugins():
     from sparsebench.plugins import get_plugins
 
     return get_plugins()
+
+
+def loop(
+    state,
+    steps: int,
+    spec,
+    batcher,
+    num_classes: int,
+    generator,
+    step_cost=None,
+    hooks=None,
+    log=None,
+    progress=None,
+    checkpoint=None,
+    checkpoint_every: int = 0,
+    stop_requested=None,
+    sync_grads=None,
+    evaluate=None,
+    speed=None,
+    extra_cost=None,
+):
+    """`sparsebench.train.loop.train` with its `LoopIO` made of plain functions and the method's callbacks
+    behind the balance-ratio probe they ask for, as a run's context wires them: the loop tests name only
+    what they watch."""
+    from sparsebench.balance import probed
+    from sparsebench.train.loop import LoopIO, train
+
+    wired = [f is not None for f in (log, checkpoint, evaluate, sync_grads)]
+
+    class FunctionIO(LoopIO):
+        logs, checkpoints, evaluates, synchronises = wired
+
+        def step_cost(self, state):
+            return step_cost() if step_cost is not None else 0.0
+
+        def extra_cost(self, state, nets):
+            return extra_cost(nets) if extra_cost is not None else 0.0
+
+        def log(self, step, values):
+            log(step, values)
+
+        def progress(self, steps):
+            if progress is not None:
+                progress(steps)
+
+        def checkpoint(self):
+            checkpoint()
+
+        def stop_requested(self):
+            return stop_requested is not None and stop_requested()
+
+        def sync_grads(self, model):
+            sync_grads(model)
+
+        def topology_changed(self, state):
+            from sparsebench.distributed import broadcast_masks
+
+            broadcast_masks(state.g_masks)
+            broadcast_masks(state.d_masks)
+
+        def evaluate(self, step):
+            evaluate(step)
+
+    io = FunctionIO()
+    io.checkpoint_every = checkpoint_every
+    train(state, steps, spec, batcher, num_classes, generator, probed(hooks), io, speed)
+
+
+def scheduler(store, plugins, **settings):
+    """A `Scheduler` of cells on `store`, with a runner of these `RunSettings` (no progress bars unless asked):
+    `.run_one(config)` claims and trains one cell in this process, as `sparsebench run` does."""
+    from sparsebench.runner import Runner
+    from sparsebench.scheduler import Scheduler
+    from sparsebench.settings import RunSettings
+
+    return Scheduler(store, Runner(plugins, RunSettings(**{"progress": False, **settings})))

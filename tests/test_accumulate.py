@@ -6,12 +6,16 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import loop as train
 from torch import nn
 
 from sparsebench.config import GridRequest, RunConfig, TrainSpec, expand_grid
 from sparsebench.flops import GANFlops, ModelFlops, count_gan
-from sparsebench.train.context import RunContext, RunWiring
-from sparsebench.train.loop import Batcher, GANState, Interrupted, train
+from sparsebench.interfaces import GANState
+from sparsebench.recorder import RunRecorder
+from sparsebench.store.sinks import FollowerSink, Snapshot
+from sparsebench.train.context import RunContext, RunServices
+from sparsebench.train.loop import Batcher, Interrupted
 
 SPEC = TrainSpec(
     dataset="digits",
@@ -122,13 +126,8 @@ def context(plugins, cfg: RunConfig, run_dir, stop_after: int | None = None) -> 
         checks.append(1)
         return stop_after is not None and len(checks) >= stop_after
 
-    wiring = RunWiring(
-        build=lambda width: arch.build(cfg.train, data.train.num_classes, width),
-        require=None,
-        log=lambda step, values: None,
-        stop_requested=stop,
-    )
-    return RunContext(cfg, data, torch.device("cpu"), run_dir, wiring)
+    recorder = RunRecorder(FollowerSink(Snapshot(run_dir / "r.db", {}), cfg.run_id), stop=stop)
+    return RunContext(cfg, data, torch.device("cpu"), run_dir, RunServices(arch=arch, recorder=recorder))
 
 
 def test_optimizers_take_the_presets_adam_eps(plugins, tmp_path):

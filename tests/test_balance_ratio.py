@@ -8,12 +8,16 @@ import math
 
 import pytest
 import torch
+from conftest import loop as train
 from conftest import run_cli
 from test_opt_state import SMALL
 
+from sparsebench.balance import balance_ratio
 from sparsebench.config import TrainSpec
+from sparsebench.interfaces import Callbacks as Hooks
+from sparsebench.interfaces import GANState
 from sparsebench.store import Store
-from sparsebench.train.loop import Batcher, GANState, Hooks, adam, balance_ratio, train
+from sparsebench.train.loop import Batcher, adam
 
 
 @pytest.mark.parametrize("arch", ["sngan", "biggan"])

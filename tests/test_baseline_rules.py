@@ -9,16 +9,19 @@ import types
 import pandas as pd
 import pytest
 import torch
+from conftest import loop as train
 from torch import nn
 
+from sparsebench import balance
+from sparsebench.balance import BalanceProbe
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.flops import count_model
+from sparsebench.interfaces import Callbacks as Hooks
+from sparsebench.interfaces import GANState
+from sparsebench.kit import TopologyUpdate
 from sparsebench.report.tables import MethodInfo, labels
 from sparsebench.sparse import CosineSchedule, MaskState, scope_parameters
-from sparsebench.sparse.dynamic import TopologyUpdate
 from sparsebench.sparse.topology import gradient_magnitude, magnitude, noisy_magnitude, update_topology
-from sparsebench.train import loop
-from sparsebench.train.loop import GANState, Hooks, train
 from sparsebench_builtins.methods import adapt
 from sparsebench_builtins.methods.rigl import RigL
 from sparsebench_builtins.methods.set import SET
@@ -273,9 +276,8 @@ def test_adapts_intervals_per_arch_scale_the_references(arch, steps, mode, expec
     assert (h.interval, h.d_interval, h.balance_ratio_every, h.window.maxlen) == expected
     assert h.per_layer is False and h.regrow_pruned is True and h.drop_noise == 1e-5
     assert h.balance_ratio_mode == "train" and h.schedule.p_min == 0.005
-    from sparsebench.kernels import KernelHooks
-
-    assert KernelHooks(h, None, None).balance_ratio_mode == "train"  # also under --kernels sparseprop
+    probe = BalanceProbe.asked_by(h)  # what a run measures for these callbacks, under any --kernels
+    assert (probe.every, probe.mode) == (h.balance_ratio_every, "train")
 
 
 def test_adapts_window_is_the_references_queue():
@@ -316,7 +318,7 @@ def test_the_ratio_is_measured_in_train_mode_as_the_reference_does(plugins, monk
     from test_dynamic import tiny_state
 
     calls = []
-    monkeypatch.setattr(loop, "balance_ratio", lambda real, pre, post: calls.append((real, pre, post)) or 0.5)
+    monkeypatch.setattr(balance, "balance_ratio", lambda real, pre, post: calls.append((real, pre, post)) or 0.5)
 
     def run(mode: str):
         spec, state, batcher = tiny_state(plugins)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXE, run_cli
+from conftest import EXE, run_cli, scheduler
 from test_hardening import RESULTS
 from test_reliability import ENV, LONG, alive, children, rows, wait_for_file
 
@@ -393,8 +393,7 @@ def test_report_plot_workers_die_with_a_killed_report(tmp_path, plugins):
 # -- a grid of many cells starts its first cell without delay ------------------------------------------
 def test_a_large_grid_hashes_each_cell_once_and_prepares_each_data_set_once(tmp_path, plugins, monkeypatch):
     from sparsebench.config import GridRequest, RunConfig, expand_grid
-    from sparsebench.executors import waves
-    from sparsebench.runner import Runner
+    from sparsebench.resources import Resources
     from sparsebench.store import Store
 
     hashed, prepared = [], []
@@ -405,12 +404,13 @@ def test_a_large_grid_hashes_each_cell_once_and_prepares_each_data_set_once(tmp_
         def floor(self, metrics):
             prepared.append(metrics)
 
-    monkeypatch.setattr(Runner, "evaluator", lambda self, config: Floor())
+    monkeypatch.setattr(Resources, "evaluator", lambda self, config: Floor())
     req = GridRequest(methods=["static", "stugan"], arch="sngan", sg=[0.8, 0.9], seeds=list(range(500)))
     configs = expand_grid(req, plugins)
-    runner = Runner(Store(tmp_path / "r.db"), plugins, progress=False)
-    runner.preflight(configs)
-    plan = waves(configs, runner)
+    store = Store(tmp_path / "r.db")
+    cells = scheduler(store, plugins)
+    cells.runner.resources.preflight(configs, store)
+    plan = cells.waves(configs)
     assert len(configs) == sum(len(w) for w in plan) == 2000
     assert len({c.run_id for c in configs}) == 2000
     assert len(hashed) <= len(configs) + 10  # each cell's run id is computed once (it was 4 times, deep copies each)

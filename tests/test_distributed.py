@@ -28,20 +28,22 @@ WORKER = textwrap.dedent("""
         from sparsebench.config import GridRequest, expand_grid
         from sparsebench.plugins import get_plugins
         from sparsebench.runner import Runner
-        from sparsebench.store import FollowerStore, Store
+        from sparsebench.scheduler import Scheduler
+        from sparsebench.settings import RunSettings
+        from sparsebench.store import Store
         plugins = get_plugins()
         cfg = expand_grid(GridRequest(methods=["stugan"], arch="sngan", sg=[0.8], sd=[0.5], steps=12,
                                       options={"stugan": {"delta_t": "3", "explore": "gd"}}), plugins)[0]
         if rank == 0:
             store = Store(store_path); dist.barrier()
         else:
-            dist.barrier(); store = FollowerStore(Store(store_path, readonly=True))
-        runner = Runner(store, plugins, progress=False)
+            dist.barrier(); store = Store(store_path, readonly=True)
+        cells = Scheduler(store, Runner(plugins, RunSettings(progress=False)))
         if rank == 0:
-            runner.preflight([cfg])
+            cells.runner.resources.preflight([cfg], store)
         dist.barrier()
-        runner.run(cfg)
-        final = runner.last_context.final
+        cells.run_one(cfg)
+        final = cells.runner.last_context.final
         torch.save({"g": final.g_masks.state_dict(), "d": final.d_masks.state_dict(),
                     "w": {n: p.detach().clone() for n, p in final.g_masks.params.items()}}, f"{out}/rank{rank}.pt")
         dist.destroy_process_group()

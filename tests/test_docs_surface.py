@@ -59,7 +59,7 @@ def anchors(path: Path) -> set[str]:
 def test_the_public_surface_table_lists_what_the_docs_use_and_all_of_it_is_exported():
     names = surface_table()
     for used in ("TopologyUpdate", "DynamicSparseMethod", "gradient_magnitude", "magnitude", "d_hinge_loss",
-                 "g_hinge_loss", "FeatureExtractor", "DensePass", "Hooks", "MethodContext"):  # fmt: skip
+                 "g_hinge_loss", "FeatureExtractor", "DensePass", "Callbacks", "MethodContext"):  # fmt: skip
         assert used in names, used
     for name in names:
         assert name in sparsebench.__all__, name
@@ -101,8 +101,8 @@ def test_every_method_context_member_and_loop_hook_is_documented():
         assert hasattr(RunContext, name), name  # the core's context provides it
     for name in public:
         assert f"`ctx.{name}" in text, f"docs/plugins.md does not document MethodContext.{name}"
-    for name in (n for n in vars(sparsebench.Hooks) if not n.startswith("_")):
-        assert f"`{name}" in text, f"docs/plugins.md does not document Hooks.{name}"
+    for name in (n for n in vars(sparsebench.Callbacks) if not n.startswith("_")):
+        assert f"`{name}" in text, f"docs/plugins.md does not document Callbacks.{name}"
 
 
 def test_the_readme_is_one_page_that_opens_with_its_set_up_commands():

@@ -16,16 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import EXE, run_cli
+from conftest import loop as train
 from torch import nn
 
-from sparsebench import SparsebenchError
+from sparsebench import SparsebenchError, balance
 from sparsebench.config import TrainSpec
 from sparsebench.flops import count_gan, count_model
+from sparsebench.interfaces import Callbacks as Hooks
+from sparsebench.interfaces import GANState
+from sparsebench.kit import TopologyUpdate
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, layer_densities, scope_parameters
-from sparsebench.sparse.dynamic import TopologyUpdate
-from sparsebench.train import loop
 from sparsebench.train.context import RunContext
-from sparsebench.train.loop import Batcher, GANState, Hooks, adam, d_hinge_loss, g_hinge_loss, train
+from sparsebench.train.loop import Batcher, adam, d_hinge_loss, g_hinge_loss
 from sparsebench_builtins.methods import adapt
 from sparsebench_builtins.methods.rigl import GradientGrowth
 
@@ -451,7 +453,7 @@ def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
     "forced,mode,expected", [(0.2, "relaxed", 0.4), (0.5, "relaxed", 0.5), (0.8, "relaxed", 0.6), (0.8, "strict", 0.5)]
 )
 def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypatch, forced, mode, expected):
-    monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: forced)
+    monkeypatch.setattr(balance, "balance_ratio", lambda *outputs: forced)
     spec, state, batcher = tiny_state(plugins)  # D at density 0.5
     hooks = adapt_hooks(plugins, spec, mode)
     before = {n: m.clone() for n, m in state.d_masks.masks.items()}
@@ -466,7 +468,7 @@ def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypat
 
 def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
     ratios = iter([float("nan")] + [0.2] * 10)  # the first sample point measured nothing
-    monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: next(ratios))
+    monkeypatch.setattr(balance, "balance_ratio", lambda *outputs: next(ratios))
     spec, state, batcher = tiny_state(plugins)  # a window of 2 values, the reference's queue
     seen = []
 
@@ -484,7 +486,7 @@ def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
 
 
 def test_adapt_train_flops_integrate_its_density_trace(plugins, monkeypatch):
-    monkeypatch.setattr(loop, "balance_ratio", lambda *outputs: 0.2)
+    monkeypatch.setattr(balance, "balance_ratio", lambda *outputs: 0.2)
     spec, state, batcher = tiny_state(plugins)
     flops = count_gan(state.G, state.D, spec, "conv", 10)
     trace = []

@@ -8,6 +8,7 @@ from test_accumulate import context
 
 from sparsebench import SparsebenchError
 from sparsebench.config import GridRequest, expand_grid
+from sparsebench.train import context as context_module
 from sparsebench.train.loop import Interrupted
 
 
@@ -94,24 +95,26 @@ def test_the_small_preset_scores_its_last_six_evaluations_and_a_run_too_short_fo
     assert "the curve gives 3" in proc.stderr and "needs --steps 1301 or more" in proc.stderr
 
 
-def test_the_curve_survives_a_resume(plugins, tmp_path):
+def test_the_curve_survives_a_resume(plugins, tmp_path, monkeypatch):
     """Points taken before a stop are kept in the checkpoint: the resumed run's curve is the whole curve."""
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", sg=[0.8], steps=8), plugins)[0]
     cfg = cfg.replace(train=cfg.train.replace(eval_every=2, eval_from=0.0))
 
-    def score(model: torch.nn.Module) -> dict[str, float]:  # a cheap, exact stand-in for the FID
-        return {"fid": float(sum(p.double().sum() for p in model.parameters()))}
+    def score(config, model: torch.nn.Module, evaluator, num_classes, device) -> dict[str, float]:
+        return {"fid": float(sum(p.double().sum() for p in model.parameters()))}  # a cheap, exact stand-in
+
+    monkeypatch.setattr(context_module, "curve_point", score)
 
     method = plugins.methods.get(cfg.method)
     ref = context(plugins, cfg, tmp_path / "ref")
-    ref._wiring.evaluate = score
+    ref.services.evaluator = object()  # scored by `score`
     method.run(ref)
     stopped = context(plugins, cfg, tmp_path / "run", stop_after=5)
-    stopped._wiring.evaluate = score
+    stopped.services.evaluator = object()  # scored by `score`
     with pytest.raises(Interrupted):
         method.run(stopped)
     resumed = context(plugins, cfg, tmp_path / "run")
-    resumed._wiring.evaluate = score
+    resumed.services.evaluator = object()  # scored by `score`
     method.run(resumed)
     assert [s for s, _ in ref.final.curve] == [2, 4, 6]  # the last step's point is the final evaluation's
     assert resumed.final.curve == ref.final.curve

@@ -1,4 +1,4 @@
-"""Grid executors: worker processes and Ray; only the driver writes the store."""
+"""The scheduler's executors: worker processes and Ray; only the scheduler writes the store."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 from conftest import run_cli
 
 from sparsebench.config import GridRequest, expand_grid
-from sparsebench.executors import CellJob, apply_ops, run_cell
+from sparsebench.scheduler import CellJob, run_cell
+from sparsebench.settings import RunSettings
 from sparsebench.store import Store
+from sparsebench.store.sinks import apply_ops
 
 TINY = ["--steps", "4", "--no-progress"]
 
@@ -25,7 +27,7 @@ def test_a_worker_never_touches_the_store(tmp_path, plugins):
     store = Store(db)
     store.conn.close()
     db.rename(db.with_suffix(".moved"))  # the worker must not need the database
-    job = CellJob(cfg.to_dict(), str(db), {}, "cpu", None, None, 0, False, owner="driver")
+    job = CellJob(cfg.to_dict(), str(db), {}, RunSettings(checkpoint_every=0), owner="driver")
     job.artifacts_name = store.artifacts_name
     ops, summary = run_cell(job)
     assert summary["status"] == "done"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, ImageData
+from sparsebench.interfaces import DataSplits, ImageData
 
 
 def blobs(classes: int, n: int, seed: int) -> ImageData:

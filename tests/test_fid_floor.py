@@ -13,7 +13,7 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 
 from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.metrics.floor import FLOOR_METHOD, fid_against, jackknife_floor
-from sparsebench.runner import cache_dir
+from sparsebench.resources import cache_dir
 
 
 def gaussian_case(seed: int, d: int = 128, heldout: int = 359, train: int = 1438):

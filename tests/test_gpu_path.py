@@ -8,13 +8,16 @@ import sys
 
 import pytest
 import torch
+from conftest import loop as train
 from conftest import run_cli
 
+from sparsebench.interfaces import Callbacks as Hooks
+from sparsebench.interfaces import GANState
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 from sparsebench.timing import StepTimer, Stopwatch
 from sparsebench.train import loop
-from sparsebench.train.loop import Batcher, Diverged, GANState, Hooks, adam, train
+from sparsebench.train.loop import Batcher, Diverged, adam
 
 
 class Images:

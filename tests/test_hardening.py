@@ -14,9 +14,9 @@ from conftest import TINY, run_cli
 
 from sparsebench import SparsebenchError
 from sparsebench.config import GridRequest, expand_grid
-from sparsebench.executors import RecordingStore
 from sparsebench.options import Option, validate_options
 from sparsebench.store import Store
+from sparsebench.store.sinks import Snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = {
@@ -157,7 +157,7 @@ def test_report_refuses_a_crafted_run_id(tmp_path, plugins, crafted):
 
 
 def test_artifact_folders_refuse_bad_run_ids(tmp_path):
-    for holder in (Store(tmp_path / "r.db"), RecordingStore(str(tmp_path / "r.db"), {})):
+    for holder in (Store(tmp_path / "r.db"), Snapshot(tmp_path / "r.db", {})):
         for bad in ("../x", "/tmp/x", "0123456789abcde", "0123456789abcdef0"):
             with pytest.raises(SparsebenchError, match="invalid run id"):
                 holder.run_dir(bad)

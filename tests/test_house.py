@@ -9,18 +9,22 @@ import io
 from conftest import run_cli
 
 from sparsebench.config import GridRequest, expand_grid
-from sparsebench.executors import RecordingStore
-from sparsebench.store import FollowerStore, RunStore, Store
+from sparsebench.store import Store
+from sparsebench.store.sinks import FollowerSink, RecordingSink, RunSink, StoreSink
 
 
 def rows(store) -> list[dict]:
     return list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
 
 
-def test_every_store_the_runner_is_given_speaks_one_protocol(tmp_path):
+def test_every_sink_a_run_is_given_speaks_one_protocol(tmp_path):
     store = Store(tmp_path / "r.db")
-    for candidate in (store, RecordingStore(str(store.path), {}), FollowerStore(store)):
-        assert isinstance(candidate, RunStore), type(candidate).__name__
+    run_id = "0123456789abcdef"
+    members = [name for name in vars(RunSink) if not name.startswith("_")]
+    for sink in (StoreSink(store, run_id, "me"), RecordingSink(run_id, store.path), FollowerSink(store, run_id)):
+        for name in members:
+            assert hasattr(sink, name), (type(sink).__name__, name)
+        assert sink.run_dir() == store.artifacts_dir / run_id or isinstance(sink, RecordingSink)
 
 
 def test_dependencies_train_first_as_their_own_cells_and_are_never_rerun(store):

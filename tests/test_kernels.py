@@ -9,13 +9,15 @@ import sys
 
 import pytest
 import torch
+from conftest import loop as train
 from torch import nn
 
 from sparsebench import SparsebenchError, kernels
+from sparsebench.interfaces import GANState
 from sparsebench.sparse import prune_and_regrow
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.scope import weight_tensor
-from sparsebench.train.loop import Batcher, GANState, adam, train
+from sparsebench.train.loop import Batcher, adam
 
 needs_sparseprop = pytest.mark.skipif(
     not kernels.available(), reason="SparseProp is not installed (pip install 'sparsebench[kernels]')"
@@ -433,13 +435,13 @@ def test_each_mode_runs_what_was_measured_faster_for_it(monkeypatch):
 def test_kernel_hooks_pass_both_gradient_hooks_on_and_run_gradient_steps_densely():
     """A method's D-side hook reaches it through the backend's wrapper, and a step whose D gradients it
     reads (RigL on D, ADAPT) is a dense-gradient step for both networks."""
+    from sparsebench.kit import TopologyUpdate
     from sparsebench.sparse import CosineSchedule
-    from sparsebench.sparse.dynamic import TopologyUpdate
     from sparsebench_builtins.methods.rigl import GradientGrowth
 
     calls = []
 
-    class Recording(kernels.Hooks):
+    class Recording(kernels.Callbacks):
         def after_d_backward(self, state, step):
             calls.append(("d", step))
 

@@ -9,12 +9,11 @@ import types
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, scheduler
 
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.hookspecs import hookimpl
 from sparsebench.plugins import Plugins
-from sparsebench.runner import Runner
 from sparsebench.store import Store
 
 GRID = ["--arch", "sngan", "--sg", "0.8", "--sd", "0.5", "--steps", "6", "--no-progress"]
@@ -133,10 +132,9 @@ def test_gan_tickets_runs_the_rounds_asked_for(tmp_path):
 
 
 def test_diverged_run_is_stored_and_the_grid_goes_on(tmp_path):
-    from sparsebench.api import Method
-    from sparsebench.train.loop import Hooks
+    from sparsebench.interfaces import Callbacks, Method
 
-    class Poison(Hooks):
+    class Poison(Callbacks):
         def after_g_step(self, state, step):
             if step == 3:
                 with torch.no_grad():
@@ -158,8 +156,8 @@ def test_diverged_run_is_stored_and_the_grid_goes_on(tmp_path):
     plugins = Plugins(extra=[("exploding", mod)])
     store = Store(tmp_path / "r.db")
     configs = expand_grid(GridRequest(methods=["exploding", "dense"], arch="sngan", steps=6), plugins)
-    runner = Runner(store, plugins, progress=False)
-    outcomes = [runner.run(c) for c in configs]
+    cells = scheduler(store, plugins)
+    outcomes = [cells.run_one(c) for c in configs]
     assert [o.status for o in outcomes] == ["diverged", "done"]
     stored = store.get(outcomes[0].run_id)
     assert stored["status"] == "diverged" and stored["results"]["diverged_step"] == 4

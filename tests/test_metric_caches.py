@@ -12,10 +12,10 @@ import torch
 from conftest import TINY, run_cli
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, ImageData
+from sparsebench.interfaces import DataSplits, ImageData
 from sparsebench.metrics.cache import content_hash, data_hash
 from sparsebench.metrics.evaluate import Evaluator
-from sparsebench.runner import cache_dir
+from sparsebench.resources import cache_dir
 from sparsebench.store import Store
 from sparsebench_builtins.metrics.extractors import INCEPTION
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from sparsebench.flops import GANFlops, ModelFlops, count_model
 from sparsebench.metrics.evaluate import Evaluator
-from sparsebench.runner import cache_dir
+from sparsebench.resources import cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,13 @@ import io
 import pytest
 import torch
 from conftest import TINY, run_cli
+from conftest import loop as train
 
 from sparsebench.config import TrainSpec
+from sparsebench.interfaces import GANState
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, prune_and_regrow
 from sparsebench.sparse.opt_state import POLICIES
-from sparsebench.train.loop import Batcher, GANState, adam, train
+from sparsebench.train.loop import Batcher, adam
 from sparsebench_builtins.methods.stugan import Exploration
 
 SMALL = dict(

@@ -25,7 +25,7 @@ from conftest import EXE, TINY, run_cli
 import sparsebench
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.plugins import Plugins
-from sparsebench.train.context import RunContext, RunWiring
+from sparsebench.train.context import RunContext
 
 PLUGIN = '''
 """A third-party plugin that uses only the public surface."""
@@ -134,8 +134,7 @@ def test_every_public_name_resolves_and_unknown_names_do_not():
 def context(plugins, seed: int = 3) -> RunContext:
     cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", seeds=[seed], steps=2), plugins)[0]
     data = plugins.datasets.get(cfg.dataset).load(cfg.train.resolution)
-    wiring = RunWiring(build=None, require=None, log=lambda step, values: None)
-    return RunContext(cfg, data, torch.device("cpu"), Path("."), wiring)
+    return RunContext(cfg, data, torch.device("cpu"), Path("."))
 
 
 def test_run_context_is_a_method_context(plugins):
@@ -153,7 +152,7 @@ def test_named_random_streams_differ_and_are_stable_across_processes(plugins):
     expected = int.from_bytes(hashlib.sha256(b"3:a").digest()[:8], "big") >> 1
     assert ctx.rng("a").initial_seed() == expected
     code = (
-        "import torch; from sparsebench.train.context import stream_seed; "
+        "import torch; from sparsebench.config import stream_seed; "
         "print(torch.rand(4, generator=torch.Generator().manual_seed(stream_seed(3, 'a'))).tolist())"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sparsebench
-from sparsebench.session import expand_methods
+from sparsebench.grid import expand_methods
 
 
 def test_method_groups_expand_in_order_once_from_a_string_or_a_list(plugins):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, scheduler
 
 from sparsebench import kernels
 from sparsebench.config import GridRequest, RunConfig, expand_grid
-from sparsebench.runner import LineProgress, Runner
+from sparsebench.recorder import LineProgress
 from sparsebench.store import Store
 from sparsebench.train.loop import Interrupted
 
@@ -72,24 +72,23 @@ def test_python_api_rejects_a_non_boolean_flag(plugins):
 def train_then_resume(plugins, tmp_path, monkeypatch, cfg: RunConfig, stop_at: int):
     """Train `cfg` in one go in one store; in another, stop it after `stop_at` G steps (a checkpoint is
     saved, as on SIGTERM) and run it again, which resumes. Returns both stored rows and the checkpoint's G keys."""
-    one_go = Runner(Store(tmp_path / "a" / "r.db"), plugins, progress=False, checkpoint_every=2)
-    whole = one_go.run(cfg)
+    whole = scheduler(Store(tmp_path / "a" / "r.db"), plugins, checkpoint_every=2).run_one(cfg)
     store = Store(tmp_path / "b" / "r.db")
-    stopping = Runner(store, plugins, progress=True, checkpoint_every=2)
+    stopping = scheduler(store, plugins, progress=True, checkpoint_every=2)
     update = LineProgress.update
 
     def counting(self, n=1):
         update(self, n)
         if self.n >= stop_at:
-            stopping.stop = True
+            stopping.runner.stop = True
 
     monkeypatch.setattr(LineProgress, "update", counting)
     with pytest.raises(Interrupted):
-        stopping.run(cfg)
+        stopping.run_one(cfg)
     (ckpt,) = store.run_dir(cfg.run_id).glob("checkpoint-phase1.pt")
     keys = list(torch.load(ckpt, weights_only=True)["G"])
     monkeypatch.setattr(LineProgress, "update", update)
-    resumed = Runner(store, plugins, progress=False, checkpoint_every=2).run(cfg)
+    resumed = scheduler(store, plugins, checkpoint_every=2).run_one(cfg)
     return whole, resumed, keys
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsebench.api import DataSplits
+from sparsebench.interfaces import DataSplits
 
 
 def content_hash(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:

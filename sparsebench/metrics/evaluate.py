@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, FeatureExtractor
+from sparsebench.interfaces import DataSplits, FeatureExtractor
 from sparsebench.metrics.cache import content_hash, data_hash, load_arrays, save_arrays, write_atomic
 
 METRICS = ("isc", "fid", "kid", "prc")
@@ -32,6 +32,9 @@ class UInt8Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.images[i]
+
+
+SAMPLE_BATCH = 250  # generator batch of evaluation sampling (and of its measured time per image)
 
 
 @torch.no_grad()
@@ -262,3 +265,20 @@ class SampleSet:
         if self._fidelity is None:
             self._fidelity = self.evaluator.compute(self.images, self.flags)
         return self._fidelity
+
+
+def curve_point(config: Any, model: torch.nn.Module, ev: Evaluator, num_classes: int, device) -> dict:
+    """One point of a run's evaluation curve: the FID of `model` over the final evaluation's samples (same z)."""
+    from sparsebench.config import stream_seed
+
+    spec = config.train
+    images = sample(
+        model,
+        spec.eval_samples,
+        spec.z_dim,
+        num_classes,
+        device,
+        seed=stream_seed(config.seed, "eval-samples"),
+        batch=SAMPLE_BATCH,
+    )
+    return {"fid": float(ev.compute(images, {"fid"})["frechet_inception_distance"])}

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import torch
 
+from sparsebench import defaults
+
 POLICIES = ("dense", "mean", "zero")
-DEFAULT_POLICY = "dense"
+DEFAULT_POLICY = defaults.OPT_STATE
 
 
 def check_policy(policy: str) -> str:

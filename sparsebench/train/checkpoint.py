@@ -27,7 +27,8 @@ import torch
 
 from sparsebench import SparsebenchError
 from sparsebench.config import RunConfig
-from sparsebench.train.loop import Batcher, GANState, Hooks
+from sparsebench.interfaces import Callbacks, GANState
+from sparsebench.train.loop import Batcher
 
 log = logging.getLogger("sparsebench.run")
 
@@ -117,7 +118,7 @@ class Checkpoint:
         state: GANState,
         batcher: Batcher,
         noise: torch.Generator,
-        hooks: Hooks,
+        hooks: Callbacks,
         label: str,
         done: bool,
         wall_s: float = 0.0,
@@ -153,7 +154,9 @@ class Checkpoint:
         log.warning("%s; moved it to %s, that training phase restarts from scratch", reason, aside.name)
         return aside
 
-    def restore(self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Hooks) -> tuple[bool, float]:
+    def restore(
+        self, state: GANState, batcher: Batcher, noise: torch.Generator, hooks: Callbacks
+    ) -> tuple[bool, float]:
         """Load into the live objects; returns whether the phase had finished and the run's wall
         seconds at the save."""
         blob = load_plain(self.path)

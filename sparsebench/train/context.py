@@ -8,9 +8,7 @@ final generator and the statistics that go into the store.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,40 +16,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench import SparsebenchError
-from sparsebench.api import DataSplits, DensePass, RunArtifacts
-from sparsebench.config import RunConfig
+from sparsebench import SparsebenchError, distributed
+from sparsebench.balance import probed
+from sparsebench.config import RunConfig, stream_seed
+from sparsebench.dependencies import Dependencies
 from sparsebench.flops import GANFlops, count_gan
+from sparsebench.interfaces import Callbacks, DataSplits, DensePass, GANState, RunArtifacts
+from sparsebench.metrics.evaluate import Evaluator, curve_point
+from sparsebench.recorder import RunRecorder
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 from sparsebench.train.checkpoint import Checkpoint, CheckpointError
-from sparsebench.train.loop import Batcher, GANState, Hooks, adam, train
+from sparsebench.train.loop import Batcher, LoopIO, adam, train
 from sparsebench.train.speed import Speed
 
 log = logging.getLogger("sparsebench.run")
-
-
-def stream_seed(seed: int, name: str) -> int:
-    """The torch seed of the random stream `name` of a run with `seed`: a 63-bit slice of
-    sha256("seed:name"), the same in every process and independent between names."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") >> 1
+__all__ = ["RunContext", "RunServices", "stream_seed"]
 
 
 @dataclass
-class RunWiring:
-    """How a context reaches the runner (model building, dependencies, logging, progress, stopping);
-    private to the core: methods see only `MethodContext`."""
+class RunServices:
+    """What a run's context uses besides its config and data, handed down whole by the runner; private to
+    the core (methods see only `MethodContext`). Each is optional, so a context can train without a store."""
 
-    build: Callable[[float], tuple[nn.Module, nn.Module]]
-    require: Callable[[str, dict], RunArtifacts]
-    log: Callable[[int, dict], None]
-    progress: Callable[[int], None] | None = None
-    progress_phase: Callable[[int, int, str], None] | None = None  # (total steps, done, label)
+    arch: Any = None  # the Architecture plugin object that builds G and D
+    recorder: RunRecorder | None = None  # statistics, claim checks, progress and stop requests
+    dependencies: Dependencies | None = None  # the finished runs this one builds on
+    evaluator: Evaluator | None = None  # scores the evaluation curve (rank 0 of a run with FID)
     checkpoint_every: int = 0  # G steps between checkpoints (0: only at the end of a phase / on stop)
-    stop_requested: Callable[[], bool] | None = None
-    flush: Callable[[], None] | None = None  # writes the logged statistics out (before each checkpoint)
-    elapsed: Callable[[], float] = lambda: 0.0  # this segment's own wall seconds so far (dependencies excluded)
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None  # the curve's scores of a generator
 
 
 class RunContext:
@@ -63,7 +55,7 @@ class RunContext:
         data: DataSplits,
         device: torch.device,
         run_dir: Path,
-        wiring: RunWiring,
+        services: RunServices | None = None,
         width: float = 1.0,
     ):
         self.config = config
@@ -74,7 +66,7 @@ class RunContext:
         self.info: dict = {}  # what `finish` adds to the stored results
         self.final: GANState | None = None
         self.init_state: dict | None = None  # G and D as first built (GAN Tickets rewinds to it)
-        self._wiring = wiring
+        self.services = services or RunServices()
         self._flops: GANFlops | None = None
         self._required_flops: dict[str, float] = {}  # train FLOPs of the runs this one builds on, by run id
         self._spent_flops = 0.0  # FLOPs of every training phase this run ran itself
@@ -114,7 +106,8 @@ class RunContext:
     def build_models(self) -> tuple[nn.Module, nn.Module]:
         """G and D, initialised deterministically from the seed, on the run's device."""
         torch.manual_seed(self.config.seed)
-        G, D = self._wiring.build(self.width)
+        arch = self.services.arch
+        G, D = arch.build(self.spec, self.num_classes, self.width, **dict(self.config.arch_options))
         G, D = G.to(self.device), D.to(self.device)
         if self._flops is None:
             self._flops = count_gan(G, D, self.spec, self.config.scope, self.num_classes)
@@ -164,13 +157,12 @@ class RunContext:
 
     # -- training -----------------------------------------------------------------------------
     def train(
-        self, state: GANState, steps: int | None = None, hooks: Hooks | None = None, label: str = "train"
+        self, state: GANState, steps: int | None = None, hooks: Callbacks | None = None, label: str = "train"
     ) -> None:
-        """Run the training loop; FLOPs are added to `state.flops` at the current densities."""
-        from sparsebench import distributed
-
+        """Run the training loop with the method's callbacks `hooks`; FLOPs are added to `state.flops` at the
+        current densities."""
         steps = self.spec.steps if steps is None else steps
-        hooks = hooks or Hooks()
+        callbacks = hooks or Callbacks()
         world, rank = distributed.world_size(), distributed.rank()
         if world != self.config.world_size:
             raise SparsebenchError(
@@ -188,88 +180,49 @@ class RunContext:
         self._phases += 1
         self.phase_label = label
         ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self._phases}{suffix}.pt", self.config)
-
-        def emit(step: int, values: dict) -> None:
-            self._wiring.log(step, {f"{label}/{k}" if label != "train" else k: v for k, v in values.items()})
+        io = _PhaseIO(self, state, steps, spec, label, ckpt, batcher, noise, callbacks)
 
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
             try:
-                done, wall = ckpt.restore(state, batcher, noise, hooks)
+                done, wall = ckpt.restore(state, batcher, noise, callbacks)
             except CheckpointError as exc:  # checked before loading: the live state is still fresh
                 ckpt.set_aside(str(exc).split(";")[0])
             else:
                 log.warning(
                     "resuming run %s phase %d (%s) from G step %d", self.config.run_id, self._phases, label, state.step
                 )
-                self._resumed_wall = wall - self._wiring.elapsed()  # the run's clock goes on from the save
+                self._resumed_wall = wall - self._elapsed()  # the run's clock goes on from the save
                 for step, values in state.logged:  # stored again: the killed process may not have stored them
-                    emit(step, values)
+                    io.emit(step, values)
                 if done:
                     self._spent_flops += state.flops
                     return
 
-        def cost() -> float:
-            g = state.g_masks.layer_density() if state.g_masks else None
-            d = state.d_masks.layer_density() if state.d_masks else None
-            return self.flops.step(g, d)
-
-        def extra_cost(nets: str) -> float:
-            """The extra of a step computing the weight gradients of `nets` densely, at the current densities."""
-            g = state.g_masks.layer_density() if state.g_masks and "g" in nets else None
-            d = state.d_masks.layer_density() if state.d_masks and "d" in nets else None
-            return self.flops.dense_grad_extra("g", g) + self.flops.dense_grad_extra("d", d)
-
-        def log_step(step: int, values: dict) -> None:
-            state.logged.append((step, {k: float(v) for k, v in values.items()}))
-            emit(step, values)
-
-        wiring = self._wiring
-        if wiring.progress_phase is not None:
-            wiring.progress_phase(steps, state.step, label)
-
-        def save(done: bool = False) -> None:
-            if wiring.flush is not None:  # the curve up to here is stored before the checkpoint exists
-                wiring.flush()
-            ckpt.save(state, batcher, noise, hooks, label, done, self.wall_s())
-
-        def evaluate(step: int) -> None:
-            """A point of the evaluation curve at the due steps before the last (the final evaluation is the last)."""
-            if wiring.evaluate is None or not spec.eval_every or step >= steps:
-                return
-            if step % spec.eval_every == 0 and step >= spec.eval_from * steps:
-                scores = wiring.evaluate(state.eval_model)
-                state.curve.append((step, scores["fid"]))
-                log_step(step, scores)
+        recorder = self.services.recorder
+        if recorder is not None:
+            recorder.phase(steps, state.step, label)
 
         from sparsebench.kernels import attach  # the execution backend of sparse layers (--kernels)
 
-        kernels = attach(self.config.kernels, state, hooks, spec)
+        kernels = attach(self.config.kernels, state, callbacks, spec)
         if self.config.kernels != "dense":  # which layers ran on the kernels (the last phase's, if several)
             from sparsebench.kernels import describe
 
             swapped = [describe(net, b.layers) for net, b in (("G", kernels.g), ("D", kernels.d)) if b is not None]
             self.info["kernel_layers"] = ",".join(s for s in swapped if s)
         try:
-            train(
+            train(  # every run's balance ratio is measured, as the method's callbacks ask for it
                 state,
                 steps,
                 spec,
                 batcher,
                 self.num_classes,
                 noise,
-                cost,
-                kernels.hooks,
-                log_step,
-                wiring.progress,
-                save,
-                wiring.checkpoint_every,
-                wiring.stop_requested,
-                distributed.average_gradients if world > 1 else None,
-                evaluate,
+                probed(kernels.hooks, asking=callbacks),
+                io,
                 Speed.of(self.config),
-                extra_cost,
             )
-            save(done=True)
+            io.checkpoint(done=True)
         finally:
             kernels.detach()
             self._spent_flops += state.flops
@@ -280,7 +233,9 @@ class RunContext:
         Taken from the store when done; otherwise trained now and stored as its own run. Its training
         FLOPs count towards this run's (once per required run, however often it is asked for).
         """
-        artifacts = self._wiring.require(method, changes)
+        if self.services.dependencies is None:
+            raise RuntimeError(f"this run cannot read the {method} run it builds on (no store)")
+        artifacts = self.services.dependencies.artifacts(self.config, method, changes)
         self._required_flops[artifacts.run_id] = float(artifacts.results["train_flops"])
         return artifacts
 
@@ -300,8 +255,87 @@ class RunContext:
 
     def wall_s(self) -> float:
         """This run's wall seconds so far: the earlier segments of a resumed run plus this one's."""
-        return self._resumed_wall + self._wiring.elapsed()
+        return self._resumed_wall + self._elapsed()
+
+    def _elapsed(self) -> float:
+        recorder = self.services.recorder
+        return recorder.elapsed() if recorder is not None else 0.0
 
 
 def _cpu_copy(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+class _PhaseIO(LoopIO):
+    """The loop's costs, logs, progress, checkpoints, stop requests, synchronisation and evaluation curve in
+    one training phase of a run."""
+
+    logs = checkpoints = evaluates = True
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        state: GANState,
+        steps: int,
+        spec: Any,
+        label: str,
+        ckpt: Checkpoint,
+        batcher: Batcher,
+        noise: torch.Generator,
+        callbacks: Callbacks,
+    ):
+        self.ctx, self.state, self.steps, self.spec, self.label = ctx, state, steps, spec, label
+        self.ckpt, self.batcher, self.noise, self.callbacks = ckpt, batcher, noise, callbacks
+        self.recorder = ctx.services.recorder
+        self.checkpoint_every = ctx.services.checkpoint_every
+        self.synchronises = distributed.world_size() > 1
+
+    def emit(self, step: int, values: dict) -> None:
+        """Logged values to the run's recorder, named after the phase (fine-tuning's `finetune/loss_g`)."""
+        if self.recorder is not None:
+            self.recorder.log(step, {f"{self.label}/{k}" if self.label != "train" else k: v for k, v in values.items()})
+
+    def step_cost(self, state: GANState) -> float:
+        g = state.g_masks.layer_density() if state.g_masks else None
+        d = state.d_masks.layer_density() if state.d_masks else None
+        return self.ctx.flops.step(g, d)
+
+    def extra_cost(self, state: GANState, nets: str) -> float:
+        g = state.g_masks.layer_density() if state.g_masks and "g" in nets else None
+        d = state.d_masks.layer_density() if state.d_masks and "d" in nets else None
+        return self.ctx.flops.dense_grad_extra("g", g) + self.ctx.flops.dense_grad_extra("d", d)
+
+    def log(self, step: int, values: dict) -> None:
+        self.state.logged.append((step, {k: float(v) for k, v in values.items()}))
+        self.emit(step, values)
+
+    def progress(self, steps: int) -> None:
+        if self.recorder is not None:
+            self.recorder.progress(steps)
+
+    def checkpoint(self, done: bool = False) -> None:
+        if self.recorder is not None:  # the curve up to here is stored before the checkpoint exists
+            self.recorder.flush()
+        self.ckpt.save(self.state, self.batcher, self.noise, self.callbacks, self.label, done, self.ctx.wall_s())
+
+    def stop_requested(self) -> bool:
+        return self.recorder is not None and self.recorder.stop_requested()
+
+    def sync_grads(self, model: nn.Module) -> None:
+        distributed.average_gradients(model)
+
+    def topology_changed(self, state: GANState) -> None:
+        """Rank 0's masks are authoritative after a topology update."""
+        distributed.broadcast_masks(state.g_masks)
+        distributed.broadcast_masks(state.d_masks)
+
+    def evaluate(self, step: int) -> None:
+        """A point of the evaluation curve at the due steps before the last (the final evaluation is the last)."""
+        evaluator, spec = self.ctx.services.evaluator, self.spec
+        if evaluator is None or not spec.eval_every or step >= self.steps:
+            return
+        if step % spec.eval_every == 0 and step >= spec.eval_from * self.steps:
+            ctx = self.ctx
+            scores = curve_point(ctx.config, self.state.eval_model, evaluator, ctx.num_classes, ctx.device)
+            self.state.curve.append((step, scores["fid"]))
+            self.log(step, scores)

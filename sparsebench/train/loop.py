@@ -1,11 +1,11 @@
 """The GAN training loop: hinge loss, n_critic D steps per G step, Adam, masks, (S)EMA.
 
 Order inside one G step t (paper Algorithm 1):
-    n_critic x [accumulate x D forward/backward -> hooks.after_d_backward (dense gradients visible),
+    n_critic x [accumulate x D forward/backward -> callbacks.after_d_backward (dense gradients visible),
                 masks.before_step, Adam, mask D weights]
-    accumulate x G forward/backward -> hooks.after_g_backward (dense gradients visible)
-    masks.before_step, Adam, mask G weights, (S)EMA update
-    hooks.after_g_step (topology updates happen here, counted in G steps)
+    accumulate x G forward/backward -> callbacks.after_g_backward (dense gradients visible)
+    callbacks.before_g_update, masks.before_step, Adam, mask G weights, callbacks.after_g_update
+    (S)EMA update, callbacks.after_g_step (topology updates happen here, counted in G steps)
 
 `masks.before_step` masks the gradients unless the optimizer-state policy keeps them dense
 (sparsebench.sparse.opt_state). Gradient accumulation is BigGAN-PyTorch's: each of the
@@ -16,18 +16,17 @@ step sees the gradient of the mean loss over all of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sparsebench.data import ImageData
-from sparsebench.sparse.masks import MaskState
-from sparsebench.sparse.sema import SparseEMA
+from sparsebench.interfaces import Callbacks, GANState, GStep
 from sparsebench.timing import StepTimer
 from sparsebench.train.speed import Speed
+
+Hooks = Callbacks  # the deprecated name of `Callbacks`, kept for one minor version
 
 
 def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -38,35 +37,6 @@ def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
 def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
     """G's hinge loss on D's outputs for generated images."""
     return -d_fake.mean()
-
-
-def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> float:
-    """ADAPT's balance ratio (Wang et al., NeurIPS 2023) at one sample point, as its reference code computes
-    it: (mean D(G_post(z)) - mean D(G_pre(z))) / (mean D(x) - mean D(G_pre(z))) over the batch, how far one
-    G update moves its samples towards real data in D's eyes. A ratio of batch means, not a mean of
-    per-image ratios: those are heavy-tailed (and biased towards 0) where real and fake scores overlap.
-    NaN when D scores real and generated images alike on average. Changing it means bumping
-    `store.BALANCE_RATIO_ESTIMATOR`, which hides the ratios stored by the old one."""
-    gap = float(d_real.mean() - d_pre.mean())
-    return float(d_post.mean() - d_pre.mean()) / gap if gap != 0 else float("nan")
-
-
-@torch.no_grad()
-def _d_in_train_mode(state: GANState, x: torch.Tensor, y: torch.Tensor, yf: torch.Tensor, z: torch.Tensor):
-    """D(G(z)) then D(x) with G and D left in train mode, in the reference's order (`Hooks.balance_ratio_mode`)."""
-    d_post = state.D(state.G(z, yf), yf).flatten()
-    return d_post, state.D(x, y).flatten()
-
-
-@torch.no_grad()
-def _d_of(state: GANState, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-    """D's outputs on `x` (or on G(z) when `z` is given), both in eval mode: a measurement that moves
-    neither BN statistics nor spectral-norm vectors, so training is the same with or without it."""
-    state.G.eval(), state.D.eval()
-    try:
-        return state.D(state.G(z, y) if z is not None else x, y).flatten()
-    finally:
-        state.G.train(), state.D.train()
 
 
 class Diverged(RuntimeError):
@@ -139,77 +109,41 @@ class Interrupted(RuntimeError):
         self.step = step
 
 
-@dataclass
-class GANState:
-    """Everything that evolves during training of one G/D pair."""
+class CallbackList(Callbacks):
+    """Several callbacks as one, called in order (a probe before the method's own)."""
 
-    G: nn.Module
-    D: nn.Module
-    g_opt: torch.optim.Optimizer
-    d_opt: torch.optim.Optimizer
-    g_masks: MaskState | None = None
-    d_masks: MaskState | None = None
-    ema: SparseEMA | None = None
-    step: int = 0
-    flops: float = 0.0
-    step_seconds: list[float] = field(default_factory=list)  # wall time of each G step of this phase (checkpointed)
-    balance_ratio: float = math.nan  # measured at this G step (see Hooks.balance_ratio_every), else NaN
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (G step, FID) of this phase's evaluation curve
-    # (G step, values) of every statistic this phase logged, kept in its checkpoints: a resumed run stores
-    # them again (rows a killed process had not stored yet are not lost) and rebuilds its balance ratios
-    logged: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.model if self.ema is not None else self.G
-
-
-class Hooks:
-    """Extension points of the loop for methods (subclass and override)."""
-
-    # Measure the balance ratio every this many G steps (0: only at logged steps) and leave it in
-    # `state.balance_ratio` for `after_g_step`; the measurement changes no training state.
-    balance_ratio_every: int = 0
-    # "train": at those steps, measure as ADAPT's reference does (`gan_functions.train`): D(G_pre(z)) is the
-    # G step's own D output, D(G_post(z)) and D(x) are two more forwards with G and D in train mode (no
-    # gradients), which advance D's spectral-norm vectors and G's BN running statistics as there; training
-    # then differs from a run without the measurement. Logged steps off that schedule measure in eval mode.
-    balance_ratio_mode: str = "eval"
+    def __init__(self, callbacks: list[Callbacks]):
+        self.callbacks = callbacks
 
     def after_d_backward(self, state: GANState, step: int) -> None:
-        """D's dense gradients of this D step are in `.grad` (before masking); called n_critic times per G step."""
+        for c in self.callbacks:
+            c.after_d_backward(state, step)
 
     def after_g_backward(self, state: GANState, step: int) -> None:
-        """G's dense gradients of this minibatch are in `.grad` (before masking)."""
+        for c in self.callbacks:
+            c.after_g_backward(state, step)
+
+    def before_g_update(self, state: GANState, step: int, batch: GStep) -> None:
+        for c in self.callbacks:
+            c.before_g_update(state, step, batch)
+
+    def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
+        for c in self.callbacks:
+            c.after_g_update(state, step, batch)
 
     def after_g_step(self, state: GANState, step: int) -> bool:
-        """After G's optimizer step and the (S)EMA update. Return True if any mask changed."""
-        return False
+        changed = [c.after_g_step(state, step) for c in self.callbacks]  # every one, whatever the others return
+        return any(changed)
 
     def dense_weight_grads(self, step: int) -> str:
-        """The networks ("g", "d", "gd"; "" none) whose weight gradients G step `step` computes densely because
-        a score reads them (gradient regrowth): their extra cost is added to the step's training FLOPs, as
-        `Phase.g_dense_grad_steps` / `d_dense_grad_steps` declare it for `sparsebench flops`."""
-        return ""
+        asked = "".join(c.dense_weight_grads(step) for c in self.callbacks)
+        return "".join(net for net in "gd" if net in asked)
 
     def stats(self, state: GANState, step: int) -> dict[str, float]:
-        """Extra statistics to log at this step."""
-        return {}
-
-    def state_dict(self) -> dict:
-        """What a checkpoint must keep of the hooks (counters, random generators)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-def on_topology_change(state: GANState) -> None:
-    """Under data parallelism, rank 0's masks are authoritative after a topology update."""
-    from sparsebench.distributed import broadcast_masks
-
-    broadcast_masks(state.g_masks)
-    broadcast_masks(state.d_masks)
+        out: dict[str, float] = {}
+        for c in self.callbacks:
+            out.update(c.stats(state, step))
+        return out
 
 
 def adam(params, lr: float, beta1: float, beta2: float, eps: float = 1e-8) -> torch.optim.Adam:
@@ -226,6 +160,50 @@ def lr_factor(step: int, steps: int, decay_start: float) -> float:
     return max(0.0, (steps - step + 1) / (steps - start + 1))
 
 
+class LoopIO:
+    """What the loop reports to and asks of whoever runs it (the core's `RunContext`), in one object; the
+    defaults do nothing, so a bare `train(...)` trains without costs, logs or checkpoints.
+
+    `logs`, `checkpoints`, `evaluates` and `synchronises` say whether the run has each at all (the loop reads
+    losses, and judges divergence, at the steps they need)."""
+
+    logs = False
+    checkpoints = False
+    evaluates = False
+    synchronises = False
+    checkpoint_every = 0  # G steps between checkpoints (0: only at the end and on stop)
+
+    def step_cost(self, state: GANState) -> float:
+        """FLOPs of one G step at the current densities."""
+        return 0.0
+
+    def extra_cost(self, state: GANState, nets: str) -> float:
+        """The extra FLOPs of a step computing the weight gradients of `nets` densely, at the current densities."""
+        return 0.0
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """Statistics of a logged step."""
+
+    def progress(self, steps: int) -> None:
+        """`steps` more G steps done."""
+
+    def checkpoint(self) -> None:
+        """Save the phase (consistent between G steps)."""
+
+    def stop_requested(self) -> bool:
+        """Whether to checkpoint and stop now (SIGTERM, Ctrl-C)."""
+        return False
+
+    def sync_grads(self, model: nn.Module) -> None:
+        """Average `model`'s gradients over the processes of the run (data parallelism)."""
+
+    def topology_changed(self, state: GANState) -> None:
+        """The masks changed in an update: make every process's equal (data parallelism)."""
+
+    def evaluate(self, step: int) -> None:
+        """A point of the evaluation curve, when `step` is due (reads the weights only, outside the timing)."""
+
+
 def train(
     state: GANState,
     steps: int,
@@ -233,45 +211,37 @@ def train(
     batcher: Batcher,
     num_classes: int,
     generator: torch.Generator,
-    step_cost: Callable[[], float],
-    hooks: Hooks | None = None,
-    log: Callable[[int, dict], None] | None = None,
-    progress: Callable[[int], None] | None = None,
-    checkpoint: Callable[[], None] | None = None,
-    checkpoint_every: int = 0,
-    stop_requested: Callable[[], bool] | None = None,
-    sync_grads: Callable[[nn.Module], None] | None = None,
-    evaluate: Callable[[int], None] | None = None,
+    callbacks: Callbacks | None = None,
+    io: LoopIO | None = None,
     speed: Speed | None = None,
-    extra_cost: Callable[[str], float] | None = None,
 ) -> None:
     """Train until `state.step` reaches `steps` G steps (continuing a resumed state).
 
-    `evaluate(t)` is called after every G step t, outside its measured time (the evaluation curve:
-    it decides itself whether t is due, and must not change the training state).
-
-    `extra_cost(nets)` is the extra FLOPs of a step whose backward computes the weight gradients of `nets`
-    densely (`hooks.dense_weight_grads`), at the densities before any topology update of that step.
-
-    `checkpoint()` is called every `checkpoint_every` G steps, and before raising Interrupted
-    when `stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
+    `callbacks` are the method's (`Callbacks`), `io` the run's (`LoopIO`): costs, logs, progress, checkpoints,
+    stop requests, gradient synchronisation and the evaluation curve. `io.evaluate(t)` is called after every
+    G step t, outside its measured time (it decides itself whether t is due, and must not change the training
+    state). `io.extra_cost(state, nets)` is counted for steps whose backward computes the weight gradients of
+    `nets` densely (`callbacks.dense_weight_grads`), at the densities before any topology update of that step.
+    `io.checkpoint()` runs every `io.checkpoint_every` G steps, and before raising Interrupted when
+    `io.stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
 
     The losses stay on the device: they are read, and checked for divergence, at the logged steps
     (every `spec.log_every`, and the first), before a checkpoint or a curve evaluation, and at the end;
-    nothing else in the loop waits for the device, except what a hook asks for (its balance-ratio
-    probe, its topology updates). A run whose loss turned non-finite raises Diverged with the first
+    nothing else in the loop waits for the device, except what a callback asks for (a balance-ratio
+    probe, topology updates). A run whose loss turned non-finite raises Diverged with the first
     such step at the next of those points (at most `spec.log_every` G steps later).
 
     `speed` holds the opt-in speed modes (sparsebench.train.speed); None: fp32, eager, contiguous.
     `spec.d_joint_forward` runs D once per D step over the fake and real images concatenated (fake
     first), as BigGAN's reference does; otherwise D sees the real and the fake images in two forwards.
     """
-    hooks = hooks or Hooks()
+    callbacks = callbacks or Callbacks()
+    io = io or LoopIO()
     speed = speed or Speed()
     G, D = speed.prepare(state.G), speed.prepare(state.D)
     G_fwd, D_fwd = speed.forward(G), speed.forward(D)  # what training calls; state.G / state.D stay the modules
     device = next(G.parameters()).device
-    cost = step_cost()
+    cost = io.step_cost(state)
     d_params = [p for p in D.parameters()]
     accumulate = spec.accumulate
     joint = getattr(spec, "d_joint_forward", False)
@@ -333,9 +303,9 @@ def train(
                             loss = F.relu(1.0 + on_fake).mean() / accumulate
                     loss.backward()
                     d_loss += loss.detach()
-                if sync_grads is not None:
-                    sync_grads(D)
-                hooks.after_d_backward(state, t)
+                if io.synchronises:
+                    io.sync_grads(D)
+                callbacks.after_d_backward(state, t)
                 if state.d_masks is not None:
                     state.d_masks.before_step()
                 state.d_opt.step()
@@ -355,68 +325,56 @@ def train(
                     loss = g_hinge_loss(d_gen) / accumulate
                 loss.backward()
                 g_loss += loss.detach()
-                d_gen = d_gen.detach()  # D(G_pre(z)): ADAPT's train-mode balance ratio reads it
+                d_gen = d_gen.detach()  # D(G_pre(z)): a train-mode balance-ratio probe reads it
             for p in d_params:
                 p.requires_grad_(True)
             watch.observe(t, g_loss, "G loss")
-            if sync_grads is not None:
-                sync_grads(G)
-            hooks.after_g_backward(state, t)
-            logged = log is not None and (t % spec.log_every == 0 or t == 1)
-            every = hooks.balance_ratio_every
-            scheduled = bool(every and t % every == 0)
-            in_train_mode = scheduled and hooks.balance_ratio_mode == "train"
-            # a method that measures in train mode logs those samples only, never a mix of the two modes
-            probe = scheduled if hooks.balance_ratio_mode == "train" else logged or scheduled
-            if probe and not in_train_mode:  # the balance ratio: D after its update, G_pre and G_post on the z
-                # G just trained on, real images of D's last batch
-                d_real, d_pre = _d_of(state, x, y), _d_of(state, x, yf, z)
+            if io.synchronises:
+                io.sync_grads(G)
+            callbacks.after_g_backward(state, t)
+            logged = io.logs and (t % spec.log_every == 0 or t == 1)
+            batch = GStep(x, y, z, yf, d_gen, logged)
+            state.balance_ratio = math.nan
+            callbacks.before_g_update(state, t, batch)
             if state.g_masks is not None:
                 state.g_masks.before_step()
             state.g_opt.step()
             if state.g_masks is not None:
                 state.g_masks.apply()
-            if in_train_mode:
-                d_post, d_real = _d_in_train_mode(state, x, y, yf, z)
-                state.balance_ratio = balance_ratio(d_real, d_gen.flatten(), d_post)
-            else:
-                state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, x, yf, z)) if probe else math.nan
+            callbacks.after_g_update(state, t, batch)
             if state.ema is not None:
                 state.ema.update(t)
             state.step = t
             state.flops += cost  # this step ran at the densities before any update below
-            dense_grads = hooks.dense_weight_grads(t)
-            if dense_grads and extra_cost is not None:
-                state.flops += extra_cost(dense_grads)
-            if hooks.after_g_step(state, t):
-                if sync_grads is not None:
-                    on_topology_change(state)
-                cost = step_cost()  # the next steps run at the new densities
+            dense_grads = callbacks.dense_weight_grads(t)
+            if dense_grads:
+                state.flops += io.extra_cost(state, dense_grads)
+            if callbacks.after_g_step(state, t):
+                if io.synchronises:
+                    io.topology_changed(state)
+                cost = io.step_cost(state)  # the next steps run at the new densities
         except (Diverged, Interrupted):
             raise
-        except Exception as exc:  # a step that fails on non-finite values (e.g. in a hook) is the divergence
+        except Exception as exc:  # a step that fails on non-finite values (e.g. in a callback) is the divergence
             watch.check(t, cause=exc)
             raise
         timer.stop()  # D steps, G step and topology update
-        if evaluate is not None:
+        if io.evaluates:
             if spec.eval_every and t % spec.eval_every == 0:  # a curve point is never taken of a diverged run
                 check(t)
-            evaluate(t)
+            io.evaluate(t)
 
-        due = checkpoint is not None and checkpoint_every and t % checkpoint_every == 0 and t < steps
+        due = io.checkpoints and io.checkpoint_every and t % io.checkpoint_every == 0 and t < steps
         if t % spec.log_every == 0 or t == 1 or t == steps or due:  # never log or save a diverged state
             check(t)
-        if logged and log is not None:
-            ratio = {"balance_ratio": state.balance_ratio} if math.isfinite(state.balance_ratio) else {}
-            log(t, {"loss_d": float(d_loss), "loss_g": float(g_loss), **ratio, **hooks.stats(state, t)})
-        if progress is not None:
-            progress(1)
+        if logged:
+            io.log(t, {"loss_d": float(d_loss), "loss_g": float(g_loss), **callbacks.stats(state, t)})
+        io.progress(1)
         if due:
-            assert checkpoint is not None
-            checkpoint()
-        if stop_requested is not None and stop_requested():
+            io.checkpoint()
+        if io.stop_requested():
             check(t)
-            if checkpoint is not None:
-                checkpoint()
+            if io.checkpoints:
+                io.checkpoint()
             raise Interrupted(t)
     timer.flush(state.step_seconds)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16")
+from sparsebench.config import PRECISIONS as PRECISIONS  # the modes' names live with the run config
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.api import Architecture
 from sparsebench.config import TrainSpec
 from sparsebench.hookspecs import hookimpl
+from sparsebench.interfaces import Architecture
 from sparsebench_builtins.archs.layers import (
     Attention,
     BatchNorm,

@@ -11,8 +11,8 @@ import os
 import torch
 
 from sparsebench import SparsebenchError
-from sparsebench.api import Dataset, DataSplits, ImageData
 from sparsebench.hookspecs import hookimpl
+from sparsebench.interfaces import Dataset, DataSplits, ImageData
 from sparsebench.options import Option
 from sparsebench_builtins.datasets.common import to_uint8_rgb
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sparsebench.api import ImageData
+from sparsebench.interfaces import ImageData
 
 
 def to_uint8_rgb(images: torch.Tensor, resolution: int) -> torch.Tensor:

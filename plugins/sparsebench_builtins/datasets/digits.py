@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.api import Dataset, DataSplits, ImageData
 from sparsebench.hookspecs import hookimpl
+from sparsebench.interfaces import Dataset, DataSplits, ImageData
 from sparsebench_builtins.datasets.common import split, to_uint8_rgb
 
 

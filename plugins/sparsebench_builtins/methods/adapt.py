@@ -15,7 +15,7 @@ As its reference code runs it (YiteWang/ADAPT@002e2e9: `scripts/adapt_relax.sh`,
 
   D after its update, G_pre / G_post the generator before / after its update, on the z G just trained on,
   x D's last real batch, measured every `ratio_every` G steps with G and D in train mode, as the reference
-  does (`Hooks.balance_ratio_mode`: the two extra forwards advance D's spectral-norm vectors and G's BN
+  does (`sparsebench.BalanceProbe`: the two extra forwards advance D's spectral-norm vectors and G's BN
   statistics, as there). Each sample is one ratio of batch means (`sparsebench.balance_ratio`); the
   decision takes the mean of the last `window` samples, acted on once there are that many: the reference
   trims its queue to `window` after each iteration and adjusts D at iterations that take no sample (999,
@@ -34,13 +34,6 @@ As its reference code runs it (YiteWang/ADAPT@002e2e9: `scripts/adapt_relax.sh`,
   G every 8, D every 15 / 30, a ratio every step, a window of 15).
 
 Densities change during the run: the training FLOPs follow them step by step.
-
-Before 0.2.0 the balance ratio was a mean of per-image ratios on fresh z (biased towards 0 on the small
-preset, so D's density fell to its floor), its window was cleared at every adjustment, and strict mode ran
-DST on D at every G update once at the cap. Before 0.3.0: conv weights only, D started at s_D, intervals
-from the preset's STU-GAN interval (G delta_t, D twice that), a window of delta_t_d / ratio_every, BR in
-eval mode, a just-dropped weight never regrown, ties by position, p decayed to 0, and the training FLOPs
-left out the dense weight gradients of G's regrowth steps and D's adjustment steps.
 """
 
 from __future__ import annotations
@@ -53,19 +46,17 @@ import torch
 
 from sparsebench import (
     CosineSchedule,
+    DynamicSparseMethod,
+    GradientGrowth,
     MaskState,
-    Method,
     Option,
-    Phase,
     SparsebenchError,
     change_density,
     gradient_magnitude,
     hookimpl,
     noisy_magnitude,
     update_topology,
-    with_dense_grads,
 )
-from sparsebench_builtins.methods.rigl import GradientGrowth
 
 B_MINUS, B_PLUS, D_STEP, D_FLOOR = 0.45, 0.55, 0.05, 0.05
 D_CAP = {"relaxed": 1.0, "strict": 0.5}
@@ -108,8 +99,8 @@ class Schedule:
 class BalancedTraining(GradientGrowth):
     """RigL-style global DST on G, D's density steered by the balance ratio (and DST on D in strict mode).
 
-    The ratio is measured by the training loop every `ratio_every` G steps in train mode
-    (`Hooks.balance_ratio_every`, `balance_ratio_mode`) and kept in a queue as the reference keeps it: D's
+    The ratio is measured every `ratio_every` G steps in train mode (the probe `balance_ratio_every` and
+    `balance_ratio_mode` ask for, `sparsebench.BalanceProbe`) and kept in a queue as the reference keeps it: D's
     density is adjusted every `d_interval` G steps once the queue holds `window` values, from their mean (the
     queue keeps the last `window`: the reference's decisions never reuse a sample of the one before).
     """
@@ -207,12 +198,11 @@ class BalancedTraining(GradientGrowth):
         return {**super().stats(state, step), "d_density": self.d_density, "d_updates": self.d_updates}
 
 
-class ADAPT(Method):
+class ADAPT(DynamicSparseMethod):
     name = "adapt"
     version = "0.3.1"  # 0.3.1: a decision averages the last `window` ratios (0.3.0: window + 1)
     title, order, reference = "ADAPT", 100, "dense"
     scope = "weights"
-    result_columns = ("topology_updates", "delta_t")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
     options = (
         Option(
@@ -260,8 +250,8 @@ class ADAPT(Method):
         """D starts at G's sparsity unless `d_start=sd`: the run records s_D = s_G, whatever the grid's s_D."""
         return (sg, sg) if options.get("d_start", "sg") == "sg" else (sg, sd)
 
-    def make_hooks(self, o: dict, cfg, generator: torch.Generator) -> BalancedTraining:
-        """The training hooks of a run with options `o`: what `run` trains with and `flop_phases` counts."""
+    def make_callbacks(self, o: dict, cfg, generator: torch.Generator) -> BalancedTraining:
+        """The training callbacks of a run with options `o`: what `run` trains with and `flop_phases` counts."""
         ref = Schedule.scaled(cfg.arch, cfg.train.steps, o["mode"])
         return BalancedTraining(
             o["delta_t"] or ref.g_interval,
@@ -274,23 +264,14 @@ class ADAPT(Method):
             d_density=1.0 - cfg.sd,
         )
 
-    def run(self, ctx) -> None:
+    def sparse_state(self, ctx):
+        """G from its masks, D from its own (dense when s_D is 0: D may grow from dense too)."""
         cfg = ctx.config
         if ctx.options["d_start"] == "sg" and cfg.sd != cfg.sg:
             raise SparsebenchError(f"adapt: d_start=sg needs s_D = s_G, got s_G {cfg.sg} and s_D {cfg.sd}")
         G, D = ctx.build_models()
-        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)  # D may grow from dense too
-        state = ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
-        hooks = self.make_hooks(ctx.options, cfg, ctx.rng("explore"))
-        ctx.train(state, hooks=hooks)
-        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=hooks.interval)
-
-    def flop_phases(self, plan) -> list[Phase]:
-        """The initial densities (D's moves with the balance ratio and G's with the global ranking during the
-        run; its trained FLOPs follow them), and the steps that read dense gradients of G or D."""
-        (phase,) = super().flop_phases(plan)
-        o = {opt.name: opt.default for opt in self.options} | dict(plan.config.method_options)
-        return [with_dense_grads(phase, self.make_hooks(o, plan.config, torch.Generator()))]
+        d_masks = ctx.masks(D, cfg.sd, stream="d-masks") or MaskState.dense(D, cfg.scope)
+        return ctx.state(G, D, ctx.masks(G, cfg.sg, stream="g-masks"), d_masks)
 
 
 @hookimpl

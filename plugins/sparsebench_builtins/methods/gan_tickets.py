@@ -74,11 +74,10 @@ class GANTickets(Method):
         ctx.finish(state, rounds=rounds, reached_sg=1.0 - g_masks.density(), pruned_from=dense.run_id)
 
     def flop_phases(self, plan) -> list[Phase]:
-        options = dict(plan.config.method_options)
-        keep = 1.0 - options.get("prune_rate", 0.2)
+        keep = 1.0 - plan.options["prune_rate"]
         steps = plan.config.train.steps
         phases = [Phase(steps, None, None, "pretrain")]
-        for r in range(1, (options.get("rounds") or rounds_for(plan.config.sg, keep)) + 1):
+        for r in range(1, (plan.options["rounds"] or rounds_for(plan.config.sg, keep)) + 1):
             phases.append(Phase(steps, layer_densities(plan.g_shapes, keep**r, "uniform"), None, f"round{r}"))
         return phases
 

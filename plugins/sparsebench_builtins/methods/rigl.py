@@ -2,19 +2,11 @@
 
 As `set`, but regrowth takes the inactive weights with the largest dense gradient of the minibatch (G's after
 its backward; D's, with `update=gd`, after its last D backward), counted in the training FLOPs. `ranking=layer`:
-per-layer RigL, a row of its own. Before 0.2.0: as `set` before 0.2.0, those dense gradients uncounted."""
+per-layer RigL, a row of its own."""
 
 from __future__ import annotations
 
-from sparsebench import DynamicSparseMethod, TopologyUpdate, gradient_magnitude, hookimpl
-
-
-class GradientGrowth(TopologyUpdate):
-    def uses_gradients(self, net: str) -> bool:
-        return True
-
-    def grow_score(self, net, masks, grads):
-        return gradient_magnitude(grads)
+from sparsebench import DynamicSparseMethod, GradientGrowth, hookimpl
 
 
 class RigL(DynamicSparseMethod):
@@ -22,7 +14,7 @@ class RigL(DynamicSparseMethod):
     title, order = "SDST-RigL", 90
     variant_titles = {"ranking=layer": "RigL (per layer)"}
     description = "SDST-RigL: sparse G and D from scratch, G's connectivity updated by gradient regrowth, SEMA"
-    hooks = GradientGrowth
+    callbacks_class = GradientGrowth
 
 
 @hookimpl

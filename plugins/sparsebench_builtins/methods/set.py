@@ -3,8 +3,8 @@
 ERK masks on G and D; every delta_t G steps, G drops the fraction p of its active weights with the smallest
 |w| over the whole network and regrows as many at random, at zero (p: cosine decay from p0 to 0.005); a
 weight just dropped may be regrown, and RigL's noise breaks ties. D stays static unless `update` includes
-it. `ranking=layer` is per-layer SET, shown as its own row. Everything but the scores is the engine's
-(sparsebench.sparse.dynamic). Before 0.2.0: per layer, no regrowth of just-dropped weights, p_min 0.
+it. `ranking=layer` is per-layer SET, shown as its own row. Everything but the scores is the kit's
+(`sparsebench.DynamicSparseMethod`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class SET(DynamicSparseMethod):
     title, order = "SDST-SET", 80
     variant_titles = {"ranking=layer": "SET (per layer)"}
     description = "SDST-SET: sparse G and D from scratch, G's connectivity updated by random regrowth, SEMA"
-    hooks = TopologyUpdate  # drop the smallest |w|, grow at random
+    callbacks_class = TopologyUpdate  # drop the smallest |w|, grow at random
 
 
 @hookimpl

@@ -5,10 +5,10 @@ Exactly STU-GAN with exploration switched off, as the paper defines the baseline
 
 from __future__ import annotations
 
-from sparsebench import Method, MethodContext, hookimpl
+from sparsebench import MethodContext, SparseGANMethod, hookimpl
 
 
-class Static(Method):
+class Static(SparseGANMethod):
     name = "static"
     description = "Static Sparse GAN: fixed ERK masks on G and D, trained from scratch"
     title = "Static Sparse GAN"
@@ -17,10 +17,7 @@ class Static(Method):
     reference = "dense"
 
     def run(self, ctx: MethodContext) -> None:
-        G, D = ctx.build_models()
-        state = ctx.state(
-            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
-        )
+        state = self.sparse_state(ctx)
         ctx.train(state)
         ctx.finish(state)
 

@@ -9,24 +9,12 @@ regrowth steps compute G's weight gradients densely: their extra cost is part of
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import torch
-
-from sparsebench import (
-    CosineSchedule,
-    Method,
-    Option,
-    Phase,
-    TopologyUpdate,
-    gradient_magnitude,
-    hookimpl,
-    with_dense_grads,
-)
+from sparsebench import DynamicSparseMethod, Option, TopologyUpdate, gradient_magnitude, hookimpl
 
 
 class Exploration(TopologyUpdate):
-    """STU-GAN's exploration: G grows where the dense gradient is largest, D (if explored) at random."""
+    """STU-GAN's exploration: G grows where the dense gradient is largest, D (if explored) at random; per
+    layer, a weight just pruned is not regrown in the same update, ties broken by position."""
 
     def uses_gradients(self, net: str) -> bool:
         return net == "g"
@@ -35,15 +23,15 @@ class Exploration(TopologyUpdate):
         return gradient_magnitude(grads) if net == "g" else super().grow_score(net, masks, grads)
 
 
-class STUGAN(Method):
+class STUGAN(DynamicSparseMethod):
     name = "stugan"
     description = "STU-GAN: sparse G and D from scratch, G explored by prune-and-regrow, SEMA"
     title = "STU-GAN"
     order = 70
-    version = "0.2.0"  # 0.2.0: training FLOPs count the dense weight gradients of G's regrowth steps
+    version = "0.2.0"
     reference = "static"  # the baseline it adds exploration to, at the same s_G and s_D
-    result_columns = ("topology_updates", "delta_t")
     length_option = "length"
+    callbacks_class = Exploration
     options = (
         Option("explore", str, "g", "which networks explore their connectivity (paper Fig. 5)", ("g", "d", "gd")),
         Option("p0", float, 0.5, "initial update fraction p", interval="(0, 1]"),
@@ -60,29 +48,14 @@ class STUGAN(Method):
         ),
     )
 
-    def make_hooks(self, o: dict, spec, generator: torch.Generator) -> Exploration:
-        """The exploration of a run with options `o`: what `run` trains with and `flop_phases` counts."""
-        steps = spec.steps * o["length"]
-        return Exploration(
-            o["explore"], o["delta_t"] or spec.explore_interval, CosineSchedule(o["p0"], o["p_min"], steps), generator
-        )
+    def networks(self, options: dict) -> str:
+        return options["explore"]
 
-    def run(self, ctx) -> None:
-        G, D = ctx.build_models()
-        state = ctx.state(
-            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
-        )
-        hooks = self.make_hooks(ctx.options, ctx.spec, ctx.rng("explore"))
-        ctx.train(state, hooks.schedule.total, hooks)
-        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=hooks.interval)
+    def length(self, options: dict) -> int:
+        return options["length"]
 
-    def flop_phases(self, plan) -> list[Phase]:
-        """The initial densities, which per-layer updates keep, over the run's length; G's regrowth steps
-        compute its dense weight gradients."""
-        (phase,) = super().flop_phases(plan)
-        o = {opt.name: opt.default for opt in self.options} | dict(plan.config.method_options)
-        hooks = self.make_hooks(o, plan.config.train, torch.Generator())
-        return [with_dense_grads(replace(phase, steps=phase.steps * o["length"]), hooks)]
+    def update_rules(self, options: dict) -> dict:
+        return {}  # Exploration's own: per layer, no regrowth of what was just pruned, ties by position
 
 
 @hookimpl

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sparsebench import SparsebenchError
-from sparsebench.api import ExtractorWeights, FeatureExtractor
+from sparsebench.interfaces import ExtractorWeights, FeatureExtractor
 from sparsebench_builtins.metrics import digits_extractor
 
 INCEPTION = "inception-v3-compat"

@@ -6,8 +6,8 @@ quick preset the offline digits classifier (both registered here, see `extractor
 
 from __future__ import annotations
 
-from sparsebench.api import Metric
 from sparsebench.hookspecs import hookimpl
+from sparsebench.interfaces import Metric
 from sparsebench_builtins.metrics.extractors import DigitsExtractor, InceptionExtractor
 
 

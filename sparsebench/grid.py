@@ -1,5 +1,6 @@
-"""The Python path to what the command line does: the results table as a pandas DataFrame, and a
-grid run in this process (the same code `sparsebench run` and `sparsebench results` use)."""
+"""The Python API, and the one path every grid takes: `Grid.open(request, settings, plugins)` (what
+`sparsebench run` calls with the objects it parsed), `run(...)` (the same from keyword arguments, returning
+its rows), and the results table as a pandas DataFrame (`results`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsebench import SparsebenchError
+from sparsebench import SparsebenchError, defaults
+from sparsebench.config import GridRequest
+from sparsebench.settings import RunSettings
 
 
 def results_frame(store, methods=None):
@@ -45,52 +48,27 @@ def results(store: str | os.PathLike | None = None):
 
 @dataclass
 class Grid:
-    """A grid ready to run: its configs, the runner that trains them and the store they go to."""
+    """A grid ready to run: its configs and the scheduler that runs them on its store."""
 
     configs: list
-    runner: Any
-    store: Any
-    executor: str = "local"
-    jobs: int = 1
-    address: str | None = None
-    leader: bool = True
+    scheduler: Any
+    settings: RunSettings
 
     @classmethod
-    def open(
-        cls,
-        req,
-        plugins,
-        store_path: str | os.PathLike | None = None,
-        device: str = "cpu",
-        inception_weights: str | None = None,
-        progress: bool = True,
-        checkpoint_every: int = 500,
-        retry_failed: bool = False,
-        rerun: bool = False,
-        executor: str = "local",
-        jobs: int = 1,
-        address: str | None = None,
-    ) -> Grid:
-        """Validate the request, open (or create) the store, and prepare data and extractors."""
+    def open(cls, req: GridRequest, settings: RunSettings, plugins) -> Grid:
+        """Validate the request, join torchrun's process group (if any), open (or create) the store, and
+        prepare data and extractors before anything trains."""
         from sparsebench import distributed
         from sparsebench.config import expand_grid
-        from sparsebench.executors import EXECUTORS
         from sparsebench.runner import Runner
-        from sparsebench.store import FollowerStore, RunStore, Store, default_store_path
+        from sparsebench.scheduler import Scheduler
+        from sparsebench.store import Store, default_store_path
 
-        if device not in ("cpu", "cuda"):
-            raise SparsebenchError(f"--device {device!r}: allowed: cpu, cuda")
-        if (executor != "local" or jobs > 1) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if settings.pooled and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SparsebenchError(
                 "under torchrun, use the local executor with --jobs 1 (each rank runs the same grid)"
             )
-        if checkpoint_every < 0:
-            raise SparsebenchError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-        if executor not in EXECUTORS:
-            raise SparsebenchError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-        if jobs < 1:
-            raise SparsebenchError(f"--jobs must be >= 1, got {jobs}")
-        if req.kernels == "sparseprop" and device == "cuda":
+        if req.kernels == "sparseprop" and settings.device == "cuda":
             raise SparsebenchError(
                 "--kernels sparseprop runs SparseProp's CPU kernels and cannot run with --device cuda; "
                 "use --kernels dense on a GPU"
@@ -99,44 +77,43 @@ class Grid:
             from sparsebench.kernels import require_sparseprop
 
             require_sparseprop()
-        device = distributed.init_from_env(device)
+        settings = settings.replace(device=distributed.init_from_env(settings.device))
         configs = expand_grid(req, plugins)  # after joining the process group: its size is in the run ids
         leader = distributed.rank() == 0
-        store: RunStore  # a Store, or under torchrun a FollowerStore on the other ranks
         if leader:
-            store = Store(store_path)
+            store = Store(settings.store)
             distributed.barrier()
         else:  # rank 0 creates the store first; the other ranks only read it
             distributed.barrier()
-            store = FollowerStore(Store(store_path or default_store_path(), readonly=True))
-        runner = Runner(
-            store,
-            plugins,
-            device=device,
-            data_dir=req.data_dir,
-            inception_weights=inception_weights,
-            progress=progress and executor == "local" and jobs == 1 and leader,
-            checkpoint_every=checkpoint_every,
-            retry_failed=retry_failed,
-            rerun=rerun,
-        )
+            store = Store(settings.store or default_store_path(), readonly=True)
+        runner = Runner(plugins, settings.replace(progress=settings.progress and not settings.pooled and leader))
         if leader:  # data and extractor caches are prepared once, before the other ranks read them
-            runner.preflight(configs)
+            runner.resources.preflight(configs, store, settings.rerun)
         distributed.barrier()
-        return cls(configs, runner, store, executor, jobs, address, leader)
+        return cls(configs, Scheduler(store, runner), settings)
+
+    @property
+    def runner(self):
+        return self.scheduler.runner
+
+    @property
+    def store(self):
+        return self.scheduler.store
+
+    @property
+    def leader(self) -> bool:
+        return self.scheduler.leader
+
+    @property
+    def outcomes(self) -> list:
+        """Every run looked at, the runs cells build on included, in order."""
+        return self.scheduler.outcomes
 
     def execute(self, on_start: Callable | None = None, on_done: Callable | None = None) -> list:
         """Run every cell (done ones are skipped, unless rerun); returns the grid's outcomes."""
-        from sparsebench.executors import execute
-
         quiet = lambda *args: None
-        return execute(
+        return self.scheduler.run(
             self.configs,
-            self.runner,
-            self.store,
-            self.executor,
-            self.jobs,
-            self.address,
             on_start if on_start and self.leader else quiet,
             on_done if on_done and self.leader else quiet,
         )
@@ -168,37 +145,37 @@ def expand_methods(methods: str | Iterable[str], plugins) -> list[str]:
 def run(
     methods: str | Iterable[str],
     arch: str,
-    sg: float | Iterable[float] = 0.9,
-    sd: float | Iterable[float] = 0.5,
-    seeds: int | Iterable[int] = 0,
-    preset: str = "quick",
+    sg: float | Iterable[float] = defaults.SG,
+    sd: float | Iterable[float] = defaults.SD,
+    seeds: int | Iterable[int] = defaults.SEED,
+    preset: str = defaults.PRESET,
     steps: int | None = None,
     options: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None,
     store: str | os.PathLike | None = None,
     dataset: str | None = None,
     scope: str | None = None,  # None: each method's own scope (conv unless it declares one)
-    distribution: str = "erk",
-    opt_state: str = "dense",
-    kernels: str = "dense",
-    precision: str = "fp32",
+    distribution: str = defaults.DISTRIBUTION,
+    opt_state: str = defaults.OPT_STATE,
+    kernels: str = defaults.KERNELS,
+    precision: str = defaults.PRECISION,
     compile: bool = False,
     channels_last: bool = False,
     deterministic: bool = False,
-    threads: int = 1,
-    metrics: Iterable[str] = ("fid", "is"),
-    device: str = "cpu",
+    threads: int = defaults.THREADS,
+    metrics: Iterable[str] = defaults.METRICS,
+    device: str = defaults.DEVICE,
     data_dir: str | None = None,
     inception_weights: str | None = None,
-    checkpoint_every: int = 500,
+    checkpoint_every: int = defaults.CHECKPOINT_EVERY,
     retry_failed: bool = False,
     rerun: bool = False,
-    jobs: int = 1,
+    jobs: int = defaults.JOBS,
     progress: bool = False,
     on_start: Callable | None = None,
     on_done: Callable | None = None,
 ):
     """Run a grid in this process as `sparsebench run` does, and return the results rows of its runs
-    (dependencies trained on the way included) as a pandas DataFrame.
+    (the runs they build on, trained on the way, included) as a pandas DataFrame.
 
     `methods` and the grid axes take one value or a list; `options` maps a plugin to its options
     ({"stugan": {"explore": "gd"}}) or lists "PLUGIN.NAME=VALUE" strings, as `-o` does. `precision`
@@ -207,7 +184,6 @@ def run(
     threads each run trains with (part of the run id when not 1, as `--threads`). Progress:
     `on_start(config, i, total)` before each cell, `on_done(config, outcome)` after it.
     """
-    from sparsebench.config import GridRequest
     from sparsebench.options import parse_option_strings
     from sparsebench.plugins import get_plugins
 
@@ -238,22 +214,21 @@ def run(
         deterministic=deterministic,
         options=parsed,
         metrics=tuple(_items(metrics)),
-        data_dir=data_dir,
     )
-    grid = Grid.open(
-        req,
-        plugins,
-        store,
+    settings = RunSettings(
+        store=None if store is None else str(store),
         device=device,
+        data_dir=data_dir,
         inception_weights=inception_weights,
-        progress=progress,
         checkpoint_every=checkpoint_every,
         retry_failed=retry_failed,
         rerun=rerun,
+        progress=progress,
         jobs=jobs,
     )
+    grid = Grid.open(req, settings, plugins)
     grid.execute(on_start, on_done)
-    order = {o.run_id: i for i, o in enumerate(grid.runner.outcomes)}
+    order = {o.run_id: i for i, o in enumerate(grid.outcomes)}
     df = results(Path(grid.store.path))
     df = df[df["run_id"].isin(order)]
     return df.sort_values("run_id", key=lambda ids: ids.map(order)).reset_index(drop=True)

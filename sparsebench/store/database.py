@@ -1,14 +1,12 @@
-"""The results store: one SQLite file (WAL mode, versioned schema) holding every run.
+"""The results store's database: one SQLite file (WAL mode, versioned schema) holding every run, its logged
+statistics and its outcome.
 
-Each write is one short transaction, so several `sparsebench run` processes can share a store.
-A process trains a cell only after claiming it: the claim names its owner and carries a lease that
-the owner's heartbeat renews, so no two processes train one cell; a claim whose owner died (same
-host, process gone) or whose lease expired is taken over and the run resumes from its checkpoint.
-Status changes are guarded: only the owner of a `running` row can finish it, so a late failure never
-replaces `done`. Model weights, checkpoints and samples live beside the database in the store's own
-artifacts folder, `<store-stem>-artifacts/<run_id>/`, named in its metadata (`artifacts_dir`), so two
-stores in one folder never share a file; a store made before that keeps the `artifacts/` folder its runs
-were saved in.
+Each write is one short transaction, so several `sparsebench run` processes can share a store. Status
+changes are guarded: only the owner of a `running` row can finish it, so a late failure never replaces
+`done` (who owns a row is `sparsebench.store.claims`' business). Model weights, checkpoints and samples live
+beside the database in the store's own artifacts folder, `<store-stem>-artifacts/<run_id>/`, named in its
+metadata (`artifacts_dir`), so two stores in one folder never share a file; a store made before that keeps
+the `artifacts/` folder its runs were saved in.
 """
 
 from __future__ import annotations
@@ -16,141 +14,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import sqlite3
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from sparsebench import SparsebenchError
-from sparsebench.cells import cell_id, settings
+from sparsebench import SparsebenchError, balance
+from sparsebench.balance import without_stale
 from sparsebench.config import check_run_id
 
 log = logging.getLogger("sparsebench.store")
 
 SCHEMA_VERSION = 2
-LEASE_S = 300.0  # a claim not renewed for this long is stale (its owner is taken as gone)
-HEARTBEAT_S = 30.0
 DEFAULT_STORE = "sparsebench-results/results.db"
 STATUSES = ("running", "done", "failed", "diverged")
-
-RESULT_COLUMNS = [
-    "run_id",
-    "method",
-    "arch",
-    "dataset",
-    "preset",
-    "sg",
-    "sd",
-    "seed",
-    "status",
-    "density_g",
-    "density_d",
-    "fid",
-    "is_mean",
-    "is_std",
-    "train_flops",
-    "test_flops",
-    "train_flops_rel",
-    "test_flops_rel",
-    "wall_s",
-]
-# The core's own further columns; a method's own results follow them as it declares (`Method.result_columns`).
-EXTRA_COLUMNS = [
-    "kid_mean",
-    "kid_std",
-    "precision",
-    "recall",
-    "fid_floor",
-    "fid_floor_inf",
-    "fid_floor_method",
-    "exploration_rate",
-    "scope",
-    "opt_state",
-    "eval_weights",
-    "extractor",
-    "extractor_accuracy",
-    "data_hash",
-    "extractor_hash",
-    "eval_samples",
-    "steps",
-    "diverged_step",
-    "interrupted_step",
-    "variant",
-    "balance_ratio",
-    "balance_ratio_last10",
-    "train_s_per_step",
-    "infer_ms_per_image",
-    "threads",
-    "machine",
-    "load_per_core",
-    "kernels",
-    "kernel_layers",
-    "kernel_layers_sampling",
-    "code",
-    "cell",
-    "settings",
-    "error",
-]
-INT_COLUMNS = ["seed", "eval_samples", "steps", "diverged_step", "interrupted_step", "threads"]
-# Last column: a run's other results as a JSON object, so that no stored key goes unseen (a method no longer
-# installed, a key no column names). Per-layer densities and tracebacks stay with `sparsebench show`.
-OTHER_COLUMN = "other"
-DETAIL_KEYS = ("g_layer_density", "traceback")
-
-
-# The balance-ratio estimator a run was measured with is recorded in its env; values stored by another
-# one (before "batch-means": a mean of per-image ratios, biased towards 0) are not shown as results.
-BALANCE_RATIO_ESTIMATOR = "batch-means"
-RATIO_KEYS = ("balance_ratio", "balance_ratio_last10")
-
-
-def current_ratio(env: dict) -> bool:
-    """Whether a run's stored balance ratios come from this version's estimator."""
-    return env.get("balance_ratio_estimator") == BALANCE_RATIO_ESTIMATOR
-
-
-def _results(results_json: str, env: dict) -> dict:
-    results = json.loads(results_json)
-    if not current_ratio(env):
-        for key in RATIO_KEYS:
-            results.pop(key, None)
-    return results
-
-
-def machine_label(env: dict) -> str | None:
-    """Where a run's times were measured: the GPU, else the CPU model with its core count (else the host)."""
-    if env.get("gpu"):
-        return str(env["gpu"])
-    if env.get("cpu"):
-        return f"{env['cpu']}, {env.get('cpus', '?')} cores"
-    return env.get("host")
-
-
-def method_columns(methods: Iterable[Any]) -> list[str]:
-    """The result columns `methods` declare, in table order, each once and none of the core's."""
-    core = set(RESULT_COLUMNS + EXTRA_COLUMNS + [OTHER_COLUMN])
-    ordered = sorted(methods, key=lambda m: (getattr(m, "order", float("inf")), getattr(m, "name", "")))
-    return list(dict.fromkeys(c for m in ordered for c in getattr(m, "result_columns", ()) if c not in core))
-
-
-def table_columns(declared: Iterable[str] = ()) -> list[str]:
-    """The columns of `Store.results_table`: RESULT_COLUMNS, EXTRA_COLUMNS, the `declared` ones, OTHER_COLUMN."""
-    return RESULT_COLUMNS + EXTRA_COLUMNS + list(declared) + [OTHER_COLUMN]
-
-
-def int_columns(table: list[dict], declared: Iterable[str] = ()) -> list[str]:
-    """INT_COLUMNS and the `declared` columns whose every stored value is an integer (shown as 3, not 3.0)."""
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    return INT_COLUMNS + [
-        c
-        for c in declared
-        if any(row[c] is not None for row in table) and all(row[c] is None or is_int(row[c]) for row in table)
-    ]
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -175,70 +53,6 @@ TABLES = {"meta", "runs", "stats"}
 HINT = "pass --store PATH or set SPARSEBENCH_STORE"
 
 
-def process_owner() -> str:
-    """This process's claim owner: host, pid and a token that is new in every process."""
-    return f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _alive(owner: str) -> bool:
-    """False when `owner` ran on this host and its process is gone; True when we cannot tell."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != platform.node() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def decide(row: tuple | None, owner: str, retry_failed: bool, now: float, rerun: bool = False) -> str:
-    """What a process may do with a cell whose row is (status, owner, lease_until), or None when absent.
-
-    "rerun": a finished cell is held for training again while its stored outcome stays in place.
-    """
-    if row is None:
-        return "claimed"
-    status, holder, lease = row
-    if rerun and status != "running":
-        decision = "rerun"
-    elif status == "done":
-        return "done"
-    elif status in ("failed", "diverged") and not retry_failed:
-        return status
-    else:
-        decision = "claimed"
-    if holder and holder != owner and (lease or 0) > now and _alive(holder):  # a live claim (a rerun's too)
-        return "taken"
-    return decision
-
-
-class Heartbeat(threading.Thread):
-    """Renews the leases of one owner's claims on its own connection, until the process ends."""
-
-    def __init__(self, path: Path, owner: str):
-        super().__init__(daemon=True, name="sparsebench-heartbeat")
-        self.path, self.owner = path, owner
-
-    def run(self) -> None:  # pragma: no cover - timing-dependent; covered by the lease tests via renew()
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        while True:
-            time.sleep(HEARTBEAT_S)
-            try:
-                renew(conn, self.owner)
-            except sqlite3.Error as exc:
-                log.warning("could not renew the claims of this process: %s", exc)
-
-
-def renew(conn: sqlite3.Connection, owner: str) -> int:
-    """Extend every claim of `owner` by LEASE_S from now; returns how many."""
-    with conn:
-        return conn.execute("UPDATE runs SET lease_until = ? WHERE owner = ?", (time.time() + LEASE_S, owner)).rowcount
-
-
 def default_store_path() -> Path:
     return Path(os.environ.get("SPARSEBENCH_STORE") or DEFAULT_STORE)
 
@@ -246,41 +60,6 @@ def default_store_path() -> Path:
 def _insert_stats(conn: sqlite3.Connection, run_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
     """Logged (step, key, value) rows of a run; a row logged again at its step replaces the old one."""
     conn.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", [(run_id, s, k, v) for s, k, v in rows])
-
-
-@runtime_checkable
-class RunStore(Protocol):
-    """What a Runner reads and writes of a results store. Three stores provide it: `Store` (the SQLite
-    file), the snapshot a `--jobs` worker records its writes in for the driver to make
-    (`executors.RecordingStore`), and the read-through view of a non-zero rank under torchrun, whose
-    writes rank 0 makes (`FollowerStore`)."""
-
-    path: Path
-
-    def run_dir(self, run_id: str) -> Path: ...  # where a run's checkpoints and weights live (created)
-    def get(self, run_id: str) -> dict | None: ...
-    def status(self, run_id: str) -> str | None: ...
-    def holder(self, run_id: str) -> str | None: ...  # the owner of a live claim
-    def holds(self, run_id: str, owner: str) -> bool: ...  # whether `owner` still holds its claim on the run
-
-    def claim(
-        self, config: Any, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False
-    ) -> str: ...  # "claimed", "rerun", "done", "failed", "diverged" or "taken"
-
-    def keep_alive(self, owner: str) -> None: ...  # renew `owner`'s claims while it trains
-    def finish_run(
-        self,
-        run_id: str,
-        status: str,
-        results: dict,
-        wall_s: float | None,
-        owner: str,
-        env: dict | None = None,
-        stats: list | None = None,
-    ) -> bool: ...  # env, stats: a rerun's, replacing the old outcome's
-    def release(self, run_id: str, owner: str) -> None: ...  # give a claim up, leaving the stored row
-    def remove_checkpoints(self, run_id: str) -> None: ...
-    def log_stats(self, run_id: str, rows: list) -> None: ...
 
 
 ARTIFACTS_KEY = "artifacts_dir"  # meta key: the store's artifacts folder, a name beside the database
@@ -308,9 +87,10 @@ class ArtifactPaths:
         return d
 
 
-class Store(ArtifactPaths):
-    """A results store at `path`: created on first use, or opened `readonly` (then it must exist, and
-    neither it nor its folder is changed)."""
+class Database(ArtifactPaths):
+    """The SQLite file of a results store at `path`: created on first use, or opened `readonly` (then it must
+    exist, and neither it nor its folder is changed). Its runs' rows, logged statistics and outcomes; claims
+    are `sparsebench.store.claims`'."""
 
     def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
@@ -485,63 +265,6 @@ class Store(ArtifactPaths):
     def _write(self, sql: str, params: Iterable[Any] = ()) -> int:
         return self._transaction(lambda conn: conn.execute(sql, tuple(params)).rowcount)
 
-    def claim(self, config, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
-        """Take the cell of `config` for `owner`, atomically.
-
-        Returns "claimed" (the caller trains it now), "done", "failed" or "diverged" (stored before,
-        left alone), "taken" (another live process holds it), or, with `rerun`, "rerun" for a finished
-        cell: held by `owner` under its stored status and results until the new outcome replaces them.
-        """
-
-        def body(conn: sqlite3.Connection) -> str:
-            now = time.time()
-            row = conn.execute(
-                "SELECT status, owner, lease_until FROM runs WHERE run_id = ?", (config.run_id,)
-            ).fetchone()
-            decision = decide(row, owner, retry_failed, now, rerun)
-            if decision == "rerun":  # the stored outcome keeps its env until the rerun's replaces both
-                conn.execute(
-                    "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
-                    (owner, now + LEASE_S, config.run_id),
-                )
-            if decision != "claimed":
-                return decision
-            conn.execute(
-                """INSERT INTO runs (run_id, method, arch, dataset, preset, sg, sd, seed, status, config,
-                                     results, env, created_at, updated_at, owner, lease_until)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?)
-                   ON CONFLICT(run_id) DO UPDATE SET status = 'running', env = excluded.env,
-                       updated_at = excluded.updated_at, owner = excluded.owner,
-                       lease_until = excluded.lease_until""",
-                (
-                    config.run_id,
-                    config.method,
-                    config.arch,
-                    config.dataset,
-                    config.preset,
-                    config.sg,
-                    config.sd,
-                    config.seed,
-                    json.dumps(config.to_dict(), sort_keys=True),
-                    json.dumps(env),
-                    now,
-                    now,
-                    owner,
-                    now + LEASE_S,
-                ),
-            )
-            return "claimed"
-
-        return self._transaction(body)
-
-    def holder(self, run_id: str) -> str | None:
-        row = self.conn.execute("SELECT owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return row[0] if row else None
-
-    def holds(self, run_id: str, owner: str) -> bool:
-        """Whether `owner`'s claim on the run stands (a process paused past its lease may have lost it)."""
-        return self.holder(run_id) == owner
-
     def update_env(self, run_id: str, env: dict, owner: str) -> None:
         self._write("UPDATE runs SET env = ? WHERE run_id = ? AND owner = ?", (json.dumps(env), run_id, owner))
 
@@ -610,12 +333,6 @@ class Store(ArtifactPaths):
 
         self._transaction(body)
 
-    def keep_alive(self, owner: str) -> None:
-        """Renew `owner`'s leases every HEARTBEAT_S seconds from a background thread (started once)."""
-        if getattr(self, "_heartbeat", None) is None:
-            self._heartbeat = Heartbeat(self.path, owner)
-            self._heartbeat.start()
-
     def remove_checkpoints(self, run_id: str) -> None:
         """A finished run's phase checkpoints are spent: delete them (after its row is committed)."""
         for path in (self.artifacts_dir / check_run_id(run_id)).glob("checkpoint-*.pt"):
@@ -638,7 +355,7 @@ class Store(ArtifactPaths):
             "run_id": row[0],
             "status": row[1],
             "config": json.loads(row[2]),
-            "results": _results(row[3], env),
+            "results": without_stale(json.loads(row[3]), env),
             "env": env,
             "wall_s": row[5],
         }
@@ -677,7 +394,7 @@ class Store(ArtifactPaths):
         if keys is not None and "balance_ratio" not in keys:
             return rows
         envs = self.conn.execute("SELECT run_id, env FROM runs").fetchall()
-        current = {run_id for run_id, env in envs if current_ratio(json.loads(env or "{}"))}
+        current = {run_id for run_id, env in envs if balance.current(json.loads(env or "{}"))}
         return [r for r in rows if r[2] != "balance_ratio" or r[0] in current]
 
     def last_change(self) -> float | None:
@@ -705,7 +422,7 @@ class Store(ArtifactPaths):
                     "sd": r[6],
                     "seed": r[7],
                     "status": r[8],
-                    "results": _results(r[9], env),
+                    "results": without_stale(json.loads(r[9]), env),
                     "wall_s": r[10],
                     "config": json.loads(r[11]),
                     "env": env,
@@ -715,80 +432,6 @@ class Store(ArtifactPaths):
 
     def results_table(self, declared: Iterable[str] = ()) -> list[dict]:
         """The flat results table: one row per run with the keys `table_columns(declared)`."""
-        columns = table_columns(declared)
-        named = set(columns) | set(DETAIL_KEYS)
-        table = []
-        for run in self.all_runs():
-            res = run["results"]
-            row: dict[str, Any] = {c: None for c in columns}
-            row.update(
-                {
-                    k: run[k]
-                    for k in ("run_id", "method", "arch", "dataset", "preset", "sg", "sd", "seed", "status", "wall_s")
-                }
-            )
-            for key in columns:
-                if key in res and key not in ("run_id", "status", "wall_s", OTHER_COLUMN):
-                    row[key] = res[key]
-            row["steps"] = run["config"]["train"]["steps"]
-            row["scope"] = run["config"].get("scope")
-            row["opt_state"] = run["config"].get("opt_state", "zero")  # stored before the choice existed: zero
-            other = {k: v for k, v in res.items() if k not in named}
-            row[OTHER_COLUMN] = json.dumps(other, sort_keys=True, default=str) if other else None
-            row["kernels"] = run["config"].get("kernels", "dense")
-            row["machine"] = machine_label(run.get("env") or {})
-            row["code"] = ",".join(f"{k}={v}" for k, v in sorted(run["config"].get("code", {}).items())) or None
-            row["cell"] = cell_id(run["config"])  # runs share a table cell only when this is equal
-            row["settings"] = json.dumps(settings(run["config"]), sort_keys=True, default=str)
-            table.append(row)
-        return table
+        from sparsebench.store.table import results_table
 
-
-class FollowerStore(ArtifactPaths):
-    """Reads through to a store; writes are dropped (rank 0 writes and claims for the whole group)."""
-
-    def __init__(self, store: Store):
-        self._store = store
-        self.path = store.path
-
-    def __getattr__(self, name: str) -> Any:  # every other read (results tables, stats) goes through
-        return getattr(self._store, name)
-
-    def get(self, run_id: str) -> dict | None:
-        return self._store.get(run_id)
-
-    def status(self, run_id: str) -> str | None:
-        return self._store.status(run_id)
-
-    def holder(self, run_id: str) -> str | None:
-        return self._store.holder(run_id)
-
-    def claim(self, config, env: dict, owner: str, retry_failed: bool = False, rerun: bool = False) -> str:
-        return "claimed"  # a placeholder: the runner takes rank 0's decision
-
-    def holds(self, run_id: str, owner: str) -> bool:
-        return True  # rank 0 holds the claim for the group
-
-    def keep_alive(self, owner: str) -> None:
-        pass
-
-    def finish_run(
-        self,
-        run_id: str,
-        status: str,
-        results: dict,
-        wall_s: float | None,
-        owner: str,
-        env: dict | None = None,
-        stats: list | None = None,
-    ) -> bool:
-        return True
-
-    def release(self, run_id: str, owner: str) -> None:
-        pass
-
-    def remove_checkpoints(self, run_id: str) -> None:
-        pass
-
-    def log_stats(self, run_id: str, rows: list) -> None:
-        pass
+        return results_table(self.all_runs(), declared)

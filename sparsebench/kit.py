@@ -1,46 +1,66 @@
-"""Dynamic sparse training: the topology-update loop hooks every prune-and-regrow method shares.
+"""The method kit: what sparse-GAN methods share, so that a method names only what makes it different.
 
-`TopologyUpdate` owns what must be right once for all of them: the schedule (every `interval` G
-steps, a cosine-decayed fraction, counted in G steps), capturing the dense gradients of the current
-minibatch when a score needs them (G's after its backward, D's after its last backward of the G
-step), the optimizer-state policy and the SEMA notification on each update, the FLOP recount (the
-loop recounts the step cost when `after_g_step` returns True), checkpointing of its counter and
-random stream, and its logged statistics. A subclass says only how it scores what to drop and what
-to grow, whether one ranking spans all layers (`per_layer = False`), whether a weight just pruned may be
-regrown in the same update (`regrow_pruned`) and whether RigL's noise breaks ties between equal
-magnitudes (`drop_noise`). The defaults are SET's scores (drop the smallest |w|, grow at random) with
-STU-GAN's rules (per layer, no regrowth of what was just pruned, ties by position).
-
-`DynamicSparseMethod` is the method around such hooks (ERK masks on G and D, the options, the
-run), so that a method of this family names only its hooks class (see the `set` and `rigl` methods). It
-runs them as ADAPT's SDST scripts do (`scripts/SDST.sh`): one global ranking (`global_magnitude` removal,
-`global_gradient` regrowth), a cosine-decayed drop fraction from 0.5 with a floor of 0.005 (the
-reference's `CosineDecay`), a just-pruned weight may be regrown, and ties are broken as RigL does.
+- `SparseGANMethod`: sparse G and D from the run's masks (the G / D mask pair built in one place) and the
+  method's options resolved against their defaults.
+- `TopologyUpdate`: the `Callbacks` every prune-and-regrow method shares. It owns what must be right once for
+  all of them: the schedule (every `interval` G steps, a cosine-decayed fraction, counted in G steps),
+  capturing the dense gradients of the current minibatch when a score needs them (G's after its backward,
+  D's after its last backward of the G step), the optimizer-state policy and the SEMA notification on each
+  update, the FLOP recount (the loop recounts the step cost when `after_g_step` returns True),
+  checkpointing of its counter and random stream, and its logged statistics. A subclass says only how it
+  scores what to drop and what to grow, whether one ranking spans all layers (`per_layer = False`), whether
+  a weight just pruned may be regrown in the same update (`regrow_pruned`) and whether RigL's noise breaks
+  ties between equal magnitudes (`drop_noise`). The defaults are SET's scores (drop the smallest |w|, grow
+  at random) with STU-GAN's rules (per layer, no regrowth of what was just pruned, ties by position).
+  `GradientGrowth` grows where the dense gradient is largest (RigL).
+- `DynamicSparseMethod`: the method around such callbacks. By default it runs them as ADAPT's SDST scripts
+  do (`scripts/SDST.sh`): one global ranking, a cosine-decayed drop fraction from 0.5 with a floor of 0.005
+  (the reference's `CosineDecay`), a just-pruned weight may be regrown, and ties are broken as RigL does; a
+  subclass names its callbacks class (`callbacks_class`) and overrides what differs (STU-GAN: its networks
+  option, a length multiplier and its own update rules).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 
-from sparsebench.api import Method, Phase
+from sparsebench.interfaces import Callbacks, GANState, Method, Phase
 from sparsebench.options import Option
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.topology import (
     RIGL_DROP_NOISE,
     CosineSchedule,
+    gradient_magnitude,
     magnitude,
     noisy_magnitude,
     random_scores,
     update_topology,
 )
-from sparsebench.train.loop import GANState, Hooks
 
 NETWORKS = ("g", "d", "gd")
 
 
-class TopologyUpdate(Hooks):
+def resolved_options(method: Method, config: Any) -> dict[str, Any]:
+    """The method's options of a run: its declared defaults, overridden by the run's `method_options`."""
+    return {o.name: o.default for o in method.options} | dict(config.method_options)
+
+
+class SparseGANMethod(Method):
+    """A method whose G and D start sparse from the run's masks (s_G, s_D over the run's scope)."""
+
+    def sparse_state(self, ctx) -> GANState:
+        """G and D as the run builds them, masked at s_G and s_D (each from its own random stream), with fresh
+        optimizers and (S)EMA."""
+        G, D = ctx.build_models()
+        return ctx.state(
+            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
+        )
+
+
+class TopologyUpdate(Callbacks):
     """Prune-and-regrow on the networks in `networks` ("g", "d" or "gd") every `interval` G steps."""
 
     per_layer = True  # False: one global ranking per network (densities move between layers)
@@ -148,11 +168,21 @@ class TopologyUpdate(Hooks):
         return out
 
 
-def with_dense_grads(phase: Phase, hooks: Hooks) -> Phase:
-    """`phase` with the steps whose backward computes dense weight gradients, as `hooks` will ask for them
-    (`Hooks.dense_weight_grads`, counted over the phase's steps 1..steps): the FLOP plan of a method whose
+class GradientGrowth(TopologyUpdate):
+    """RigL's growth: the inactive weights with the largest dense gradient of the minibatch."""
+
+    def uses_gradients(self, net: str) -> bool:
+        return True
+
+    def grow_score(self, net, masks, grads):
+        return gradient_magnitude(grads)
+
+
+def with_dense_grads(phase: Phase, callbacks: Callbacks) -> Phase:
+    """`phase` with the steps whose backward computes dense weight gradients, as `callbacks` will ask for them
+    (`Callbacks.dense_weight_grads`, counted over the phase's steps 1..steps): the FLOP plan of a method whose
     scores read gradients, counted by the same rule as its trained runs."""
-    asked = [hooks.dense_weight_grads(t) for t in range(1, phase.steps + 1)]
+    asked = [callbacks.dense_weight_grads(t) for t in range(1, phase.steps + 1)]
     return replace(
         phase,
         g_dense_grad_steps=sum("g" in nets for nets in asked),
@@ -160,12 +190,12 @@ def with_dense_grads(phase: Phase, hooks: Hooks) -> Phase:
     )
 
 
-class DynamicSparseMethod(Method):
-    """Sparse G and D from ERK masks (as STU-GAN), trained with the topology updates of `hooks`; evaluated
+class DynamicSparseMethod(SparseGANMethod):
+    """Sparse G and D from the run's masks, trained with the topology updates of `callbacks_class`; evaluated
     through SEMA. Per-layer updates keep the FLOPs of the initial masks; global ones move density between
     layers, and the training FLOPs follow the densities step by step."""
 
-    hooks: type[TopologyUpdate] = TopologyUpdate
+    callbacks_class: type[TopologyUpdate] = TopologyUpdate
     reference = "dense"
     result_columns = ("topology_updates", "delta_t")
     options = (
@@ -184,32 +214,42 @@ class DynamicSparseMethod(Method):
         ),
     )
 
-    def make_hooks(self, options: dict, spec, generator: torch.Generator) -> TopologyUpdate:
+    # -- what a subclass overrides ---------------------------------------------------------------
+    def networks(self, options: dict) -> str:
+        """The networks whose connectivity is updated."""
+        return options["update"]
+
+    def length(self, options: dict) -> int:
+        """The training length as a multiple of the preset's steps."""
+        return 1
+
+    def update_rules(self, options: dict) -> dict[str, Any]:
+        """`TopologyUpdate`'s rules (per_layer, regrow_pruned, drop_noise): ADAPT's SDST's by default."""
+        return {"per_layer": options["ranking"] == "layer", "regrow_pruned": True, "drop_noise": RIGL_DROP_NOISE}
+
+    # -- the shared run and FLOP plan -----------------------------------------------------------
+    def make_callbacks(self, options: dict, config: Any, generator: torch.Generator) -> TopologyUpdate:
         """The topology updates of a run with these options: what `run` trains with and `flop_phases` counts."""
-        return self.hooks(
-            options["update"],
+        cls = getattr(self, "hooks", None) or self.callbacks_class  # `hooks`: the deprecated name of the attribute
+        spec = config.train
+        return cls(
+            self.networks(options),
             options["delta_t"] or spec.explore_interval,
-            CosineSchedule(options["p0"], options["p_min"], spec.steps),
+            CosineSchedule(options["p0"], options["p_min"], spec.steps * self.length(options)),
             generator,
-            per_layer=options["ranking"] == "layer",
-            regrow_pruned=True,
-            drop_noise=RIGL_DROP_NOISE,
+            **self.update_rules(options),
         )
 
     def run(self, ctx) -> None:
-        G, D = ctx.build_models()
-        state = ctx.state(
-            G, D, ctx.masks(G, ctx.config.sg, stream="g-masks"), ctx.masks(D, ctx.config.sd, stream="d-masks")
-        )
-        hooks = self.make_hooks(ctx.options, ctx.spec, ctx.rng("explore"))
-        ctx.train(state, hooks=hooks)
-        ctx.finish(state, eval_weights="sema", topology_updates=hooks.updates, delta_t=hooks.interval)
+        state = self.sparse_state(ctx)
+        callbacks = self.make_callbacks(ctx.options, ctx.config, ctx.rng("explore"))
+        ctx.train(state, callbacks.schedule.total, callbacks)
+        ctx.finish(state, eval_weights="sema", topology_updates=callbacks.updates, delta_t=callbacks.interval)
 
     def flop_phases(self, plan) -> list:
-        """The initial densities (a global ranking moves them during the run; its trained FLOPs follow them),
-        and the regrowth steps that read dense gradients."""
+        """The initial densities (a global ranking moves them during the run; its trained FLOPs follow them)
+        over the run's length, and the steps whose scores read dense gradients."""
         (phase,) = super().flop_phases(plan)
         assert isinstance(phase, Phase)  # the default plan is one phase
-        options = {o.name: o.default for o in self.options} | dict(plan.config.method_options)
-        hooks = self.make_hooks(options, plan.config.train, torch.Generator())
-        return [with_dense_grads(phase, hooks)]
+        callbacks = self.make_callbacks(plan.options, plan.config, torch.Generator())
+        return [with_dense_grads(replace(phase, steps=callbacks.schedule.total), callbacks)]
