@@ -98,6 +98,29 @@ store_option = click.option(
 )
 
 
+study_option = click.option(
+    "--study",
+    "studies",
+    multiple=True,
+    metavar="FILE",
+    help="a declared study (TOML) whose comparisons are confirmatory (repeatable; default: studies/*.toml beside "
+    "the store)",
+)
+
+
+def _studies(paths: tuple[str, ...], store_path: str | None) -> list:
+    """The declared studies: those named, else every studies/*.toml beside the store."""
+    from pathlib import Path
+
+    from sparsebench.analysis.study import load_studies, load_study
+    from sparsebench.store import default_store_path
+
+    if paths:
+        return [load_study(p) for p in paths]
+    folder = Path(store_path or default_store_path()).parent / "studies"
+    return load_studies(folder) if folder.is_dir() else []
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sparsebench")
 @click.option("-v", "--verbose", is_flag=True, help="log what happens (FLOP counting, plugin loading)")
@@ -426,16 +449,19 @@ def show(run_id, store_path):
 
 @cli.command()
 @click.option("--format", "fmt", default="csv", show_default=True, help="csv or json")
+@study_option
 @store_option
-def results(fmt, store_path):
+def results(fmt, studies, store_path):
     """Dump the flat results table, one row per run.
 
     Columns: the core's, then the result columns the installed methods declare, then "other": any further
     stored results of the run as a JSON object.
 
-    JSON is an object: "runs" (one record per run) and "cells" (one per Table 1 cell: FID / IS over the
-    seeds done, the FID difference to the reference method with its 95 % Welch interval, and the cell's
-    training FLOPs relative to the reference's).
+    JSON is an object: "runs" (one record per run), "cells" (one per table cell: its FID over the seeds done as
+    a geometric mean with its interval, median and collapsed runs, and its comparison with its method's
+    reference: the FID ratio with its 95 % interval, the test and its pairs, the verdict, whether it is
+    confirmatory), "studies" (each declared study's comparisons) and "planning" (the seeds per arm a 20 %
+    ratio needs, per arch).
     """
     from sparsebench.grid import results_frame
     from sparsebench.store import OTHER_COLUMN
@@ -451,13 +477,13 @@ def results(fmt, store_path):
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
         return
-    from sparsebench.report.tables import cell_aggregates
+    from sparsebench.analysis.comparisons import analyse, json_ready
 
-    cells = cell_aggregates(df, methods) if not df.empty else []
+    analysis = json_ready(analyse(df, methods, studies=_studies(studies, store_path)))
     runs = json.loads(df.to_json(orient="records"))
     for run in runs:
         run[OTHER_COLUMN] = json.loads(run[OTHER_COLUMN]) if run[OTHER_COLUMN] else None
-    click.echo(json.dumps({"runs": runs, "cells": cells}, indent=2))
+    click.echo(json.dumps({"runs": runs, **analysis}, indent=2))
 
 
 def main():
@@ -674,15 +700,17 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
 @click.option("--preset", default=None, help="only this preset")
 @click.option("--no-samples", is_flag=True, help="skip the per-run sample grids")
 @convention_option
+@study_option
 @store_option
-def report(fmt, out, name, arch, method, preset, no_samples, convention, store_path):
-    """Turn the results store into the paper's tables (Markdown, LaTeX), plots and sample grids."""
+def report(fmt, out, name, arch, method, preset, no_samples, convention, studies, store_path):
+    """Turn the results store into the paper's tables (Markdown, LaTeX), comparisons, plots and sample grids."""
     from pathlib import Path
 
     from sparsebench.flop_conventions import check_convention
     from sparsebench.report.build import build_report, default_command
 
     check_convention(convention)
+    declared = _studies(studies, store_path)
     store = _store(store_path, readonly=True)
     target = Path(out) if out else Path("reports") / (name or preset or "all")
     try:
@@ -697,6 +725,7 @@ def report(fmt, out, name, arch, method, preset, no_samples, convention, store_p
             command=default_command(),
             convention=convention,
             methods=_plugins().methods,
+            studies=declared,
         )
     finally:
         store.close()

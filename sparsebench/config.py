@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparsebench import SparsebenchError, defaults
+from sparsebench import SparsebenchError, compat, defaults
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
 
 SCOPES = ("conv", "conv+linear", "weights")
@@ -101,19 +101,6 @@ def min_steps_for_score(spec: TrainSpec) -> int:
     while curve_points(dataclasses.replace(spec, steps=steps)) < spec.score_last:
         steps += 1
     return steps
-
-
-# TrainSpec fields added after runs were stored: left out of the run id at their defaults, so that
-# those runs keep their ids.
-LATER_TRAIN_FIELDS: dict[str, Any] = {
-    "lr_decay_start": 1.0,
-    "eval_every": 0,
-    "eval_from": 2 / 3,
-    "score_last": 1,
-    "d_joint_forward": False,
-}
-# Opt-in speed modes (sparsebench.train.speed), in the run id only when on: default runs keep their ids.
-SPEED_DEFAULTS: dict[str, Any] = {"precision": "fp32", "compile": False, "channels_last": False, "deterministic": False}
 
 
 @dataclass(frozen=True)
@@ -212,19 +199,7 @@ class RunConfig:
         for key in ("method_options", "arch_options", "dataset_options", "code"):
             d[key] = dict(getattr(self, key))
         d["metrics"] = list(self.metrics)
-        if d["kernels"] == "dense":  # runs from before the backend existed keep their ids
-            del d["kernels"]
-        for name, default in SPEED_DEFAULTS.items():  # and runs in the default, faithful mode
-            if d[name] == default:
-                del d[name]
-        if d["threads"] == 1:  # likewise runs from before the thread count was fixed per run
-            del d["threads"]
-        if d["world_size"] == 1:  # and runs in one process
-            del d["world_size"]
-        for name, default in LATER_TRAIN_FIELDS.items():  # likewise runs from before these settings existed
-            if d["train"][name] == default:
-                del d["train"][name]
-        return d
+        return compat.for_run_id(d)  # fields added later, at their defaults, are left out: old runs keep their ids
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:

@@ -85,6 +85,7 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     if "frechet_inception_distance" in floor:
         res["fid_floor"] = floor["frechet_inception_distance"]
         res["fid_floor_inf"] = floor["fid_inf"]
+        res["fid_floor_se"] = floor["se"]
         res["fid_floor_method"] = floor["description"]
     res["eval_weights"] = evaluated_weights(st, ctx.info.pop("eval_weights", "ema"))
     res["extractor"] = config.train.extractor

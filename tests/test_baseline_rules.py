@@ -13,13 +13,13 @@ from conftest import loop as train
 from torch import nn
 
 from sparsebench import balance
+from sparsebench.analysis.cells import MethodInfo, labels
 from sparsebench.balance import BalanceProbe
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.flops import count_model
 from sparsebench.interfaces import Callbacks as Hooks
 from sparsebench.interfaces import GANState
 from sparsebench.kit import TopologyUpdate
-from sparsebench.report.tables import MethodInfo, labels
 from sparsebench.sparse import CosineSchedule, MaskState, scope_parameters
 from sparsebench.sparse.topology import gradient_magnitude, magnitude, noisy_magnitude, update_topology
 from sparsebench_builtins.methods import adapt

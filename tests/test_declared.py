@@ -193,9 +193,9 @@ def test_plugin_method_shows_its_title_reference_and_columns(tmp_path, site, plu
     )
     t1 = (out / "table1.md").read_text()
     assert "My Sparse GAN" in t1 and "my-sparse" not in t1
-    assert r"Δ vs Static Sparse GAN -20.00 \[-22.27, -17.73\]" in t1  # its declared reference, Welch interval
-    assert "My Sparse GAN: Static Sparse GAN" in t1  # and the caption says so
     assert t1.index("Static Sparse GAN |") < t1.index("My Sparse GAN |")  # order 65: after static (60)
+    compared = (out / "comparisons.md").read_text()
+    assert "| My Sparse GAN | sngan | 90 | 50 | Static Sparse GAN | paired t (log), 3 pairs |" in compared
 
     cells = json.loads(
         run_cli("results", "--store", str(db), "--format", "json", env=with_plugin(site), check=True).stdout

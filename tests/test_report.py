@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 
 import pytest
 from conftest import run_cli
 
+from sparsebench.analysis.comparisons import analyse
 from sparsebench.config import GridRequest, expand_grid
+from sparsebench.report import tables
 from sparsebench.report.build import _floor_lines, _frame
 from sparsebench.report.render import latex, latex_escape, markdown
-from sparsebench.report.tables import cell_aggregates, quality_table, welch_interval
 from sparsebench.store import Store
 
 
@@ -82,10 +84,13 @@ def test_report_writes_tables_plots_and_index(tmp_path, plugins):
     for name in [
         "table1.md",
         "table1.tex",
+        "table1_is.md",
+        "comparisons.md",
         "table2.md",
         "table2.tex",
         "tables.tex",
         "index.md",
+        "figures/comparisons.png",
         "figures/fid_vs_sg.png",
         "figures/fid_vs_sg.pdf",
         "figures/fid_vs_train_flops.png",
@@ -95,9 +100,13 @@ def test_report_writes_tables_plots_and_index(tmp_path, plugins):
         assert (out / name).exists(), name
     t1 = (out / "table1.md").read_text()
     assert "1 diverged" in t1  # counted and marked, not dropped
-    assert "n=2" in t1 and "±" in t1
-    assert t1.count("**") >= 2 * 2  # a bold best cell in each s_G column
+    assert "n=2" in t1 and "±" not in t1  # one number per entry: the IS and the comparisons have tables of their own
+    assert "±" in (out / "table1_is.md").read_text() and "paired t (log)" in (out / "comparisons.md").read_text()
+    assert t1.count("**") == 2  # the caption's title alone: no declared study, so no cell is bold
     assert "Dense GAN" in t1
+    index = (out / "index.md").read_text()
+    figures = index.split("## Figures")[1]
+    assert figures.index("comparisons.png") < figures.index("fid_vs_sg.png")  # the forest plot comes first
     t3 = (out / "table3.md").read_text()
     assert r"STU-GAN \[length=5\]" in t3 and "STU-GAN |" in t3  # brackets escaped: no Markdown link can form
     index = (out / "index.md").read_text()
@@ -171,14 +180,18 @@ def test_report_of_real_runs_has_sample_grids(tmp_path):
     assert "STU-GAN" in t1 and "Static Sparse GAN" in t1 and "n=2" in t1
 
 
-def test_welch_interval_matches_the_textbook_formula():
-    # a = 1, 2, 3 (var 1), b = 4, 5, 6, 7 (var 5/3): se^2 = 1/3 + 5/12 = 0.75, Welch-Satterthwaite
-    # df = 0.75^2 / ((1/3)^2 / 2 + (5/12)^2 / 3) = 4.9592, t(0.975, 4.9592) = 2.57696, half-width 2.23172
-    diff, low, high = welch_interval([1, 2, 3], [4, 5, 6, 7])
-    assert diff == pytest.approx(-3.5)
-    assert low == pytest.approx(-5.73171, abs=1e-4) and high == pytest.approx(-1.26829, abs=1e-4)
-    assert welch_interval([1.0], [4, 5, 6]) is None  # one seed: no interval
-    assert welch_interval([2, 2], [3, 3]) == (-1.0, -1.0, -1.0)  # no spread anywhere: the difference is exact
+def cell_aggregates(df) -> list[dict]:
+    return analyse(df).cells
+
+
+def quality_table(df):
+    return tables.quality_table(df, analyse(df))
+
+
+def comparison_rows(df) -> dict[tuple, list[str]]:
+    """The comparison table's rows by (label, s_G %)."""
+    table = tables.comparison_table(analyse(df))
+    return {(names[0], cells[1].text): [c.text for c in cells] for names, cells in table.rows}
 
 
 # FIDs per (method, s_G) over seeds 0, 1, 2; gan-tickets has one seed only.
@@ -220,51 +233,51 @@ def significance_store(path, plugins) -> Store:
     return store
 
 
-def test_table1_bolds_only_a_best_cell_whose_interval_excludes_zero(tmp_path, plugins):
+def test_table1_has_one_fid_per_cell_and_bolds_no_exploratory_win(tmp_path, plugins):
     store = significance_store(tmp_path / "r.db", plugins)
-    table = quality_table(_frame(store, None, None, None))
+    df = _frame(store, None, None, None)
+    table = quality_table(df)
     rows = {names[0]: cells for names, cells in table.rows}
     columns = [label for _, label in table.columns]
-    win, overlap = columns.index("s_G = 90%"), columns.index("s_G = 80%")
-    stu = rows["STU-GAN"]
-    assert stu[win].bold and "Δ vs Static Sparse GAN -10.00 [" in stu[win].text
-    assert not stu[overlap].bold and stu[overlap].value == min(
-        c.value for c in [r[overlap] for r in rows.values()] if c.value is not None
-    )
-    assert not any(cells[overlap].bold for cells in rows.values())
-    tickets = rows["GAN Tickets"][win].text
-    assert "n=1, no interval" in tickets and "Δ vs Dense GAN -11.50" in tickets
-    assert "Δ" not in rows["Dense GAN"][win].text  # the reference itself has no difference
-    assert "**" in markdown(table) and r"\textbf" in latex(table, "quality") and r"$\Delta$" in latex(table, "quality")
+    win = columns.index("s_G = 90%")
+    assert rows["STU-GAN"][win].text == f"{math.exp(sum(map(math.log, FIDS[('stugan', 0.9)])) / 3):.2f} (n=3)"
+    assert rows["Dense GAN"][0].text.endswith("(n=3)") and rows["Dense GAN"][1].text == ""  # once per arch
+    assert not any(c.bold for cells in rows.values() for c in cells)  # no declared study: nothing is bold
+    compared = comparison_rows(df)
+    stu = compared[("STU-GAN", "90")]
+    assert stu[3] == "Static Sparse GAN" and stu[4] == "paired t (log), 3 pairs" and stu[6] == "better"
+    assert stu[-1] == "exploratory" and compared[("STU-GAN", "80")][6] == "equivalent within 20 %"  # 0.9-1.03
+    assert "too few seeds" in compared[("GAN Tickets", "90")]  # one seed against three: no interval at all
+    assert ("Dense GAN", "0") not in compared  # the reference itself is compared with nothing
+    assert "Δ" not in markdown(table) and r"\textbf" not in latex(table)
 
 
-def test_a_method_that_trained_longer_than_its_reference_says_so_and_is_never_bold(tmp_path, plugins):
+def test_a_method_that_trained_longer_than_its_reference_says_so(tmp_path, plugins):
     df = _frame(significance_store(tmp_path / "r.db", plugins), None, None, None)
     df.loc[(df["method"] == "stugan") & (df["sg"] == 0.9), "train_flops"] = 2.0  # twice Static's training
-    table = quality_table(df)
-    win = [label for _, label in table.columns].index("s_G = 90%")
-    stu = {names[0]: cells for names, cells in table.rows}["STU-GAN"][win]
-    assert "Δ vs Static Sparse GAN -10.00 [" in stu.text and stu.text.endswith("at 2.0× its training FLOPs")
-    assert not stu.bold and stu.value == min(c[win].value for _, c in table.rows if c[win].value is not None)
     cells = {(c["method"], c["sg"]): c for c in cell_aggregates(df)}
     assert cells[("stugan", 0.9)]["train_flops_vs_reference"] == pytest.approx(2.0)
     assert cells[("stugan", 0.8)]["train_flops_vs_reference"] == pytest.approx(1.0)
-    assert "training FLOPs" not in {names[0]: cells for names, cells in table.rows}["STU-GAN"][1 - win].text
+    compared = comparison_rows(df)
+    assert compared[("STU-GAN", "90")][7] == "2.00x" and compared[("STU-GAN", "80")][7] == "1.00x"
 
 
-def test_a_cell_whose_mean_fid_is_below_its_floor_says_so(tmp_path, plugins):
+def test_a_cell_below_its_floor_says_so_and_gets_no_better_verdict(tmp_path, plugins):
     df = _frame(significance_store(tmp_path / "r.db", plugins), None, None, None)
-    df["fid_floor"] = 25.0  # STU-GAN at s_G 0.9 scores 20.5 on average: below it; Static (30.5) is not
+    df["fid_floor"] = 25.0  # STU-GAN at s_G 0.9 scores 20-21, its interval wholly below it; Static (30-31) is not
     cells = {(c["method"], c["sg"]): c for c in cell_aggregates(df)}
-    assert cells[("stugan", 0.9)]["below_floor"] and cells[("stugan", 0.9)]["fid_floor"] == pytest.approx(25.0)
+    stu = cells[("stugan", 0.9)]
+    assert stu["below_floor"] and stu["fid_floor"] == pytest.approx(25.0) and stu["fid_floor_se"] is None
+    assert stu["verdict"] == "below the floor" and stu["ratio_high"] < 1  # would be "better" above the floor
     assert not cells[("static", 0.9)]["below_floor"]
     table = quality_table(df)
     win = [label for _, label in table.columns].index("s_G = 90%")
     rows = {names[0]: cells for names, cells in table.rows}
-    assert "(n=3; below the FID floor 25.00)" in rows["STU-GAN"][win].text
-    assert "below the FID floor" not in rows["Static Sparse GAN"][win].text
-    assert rows["STU-GAN"][win].bold  # a note, not a verdict: the comparison with Static stands
-    df.loc[df["fid_floor"].notna(), "fid_floor"] = float("nan")  # not recorded: no claim either way
+    assert rows["STU-GAN"][win].text.endswith("(n=3); below the floor")
+    assert "below the floor" not in rows["Static Sparse GAN"][win].text
+    df["fid_floor_se"] = 3.0  # its interval (under 22) no longer lies below the floor's (25 - 1.96 x 3 = 19.1)
+    assert not next(c for c in cell_aggregates(df) if c["method"] == "stugan" and c["sg"] == 0.9)["below_floor"]
+    df["fid_floor"] = float("nan")  # not recorded: no claim either way
     assert not any(c["below_floor"] for c in cell_aggregates(df))
 
 
@@ -285,16 +298,15 @@ def test_results_json_has_runs_and_the_table_cells(tmp_path, plugins):
     assert len(out["runs"]) == sum(len(v) for v in FIDS.values())
     cells = {(c["method"], c["sg"]): c for c in out["cells"]}
     win = cells[("stugan", 0.9)]
-    assert win["n"] == 3 and win["reference"] == "static" and win["n_reference"] == 3
-    assert win["fid_mean"] == pytest.approx(20.5) and win["diff"] == pytest.approx(-10.0)
-    assert win["ci_high"] < 0 < win["ci_low"] + 20
-    expected = welch_interval(FIDS[("stugan", 0.9)], FIDS[("static", 0.9)])
-    assert (win["diff"], win["ci_low"], win["ci_high"]) == pytest.approx(expected)
-    assert cells[("stugan", 0.8)]["ci_low"] < 0 < cells[("stugan", 0.8)]["ci_high"]
+    assert win["n"] == 3 and win["reference"] == "static" and win["n_reference"] == 3 and win["pairs"] == 3
+    logs = [math.log(a / b) for a, b in zip(FIDS[("stugan", 0.9)], FIDS[("static", 0.9)])]
+    assert win["ratio"] == pytest.approx(math.exp(sum(logs) / 3)) and win["test"] == "paired t (log)"
+    assert win["fid_mean"] == pytest.approx(20.5) and win["ratio_high"] < 1 and win["confirmatory"] is False
+    assert cells[("stugan", 0.8)]["ratio_low"] < 1 < cells[("stugan", 0.8)]["ratio_high"]
     single = cells[("gan-tickets", 0.9)]
-    assert single["reference"] == "dense" and single["diff"] == pytest.approx(-11.5) and single["ci_low"] is None
+    assert single["reference"] == "dense" and single["ratio"] is None and single["n"] == 1
     dense = cells[("dense", 0.0)]
-    assert dense["reference"] is None and dense["diff"] is None and dense["fid_std"] == pytest.approx(0.5)
+    assert dense["reference"] is None and dense["ratio"] is None and dense["fid_sd"] == pytest.approx(0.5)
 
 
 def test_report_states_its_flop_convention(tmp_path, plugins):

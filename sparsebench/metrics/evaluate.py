@@ -214,8 +214,9 @@ class Evaluator:
     def floor(self, flags: set[str], samples: int | None = None) -> dict[str, Any]:
         """The FID floor: held-out real images against the train split, extrapolated to `samples` generated
         images (None: infinitely many), so that it compares with the runs' FIDs (sparsebench.metrics.floor).
-        Keys: frechet_inception_distance (the floor at `samples`), fid_inf, fid_slope, description (how it
-        was computed); cached under the method's name, so floors computed another way are never reused."""
+        Keys: frechet_inception_distance (the floor at `samples`), fid_inf, fid_slope, se (the jackknife standard
+        error of fid_inf), description (how it was computed); cached under the method's name, so floors computed
+        another way are never reused (nor cached ones without their standard error)."""
         from sparsebench.metrics.floor import FLOOR_METHOD, MIN_HELDOUT, Floor, jackknife_floor
 
         if self.data.heldout is None or "fid" not in flags or len(self.data.heldout.images) < MIN_HELDOUT:
@@ -224,9 +225,11 @@ class Evaluator:
         floor = None
         try:
             cached = json.loads(path.read_text())
-            if cached["method"] == FLOOR_METHOD and all(isinstance(v, (int, float)) for v in cached["values"].values()):
-                v = cached["values"]
-                floor = Floor(float(v["fid_inf"]), float(v["fid_slope"]), int(v["heldout"]), int(v["groups"]))
+            v = cached["values"]
+            if cached["method"] == FLOOR_METHOD and all(isinstance(x, (int, float)) for x in v.values()):
+                floor = Floor(
+                    float(v["fid_inf"]), float(v["fid_slope"]), int(v["heldout"]), int(v["groups"]), float(v["se"])
+                )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or not ours: recompute
             pass
         if floor is None:
@@ -239,12 +242,13 @@ class Evaluator:
             features = self._features(self.data.heldout.images)[layer]
             floor = jackknife_floor(features, self._reference_stats[layer])
             values = {"fid_inf": floor.fid_inf, "fid_slope": floor.slope, "heldout": floor.heldout}
-            values["groups"] = floor.groups
+            values.update(groups=floor.groups, se=floor.se)
             write_atomic(path, json.dumps({"method": FLOOR_METHOD, "values": values}).encode())
         return {
             "frechet_inception_distance": floor.at(samples),
             "fid_inf": floor.fid_inf,
             "fid_slope": floor.slope,
+            "se": floor.se,
             "description": floor.describe(samples),
         }
 

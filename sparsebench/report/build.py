@@ -15,17 +15,19 @@ from typing import Any
 import pandas as pd
 
 from sparsebench import SparsebenchError
+from sparsebench.analysis.cells import MethodInfo, labels, preset_steps, row_settings
+from sparsebench.analysis.comparisons import analyse
+from sparsebench.analysis.study import Study
 from sparsebench.config import check_run_id
 from sparsebench.report import plots
 from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
 from sparsebench.report.tables import (
-    MethodInfo,
-    _row_settings,
+    comparison_table,
     cost_table,
-    labels,
+    is_table,
     length_table,
-    preset_steps,
     quality_table,
+    study_tables,
     time_tables,
 )
 from sparsebench.store import Store, method_columns, table_columns
@@ -54,9 +56,10 @@ def build_report(
     command: str | None = None,
     convention: str = "fvcore",
     methods=None,
+    studies: list[Study] | tuple[Study, ...] = (),
 ) -> list[Path]:
     """The report folder; tables and figures name, order and compare methods as they declare (`methods`: the
-    registered methods, see `MethodInfo.of`)."""
+    registered methods, see `MethodInfo.of`); the comparisons `studies` declare are confirmatory."""
     if fmt not in FORMATS:
         raise SparsebenchError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     info = MethodInfo.of(methods)
@@ -84,24 +87,30 @@ def build_report(
     written: list[Path] = []
 
     df["label"] = labels(df, info)
+    analysis = analyse(df, info, studies=studies)
     tables = [
-        ("table1", quality_table(df, methods=info), "quality"),
-        ("table2", cost_table(df, convention=convention, methods=info), "cost"),
+        ("table1", quality_table(df, analysis, methods=info)),
+        ("table1_is", is_table(df, analysis, methods=info)),
     ]
+    if (comparisons := comparison_table(analysis, info)) is not None:
+        tables.append(("comparisons", comparisons))
+    for study, table in zip(analysis.studies, study_tables(analysis, info)):
+        tables.append((f"study_{study['name']}", table))
+    tables.append(("table2", cost_table(df, convention=convention, methods=info)))
     times = time_tables(df, methods=info)
     for i, table in enumerate(times):
-        tables.append((f"table2_time{i + 1 if len(times) > 1 else ''}", table, "time"))
-    t3 = length_table(df, info)
+        tables.append((f"table2_time{i + 1 if len(times) > 1 else ''}", table))
+    t3 = length_table(df, info, studies)
     if t3 is not None:
-        tables.append(("table3", t3, "quality"))
+        tables.append(("table3", t3))
     tex_parts = []
-    for stem, table, kind in tables:
+    for stem, table in tables:
         if fmt in ("md", "all"):
             p = out / f"{stem}.md"
             p.write_text(markdown(table))
             written.append(p)
         if fmt in ("latex", "all"):
-            body = latex(table, kind)
+            body = latex(table)
             tex_parts.append(body)
             p = out / f"{stem}.tex"
             p.write_text(body)
@@ -118,8 +127,9 @@ def build_report(
     stats = logged[logged["key"].isin(["exploration_rate", "loss_d", "loss_g", "balance_ratio", "fid"])]
     written += plots.render_all(
         [
-            (plots.fid_vs_sg, (df, figures)),
-            (plots.fid_vs_flops, (df, figures)),
+            (plots.forest, (analysis, info, figures)),
+            (plots.fid_vs_flops, (df, analysis, info, figures)),
+            (plots.fid_vs_sg, (df, analysis, info, figures)),
             (
                 plots.curves,
                 (stats, df, [("exploration_rate", "explored fraction of G's scope")], "exploration_rate", figures),
@@ -132,9 +142,9 @@ def build_report(
                 plots.curves,
                 (stats, df, [("balance_ratio", "balance ratio (ADAPT)")], "balance_ratio", figures),
             ),
-            (  # the evaluation curve of runs that have one (TrainSpec.eval_every): mean and spread per cell
+            (  # the evaluation curve of runs that have one (TrainSpec.eval_every): per cell over its seeds
                 plots.cell_curves,
-                (stats, df, "fid", "FID of the evaluated weights (mean ± std over seeds)", "fid_curve", figures),
+                (stats, df, "fid", "FID of the evaluated weights (geometric mean over seeds)", "fid_curve", figures),
             ),
         ]
     )
@@ -190,7 +200,7 @@ def _index(
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     counts = df["status"].value_counts().to_dict()
     evaluated = df[df["status"] == "done"]
-    flats = [_row_settings(r) for r in evaluated.itertuples(index=False)]
+    flats = [row_settings(r) for r in evaluated.itertuples(index=False)]
     evaluated = evaluated.assign(score=[_score_protocol(f) for f in flats], numerics=[_numerics(f) for f in flats])
     protocol = (
         evaluated.groupby(["preset", "dataset", "extractor", "eval_samples", "score", "numerics"], dropna=False)
@@ -295,7 +305,7 @@ MODES = (("channels_last", "channels-last"), ("compile", "compiled"), ("determin
 
 def _floor_lines(df: pd.DataFrame) -> list[str]:
     """The FID floor of each data set, extractor and sample count in the store (a store may hold several; each
-    run is compared with its own), with how it was computed."""
+    run is compared with its own) with its standard error where a run recorded it, and how it was computed."""
     if "fid_floor" not in df:
         return []
     keys = [k for k in ("dataset", "extractor", "eval_samples") if k in df]
@@ -307,11 +317,13 @@ def _floor_lines(df: pd.DataFrame) -> list[str]:
         how = g["fid_floor_method"].dropna() if "fid_floor_method" in g else pd.Series(dtype=object)
         method = how.iloc[0] if len(how) else "held-out vs train images at the held-out size: biased up"
         where = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in zip(keys, key))
-        parts.append(f"{float(g['fid_floor'].mean()):.2f} ({where}; {method})")
+        se = g["fid_floor_se"].dropna() if "fid_floor_se" in g else pd.Series(dtype=float)
+        error = f" ± {float(se.iloc[0]):.2f} (jackknife standard error)" if len(se) else ""
+        parts.append(f"{float(g['fid_floor'].mean()):.2f}{error} ({where}; {method})")
     return [
         "FID floor: " + "; ".join(parts) + ". FIDs are computed against the training images, so a score near the "
-        "floor cannot tell a good generator from one that copies them, and one below it is closer to the training "
-        "images than unseen real images are."
+        "floor cannot tell a good generator from one that copies them; a cell is below the floor only when its "
+        "95 % interval lies below the floor's."
     ]
 
 

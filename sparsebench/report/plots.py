@@ -1,7 +1,9 @@
-"""Figures (PNG and PDF): FID vs s_G (paper Figs. 3-4), FID vs training FLOPs, STU-GAN's
-exploration rate over training, training losses; and a sample grid per run.
+"""Figures (PNG and PDF): the comparisons as a forest plot (the report's first), FID vs training FLOPs and vs s_G
+(paper Figs. 3-4) per arch on log axes, the evaluation curves, STU-GAN's exploration rate, the training losses and
+the balance ratio over training; and a sample grid per run.
 
-Runs are named by the results frame's `label` column (`tables.labels`: the methods' declared titles).
+Runs are named by the results frame's `label` column (`sparsebench.analysis.cells.labels`: the methods' declared
+titles); each row keeps one colour and marker, never another row's, and legends sit outside the data.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -77,54 +80,197 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def fid_vs_sg(df: pd.DataFrame, out: Path) -> list[Path]:
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+
+
+def styles(labels: list[str]) -> dict[str, dict]:
+    """One colour and one marker per label: no two labels share the pair, and the first ten differ in colour
+    from one another (tab20's strong colours first, then its light ones), each with its own marker. The same
+    row looks the same in every figure of a report."""
     plt = _plt()
-    done = df[(df["status"] == "done") & df["fid"].notna()].copy()
-    archs = sorted(done["arch"].unique())
-    if not archs:
+    tab20 = plt.get_cmap("tab20").colors
+    colours = tab20[0::2] + tab20[1::2]
+    return {
+        name: {"color": colours[i % len(colours)], "marker": MARKERS[i % len(MARKERS)]} for i, name in enumerate(labels)
+    }
+
+
+def _row_labels(df: pd.DataFrame, info) -> list[str]:
+    """The report's row labels in table order."""
+    keys = df[["method", "label"]].drop_duplicates()
+    return [r.label for r in sorted(keys.itertuples(index=False), key=lambda r: (info.rank(r.method), r.label))]
+
+
+def _legend_outside(fig, axes, order: list[str] | None = None) -> None:
+    """One legend for the figure, right of the panels, never over the data (entries in `order` where given)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(name, handle)
+    order = list(dict.fromkeys(order or []))
+    names = [n for n in order if n in seen] + [n for n in seen if n not in order]
+    if names:
+        fig.legend([seen[n] for n in names], names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+
+
+def _cell_label(df: pd.DataFrame) -> dict[tuple, str]:
+    """Cell key (method, variant, arch, sg, sd) -> the row label of its runs."""
+    from sparsebench.analysis.cells import cell_variant
+
+    frame = df.assign(variant=cell_variant(df))
+    return {
+        (r.method, r.variant, r.arch, r.sg, r.sd): r.label
+        for r in frame[["method", "variant", "arch", "sg", "sd", "label"]].drop_duplicates().itertuples(index=False)
+    }
+
+
+def forest(analysis, info, out: Path) -> list[Path]:
+    """Every comparison's FID ratio with its 95 % interval on a log axis, one panel per arch; confirmatory
+    comparisons filled and named as such, exploratory ones hollow. 1: no difference; the band: within 20 %."""
+    plt = _plt()
+    from sparsebench.analysis.cells import label
+    from sparsebench.analysis.stats import MARGIN
+
+    recs = [r for r in analysis.cells if r["ratio"] is not None]
+    if not recs:
         return []
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.6), squeeze=False)
+    archs = sorted({r["arch"] for r in recs})
+    per = {a: [r for r in recs if r["arch"] == a] for a in archs}
+    height = max(len(v) for v in per.values())
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.2 * len(archs), 1.2 + 0.24 * height), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        sub = done[done["arch"] == arch]
-        for (name, sd), g in sub.groupby(["label", "sd"]):
-            stats = g.groupby("sg")["fid"].agg(["mean", "std"]).reset_index()
-            if (stats["sg"] == 0).all():  # dense baselines: a horizontal reference line
-                ax.axhline(stats["mean"].iloc[0], ls="--", lw=1, label=f"{name}", color="grey")
-                continue
-            ax.errorbar(
-                100 * stats["sg"],
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
-                marker="o",
-                ms=3,
-                label=f"{name}, s_D={100 * sd:g}%",
-            )
+        rows = sorted(per[arch], key=lambda r: (not r["confirmatory"], info.rank(r["method"]), r["variant"], -r["sg"]))
+        for y, r in enumerate(reversed(rows)):
+            low, high = max(r["ratio_low"], 1e-2), min(r["ratio_high"], 1e2)
+            colour = "black" if r["confirmatory"] else "tab:blue"
+            ax.plot([low, high], [y, y], color=colour, lw=1.2)
+            ax.plot(r["ratio"], y, "o", color=colour, mfc=colour if r["confirmatory"] else "white", ms=4)
+        names = [
+            f"{label({'method': r['method'], 'variant': r['variant']}, info)} sG={100 * r['sg']:g} sD={100 * r['sd']:g}"
+            f" vs {info.title(r['reference'])}" + (" [confirmatory]" if r["confirmatory"] else "")
+            for r in reversed(rows)
+        ]
+        ax.set_yticks(range(len(rows)), names, fontsize=6)
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ax.axvspan(*MARGIN, color="grey", alpha=0.12, lw=0)
+        ax.set_xscale("log")
+        ax.set_xlim(1 / 30, 30)
+        ax.set_xlabel("FID ratio to the reference (log; < 1: lower FID), 95 % interval")
         ax.set_title(arch)
-        ax.set_xlabel("s_G (%)")
-        ax.set_ylabel("FID")
-        ax.legend(fontsize=7)
-    return _save(fig, out, "fid_vs_sg")
+    fig.tight_layout()
+    return _save(fig, out, "comparisons")
 
 
-def fid_vs_flops(df: pd.DataFrame, out: Path) -> list[Path]:
+def _log_ylim(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    return lo / 1.3, hi * 1.3
+
+
+def fid_vs_flops(df: pd.DataFrame, analysis, info, out: Path) -> list[Path]:
+    """Per arch: each cell's geometric-mean FID with its 95 % interval against its training FLOPs (both log).
+    A cell with collapsed runs is drawn at the geometric mean of the rest (hollow) and its collapsed runs as
+    triangles on the top edge, counted, so that they do not stretch the axis."""
     plt = _plt()
-    done = df[(df["status"] == "done") & df["fid"].notna() & df["train_flops_rel"].notna()].copy()
-    if done.empty:
+    names = _cell_label(df)
+    flops = df[df["status"] == "done"].groupby(["method", "arch", "sg", "sd"])["train_flops_rel"].mean()
+    recs = [r for r in analysis.cells if r["fid_geomean"] is not None]
+    if not recs or df["train_flops_rel"].dropna().empty:
         return []
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, g in done.groupby("label"):
-        ax.scatter(g["train_flops_rel"], g["fid"], label=name, s=18)
-    ax.set_xlabel("training FLOPs (x dense)")
-    ax.set_ylabel("FID")
-    ax.set_xscale("log")
-    ax.legend(fontsize=7)
+    order = _row_labels(df, info)
+    style = styles(order)
+    archs = sorted({r["arch"] for r in recs})
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.0 * len(archs), 4.4), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        mine = [r for r in recs if r["arch"] == arch]
+        tops = 0
+        working = [r["fid_geomean_working"] or r["fid_geomean"] for r in mine if not r["collapsed"]]
+        working += [r["fid_geomean_working"] for r in mine if r["collapsed"] and r["fid_geomean_working"]]
+        ylim = _log_ylim(working) if working else None
+        for r in mine:
+            x = flops.get((r["method"], r["arch"], r["sg"], r["sd"]))
+            if x is None or not x > 0:
+                continue
+            name = names.get(tuple(r[k] for k in ("method", "variant", "arch", "sg", "sd")), r["method"])
+            st = style.get(name, {"color": "black", "marker": "o"})
+            y = r["fid_geomean_working"] if r["collapsed"] else r["fid_geomean"]
+            if y is not None and ylim is not None and y <= ylim[1]:
+                err = None
+                if not r["collapsed"] and r["fid_low"] is not None:
+                    err = [[max(y - r["fid_low"], 0)], [max(r["fid_high"] - y, 0)]]
+                ax.errorbar(
+                    x, y, yerr=err, color=st["color"], marker=st["marker"], ms=5, lw=0.8, alpha=0.9, label=name,
+                    mfc="white" if r["collapsed"] else st["color"], capsize=2,
+                )  # fmt: skip
+            if r["collapsed"] and ylim is not None:  # collapsed runs on the top edge, counted
+                ax.plot(x, ylim[1], marker=st["marker"], color=st["color"], ms=6, label=name, clip_on=False)
+                ax.annotate(f"{r['collapsed']}/{r['n']} collapsed", (x, ylim[1]), fontsize=6, color=st["color"],
+                            xytext=(4, -10 - 8 * tops), textcoords="offset points")  # fmt: skip
+                tops += 1
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel("training FLOPs (x dense; log)")
+        ax.set_ylabel("FID (geometric mean, 95 % interval; log)")
+        ax.set_title(f"{arch} (collapsed runs on the top edge)")
+    fig.tight_layout()
+    _legend_outside(fig, axes[0], order)
     return _save(fig, out, "fid_vs_train_flops")
+
+
+def fid_vs_sg(df: pd.DataFrame, analysis, info, out: Path) -> list[Path]:
+    """Per arch: each row's geometric-mean FID against s_G (paper Figs. 3-4), log axis; the dense GAN as a line.
+    A cell with collapsed runs is drawn hollow at the rest's geometric mean, or on the top edge where all
+    collapsed, so that they do not stretch the axis."""
+    plt = _plt()
+    names = _cell_label(df)
+    recs = [r for r in analysis.cells if r["fid_geomean"] is not None]
+    if not recs:
+        return []
+    rows = _row_labels(df, info)
+    style = styles(rows)
+    archs = sorted({r["arch"] for r in recs})
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.8), squeeze=False)
+    order: list[str] = []
+    for ax, arch in zip(axes[0], archs):
+        lines: dict[tuple, list] = {}
+        for r in (r for r in recs if r["arch"] == arch):
+            name = names.get(tuple(r[k] for k in ("method", "variant", "arch", "sg", "sd")), r["method"])
+            lines.setdefault((name, r["sd"]), []).append(r)
+        shown = lambda c: c["fid_geomean_working"] if c["collapsed"] else c["fid_geomean"]  # noqa: E731
+        ys = [y for cells in lines.values() for c in cells if (y := shown(c))]
+        ylim = _log_ylim(ys) if ys else None
+        for (name, sd), cells in sorted(lines.items(), key=lambda kv: (rows.index(kv[0][0]), kv[0][1])):
+            st = style.get(name, {"color": "black", "marker": "o"})
+            if all(c["sg"] == 0 for c in cells):  # the dense GAN: a horizontal reference line
+                ax.axhline(cells[0]["fid_geomean"], ls="--", lw=1, color=st["color"], label=name)
+                order.append(name)
+                continue
+            cells = sorted(cells, key=lambda c: c["sg"])
+            text = f"{name}, s_D={100 * sd:g}%"
+            order.append(text)
+            top = ylim[1] if ylim else None
+            y = [shown(c) or top for c in cells]
+            x = [100 * c["sg"] for c in cells]
+            ax.plot(x, y, color=st["color"], marker=st["marker"], ms=4, lw=1, label=text)
+            hollow = [(xi, yi) for xi, yi, c in zip(x, y, cells) if c["collapsed"]]
+            if hollow:
+                ax.plot(*zip(*hollow), ls="", marker=st["marker"], ms=6, mfc="white", color=st["color"], clip_on=False)
+        ax.set_yscale("log")
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_title(f"{arch} (hollow: cells with collapsed runs)")
+        ax.set_xlabel("s_G (%)")
+        ax.set_ylabel("FID (geometric mean; log)")
+    fig.tight_layout()
+    _legend_outside(fig, axes[0], order)
+    return _save(fig, out, "fid_vs_sg")
 
 
 def curves(
     stats: pd.DataFrame, runs: pd.DataFrame, panels: list[tuple[str, str]], stem: str, out: Path, max_runs: int = 8
 ) -> list[Path]:
-    """One panel per (key, ylabel), one line per run over G steps (at most `max_runs` runs)."""
+    """One panel per (key, ylabel), one line per run over G steps (at most `max_runs` runs), legend outside."""
     plt = _plt()
     panels = [(k, y) for k, y in panels if (stats["key"] == k).any()]
     if not panels:
@@ -143,33 +289,44 @@ def curves(
             )
         ax.set_xlabel("G step")
         ax.set_ylabel(ylabel)
-    axes[0][0].legend(fontsize=6)
+    _legend_outside(fig, axes[0])
     return _save(fig, out, stem)
 
 
 def cell_curves(stats: pd.DataFrame, runs: pd.DataFrame, key: str, ylabel: str, stem: str, out: Path) -> list[Path]:
-    """One panel per arch, one line per table cell (label, s_G, s_D): the mean of `key` over the cell's seeds
-    at each G step all of them logged, with a band of one standard deviation between seeds. Shows whether a
-    method is still improving where the protocol scores it, and how far its seeds spread along the way."""
+    """One panel per arch, one line per table cell (label, s_G, s_D): the geometric mean of `key` over the cell's
+    seeds at each G step all of them logged, with a band of one standard deviation of its log, on a log axis.
+    Shows whether a method is still improving where the protocol scores it, and how far its seeds spread."""
+    import numpy as np
+
     plt = _plt()
     sub = stats[stats["key"] == key].merge(runs[["run_id", "arch", "label", "sg", "sd"]], on="run_id")
+    sub = sub[sub["value"] > 0]
     if sub.empty:
         return []
     archs = sorted(sub["arch"].unique())
+    lines = sorted({(name, sg, sd) for name, sg, sd in sub[["label", "sg", "sd"]].itertuples(index=False)})
+    style = styles([f"{name} sG={sg:g} sD={sd:g}" for name, sg, sd in lines])  # one colour per line
+    dashes = ("-", "--", ":", "-.")
     fig, axes = plt.subplots(1, len(archs), figsize=(5.5 * len(archs), 3.8), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for (label, sg, sd), g in sub[sub["arch"] == arch].groupby(["label", "sg", "sd"], sort=True):
-            table = g.pivot_table(index="step", columns="run_id", values="value").dropna()  # steps every seed has
+        for (name, sg, sd), g in sub[sub["arch"] == arch].groupby(["label", "sg", "sd"], sort=True):
+            table = np.log(g.pivot_table(index="step", columns="run_id", values="value").dropna())
             if table.empty:
                 continue
             mean, std = table.mean(axis=1), table.std(axis=1, ddof=1).fillna(0.0)
             steps = table.index.to_numpy()
-            (line,) = ax.plot(steps, mean.to_numpy(), lw=1.2, label=f"{label} sG={sg:g} sD={sd:g} (n={table.shape[1]})")
-            ax.fill_between(steps, (mean - std).to_numpy(), (mean + std).to_numpy(), color=line.get_color(), alpha=0.15)
+            key = f"{name} sG={sg:g} sD={sd:g}"
+            colour = style[key]["color"]
+            dash = dashes[list(style).index(key) // 10 % len(dashes)]
+            ax.plot(steps, np.exp(mean.to_numpy()), lw=1.2, color=colour, ls=dash, label=f"{key} (n={table.shape[1]})")
+            ax.fill_between(steps, np.exp((mean - std).to_numpy()), np.exp((mean + std).to_numpy()), color=colour,
+                            alpha=0.12, lw=0)  # fmt: skip
+        ax.set_yscale("log")
         ax.set_title(arch)
         ax.set_xlabel("G step")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=5)
+    _legend_outside(fig, axes[0])
     return _save(fig, out, stem)
 
 

@@ -51,7 +51,9 @@ def markdown_escape(text: object) -> str:
 
 def markdown(table: Table) -> str:
     groups = [g for g, _ in table.columns]
-    head = table.row_header + [f"{markdown_escape(g)}: {markdown_escape(c)}" for g, c in table.columns]
+    head = table.row_header + [
+        f"{markdown_escape(g)}: {markdown_escape(c)}" if g else markdown_escape(c) for g, c in table.columns
+    ]
     lines = [
         f"**{table.title}.** {table.caption}",
         "",
@@ -67,25 +69,12 @@ def markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _latex_cell(cell, kind: str) -> str:
-    if not cell.parts:
-        return latex_escape(cell.text)
-    if kind == "quality":
-        (fm, fs), (im, is_) = cell.parts
-        pm = lambda m, s: (  # noqa: E731 - a metric the runs did not compute: n/a
-            r"\text{n/a}" if m is None else f"{m:.2f}" + (rf" \pm {s:.2f}" if s is not None else "")
-        )
-        body = f"${pm(fm, fs)}$ / ${pm(im, is_)}$"
-        note = latex_escape(cell.note)
-        body = rf"\textbf{{{body}}}" if cell.bold else body
-        comparison = f"; {latex_escape(cell.comparison)}" if cell.comparison else ""
-        return f"{body} {{\\scriptsize ({note}{comparison})}}"
-    (tr, trr), (te, ter) = cell.parts
-    body = rf"{tr:.3g} ({trr:.2f}$\times${latex_escape(cell.note)}) / {te:.3g} ({ter:.2f}$\times$)"
-    return rf"\textbf{{{body}}}" if cell.bold else body
+def _latex_cell(cell) -> str:
+    body = latex_escape(cell.text)
+    return rf"\textbf{{{body}}}" if cell.bold and body else body
 
 
-def latex(table: Table, kind: str) -> str:
+def latex(table: Table) -> str:
     n_rows = len(table.row_header)
     groups: list[tuple[str, int]] = []
     for g, _ in table.columns:
@@ -95,19 +84,20 @@ def latex(table: Table, kind: str) -> str:
             groups.append((g, 1))
     spec = "l" * n_rows + "c" * len(table.columns)
     lines = [r"\begin{table}[t]", r"\centering", r"\scriptsize", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
-    head1 = [""] * n_rows + [rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(g)}}}" for g, n in groups]
-    lines.append(" & ".join(head1) + r" \\")
-    start = n_rows + 1
-    rules = []
-    for _, n in groups:
-        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
-        start += n
-    lines.append(" ".join(rules))
+    if any(g for g, _ in groups):  # a two-level header: the groups (archs) over their columns
+        head1 = [""] * n_rows + [rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(g)}}}" for g, n in groups]
+        lines.append(" & ".join(head1) + r" \\")
+        start = n_rows + 1
+        rules = []
+        for _, n in groups:
+            rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+            start += n
+        lines.append(" ".join(rules))
     head2 = [latex_escape(h) for h in table.row_header] + [latex_escape(c) for _, c in table.columns]
     lines.append(" & ".join(head2) + r" \\")
     lines.append(r"\midrule")
     for names, cells in table.rows:
-        lines.append(" & ".join([latex_escape(n) for n in names] + [_latex_cell(c, kind) for c in cells]) + r" \\")
+        lines.append(" & ".join([latex_escape(n) for n in names] + [_latex_cell(c) for c in cells]) + r" \\")
     lines += [
         r"\bottomrule",
         r"\end{tabular}",

@@ -7,7 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sparsebench.cells import cell_id, settings
+from sparsebench.analysis.cells import cell_id, settings
+from sparsebench.compat import BEFORE_THE_FIELD
 
 RESULT_COLUMNS = [
     "run_id",
@@ -38,6 +39,7 @@ EXTRA_COLUMNS = [
     "recall",
     "fid_floor",
     "fid_floor_inf",
+    "fid_floor_se",
     "fid_floor_method",
     "exploration_rate",
     "scope",
@@ -124,10 +126,10 @@ def results_table(runs: Iterable[dict], declared: Iterable[str] = ()) -> list[di
                 row[key] = res[key]
         row["steps"] = run["config"]["train"]["steps"]
         row["scope"] = run["config"].get("scope")
-        row["opt_state"] = run["config"].get("opt_state", "zero")  # stored before the choice existed: zero
+        row["opt_state"] = run["config"].get("opt_state", BEFORE_THE_FIELD["opt_state"])
         other = {k: v for k, v in res.items() if k not in named}
         row[OTHER_COLUMN] = json.dumps(other, sort_keys=True, default=str) if other else None
-        row["kernels"] = run["config"].get("kernels", "dense")
+        row["kernels"] = run["config"].get("kernels", BEFORE_THE_FIELD["kernels"])
         row["machine"] = machine_label(run.get("env") or {})
         row["code"] = ",".join(f"{k}={v}" for k, v in sorted(run["config"].get("code", {}).items())) or None
         row["cell"] = cell_id(run["config"])  # runs share a table cell only when this is equal

@@ -9,13 +9,26 @@ import math
 
 import pandas as pd
 import pytest
-from statsmodels.stats.power import TTestIndPower
 
+from sparsebench.analysis.comparisons import analyse
 from sparsebench.config import GridRequest, expand_grid, freeze
-from sparsebench.report import power
+from sparsebench.report import tables
 from sparsebench.report.build import _frame
-from sparsebench.report.tables import cell_aggregates, cost_table, quality_table
+from sparsebench.report.tables import comparison_table, cost_table
 from sparsebench.store import Store
+
+
+def cell_aggregates(df, methods=None, **kw) -> list[dict]:
+    return analyse(df, methods, **kw).cells
+
+
+def quality_table(df, methods=None):
+    return tables.quality_table(df, analyse(df, methods), methods=methods)
+
+
+def comparisons(df, methods=None) -> dict[str, list]:
+    """The comparison table's rows by method label: arch, s_G, s_D, vs, test, ratio, verdict, FLOPs, kind."""
+    return {names[0]: [c.text for c in cells] for names, cells in comparison_table(analyse(df, methods), methods).rows}
 
 
 def _store(path, plugins, runs) -> Store:
@@ -50,8 +63,7 @@ def test_runs_on_two_datasets_never_share_a_cell(tmp_path, plugins):
     assert len(rows) == 2, rows
     plain = next(cells for name, cells in rows.items() if "imagefolder" not in name)
     other = next(cells for name, cells in rows.items() if "dataset=imagefolder" in name)
-    assert plain[0].text.startswith("10.00") and "(n=1)" in plain[0].text
-    assert other[0].text.startswith("2000.00") and "(n=1)" in other[0].text
+    assert plain[0].text == "10.00 (n=1)" and other[0].text == "2000.00 (n=1)"
 
 
 def test_runs_of_two_presets_never_share_a_cell_and_their_labels_say_which(tmp_path, plugins):
@@ -86,7 +98,7 @@ def test_one_seed_twice_in_a_cell_is_an_error_naming_both_runs(tmp_path, plugins
     twin["run_id"], twin["fid"] = "0123456789abcdef", 99.0
     df = pd.concat([df, twin], ignore_index=True)
     (cell,) = cell_aggregates(df)
-    assert cell["n"] == 2 and cell["fid_mean"] is None
+    assert cell["n"] == 2 and cell["fid_geomean"] is None
     assert cell["duplicate_seeds"] == {0: sorted(["0123456789abcdef", df.iloc[0]["run_id"]])}
     text = _rows(quality_table(df))["Dense GAN"][0].text
     assert text.startswith("error: seed 0 stored twice") and "0123456789abcdef" in text and "99" not in text
@@ -106,11 +118,13 @@ def test_the_reference_is_the_run_with_the_same_settings_length_included(tmp_pat
     )
     cells = {(c["method"], c["variant"]): c for c in cell_aggregates(_frame(store, None, None, None))}
     at_800 = cells[("stugan", "steps=800")]
-    assert at_800["n_reference"] == 3 and at_800["diff"] == pytest.approx(-10.0)
+    assert at_800["n_reference"] == 3 and at_800["ratio"] == pytest.approx(
+        math.exp(sum(math.log(a / b) for a, b in zip(fids_stugan.values(), fids_static.values())) / 3)
+    )
     at_900 = cells[("stugan", "steps=900")]
-    assert at_900["n_reference"] == 0 and at_900["diff"] is None
-    text = _rows(quality_table(_frame(store, None, None, None)))["STU-GAN [steps=900]"][0].text
-    assert "no Static Sparse GAN run with preset quick, steps=900" in text
+    assert at_900["n_reference"] == 0 and at_900["ratio"] is None
+    row = comparisons(_frame(store, None, None, None))["STU-GAN [steps=900]"]
+    assert "no Static Sparse GAN run with preset quick, steps=900" in row
 
 
 def test_a_reference_whose_masks_never_change_is_found_at_any_optimizer_state_policy(tmp_path, plugins):
@@ -129,19 +143,19 @@ def test_a_reference_whose_masks_never_change_is_found_at_any_optimizer_state_po
     df = _frame(store, None, None, None)
     cells = {(c["method"], c["variant"]): c for c in cell_aggregates(df)}
     zero = cells[("stugan", "opt_state=zero")]
-    assert zero["n_reference"] == 3 and zero["diff"] == pytest.approx(-10.0)
+    assert zero["n_reference"] == 3 and zero["pairs"] == 3 and zero["ratio"] < 1
     sparse_kernels = next(c for (m, v), c in cells.items() if m == "stugan" and "kernels=sparseprop" in v)
-    assert sparse_kernels["n_reference"] == 0 and sparse_kernels["diff"] is None
-    from sparsebench.report.tables import MethodInfo
+    assert sparse_kernels["n_reference"] == 0 and sparse_kernels["ratio"] is None
+    from sparsebench.analysis.cells import MethodInfo
 
     methods = dict(MethodInfo.of(None).methods)
     static = methods["static"]
     dynamic = type("DynamicStatic", (type(static),), {"fixed_masks": False})()  # a reference whose masks move
     again = cell_aggregates(df, methods={**methods, "static": dynamic})
     zero = next(c for c in again if c["method"] == "stugan" and c["variant"] == "opt_state=zero")
-    assert zero["n_reference"] == 0 and zero["diff"] is None
-    text = _rows(quality_table(df, methods={**methods, "static": dynamic}))["STU-GAN [opt_state=zero]"][0].text
-    assert "no Static Sparse GAN run with preset quick, opt_state=zero" in text
+    assert zero["n_reference"] == 0 and zero["ratio"] is None
+    row = comparisons(df, methods={**methods, "static": dynamic})["STU-GAN [opt_state=zero]"]
+    assert "no Static Sparse GAN run with preset quick, opt_state=zero" in row
 
 
 def test_relative_flops_follow_the_runs_own_length(tmp_path, plugins):
@@ -152,88 +166,6 @@ def test_relative_flops_follow_the_runs_own_length(tmp_path, plugins):
     df["train_flops_rel"] = 0.227
     (cells,) = _rows(cost_table(df)).values()
     assert "(0.23×)" in cells[0].text
-
-
-def test_detectable_difference_and_seeds_needed_match_statsmodels():
-    """Equal n and stds: Welch's df is 2n - 2 and the power is the pooled t test's (statsmodels)."""
-    solver = TTestIndPower()
-    for n, sd in ((3, 5.0), (10, 2.0), (25, 7.5)):
-        d = solver.solve_power(nobs1=n, alpha=0.05, power=0.8, ratio=1.0)
-        assert power.detectable_difference(sd, n, sd, n) == pytest.approx(d * sd, rel=1e-6)
-    # textbook: d = 0.5 needs 64 per group (Cohen 1988, Table 2.4.1), statsmodels 63.77
-    assert power.seeds_needed(0.5, 1.0, 1.0) == math.ceil(solver.solve_power(effect_size=0.5, alpha=0.05, power=0.8))
-    assert power.seeds_needed(0.5, 1.0, 1.0) == 64
-    # near the cap (10,000 seeds) the answer is still found, not given up on
-    assert 8000 < power.seeds_needed(0.0418, 1.0, 1.0) < power.MAX_SEEDS
-    # the power at the returned n reaches 80 %, one seed fewer does not
-    n = power.seeds_needed(3.0, 4.0, 6.0)
-    assert power.power(3.0, 4.0, n, 6.0, n) >= 0.8 > power.power(3.0, 4.0, n - 1, 6.0, n - 1)
-
-
-def _significance_cells(tmp_path, plugins, stugan: dict, static: dict):
-    store = _store(
-        tmp_path / "r.db",
-        plugins,
-        [({"methods": ["static"]}, static, {}), ({"methods": ["stugan"]}, stugan, {})],
-    )
-    df = _frame(store, None, None, None)
-    return {c["method"]: c for c in cell_aggregates(df)}, df
-
-
-def test_a_tight_interval_spanning_zero_reads_no_difference(tmp_path, plugins):
-    cells, df = _significance_cells(tmp_path, plugins, {0: 30.0, 1: 30.2, 2: 29.8}, {0: 30.1, 1: 29.9, 2: 30.05})
-    stu = cells["stugan"]
-    assert stu["ci_low"] < 0 < stu["ci_high"] and stu["verdict"] == "no difference"
-    assert stu["detectable_diff"] <= 0.2 * 30.0
-    assert f"no difference larger than {stu['detectable_diff']:.2f}" in _rows(quality_table(df))["STU-GAN"][0].text
-
-
-def test_a_wide_interval_spanning_zero_reads_undecided_with_the_seeds_needed(tmp_path, plugins):
-    cells, df = _significance_cells(tmp_path, plugins, {0: 20.0, 1: 45.0, 2: 30.0}, {0: 25.0, 1: 50.0, 2: 35.0})
-    stu = cells["stugan"]
-    assert stu["verdict"] == "undecided" and stu["seeds_needed_20pct"] > 3
-    s1, s2 = 12.583057392117917, 12.583057392117917
-    assert stu["seeds_needed_20pct"] == power.seeds_needed(0.2 * 36.666666666666664, s1, s2)
-    assert (
-        f"undecided: about {stu['seeds_needed_20pct']} seeds per arm needed"
-        in _rows(quality_table(df))["STU-GAN"][0].text
-    )
-
-
-def test_the_best_fid_is_bold_among_the_cells_eligible_to_win(tmp_path, plugins):
-    """The lowest FID of a column is not eligible (its interval spans zero); the significant winner is bold."""
-    store = _store(
-        tmp_path / "r.db",
-        plugins,
-        [
-            ({"methods": ["dense"]}, {0: 40.0, 1: 41.0, 2: 42.0}, {}),
-            ({"methods": ["static"]}, {0: 10.0, 1: 50.0, 2: 30.0}, {}),  # lowest mean is not this one's
-            ({"methods": ["stugan"]}, {0: 5.0, 1: 60.0, 2: 10.0}, {}),  # lowest mean 25, spans zero vs Static
-            ({"methods": ["small-dense"]}, {0: 31.0, 1: 31.5, 2: 32.0}, {}),  # clearly better than dense
-        ],
-    )
-    rows = _rows(quality_table(_frame(store, None, None, None)))
-    bold = [name for name, cells in rows.items() if cells[0].bold]
-    assert bold == ["Small Dense GAN"], {n: (c[0].text, c[0].bold) for n, c in rows.items()}
-
-
-def test_the_json_cells_carry_the_power_fields(tmp_path, plugins):
-    from conftest import run_cli
-
-    _significance_cells(tmp_path, plugins, {0: 20.0, 1: 45.0, 2: 30.0}, {0: 25.0, 1: 50.0, 2: 35.0})
-    out = json.loads(run_cli("results", "--store", str(tmp_path / "r.db"), "--format", "json", check=True).stdout)
-    stu = next(c for c in out["cells"] if c["method"] == "stugan")
-    assert stu["verdict"] == "undecided" and stu["seeds_needed_20pct"] > 3 and stu["detectable_diff"] > 0
-    assert stu["seeds"] == [0, 1, 2] and stu["cell"] and stu["reference_settings"] == "preset quick"
-    assert all("cell" in r and "settings" in r for r in out["runs"])
-
-
-def test_a_report_renders_runs_that_computed_fid_only(tmp_path, plugins):
-    store = _store(tmp_path / "r.db", plugins, [({"methods": ["dense"], "metrics": ("fid",)}, {0: 10.0, 1: 11.0}, {})])
-    df = _frame(store, None, None, None)
-    df["is_mean"] = None
-    (cells,) = _rows(quality_table(df)).values()
-    assert cells[0].text.startswith("10.50 ± 0.71 / n/a")
 
 
 def test_a_method_with_its_own_scope_finds_its_dense_reference(tmp_path, plugins):
@@ -247,7 +179,7 @@ def test_a_method_with_its_own_scope_finds_its_dense_reference(tmp_path, plugins
         ],
     )
     cells = {c["method"]: c for c in cell_aggregates(_frame(store, None, None, None))}
-    assert cells["adapt"]["n_reference"] == 2 and cells["adapt"]["diff"] == pytest.approx(10.5)
+    assert cells["adapt"]["n_reference"] == 2 and cells["adapt"]["pairs"] == 2
     assert cells["adapt"]["variant"] == ""  # its own scope is its default, not a variant
 
 
@@ -275,9 +207,8 @@ def test_two_reference_cells_are_named_never_pooled(tmp_path, plugins):
     old["cell"] = "old-static"
     df = pd.concat([df, old], ignore_index=True)
     stu = next(c for c in cell_aggregates(df) if c["method"] == "stugan")
-    assert stu["diff"] is None and len(stu["reference_cells"]) == 2
-    text = _rows(quality_table(df))["STU-GAN"][0].text
-    assert "2 Static Sparse GAN cells match" in text
+    assert stu["ratio"] is None and len(stu["reference_cells"]) == 2
+    assert "2 Static Sparse GAN cells match" in comparisons(df)["STU-GAN"]
 
 
 def test_table_3_compares_with_references_outside_it(tmp_path, plugins):
@@ -295,9 +226,9 @@ def test_table_3_compares_with_references_outside_it(tmp_path, plugins):
     df = _frame(store, None, None, None)
     df.loc[df["settings"].str.contains('"option.length": 2'), "variant"] = "length=2"
     table = length_table(df)
-    assert table is not None
-    texts = [cells[0].text for _, cells in table.rows]
-    assert all("Δ vs Static Sparse GAN -" in t for t in texts), texts
+    assert table is not None and [names[0] for names, _ in table.rows] == ["STU-GAN", "STU-GAN [length=2]"]
+    longer = next(c for c in analyse(df, references=df).cells if c["variant"] == "length=2")
+    assert longer["n_reference"] == 3 and longer["ratio"] < 1  # against Static, which is outside Table 3
 
 
 def test_execution_modes_are_named_against_the_reports_most_common_ones(tmp_path, plugins):
@@ -335,22 +266,164 @@ def test_runs_of_one_cell_scored_on_other_data_are_never_averaged(tmp_path, plug
     )
     frame = _frame(store, None, None, None)
     cells = {c["method"]: c for c in cell_aggregates(frame)}
-    assert cells["static"]["fid_mean"] is None and sorted(cells["static"]["mixed_content"]) == [
+    assert cells["static"]["fid_geomean"] is None and sorted(cells["static"]["mixed_content"]) == [
         "aaaa/eeee",
         "bbbb/eeee",
     ]
     rows = _rows(quality_table(frame))
     assert "runs scored on different data or features" in rows["Static Sparse GAN"][0].text
     # STU-GAN (data b) against Static (a and b): no difference is computed across contents
-    assert cells["stugan"]["diff"] is None and cells["stugan"]["fid_mean"] == pytest.approx(30.5)
+    assert cells["stugan"]["ratio"] is None and cells["stugan"]["fid_mean"] == pytest.approx(30.5)
     plain = _store(
         tmp_path / "p.db",
         plugins,
         [({"methods": ["dense"]}, {0: 10.0, 1: 12.0}, a), ({"methods": ["static"]}, {0: 20.0, 1: 22.0}, b)],
     )
     static = next(c for c in cell_aggregates(_frame(plain, None, None, None)) if c["method"] == "static")
-    assert static["diff"] is None and static["reference_content_differs"]
-    assert (
-        "scored on other data or features"
-        in _rows(quality_table(_frame(plain, None, None, None)))["Static Sparse GAN"][0].text
+    assert static["ratio"] is None and static["reference_content_differs"]
+    assert "scored on other data or features" in comparisons(_frame(plain, None, None, None))["Static Sparse GAN"]
+
+
+# -- decisions: bold, floor, collapse, the JSON cells, a declared study ----------------------------------------
+STUDY = """
+name = "tiny"
+title = "STU-GAN vs Static, tiny"
+declared = 2026-01-01
+question = "Does it differ?"
+[runs]
+preset = "quick"
+sd = 0.5
+precision = "fp32"
+channels_last = false
+seeds = [10, 11, 12, 13, 14, 15]
+pilot_seeds = [0, 1]
+[analysis]
+metric = "fid"
+scale = "log"
+pairing = "seed"
+test = "paired-t"
+alpha = 0.05
+correction = "holm"
+equivalence = [0.8, 1.25]
+sensitivity = "wilcoxon"
+[[comparison]]
+arch = "sngan"
+sg = 0.9
+method = "stugan"
+reference = "static"
+[[comparison]]
+arch = "sngan"
+sg = 0.8
+method = "stugan"
+reference = "static"
+"""
+STATIC = {0: 30.0, 1: 32.0, 10: 30.0, 11: 31.0, 12: 29.0, 13: 33.0, 14: 30.5, 15: 31.5}
+BETTER = {0: 20.0, 1: 25.0, 10: 20.0, 11: 21.5, 12: 19.0, 13: 22.0, 14: 20.5, 15: 21.0}
+ALIKE = {0: 31.0, 1: 30.0, 10: 30.2, 11: 31.5, 12: 28.1, 13: 33.9, 14: 30.0, 15: 32.2}
+
+
+def _study_store(path, plugins, stugan_flops: float = 1.0, extra_seed: bool = False):
+    stugan = {**BETTER, **({16: 21.0} if extra_seed else {})}
+    return _store(
+        path,
+        plugins,
+        [
+            ({"methods": ["static"], "sg": [0.9, 0.8]}, STATIC, {}),
+            ({"methods": ["stugan"]}, stugan, {"train_flops": stugan_flops}),
+            ({"methods": ["stugan"], "sg": [0.8]}, ALIKE, {}),
+        ],
     )
+
+
+def _study(tmp_path):
+    from sparsebench.analysis.study import load_study
+
+    (tmp_path / "tiny.toml").write_text(STUDY)
+    return load_study(tmp_path / "tiny.toml")
+
+
+def test_bold_marks_only_a_confirmatory_win_within_the_flop_budget(tmp_path, plugins):
+    df = _frame(_study_store(tmp_path / "r.db", plugins), None, None, None)
+    explored = analyse(df)
+    stu = next(c for c in explored.cells if c["method"] == "stugan" and c["sg"] == 0.9)
+    assert stu["verdict"] == "better" and not stu["confirmatory"]  # an exploratory win is never bold
+    assert not any(c.bold for _, cells in tables.quality_table(df, explored).rows for c in cells)
+    declared = analyse(df, studies=[_study(tmp_path)])
+    rows = _rows(tables.quality_table(df, declared))
+    assert rows["STU-GAN"][0].bold and not rows["STU-GAN"][1].bold  # s_G 90 % (first column) won; 80 % did not
+    costly = _frame(_study_store(tmp_path / "c.db", plugins, stugan_flops=1.2), None, None, None)
+    again = analyse(costly, studies=[_study(tmp_path)])
+    stu = next(c for c in again.cells if c["method"] == "stugan" and c["sg"] == 0.9)
+    assert stu["verdict"] == "better" and stu["train_flops_vs_reference"] == pytest.approx(1.2)
+    assert not any(c.bold for _, cells in tables.quality_table(costly, again).rows for c in cells)
+
+
+def test_a_study_is_analysed_on_its_seeds_holm_adjusted_with_its_pilot_apart(tmp_path, plugins):
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+
+    df = _frame(_study_store(tmp_path / "r.db", plugins, extra_seed=True), None, None, None)
+    (study,) = analyse(df, studies=[_study(tmp_path)]).studies
+    better, alike = study["comparisons"]
+    seeds = range(10, 16)
+    logs = [[math.log(m[s] / STATIC[s]) for s in seeds] for m in (BETTER, ALIKE)]
+    p = [sps.ttest_1samp(x, 0.0).pvalue for x in logs]
+    assert [better["ratio"].p, alike["ratio"].p] == pytest.approx(p)
+    assert [better["p_holm"], alike["p_holm"]] == pytest.approx(list(multipletests(p, method="holm")[1]))
+    assert better["ratio"].pairs == 6 and better["verdict"] == "better" and alike["verdict"] != "better"
+    assert better["wilcoxon_p"] == pytest.approx(sps.wilcoxon(logs[0]).pvalue)
+    pilot = sps.ttest_1samp([math.log(BETTER[s] / STATIC[s]) for s in (0, 1)], 0.0)
+    assert better["pilot"].pairs == 2 and better["pilot"].p == pytest.approx(pilot.pvalue)  # apart, unadjusted
+    assert study["extra"] == {"sngan/0.9/stugan": [16]} and study["complete"]  # seed 16 is said, not used
+    (table,) = tables.study_tables(analyse(df, studies=[_study(tmp_path)]))
+    assert "holds seeds the study did not declare" in table.caption and "sngan/0.9/stugan 16" in table.caption
+
+
+def test_a_cell_is_below_the_floor_only_beyond_the_floors_error_and_is_then_never_better(tmp_path, plugins):
+    content = {"data_hash": "d", "extractor_hash": "e", "eval_samples": 100, "fid_floor": 10.0}
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["dense"]}, {0: 40.0, 1: 41.0, 2: 42.0}, {**content, "fid_floor_se": 1.0}),
+            ({"methods": ["static"]}, {0: 5.0, 1: 5.1, 2: 5.2}, content),  # far below: interval < 10 - 1.96
+            ({"methods": ["static"], "sg": [0.8]}, {0: 7.0, 1: 7.6, 2: 8.3}, content),  # under 10, not beyond
+        ],
+    )
+    cells = {(c["method"], c["sg"]): c for c in cell_aggregates(_frame(store, None, None, None))}
+    far, near = cells[("static", 0.9)], cells[("static", 0.8)]
+    assert far["fid_floor_se"] == 1.0 and near["fid_floor_se"] == 1.0  # borrowed by content: the floor's own
+    assert far["below_floor"] and far["verdict"] == "below the floor"  # its ratio to dense is far below 1
+    assert far["fid_high"] < 10.0 - 1.96 < near["fid_high"] and not near["below_floor"]
+    assert near["verdict"] == "better"
+
+
+def test_collapsed_runs_are_counted_and_their_cell_shows_its_median(tmp_path, plugins):
+    store = _store(tmp_path / "r.db", plugins, [({"methods": ["dense"]}, {0: 20.0, 1: 800.0, 2: 900.0}, {})])
+    df = _frame(store, None, None, None)
+    df["is_mean"] = [5.0 if f < 100 else 1.1 for f in df["fid"]]
+    (cell,) = cell_aggregates(df)
+    assert cell["collapsed"] == 2 and cell["fid_median"] == 800.0 and cell["fid_geomean_working"] == pytest.approx(20.0)
+    (cells,) = _rows(quality_table(df)).values()
+    assert cells[0].text == f"{cell['fid_geomean']:.2f} (n=3); 2/3 collapsed, median 800.00"
+    df["is_mean"] = None  # runs that computed FID only: whether they collapsed is not known, not 0
+    (cell,) = cell_aggregates(df)
+    assert cell["collapsed"] is None and "collapsed" not in _rows(quality_table(df))["Dense GAN"][0].text
+
+
+def test_the_json_cells_carry_the_ratio_its_interval_test_pairs_verdict_and_kind(tmp_path, plugins):
+    from conftest import run_cli
+
+    _study_store(tmp_path / "r.db", plugins)
+    study = tmp_path / "studies" / "tiny.toml"
+    study.parent.mkdir()
+    study.write_text(STUDY)
+    out = json.loads(run_cli("results", "--store", str(tmp_path / "r.db"), "--format", "json", check=True).stdout)
+    stu = next(c for c in out["cells"] if c["method"] == "stugan" and c["sg"] == 0.9)
+    assert stu["test"] == "paired t (log)" and stu["pairs"] == 6 and stu["confirmatory"] is True
+    assert stu["ratio_low"] < stu["ratio"] < stu["ratio_high"] < 1 and stu["verdict"] == "better"
+    assert "detectable_diff" not in stu and "diff" not in stu and stu["study"] == "tiny"
+    static = next(c for c in out["cells"] if c["method"] == "static" and c["sg"] == 0.9)
+    assert static["confirmatory"] is False and static["reference"] == "dense" and static["ratio"] is None
+    assert [s["name"] for s in out["studies"]] == ["tiny"] and out["planning"]["sngan"]["seeds_for_20pct"] >= 2
+    assert all("cell" in r and "settings" in r for r in out["runs"])
