@@ -147,7 +147,7 @@ def cli(verbose: bool):
     "--preset",
     default=defaults.PRESET,
     show_default=True,
-    help="quick (a smoke test: minutes on CPU, digits), small (comparisons on CPU, digits: ~5 min a run), "
+    help="quick (a smoke test: minutes on CPU, digits), small (comparisons on CPU, digits: ~2-4 min a run), "
     "paper (CIFAR-10 reference settings); biggan also imagenet (128x128)",
 )
 @click.option("--steps", type=str, default=None, help="G steps per run (overrides the preset)")
@@ -155,7 +155,8 @@ def cli(verbose: bool):
     "--scope",
     default=None,
     help="sparse tensors: conv, conv+linear, or weights (ADAPT's: every conv and linear weight but norms' gains); "
-    "default: each method's own (adapt: weights; the others: conv)",
+    "default: conv at the quick and small presets (their width is too small for more), else each method's own "
+    "(adapt: weights; the others: conv)",
 )
 @click.option(
     "--distribution",

@@ -153,7 +153,7 @@ def run(
     options: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None,
     store: str | os.PathLike | None = None,
     dataset: str | None = None,
-    scope: str | None = None,  # None: each method's own scope (conv unless it declares one)
+    scope: str | None = None,  # None: each method's own at the preset (sparsebench.config.default_scope)
     distribution: str = defaults.DISTRIBUTION,
     opt_state: str = defaults.OPT_STATE,
     kernels: str = defaults.KERNELS,

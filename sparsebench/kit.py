@@ -244,7 +244,11 @@ class DynamicSparseMethod(SparseGANMethod):
         state = self.sparse_state(ctx)
         callbacks = self.make_callbacks(ctx.options, ctx.config, ctx.rng("explore"))
         ctx.train(state, callbacks.schedule.total, callbacks)
-        ctx.finish(state, eval_weights="sema", topology_updates=callbacks.updates, delta_t=callbacks.interval)
+        ctx.finish(state, eval_weights="sema", **self.results(callbacks))
+
+    def results(self, callbacks: Any) -> dict[str, Any]:
+        """What a run stores of its topology updates (declared in `result_columns`)."""
+        return {"topology_updates": callbacks.updates, "delta_t": callbacks.interval}
 
     def flop_phases(self, plan) -> list:
         """The initial densities (a global ranking moves them during the run; its trained FLOPs follow them)

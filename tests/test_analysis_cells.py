@@ -427,3 +427,37 @@ def test_the_json_cells_carry_the_ratio_its_interval_test_pairs_verdict_and_kind
     assert static["confirmatory"] is False and static["reference"] == "dense" and static["ratio"] is None
     assert [s["name"] for s in out["studies"]] == ["tiny"] and out["planning"]["sngan"]["seeds_for_20pct"] >= 2
     assert all("cell" in r and "settings" in r for r in out["runs"])
+
+
+def test_a_comparison_never_joins_two_scopes_and_a_scope_off_the_presets_is_named(tmp_path, plugins):
+    """STU-GAN at conv+linear has no Static reference at conv: refused, with the scope said; against the dense
+    GAN (no masks) every scope compares. At the small preset every method runs at conv, so ADAPT's own scope
+    there is a row of its own, labelled."""
+    store = _store(
+        tmp_path / "r.db",
+        plugins,
+        [
+            ({"methods": ["dense"]}, {0: 40.0, 1: 41.0}, {}),
+            ({"methods": ["static"]}, {0: 30.0, 1: 31.0}, {}),
+            ({"methods": ["stugan"], "scope": "conv+linear"}, {0: 20.0, 1: 21.0}, {}),
+            ({"methods": ["static"], "scope": "conv+linear"}, {0: 35.0, 1: 36.0}, {}),
+        ],
+    )
+    df = _frame(store, None, None, None)
+    cells = {(c["method"], c["variant"]): c for c in cell_aggregates(df)}
+    wide = cells[("stugan", "scope=conv+linear")]
+    assert wide["scope"] == "conv+linear" and wide["n_reference"] == 2 and wide["pairs"] == 2  # Static at its scope
+    assert cells[("static", "scope=conv+linear")]["pairs"] == 2  # against the dense GAN: it has no masks
+    df = df[~((df["method"] == "static") & (df["scope"] == "conv+linear"))]
+    row = comparisons(df)["STU-GAN [scope=conv+linear]"]
+    assert row[3] == "conv+linear" and "no Static Sparse GAN run with preset quick, scope=conv+linear" in row
+    small = _store(
+        tmp_path / "s.db", plugins, [({"methods": ["adapt"], "preset": "small", "sd": [0.9]}, {0: 50.0}, {})]
+    )
+    own = _store(
+        tmp_path / "o.db",
+        plugins,
+        [({"methods": ["adapt"], "preset": "small", "sd": [0.9], "scope": "weights"}, {0: 60.0}, {})],
+    )  # noqa: E501
+    assert [n[0] for n, _ in quality_table(_frame(small, None, None, None)).rows] == ["ADAPT"]
+    assert [n[0] for n, _ in quality_table(_frame(own, None, None, None)).rows] == ["ADAPT [scope=weights]"]

@@ -230,8 +230,12 @@ def test_adapts_scope_is_the_references():
 
 def test_adapt_takes_its_scope_and_gs_density_for_d_by_default(plugins):
     assert adapt.ADAPT.scope == "weights"
-    (cfg,) = expand_grid(GridRequest(methods=["adapt"], arch="sngan", sg=[0.9], sd=[0.5, 0.7]), plugins)
+    request = dict(methods=["adapt"], arch="sngan", sg=[0.9], sd=[0.5, 0.7])
+    (cfg,) = expand_grid(GridRequest(**request, preset="paper"), plugins)
     assert (cfg.scope, cfg.sg, cfg.sd) == ("weights", 0.9, 0.9)  # D starts at density 0.1, G's, whatever s_D
+    for preset in ("quick", "small"):  # too narrow for its scope: G would starve; every method at conv there
+        (cfg,) = expand_grid(GridRequest(**request, preset=preset), plugins)
+        assert (cfg.scope, cfg.sg, cfg.sd) == ("conv", 0.9, 0.9)
     asked = expand_grid(
         GridRequest(
             methods=["adapt"], arch="sngan", sg=[0.9], sd=[0.5, 0.7], scope="conv", options={"adapt": {"d_start": "sd"}}
@@ -252,28 +256,33 @@ def test_adapt_takes_its_scope_and_gs_density_for_d_by_default(plugins):
     "arch,steps,mode,expected",
     [
         # the reference's own lengths: its numbers (SNGAN scripts, 100,000 steps; BigGAN script, 200,000)
-        ("sngan", 100_000, "relaxed", (500, 1000, 10, 100)),
-        ("sngan", 100_000, "strict", (500, 2000, 10, 100)),
-        ("biggan", 200_000, "relaxed", (500, 1000, 10, 100)),
-        # small presets, 1,500 steps: SNGAN 500 x 0.015 = 7.5 -> 8, 1,000 x 0.015 = 15, 2,000 x 0.015 = 30,
-        # 10 x 0.015 = 0.15 -> 1 (at least one), a window spanning 1,000 x 0.015 = 15 steps = 15 samples
-        ("sngan", 1500, "relaxed", (8, 15, 1, 15)),
-        ("sngan", 1500, "strict", (8, 30, 1, 15)),
-        # BigGAN x 0.0075: 3.75 -> 4, 7.5 -> 8, 15, 0.075 -> 1, 7.5 -> 8 samples
-        ("biggan", 1500, "relaxed", (4, 8, 1, 8)),
-        ("biggan", 1500, "strict", (4, 15, 1, 8)),
+        ("sngan", 100_000, "relaxed", (500, 1000, 10, 100, 0)),
+        ("sngan", 100_000, "strict", (500, 2000, 10, 100, 0)),
+        ("biggan", 200_000, "relaxed", (500, 1000, 10, 100, 0)),
         # SNGAN's paper preset (50,000 steps, x 0.5): 250, 500, 5, a window of 500 / 5 = 100 samples
-        ("sngan", 50_000, "relaxed", (250, 500, 5, 100)),
+        ("sngan", 50_000, "relaxed", (250, 500, 5, 100, 0)),
+        # a tenth of the reference's length is still scaled by the fraction: 10,000 SNGAN steps x 0.1: 50, 100, 1,
+        # a window of 100 / 1 = 100 samples
+        ("sngan", 10_000, "relaxed", (50, 100, 1, 100, 0)),
+        # below a tenth, in optimizer steps (FakeCtx's preset updates G every 30 steps): small presets, 1,500 steps:
+        # G every max(30, 500 x 0.015 = 7.5 -> 8) = 30; a ratio every max(1, 10 x 0.015 -> 0) = 1; 100 samples;
+        # D every 100 x 1 = 100 G steps (strict: 200); no decision before 10 % of 1,500 = 150
+        ("sngan", 1500, "relaxed", (30, 100, 1, 100, 150)),
+        ("sngan", 1500, "strict", (30, 200, 1, 100, 150)),
+        ("biggan", 1500, "relaxed", (30, 100, 1, 100, 150)),  # BigGAN x 0.0075: the same in optimizer steps
+        # 9,999 SNGAN steps (x 0.09999, just short): G max(30, 49.995 -> 50) = 50, a ratio every 0.9999 -> 1,
+        # D every 100, no decision before 1,000
+        ("sngan", 9_999, "relaxed", (50, 100, 1, 100, 1000)),
     ],
 )
 def test_adapts_intervals_per_arch_scale_the_references(arch, steps, mode, expected):
-    ref = adapt.Schedule.scaled(arch, steps, mode)
-    assert (ref.g_interval, ref.d_interval, ref.ratio_every, ref.window) == expected
+    ref = adapt.Schedule.for_run(arch, types.SimpleNamespace(steps=steps, explore_interval=30), mode)
+    assert (ref.g_interval, ref.d_interval, ref.ratio_every, ref.window, ref.first) == expected
     ctx = FakeCtx({**options_of(adapt.ADAPT()), "mode": mode}, steps=steps, arch=arch, sd=0.8)
     adapt.ADAPT().run(ctx)
     h = ctx.hooks
     assert isinstance(h, adapt.BalancedTraining)
-    assert (h.interval, h.d_interval, h.balance_ratio_every, h.window.maxlen) == expected
+    assert (h.interval, h.d_interval, h.balance_ratio_every, h.window.maxlen, h.first) == expected
     assert h.per_layer is False and h.regrow_pruned is True and h.drop_noise == 1e-5
     assert h.balance_ratio_mode == "train" and h.schedule.p_min == 0.005
     probe = BalanceProbe.asked_by(h)  # what a run measures for these callbacks, under any --kernels
@@ -345,3 +354,35 @@ def test_the_ratio_is_measured_in_train_mode_as_the_reference_does(plugins, monk
     # train mode advances D's spectral-norm vectors and G's BN statistics, as in the reference
     assert any(not torch.equal(a, b) for a, b in zip(u_train, u_eval))
     assert any(not torch.equal(a, b) for a, b in zip(bn_train, bn_eval))
+
+
+def test_adapts_first_decision_waits_for_the_transient_and_every_decision_is_counted():
+    """Window 2, D every 2 G steps from step 4 on: no decision at step 2 although the window is full; at 4 the
+    mean 0.2 moves D from 0.1 down to its floor 0.05; at 6 the mean 0.5 is in the band; at 8 and 10 the mean 0.2
+    asks for less, and the floor holds D."""
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Conv2d(1, 1, (1, 40), bias=False))
+    d_masks = MaskState.from_distribution(D, 0.9, "uniform", "conv", torch.Generator().manual_seed(0))
+    for p in d_masks.params.values():
+        p.grad = torch.randn_like(p)
+    state = GANState(
+        nn.Linear(1, 1), D, torch.optim.SGD(D.parameters()), torch.optim.SGD(D.parameters()), None, d_masks
+    )
+    hooks = adapt.BalancedTraining(
+        100, CosineSchedule(0.5, 0.005, 100), torch.Generator(), mode="relaxed", d_interval=2, ratio_every=1,
+        window=2, d_density=0.1, first=4,
+    )  # fmt: skip
+    densities = []
+    for step, ratio in enumerate([0.2, 0.2, 0.2, 0.2, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2], start=1):
+        state.balance_ratio = ratio
+        hooks.after_d_backward(state, step)
+        hooks.after_g_step(state, step)
+        densities.append(round(hooks.d_density, 10))
+    assert densities == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]
+    assert hooks.decisions == {"d_down": 1, "d_up": 0, "d_held": 2, "d_in_band": 1}
+    restored = adapt.BalancedTraining(
+        100, CosineSchedule(0.5, 0.005, 100), torch.Generator(), mode="relaxed", d_interval=2, ratio_every=1,
+        window=2, d_density=0.1, first=4,
+    )  # fmt: skip
+    restored.load_state_dict(hooks.state_dict())  # a resumed run keeps its count
+    assert restored.decisions == hooks.decisions

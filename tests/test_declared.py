@@ -195,7 +195,7 @@ def test_plugin_method_shows_its_title_reference_and_columns(tmp_path, site, plu
     assert "My Sparse GAN" in t1 and "my-sparse" not in t1
     assert t1.index("Static Sparse GAN |") < t1.index("My Sparse GAN |")  # order 65: after static (60)
     compared = (out / "comparisons.md").read_text()
-    assert "| My Sparse GAN | sngan | 90 | 50 | Static Sparse GAN | paired t (log), 3 pairs |" in compared
+    assert "| My Sparse GAN | sngan | 90 | 50 | conv | Static Sparse GAN (conv) | paired t (log), 3 pairs |" in compared
 
     cells = json.loads(
         run_cli("results", "--store", str(db), "--format", "json", env=with_plugin(site), check=True).stdout

@@ -368,9 +368,9 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
         assert float(row["exploration_rate"]) > 0.2 + 0.01  # G's connectivity moved
     for method in ("set", "rigl"):
         assert float(by[method]["density_d"]) == pytest.approx(0.5, abs=1e-4)
-    # D started at G's density (0.2, over ADAPT's `weights` scope); one adjustment (at G step 4): it moved by
-    # 0.05 or stayed
-    assert by["adapt"]["scope"] == "weights" and float(by["adapt"]["sd"]) == pytest.approx(0.8)
+    # D started at G's density (0.2, over the quick preset's `conv` scope, which every method takes there); one
+    # adjustment (at G step 4): it moved by 0.05 or stayed
+    assert by["adapt"]["scope"] == "conv" and float(by["adapt"]["sd"]) == pytest.approx(0.8)
     assert min(abs(float(by["adapt"]["density_d"]) - d) for d in (0.15, 0.2, 0.25)) < 1e-3
     import sqlite3
 

@@ -40,4 +40,8 @@ done
 for arch in biggan sngan; do  # 7 rounds each: seeds 0 and 1
   step --arch $arch --methods gan-tickets --sg 0.8 --seeds 0,1
 done
-sparsebench report --store $S --preset small --out reports/small --no-samples
+# 5. the confirmatory study STU-GAN vs Static, seeds 10-33 (declared in studies/stugan-vs-static.toml)
+bash reports/small/studies/stugan-vs-static.sh
+# 6. ADAPT and its SDST baselines at one sparse scope, 3 seeds
+bash reports/small/baselines.sh
+sparsebench report --store $S --preset small --out reports/small --no-samples --study reports/small/studies/stugan-vs-static.toml

@@ -176,10 +176,12 @@ class Defaults:
 
         out: dict[str, Any] = dict(self.CORE)
         plugins = get_plugins()
-        try:  # a method may declare its own default scope (ADAPT's reference scope)
-            out["scope"] = getattr(plugins.methods.get(method), "scope", "") or defaults.SCOPE
+        from sparsebench.config import default_scope
+
+        try:  # a method may declare its own default scope (ADAPT's reference scope), which some presets override
+            out["scope"] = default_scope(getattr(plugins.methods.get(method), "scope", ""), preset)
         except Exception:  # noqa: BLE001 - a method not installed here
-            pass
+            out["scope"] = default_scope("", preset)
         try:
             spec = plugins.archs.get(arch).presets[preset]
         except Exception:  # noqa: BLE001 - an architecture or preset not installed here

@@ -159,6 +159,7 @@ def analyse(
             "sd": float(sd),
             "cell": cell_of(runs.iloc[0], flat) if "cell" in runs else None,
             "steps": flat.get("train.steps"),
+            "scope": flat.get("scope"),
             "n": int(ok["seed"].nunique()),
             "seeds": sorted(int(x) for x in ok["seed"].dropna().unique()),
             "failed": int(counts.get("failed", 0)),

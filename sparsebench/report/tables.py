@@ -182,11 +182,13 @@ def comparison_table(analysis: Analysis, methods=None, title: str = "Comparisons
     for r in recs:
         name = label({"method": r["method"], "variant": r["variant"]}, info)
         ref = info.title(r["reference"])
+        dense_ref = info.fixed(r["reference"]) == {"sg": 0.0, "sd": 0.0}  # no masks: any scope
         cells = [
             Cell(r["arch"]),
             Cell(f"{100 * r['sg']:g}"),
             Cell(f"{100 * r['sd']:g}"),
-            Cell(ref),
+            Cell(str(r.get("scope") or "")),
+            Cell(ref + (" (dense)" if dense_ref else f" ({r.get('scope')})")),
         ]
         if r["ratio"] is None:
             why = (
@@ -218,8 +220,10 @@ def comparison_table(analysis: Analysis, methods=None, title: str = "Comparisons
     )
     return Table(
         title,
-        "Each cell against its method's reference (same settings, length included; at the reference's own s_G and "
-        "s_D where it fixes them). Ratio = FID / the reference's FID (< 1: lower FID than the reference), the "
+        "Each cell against its method's reference (same settings, length and sparse scope included: a comparison "
+        "never joins two scopes, and a row whose scope is not the preset's says so in its label; at the "
+        "reference's own s_G and s_D where it fixes them: a dense reference has no masks, so no scope). "
+        "Ratio = FID / the reference's FID (< 1: lower FID than the reference), the "
         "geometric mean of per-seed ratios with its 95 % interval from a paired t test on log FID over the seeds "
         "both arms hold (a seed fixes both arms' initial weights, data order and evaluation samples; seeds one arm "
         "lacks are left out and counted), or Welch's t test on log FID where they share fewer than 2 seeds. "
@@ -231,8 +235,8 @@ def comparison_table(analysis: Analysis, methods=None, title: str = "Comparisons
         f"reference's. Planning (seeds per arm to detect a ratio of {TARGET_RATIO:g} at 80 % power, paired): "
         + (planning or "no arch has paired comparisons to pool"),
         ["Method"],
-        [("", "arch"), ("", "s_G (%)"), ("", "s_D (%)"), ("", "vs"), ("", "test"), ("", "ratio [95 % CI]")]
-        + [("", "verdict"), ("", "FLOPs vs ref"), ("", "kind")],
+        [("", "arch"), ("", "s_G (%)"), ("", "s_D (%)"), ("", "scope"), ("", "vs (its scope)"), ("", "test")]
+        + [("", "ratio [95 % CI]"), ("", "verdict"), ("", "FLOPs vs ref"), ("", "kind")],
         rows,
     )
 

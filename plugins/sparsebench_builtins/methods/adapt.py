@@ -4,7 +4,8 @@ As its reference code runs it (YiteWang/ADAPT@002e2e9: `scripts/adapt_relax.sh`,
 `sparselearning/core.py`, `gan_functions.py`):
 
 - Scope: every weight but biases, norms, embeddings and layers named gain/bias/classifier (the `weights`
-  scope, see sparsebench.sparse.scope), unless `--scope` says otherwise.
+  scope, see sparsebench.sparse.scope), unless `--scope` says otherwise; at the CPU presets (quick, small) every
+  method runs at `conv`, where the `weights` scope would starve G (`sparsebench.config.SHARED_SCOPE_PRESETS`).
 - G: RigL-style dynamic sparse training over the whole network (global |w| removal, global |grad| regrowth),
   ERK masks, drop fraction 0.5 cosine-decayed to 0.005, every delta_t G steps; a weight just dropped may be
   regrown (it then keeps its value), ties broken by RigL's noise from the run's seeded stream.
@@ -25,13 +26,26 @@ As its reference code runs it (YiteWang/ADAPT@002e2e9: `scripts/adapt_relax.sh`,
   `relaxed` lets D reach density 1; `strict` caps it at 0.5 and, at an adjustment with BR >= 0.55 at the
   cap, prunes and regrows D instead (global |w| out, |grad| in).
 - Intervals: the reference's SNGAN scripts run 100,000 G steps with G updates every 500, D adjustments every
-  1,000 (relaxed) or 2,000 (strict), a ratio every 10 and a window of 100 (1,000 steps); its scripts set no
-  ADAPT intervals for BigGAN (its code defaults, 500 / 500 / a ratio every 100 / a window of 100 iterations,
-  fail its own check of at least 10 ratios per D adjustment), so BigGAN takes the SNGAN scripts' intervals
-  at the same fraction of its script's 200,000 G steps: our extrapolation, not the reference's. A preset
-  of S steps takes each interval and the window's span at the same fraction of training:
-  round(reference interval / reference steps x S), at least 1 (the small SNGAN preset, 1,500 steps:
-  G every 8, D every 15 / 30, a ratio every step, a window of 15).
+  1,000 (relaxed) or 2,000 (strict), a ratio every 10 and a window of 100 (1,000 steps), its first decision at
+  iteration 1,000 (1 % of training, once the window is full); its scripts set no ADAPT intervals for BigGAN (its
+  code defaults, 500 / 500 / a ratio every 100 / a window of 100 iterations, fail its own check of at least 10
+  ratios per D adjustment), so BigGAN takes the SNGAN scripts' intervals at the same fraction of its script's
+  200,000 G steps: our extrapolation, not the reference's. A preset of at least a tenth of the reference's
+  length (the paper presets) takes each interval and the window's span at the same fraction of training:
+  round(reference interval / reference steps x S), at least 1. Below that (`Schedule.SHORT`), the fraction
+  alone leaves nothing to decide from (the small SNGAN preset, 1,500 steps, would get G every 8 steps, D every
+  15 / 30 G steps = 30 / 60 D steps, a window of 15 consecutive, correlated ratios and a first decision at step
+  8, against the reference's 5,000 D steps and 100 samples), so a short preset counts in optimizer steps: G is
+  updated every `explore_interval` G steps of the preset, as its SDST baselines are at that preset (the
+  reference runs ADAPT and SDST at one interval, 500); a ratio every round(10 x fraction) G steps, at least 1;
+  a window of the reference's 100 samples; D adjusted every window span (relaxed; twice that, strict), so that
+  no sample serves two decisions and D trains 200 (400) D steps at each density at the small preset; and no
+  decision in the first 10 % of training (the initial transient, in which the reference takes none either).
+  The small preset then gets G every 30 steps, a ratio every step, 100-sample windows, D adjusted every 100
+  (200) G steps from step 200 on: 13 (7) decisions.
+- Decisions are counted in the results (`d_down`, `d_up`, `d_held`, `d_in_band`): where the balance ratio never
+  reaches the band [0.45, 0.55] at a preset, every decision sparsifies D (down to its floor) and the results
+  say so, instead of the controller's intent being taken for granted.
 
 Densities change during the run: the training FLOPs follow them step by step.
 """
@@ -74,19 +88,35 @@ REFERENCE_WINDOW = REFERENCE_WINDOW_STEPS // REFERENCE_RATIO_EVERY
 
 @dataclass(frozen=True)
 class Schedule:
-    """ADAPT's intervals for a run of `steps` G steps: the reference's, at the same fraction of training."""
+    """ADAPT's intervals for a run: the reference's at the same fraction of training, or in optimizer steps at
+    a short preset (see the module docstring)."""
 
     g_interval: int
     d_interval: int
     ratio_every: int
     window: int  # balance-ratio samples
+    first: int = 0  # no D decision before this G step
+
+    SHORT = 0.1  # below this fraction of the reference's length, a preset counts in optimizer steps
+    WARMUP = 0.1  # at a short preset, the fraction of training without a decision
 
     @classmethod
-    def scaled(cls, arch: str, steps: int, mode: str) -> Schedule:
-        """round(reference / reference steps x steps), at least 1; the window keeps the reference's span
-        (1,000 of its steps, scaled alike) and at most its 100 samples. An architecture the reference does
-        not run takes its SNGAN scripts' length."""
-        fraction = steps / REFERENCE_STEPS.get(arch, REFERENCE_STEPS["sngan"])
+    def for_run(cls, arch: str, spec, mode: str) -> Schedule:
+        """The schedule of a run of `spec.steps` G steps of architecture `arch` (an architecture the reference
+        does not run takes its SNGAN scripts' length)."""
+        fraction = spec.steps / REFERENCE_STEPS.get(arch, REFERENCE_STEPS["sngan"])
+        if fraction >= cls.SHORT:
+            return cls.scaled(fraction, mode)
+        ratio_every = max(1, math.floor(REFERENCE_RATIO_EVERY * fraction + 0.5))
+        span = REFERENCE_WINDOW * ratio_every
+        d_interval = span * REFERENCE_D_INTERVAL[mode] // REFERENCE_D_INTERVAL["relaxed"]
+        g_interval = max(1, spec.explore_interval, math.floor(REFERENCE_G_INTERVAL * fraction + 0.5))
+        return cls(g_interval, d_interval, ratio_every, REFERENCE_WINDOW, math.ceil(cls.WARMUP * spec.steps))
+
+    @classmethod
+    def scaled(cls, fraction: float, mode: str) -> Schedule:
+        """round(reference x fraction), at least 1; the window keeps the reference's span (1,000 of its steps,
+        scaled alike) and at most its 100 samples."""
 
         def scale(value: int) -> int:
             return max(1, math.floor(value * fraction + 0.5))
@@ -121,17 +151,19 @@ class BalancedTraining(GradientGrowth):
         ratio_every: int,
         window: int,
         d_density: float,
+        first: int = 0,
     ):
         super().__init__("g", interval, schedule, generator)
-        self.mode, self.d_interval = mode, d_interval
+        self.mode, self.d_interval, self.first = mode, d_interval, first
         self.balance_ratio_every = ratio_every
         self.d_density = d_density
         self.window: deque[float] = deque(maxlen=window)
         self.d_updates = 0  # strict mode: prune-and-regrow updates of D at its cap
+        self.decisions = {"d_down": 0, "d_up": 0, "d_held": 0, "d_in_band": 0}  # what each decision did
         self._d_grads: dict[str, torch.Tensor] = {}
 
     def adjust_due(self, step: int) -> bool:
-        return step % self.d_interval == 0 and step < self.schedule.total
+        return step % self.d_interval == 0 and self.first <= step < self.schedule.total
 
     def needs_dense_grads(self, step: int) -> bool:
         return super().needs_dense_grads(step) or self.adjust_due(step)  # D grows by its dense gradient
@@ -162,6 +194,10 @@ class BalancedTraining(GradientGrowth):
         move = -D_STEP if ratio <= B_MINUS else D_STEP if ratio >= B_PLUS else 0.0
         target = round(min(max(self.d_density + move, D_FLOOR), cap), 10)
         drop = noisy_magnitude(masks, self.generator, self.drop_noise)
+        outcome = (
+            "d_in_band" if move == 0 else "d_held" if target == self.d_density else "d_down" if move < 0 else "d_up"
+        )
+        self.decisions[outcome] += 1
         if target != self.d_density:
             self.d_density = target
             change_density(masks, target, drop, gradient_magnitude(self._d_grads), state.d_opt)
@@ -186,6 +222,7 @@ class BalancedTraining(GradientGrowth):
             "window": list(self.window),
             "d_density": self.d_density,
             "d_updates": self.d_updates,
+            "decisions": dict(self.decisions),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -193,6 +230,7 @@ class BalancedTraining(GradientGrowth):
         self.window.clear()
         self.window.extend(float(v) for v in state["window"])
         self.d_density, self.d_updates = float(state["d_density"]), int(state["d_updates"])
+        self.decisions = {k: int(v) for k, v in state["decisions"].items()}
 
     def stats(self, state, step: int) -> dict[str, float]:
         return {**super().stats(state, step), "d_density": self.d_density, "d_updates": self.d_updates}
@@ -200,9 +238,10 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(DynamicSparseMethod):
     name = "adapt"
-    version = "0.3.1"  # 0.3.1: a decision averages the last `window` ratios (0.3.0: window + 1)
+    version = "0.4.0"
     title, order, reference = "ADAPT", 100, "dense"
     scope = "weights"
+    result_columns = ("topology_updates", "delta_t", "d_down", "d_up", "d_held", "d_in_band")
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
     options = (
         Option(
@@ -252,7 +291,7 @@ class ADAPT(DynamicSparseMethod):
 
     def make_callbacks(self, o: dict, cfg, generator: torch.Generator) -> BalancedTraining:
         """The training callbacks of a run with options `o`: what `run` trains with and `flop_phases` counts."""
-        ref = Schedule.scaled(cfg.arch, cfg.train.steps, o["mode"])
+        ref = Schedule.for_run(cfg.arch, cfg.train, o["mode"])
         return BalancedTraining(
             o["delta_t"] or ref.g_interval,
             CosineSchedule(o["p0"], P_MIN, cfg.train.steps),
@@ -262,7 +301,11 @@ class ADAPT(DynamicSparseMethod):
             ratio_every=o["ratio_every"] or ref.ratio_every,
             window=o["window"] or ref.window,
             d_density=1.0 - cfg.sd,
+            first=ref.first,
         )
+
+    def results(self, callbacks: BalancedTraining) -> dict:
+        return {**super().results(callbacks), **callbacks.decisions}
 
     def sparse_state(self, ctx):
         """G from its masks, D from its own (dense when s_D is 0: D may grow from dense too)."""
