@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 import torch
-from conftest import scheduler
+from conftest import run_cli, scheduler
 
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.store import Store
@@ -71,4 +71,48 @@ def test_atomic_save_removes_its_temporary_when_the_check_before_the_rename_rais
     recorder = RunRecorder(sink)
     with pytest.raises(ClaimLost, match="taken over"):
         atomic_save({"x": torch.zeros(2)}, tmp_path / "checkpoint-phase1.pt", lambda: recorder.holding(every=0.0))
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- a store name SQLite cannot add its journal suffix to -------------------------------------------------
+def one_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+RUN = ["run", "--methods", "static", "--arch", "sngan", "--steps", "2"]
+
+
+@pytest.mark.parametrize("command", [RUN, ["results"]])
+def test_a_store_name_too_long_for_its_journal_is_refused_before_anything_is_created(tmp_path, command):
+    path = tmp_path / "d" / ("a" * 247 + ".db")  # 250 characters: '-journal' would make 258, over the 255 allowed
+    line = one_line(run_cli(*command, "--store", str(path)))
+    assert "its file name has 250 characters, at most 247 are allowed" in line and "-journal" in line, line
+    assert list(tmp_path.iterdir()) == []  # no store, no folder, no artifacts
+
+
+def test_a_new_store_whose_artifacts_folder_name_would_be_too_long_is_refused(tmp_path):
+    path = tmp_path / ("a" * 247)  # fits with '-journal', but 'aaa...-artifacts' would have 257 characters
+    line = one_line(run_cli(*RUN, "--store", str(path)))
+    assert "artifacts folder" in line and "would have 257 characters, at most 255 are allowed" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_name_of_the_longest_length_allowed_works(tmp_path):
+    path = tmp_path / ("a" * 244 + ".db")  # 247 characters
+    Store(path).close()
+    Store(path, readonly=True).close()
+
+
+def test_a_failed_create_leaves_no_empty_file(tmp_path, monkeypatch):
+    from sparsebench import SparsebenchError
+    from sparsebench.store.database import Database
+
+    def failing(self):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Database, "_init_schema", failing)
+    with pytest.raises(SparsebenchError, match="disk I/O error"):
+        Store(tmp_path / "r.db")
     assert list(tmp_path.iterdir()) == []
