@@ -116,3 +116,44 @@ def test_a_failed_create_leaves_no_empty_file(tmp_path, monkeypatch):
     with pytest.raises(SparsebenchError, match="disk I/O error"):
         Store(tmp_path / "r.db")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- commands that only read a store leave no file beside it ---------------------------------------------
+def listing(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_results_show_and_report_leave_the_folder_of_a_closed_store_as_it_was(tmp_path, plugins):
+    from test_hardening import one_run_store
+
+    folder = tmp_path / "data"
+    run_id = one_run_store(folder / "results.db", plugins)  # its writer closed: no -wal, no -shm
+    before = listing(folder)
+    assert before == ["results.db"]
+    for args in (["results"], ["results", "--format", "json"], ["show", run_id[:6]],
+                 ["report", "--out", str(tmp_path / "rep")]):  # fmt: skip
+        proc = run_cli(*args, "--store", str(folder / "results.db"), check=True)
+        assert run_id in proc.stdout or args[0] == "report"
+        assert listing(folder) == before, args
+
+
+def test_a_reader_beside_a_live_writer_sees_its_committed_rows_and_leaves_its_files(tmp_path, plugins):
+    from test_hardening import RESULTS
+
+    path = tmp_path / "results.db"
+    writer = Store(path)
+    first, second = expand_grid(GridRequest(methods=["static"], arch="sngan", sg=[0.8, 0.9]), plugins)
+    writer.claim(first, {}, "writer")
+    writer.finish_run(first.run_id, "done", RESULTS, 1.0, "writer")
+    reader = Store(path, readonly=True)
+    assert [r["run_id"] for r in reader.all_runs()] == [first.run_id]
+    writer.claim(second, {}, "writer")  # committed while the reader is open
+    assert [r["run_id"] for r in reader.all_runs()] == [first.run_id, second.run_id]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.conn.execute("DELETE FROM runs")
+    reader.close()  # not the last connection: the writer's -wal and -shm stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.db", "results.db-shm", "results.db-wal"]
+    writer.finish_run(second.run_id, "done", RESULTS, 1.0, "writer")
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.db"]
+    assert [r["status"] for r in Store(path, readonly=True).all_runs()] == ["done", "done"]

@@ -194,9 +194,22 @@ class Database(ArtifactPaths):
 
     # -- schema -------------------------------------------------------------------------------
     def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that reads the store, writes nothing to it and leaves no file beside it.
+
+        SQLite reads a WAL database through its `-wal` and `-shm` files and creates them where they are absent;
+        a connection opened `mode=ro` cannot remove them again, so reading a store whose writers had all closed
+        left both beside it. This one is opened read-write (`mode=rw`: never created) and refuses every write
+        (`PRAGMA query_only`), so SQLite removes the two files itself when the last connection to the store
+        closes, and only then: it takes the database's exclusive lock first, so a `sparsebench run` writing the
+        store meanwhile keeps its files, and the reader sees every row committed before its read. (`immutable=1`
+        creates no file either, but reads past a live writer's `-wal`, missing or tearing its rows: it is used
+        only below, where nothing can write.) The one write such a close can make is SQLite's own recovery:
+        transactions a killed writer committed to the `-wal` are copied into the database file, as the next
+        writer would. A write-protected store file is opened read-only, as with `mode=ro`."""
         uri = self.path.absolute().as_uri()  # percent-encoded: '?' or '#' in a path stay part of it
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=120, isolation_level=None)
+        conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=120, isolation_level=None)
         try:
+            conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.OperationalError as exc:
