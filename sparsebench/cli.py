@@ -524,6 +524,7 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, opti
     from tabulate import tabulate
 
     from sparsebench.config import DISTRIBUTIONS, SCOPES, freeze, preset_spec
+    from sparsebench.describe import ESTIMATE_NOTE
     from sparsebench.describe import describe as describe_arch
     from sparsebench.options import parse_option_strings, validate_options
 
@@ -585,6 +586,8 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, opti
             for la in info[key + "_layers"]
         ]
         what = f"density ({info['method']})" if "method" in info else f"density at s={s:g}"
+        if info.get("estimate"):
+            what = "~" + what
         click.echo(tabulate(rows, headers=["layer", "shape", "params", what, "FLOPs"]))
         click.echo()
     for item in info.get("plan", []):
@@ -599,7 +602,9 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, opti
             for n, k in (("G", "g_dense_grad_steps"), ("D", "d_dense_grad_steps"))
             if item[k]
         )
-        click.echo(f"{item['label']}: {item['steps']} G steps ({nets}){grads}")
+        click.echo(f"{'~' if item['estimate'] else ''}{item['label']}: {item['steps']} G steps ({nets}){grads}")
+    if info.get("estimate") or any(item.get("estimate") for item in info.get("plan", [])):
+        click.echo(ESTIMATE_NOTE)
 
 
 convention_option = click.option(
@@ -639,7 +644,7 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
     import pandas as pd
 
     from sparsebench.config import GridRequest, expand_grid
-    from sparsebench.describe import cost_table
+    from sparsebench.describe import ESTIMATE_NOTE, cost_table
     from sparsebench.flop_conventions import CONVENTION_NOTES, check_convention
     from sparsebench.grid import expand_methods
     from sparsebench.options import parse_option_strings
@@ -666,21 +671,18 @@ def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention)
     from tabulate import tabulate
 
     rows = [
-        [
-            r.method,
-            r.arch,
-            f"{r.sg:g}",
-            f"{r.sd:g}",
-            f"{r.train_flops:.3e}",
-            f"{r.test_flops:.3e}",
-            f"{r.train_rel:.2f}x",
-            f"{r.test_rel:.2f}x",
+        [r.method, r.arch, f"{r.sg:g}", f"{r.sd:g}"]
+        + [  # "~": a plan whose densities follow the data or trained weights
+            ("~" if r.estimate else "") + value
+            for value in (f"{r.train_flops:.3e}", f"{r.test_flops:.3e}", f"{r.train_rel:.2f}x", f"{r.test_rel:.2f}x")
         ]
         for r in df.itertuples()
     ]
     click.echo(
         tabulate(rows, headers=["method", "arch", "sg", "sd", "train_flops", "test_flops", "train_rel", "test_rel"])
     )
+    if df["estimate"].any():
+        click.echo(ESTIMATE_NOTE)
     click.echo(
         CONVENTION_NOTES[convention].replace("×", "x")
         if convention == "fvcore"

@@ -52,6 +52,7 @@ def describe(
         "distribution": distribution,
         "sg": sg,
         "sd": sd,
+        "estimate": distribution == "global" and (sg > 0 or sd > 0),  # shown as uniform: the weights decide
     }
     planned: dict[str, dict | None] = {}
     if config is not None:
@@ -59,6 +60,7 @@ def describe(
         last = [i for i in items if isinstance(i, Phase)][-1]
         planned = {"g": last.g_density, "d": last.d_density}
         out["method"] = config.method
+        out["estimate"] = last.estimate  # the densities shown are a prediction (see `Phase.estimate`)
         out["method_options"] = dict(config.method_options)
         out["plan"] = [_plan_item(i) for i in items]
     for key, model, sparsity, mf in (("g", G, sg, flops.g), ("d", D, sd, flops.d)):
@@ -88,6 +90,7 @@ def _plan_item(item) -> dict:
         "d_dense": item.d_density is None,
         "g_dense_grad_steps": item.g_dense_grad_steps,
         "d_dense_grad_steps": item.d_dense_grad_steps,
+        "estimate": item.estimate,
     }
 
 
@@ -114,9 +117,17 @@ def flop_plan(plugins, cfg: RunConfig, cache: dict) -> tuple[list, GANFlops, GAN
     return items, gan, dense
 
 
+ESTIMATE_NOTE = (  # under a table that marks a plan of `Phase.estimate` densities with "~"
+    "~ an estimate: these runs' per-layer densities follow the data or trained weights (a global cut or ranking, "
+    "a density steered in training), counted here at initial or uniform densities; a trained run stores what it "
+    "really trained at"
+)
+
+
 def cost_table(plugins, configs: list[RunConfig], convention: str = "fvcore") -> list[dict]:
     """Training and testing FLOPs of each config from its method's FLOP plan, without training, in `convention`
-    (fvcore counts the plan's declared extra work; the paper's convention leaves it out)."""
+    (fvcore counts the plan's declared extra work; the paper's convention leaves it out); `estimate`: a phase
+    of the plan predicts densities that depend on the data or on trained weights (`Phase.estimate`)."""
     scale = PAPER_FLOPS_PER_FMA if convention == "paper" else 1.0
     rows = []
     cache: dict = {}
@@ -135,6 +146,7 @@ def cost_table(plugins, configs: list[RunConfig], convention: str = "fvcore") ->
                 "test_flops": scale * test,
                 "train_rel": train / dense_train,
                 "test_rel": test / dense.test(),
+                "estimate": any(i.estimate for i in items if isinstance(i, Phase)),
             }
         )
     return rows

@@ -94,7 +94,9 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     res["extractor_hash"] = ev.extractor_hash
     res["eval_samples"] = spec.eval_samples
     res.update(ctx.info)
-    atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt")  # not the whole storage
+    recorder = ctx.services.recorder  # the claim may have gone while this run was evaluated: looked at again
+    claimed = None if recorder is None else recorder.check_claim
+    atomic_save({"images": images[:64].clone()}, ctx.run_dir / "samples.pt", claimed)  # not the whole storage
     return res
 
 

@@ -179,17 +179,17 @@ class Method(VersionedPlugin):
         `describe` (no training): its training phases with their densities and the steps whose backward
         computes dense weight gradients, and any one-off `DensePass` (in the order they run). The default:
         one phase of the preset's steps at the run's initial per-layer densities (a 'global' distribution
-        counted as uniform: its layer densities depend on trained weights), no extra work. Override it when
-        an option changes densities or lengths, or the method does work the loop does not count (declare
-        the same work in `run` with `ctx.count`). A run's own FLOPs always follow the densities it really
-        trains at."""
+        counted as uniform, marked an `estimate`: its layer densities depend on the weights), no extra work.
+        Override it when an option changes densities or lengths, or the method does work the loop does not
+        count (declare the same work in `run` with `ctx.count`); mark a phase whose densities depend on data or
+        trained weights `estimate=True`. A run's own FLOPs always follow the densities it really trains at."""
         from sparsebench.sparse.distributions import layer_densities
 
         c = plan.config
         kind = "uniform" if c.distribution == "global" else c.distribution
         g = layer_densities(plan.g_shapes, 1.0 - c.sg, kind) if c.sg > 0 else None
         d = layer_densities(plan.d_shapes, 1.0 - c.sd, kind) if c.sd > 0 else None
-        return [Phase(c.train.steps, g, d)]
+        return [Phase(c.train.steps, g, d, estimate=kind != c.distribution and (g, d) != (None, None))]
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,11 @@ class Phase:
     backward of the G step. Each costs the dense weight gradient's extra over the sparse one: per image,
     (1 - density) x the layer's forward FLOPs (fvcore counts a backward as 2 x forward, half of it the
     weight gradient). The training loop counts the same from `Callbacks.dense_weight_grads`.
+
+    `estimate`: the densities are a prediction, not the layout the run will train at, which depends on the data
+    or on trained weights (a global magnitude or saliency cut, a global ranking that moves density between
+    layers, a density steered during training); `sparsebench flops` and `describe` mark such a plan as an
+    estimate. A run's stored FLOPs follow the densities it really trains at either way.
     """
 
     steps: int
@@ -209,6 +214,7 @@ class Phase:
     label: str = "train"
     g_dense_grad_steps: int = 0
     d_dense_grad_steps: int = 0
+    estimate: bool = False
 
 
 @dataclass(frozen=True)

@@ -251,9 +251,13 @@ class DynamicSparseMethod(SparseGANMethod):
         return {"topology_updates": callbacks.updates, "delta_t": callbacks.interval}
 
     def flop_phases(self, plan) -> list:
-        """The initial densities (a global ranking moves them during the run; its trained FLOPs follow them)
-        over the run's length, and the steps whose scores read dense gradients."""
+        """The initial densities over the run's length, and the steps whose scores read dense gradients; an
+        estimate where a global ranking updates a sparse network (it moves density between its layers; the
+        trained FLOPs follow them)."""
         (phase,) = super().flop_phases(plan)
         assert isinstance(phase, Phase)  # the default plan is one phase
         callbacks = self.make_callbacks(plan.options, plan.config, torch.Generator())
-        return [with_dense_grads(replace(phase, steps=callbacks.schedule.total), callbacks)]
+        densities = {"g": phase.g_density, "d": phase.d_density}
+        moves = not callbacks.per_layer and any(densities[net] is not None for net in callbacks.networks)
+        phase = replace(phase, steps=callbacks.schedule.total, estimate=phase.estimate or moves)
+        return [with_dense_grads(phase, callbacks)]

@@ -51,6 +51,11 @@ class RunRecorder:
                 raise ClaimLost(f"run {self.sink.run_id} was taken over by another process")
         return True
 
+    def check_claim(self) -> None:
+        """Raise ClaimLost if the claim is gone, looked at now: what a file of the run checks just before it is
+        renamed into place (`atomic_save`'s `before_rename`), since writing it may have taken long."""
+        self.holding(every=0.0)
+
     def log(self, step: int, values: dict[str, Any]) -> None:
         self.pending.extend((step, k, float(v)) for k, v in values.items())
         self.ratios.observe(step, values)

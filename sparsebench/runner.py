@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -134,7 +135,10 @@ class Runner:
         results["wall_s"] = wall
         results["threads"] = used_threads
         if ctx.final is not None and status == "done" and leader:
-            _save_artifacts(ctx)
+            try:
+                _save_artifacts(ctx, recorder.check_claim)
+            except ClaimLost as exc:  # paused while writing the weights: they are the new holder's to write
+                return _lost(config, exc)
         env = environment(self.device, config) if rerun else None
         stored = sink.finish(status, results, wall, env=env, stats=recorder.held)
         if stored and status in ("done", "diverged"):  # finished for good (and committed): checkpoints are spent
@@ -171,7 +175,8 @@ def _abandon(sink: RunSink, rerun: bool, results: dict, wall: float) -> None:
         sink.finish("failed", results, wall)
 
 
-def _save_artifacts(ctx: RunContext) -> None:
+def _save_artifacts(ctx: RunContext, claimed: Callable[[], object]) -> None:
+    """The final weights, each file renamed into place only while the run's claim stands (`claimed`)."""
     st = ctx.final
     assert st is not None
     blob = {
@@ -181,9 +186,9 @@ def _save_artifacts(ctx: RunContext) -> None:
         "g_masks": st.g_masks.state_dict() if st.g_masks else None,
         "d_masks": st.d_masks.state_dict() if st.d_masks else None,
     }
-    atomic_save(blob, ctx.run_dir / "final.pt")
+    atomic_save(blob, ctx.run_dir / "final.pt", claimed)
     if ctx.init_state is not None:
-        atomic_save(ctx.init_state, ctx.run_dir / "init.pt")
+        atomic_save(ctx.init_state, ctx.run_dir / "init.pt", claimed)
 
 
 def _partial(ctx: RunContext) -> dict:

@@ -136,3 +136,53 @@ def test_describe_takes_a_method_and_its_density_changing_options():
     assert stugan["plan"][0]["g_dense_grad_steps"] == 9  # steps 10, 20, ..., 90 (none at the last step)
     bad = run_cli("describe", "--arch", "sngan", "-o", "stugan.delta_t=10")
     assert bad.returncode == 2 and "--option for 'stugan'" in bad.stderr
+
+
+def test_flops_marks_a_plan_whose_densities_follow_the_data_as_an_estimate(snip_env):
+    """SNIP's global cut follows the saliency of the data (its prediction is uniform densities): its row is an
+    estimate, in the CSV's `estimate` column and with `~` and a note in text; the uniform cut's is exact."""
+
+    def table(*args: str) -> dict:
+        out = run_cli("flops", *GRID, "--preset", "quick", "--format", "csv", "--methods", "snip,static", *args,
+                      env=snip_env, check=True).stdout  # fmt: skip
+        return {r["method"]: r["estimate"] for r in csv.DictReader(io.StringIO(out))}
+
+    assert table() == {"snip": "True", "static": "False"}  # static: ERK masks, the layout it trains at
+    assert table("-o", "snip.cut=uniform") == {"snip": "False", "static": "False"}
+    from sparsebench.describe import ESTIMATE_NOTE
+
+    text = run_cli("flops", *GRID, "--preset", "quick", "--methods", "snip,static", env=snip_env, check=True).stdout
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()[0] in ("snip", "static")}
+    assert rows["snip"].count("~") == 4 and "~" not in rows["static"]
+    assert ESTIMATE_NOTE in text
+    uniform = run_cli("flops", *GRID, "--preset", "quick", "--methods", "snip", "-o", "snip.cut=uniform",
+                      env=snip_env, check=True).stdout  # fmt: skip
+    assert "~" not in uniform
+    described = run_cli("describe", *GRID, "--method", "snip", env=snip_env, check=True).stdout
+    assert "~density (snip)" in described and "~train: 6 G steps" in described and ESTIMATE_NOTE in described
+
+
+def test_the_builtins_mark_the_plans_that_depend_on_data_or_trained_weights(plugins):
+    from sparsebench.describe import cost_table
+
+    def estimates(methods: list[str], **request) -> dict[str, bool]:
+        configs = expand_grid(GridRequest(methods=methods, arch="sngan", sg=[0.8], sd=[0.5], steps=6, **request),
+                              plugins)  # fmt: skip
+        return {c.method: row["estimate"] for c, row in zip(configs, cost_table(plugins, configs))}
+
+    every = ["dense", "static", "stugan", "pf-uniform", "pf-global", "gan-tickets", "rigl", "set", "adapt"]
+    assert estimates(every) == {
+        "dense": False,
+        "static": False,  # ERK masks: the layout it trains at
+        "stugan": False,  # per-layer exploration keeps every layer's density
+        "pf-uniform": False,
+        "pf-global": True,  # one global |w| threshold on the trained G
+        "gan-tickets": True,  # a global |w| cut each round
+        "rigl": True,  # a global ranking moves density between layers
+        "set": True,
+        "adapt": True,  # and D's density follows the balance ratio
+    }
+    assert estimates(["static"], distribution="uniform") == {"static": False}
+    assert estimates(["static"], distribution="global") == {"static": True}  # masks by |w| at init
+    layer = {"rigl": {"ranking": "layer"}, "set": {"ranking": "layer"}}
+    assert estimates(["rigl", "set"], options=layer) == {"rigl": False, "set": False}

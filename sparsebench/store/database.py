@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS stats (
 """
 TABLES = {"meta", "runs", "stats"}
 HINT = "pass --store PATH or set SPARSEBENCH_STORE"
+NAME_MAX = 255  # the longest file name (in bytes) of common filesystems
+JOURNAL_SUFFIX = "-journal"  # the longest suffix SQLite adds to the store's file name (beside -wal, -shm)
 
 
 def default_store_path() -> Path:
@@ -87,6 +89,29 @@ class ArtifactPaths:
         return d
 
 
+def _check_name_length(path: Path, create: bool) -> None:
+    """Refuse a store whose file name SQLite cannot add its journal's suffix to (the journal could not be
+    created, and every write would fail as 'unable to open database file') or, for a store to be created, whose
+    artifacts folder's name would be too long, before anything is created."""
+    longest = NAME_MAX - len(JOURNAL_SUFFIX)
+    if len(os.fsencode(path.name)) > longest:
+        raise SparsebenchError(
+            f"results store {path}: its file name has {_length(path.name)}, at most {longest} are allowed (SQLite "
+            f"adds '{JOURNAL_SUFFIX}' to it, and a file name may have at most {NAME_MAX}); {HINT} to a shorter name"
+        )
+    artifacts = own_artifacts_name(path)
+    if create and len(os.fsencode(artifacts)) > NAME_MAX:
+        raise SparsebenchError(
+            f"results store {path}: its artifacts folder, named '<name without suffix>-artifacts', would have "
+            f"{_length(artifacts)}, at most {NAME_MAX} are allowed; {HINT} to a shorter name (or one ending in .db)"
+        )
+
+
+def _length(name: str) -> str:
+    size = len(os.fsencode(name))
+    return f"{size} characters" if size == len(name) else f"{size} bytes"
+
+
 class Database(ArtifactPaths):
     """The SQLite file of a results store at `path`: created on first use, or opened `readonly` (then it must
     exist, and neither it nor its folder is changed). Its runs' rows, logged statistics and outcomes; claims
@@ -94,13 +119,13 @@ class Database(ArtifactPaths):
 
     def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
-        hint = f"{HINT} to a writable location"
         try:
             self.path.is_dir()
         except OSError as exc:  # a name too long for the filesystem, a loop of links...
             raise SparsebenchError(f"results store {self.path}: {exc.strerror or exc}; {HINT}") from None
         if self.path.is_dir():
             raise SparsebenchError(f"results store {self.path} is a directory; {HINT}")
+        _check_name_length(self.path, create=not readonly and not self.path.exists())
         if readonly:
             if not self.path.exists():
                 raise SparsebenchError(f"no results store at {self.path.absolute()}; {HINT}")
@@ -115,6 +140,17 @@ class Database(ArtifactPaths):
                 raise SparsebenchError(f"{self.path} is not a sparsebench results store (an empty database); {HINT}")
             self.artifacts_name = self._artifacts_name() or LEGACY_ARTIFACTS
             return
+        created = not self.path.exists()
+        try:
+            self._open_writable()
+        except BaseException:
+            if created:
+                self._remove_empty_file()
+            raise
+
+    def _open_writable(self) -> None:
+        """Open (or create) the store for writing, its schema made or migrated; failures in one line."""
+        hint = f"{HINT} to a writable location"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(self.path.parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
@@ -129,6 +165,18 @@ class Database(ArtifactPaths):
             raise SparsebenchError(self._not_a_store(exc)) from None
         except OSError as exc:
             raise SparsebenchError(f"cannot write results store {self.path}: {exc.strerror or exc}; {hint}") from None
+
+    def _remove_empty_file(self) -> None:
+        """After a failed create: remove the file this process's open made if it is still 0 bytes (nothing was
+        written to it), which later commands would otherwise find and call an empty database."""
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+        try:
+            if self.path.stat().st_size == 0:
+                self.path.unlink()
+        except OSError:
+            pass
 
     def _not_a_store(self, exc: sqlite3.DatabaseError) -> str:
         """Why the file cannot be read as a store: a damaged (e.g. truncated) SQLite file, or something else."""
@@ -146,9 +194,22 @@ class Database(ArtifactPaths):
 
     # -- schema -------------------------------------------------------------------------------
     def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that reads the store, writes nothing to it and leaves no file beside it.
+
+        SQLite reads a WAL database through its `-wal` and `-shm` files and creates them where they are absent;
+        a connection opened `mode=ro` cannot remove them again, so reading a store whose writers had all closed
+        left both beside it. This one is opened read-write (`mode=rw`: never created) and refuses every write
+        (`PRAGMA query_only`), so SQLite removes the two files itself when the last connection to the store
+        closes, and only then: it takes the database's exclusive lock first, so a `sparsebench run` writing the
+        store meanwhile keeps its files, and the reader sees every row committed before its read. (`immutable=1`
+        creates no file either, but reads past a live writer's `-wal`, missing or tearing its rows: it is used
+        only below, where nothing can write.) The one write such a close can make is SQLite's own recovery:
+        transactions a killed writer committed to the `-wal` are copied into the database file, as the next
+        writer would. A write-protected store file is opened read-only, as with `mode=ro`."""
         uri = self.path.absolute().as_uri()  # percent-encoded: '?' or '#' in a path stay part of it
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=120, isolation_level=None)
+        conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=120, isolation_level=None)
         try:
+            conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.OperationalError as exc:

@@ -20,6 +20,8 @@ import os
 import pickle
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +56,33 @@ def load_plain(path: Path) -> dict:
 DISK_FULL_BYTES = 64 * 2**20  # a failed write with less free space than this is taken for a full disk
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path, before_rename: Callable[[], object] | None = None) -> None:
     """torch.save through a temporary file of this process, renamed into place; no temporary file
     is left behind when the write fails, and a full disk is said in words (torch reports it as a
-    failed write)."""
+    failed write).
+
+    `before_rename` is called once the temporary file is complete, immediately before the rename: a run
+    passes its claim check, so that a process paused while writing (past its lease, its run taken over
+    and finished elsewhere) raises there and puts nothing in the run's folder, which is the new holder's.
+    The check is as late as it can be; the rename that follows it is not atomic with it."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
-        tmp.replace(path)
+        with _full_disk_said(path):
+            torch.save(obj, tmp)
+        if before_rename is not None:
+            before_rename()
+        with _full_disk_said(path):
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _full_disk_said(path: Path) -> Iterator[None]:
+    """A failed write of `path` on a full disk, said in words."""
+    try:
+        yield
     except (OSError, RuntimeError) as exc:
         if _disk_full(exc, path.parent):
             raise OSError(
@@ -70,8 +90,6 @@ def atomic_save(obj: Any, path: Path) -> None:
                 f"the disk is full: cannot write {path}; free space, then run the same command with --retry-failed",
             ) from None
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:
@@ -122,7 +140,9 @@ class Checkpoint:
         label: str,
         done: bool,
         wall_s: float = 0.0,
+        before_rename: Callable[[], object] | None = None,
     ) -> None:
+        """Write the phase's state atomically; `before_rename` as for `atomic_save` (the run's claim check)."""
         blob = {
             "config": self.config_json,
             "label": label,
@@ -145,7 +165,7 @@ class Checkpoint:
             "threads": torch.get_num_threads(),
             "wall_s": float(wall_s),
         }
-        atomic_save(blob, self.path)
+        atomic_save(blob, self.path, before_rename)
 
     def set_aside(self, reason: str) -> Path:
         """Move an unusable checkpoint out of the way (kept for inspection, never loaded)."""

@@ -314,9 +314,15 @@ class _PhaseIO(LoopIO):
             self.recorder.progress(steps)
 
     def checkpoint(self, done: bool = False) -> None:
-        if self.recorder is not None:  # the curve up to here is stored before the checkpoint exists
-            self.recorder.flush()
-        self.ckpt.save(self.state, self.batcher, self.noise, self.callbacks, self.label, done, self.ctx.wall_s())
+        """Store the curve up to here, then save the checkpoint; the claim is looked at again just before the
+        checkpoint is renamed into place (a process paused while writing may have lost the run meanwhile)."""
+        recorder = self.recorder
+        if recorder is not None:  # the curve up to here is stored before the checkpoint exists
+            recorder.flush()
+        claimed = None if recorder is None else recorder.check_claim
+        self.ckpt.save(
+            self.state, self.batcher, self.noise, self.callbacks, self.label, done, self.ctx.wall_s(), claimed
+        )
 
     def stop_requested(self) -> bool:
         return self.recorder is not None and self.recorder.stop_requested()

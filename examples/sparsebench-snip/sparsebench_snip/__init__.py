@@ -49,11 +49,12 @@ class SNIP(sb.Method):
 
     def flop_phases(self, plan):
         """The saliency pass, then the preset's steps at the cut's densities (a global cut's per-layer
-        densities follow the saliency of the data: counted as uniform, as for the `global` distribution)."""
+        densities follow the saliency of the data: counted as uniform and declared an estimate)."""
         c = plan.config
         g = sb.layer_densities(plan.g_shapes, 1.0 - c.sg, "uniform") if c.sg > 0 else None
         d = sb.layer_densities(plan.d_shapes, 1.0 - c.sd, "uniform") if c.sd > 0 else None
-        return [saliency_pass(c.train.batch_size), sb.Phase(c.train.steps, g, d)]
+        estimate = plan.options["cut"] == "global"
+        return [saliency_pass(c.train.batch_size), sb.Phase(c.train.steps, g, d, estimate=estimate)]
 
 
 @sb.hookimpl

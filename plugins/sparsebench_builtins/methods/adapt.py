@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -306,6 +306,10 @@ class ADAPT(DynamicSparseMethod):
 
     def results(self, callbacks: BalancedTraining) -> dict:
         return {**super().results(callbacks), **callbacks.decisions}
+
+    def flop_phases(self, plan) -> list:
+        """The kit's plan, an estimate: G's densities move between layers and D's follows the balance ratio."""
+        return [replace(phase, estimate=True) for phase in super().flop_phases(plan)]
 
     def sparse_state(self, ctx):
         """G from its masks, D from its own (dense when s_D is 0: D may grow from dense too)."""

@@ -78,7 +78,9 @@ class GANTickets(Method):
         steps = plan.config.train.steps
         phases = [Phase(steps, None, None, "pretrain")]
         for r in range(1, (plan.options["rounds"] or rounds_for(plan.config.sg, keep)) + 1):
-            phases.append(Phase(steps, layer_densities(plan.g_shapes, keep**r, "uniform"), None, f"round{r}"))
+            # one global |w| cut per round: its per-layer densities depend on trained weights (an estimate)
+            g = layer_densities(plan.g_shapes, keep**r, "uniform")
+            phases.append(Phase(steps, g, None, f"round{r}", estimate=True))
         return phases
 
 

@@ -42,10 +42,10 @@ class PruneFinetune(Method):
         ctx.finish(state, pruned_from=dense.run_id)
 
     def flop_phases(self, plan) -> list[Phase]:
-        # Per-layer densities of a global threshold depend on trained weights; counted as uniform.
+        # Per-layer densities of a global threshold depend on trained weights: counted as uniform, an estimate.
         steps = plan.config.train.steps
         g = layer_densities(plan.g_shapes, 1.0 - plan.config.sg, "uniform")
-        return [Phase(steps, None, None, "pretrain"), Phase(steps, g, None, "finetune")]
+        return [Phase(steps, None, None, "pretrain"), Phase(steps, g, None, "finetune", estimate=self.how == "global")]
 
 
 class PFGlobal(PruneFinetune):
