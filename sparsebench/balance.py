@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.interfaces import Callbacks, GANState, GStep
+from sparsebench.interfaces import CallbackList, Callbacks, GANState, GStep
 
 # The estimator a run's ratios were measured with is recorded in its env; values stored by another one
 # (before "batch-means": a mean of per-image ratios, biased towards 0) are not shown as results.
@@ -137,7 +137,5 @@ def without_stale(results: dict, env: dict) -> dict:
 def probed(callbacks: Callbacks | None, asking: Callbacks | None = None) -> Callbacks:
     """`callbacks` behind the balance-ratio probe that `asking` (default: `callbacks` themselves) asks for, as
     a run trains them: the probe measures first, so a method's `after_g_step` reads `state.balance_ratio`."""
-    from sparsebench.train.loop import CallbackList
-
     callbacks = callbacks or Callbacks()
     return CallbackList([BalanceProbe.asked_by(asking or callbacks), callbacks])

@@ -95,7 +95,8 @@ def _plan_item(item) -> dict:
 
 
 def _shapes(G, D, scope: str) -> tuple[dict, dict]:
-    return tuple({n: tuple(p.shape) for n, p in scope_parameters(m, scope).items()} for m in (G, D))
+    g, d = ({n: tuple(p.shape) for n, p in scope_parameters(m, scope).items()} for m in (G, D))
+    return g, d
 
 
 def flop_plan(plugins, cfg: RunConfig, cache: dict) -> tuple[list, GANFlops, GANFlops]:

@@ -28,6 +28,7 @@ def evaluate_run(config: RunConfig, ctx: RunContext, ev: Evaluator, plugins: Plu
     """The results of a trained run: densities measured on the weights, FLOPs (absolute and relative to
     the dense GAN), measured time, and every metric of the evaluated generator's samples."""
     st = ctx.final
+    assert st is not None, "evaluate_run needs a finished run (ctx.finish)"
     spec = config.train
     res: dict[str, Any] = {}
     # densities over the scope, measured on the weights themselves

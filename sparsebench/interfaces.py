@@ -35,6 +35,7 @@ __all__ = [
     "GANState",
     "GStep",
     "Callbacks",
+    "CallbackList",
     "DataSplits",
     "ImageData",
     "Option",
@@ -388,3 +389,40 @@ class Callbacks:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class CallbackList(Callbacks):
+    """Several callbacks as one, called in order (a probe before the method's own)."""
+
+    def __init__(self, callbacks: list[Callbacks]):
+        self.callbacks = callbacks
+
+    def after_d_backward(self, state: GANState, step: int) -> None:
+        for c in self.callbacks:
+            c.after_d_backward(state, step)
+
+    def after_g_backward(self, state: GANState, step: int) -> None:
+        for c in self.callbacks:
+            c.after_g_backward(state, step)
+
+    def before_g_update(self, state: GANState, step: int, batch: GStep) -> None:
+        for c in self.callbacks:
+            c.before_g_update(state, step, batch)
+
+    def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
+        for c in self.callbacks:
+            c.after_g_update(state, step, batch)
+
+    def after_g_step(self, state: GANState, step: int) -> bool:
+        changed = [c.after_g_step(state, step) for c in self.callbacks]  # every one, whatever the others return
+        return any(changed)
+
+    def dense_weight_grads(self, step: int) -> str:
+        asked = "".join(c.dense_weight_grads(step) for c in self.callbacks)
+        return "".join(net for net in "gd" if net in asked)
+
+    def stats(self, state: GANState, step: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in self.callbacks:
+            out.update(c.stats(state, step))
+        return out

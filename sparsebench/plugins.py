@@ -77,7 +77,7 @@ _HOOKS = {
 class Plugins:
     """The loaded plugin set: one registry per kind and the warnings raised while filling them."""
 
-    def __init__(self, load_entrypoints: bool = True, extra: list[tuple[str, Any]] = ()):
+    def __init__(self, load_entrypoints: bool = True, extra: list[tuple[str, Any]] | tuple = ()):
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.registries = {kind: Registry(kind) for kind in _HOOKS.values()}

@@ -242,7 +242,9 @@ class Scheduler:
 
         store, runner = self.store, self.runner
         outcomes: list[Outcome] = []
-        queue, waiting, inflight = list(wave), [], {}
+        queue: list[RunConfig] = list(wave)
+        waiting: list[RunConfig] = []
+        inflight: dict[Any, RunConfig] = {}
         reruns: set[str] = set()
         announced: set[str] = set()
         retried: set[str] = set()  # cells whose worker died once

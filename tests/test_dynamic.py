@@ -24,12 +24,11 @@ from sparsebench.config import TrainSpec
 from sparsebench.flops import count_gan, count_model
 from sparsebench.interfaces import Callbacks as Hooks
 from sparsebench.interfaces import GANState
-from sparsebench.kit import TopologyUpdate
+from sparsebench.kit import GradientGrowth, TopologyUpdate
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, layer_densities, scope_parameters
 from sparsebench.train.context import RunContext
 from sparsebench.train.loop import Batcher, adam, d_hinge_loss, g_hinge_loss
 from sparsebench_builtins.methods import adapt
-from sparsebench_builtins.methods.rigl import GradientGrowth
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(

@@ -435,13 +435,14 @@ def test_each_mode_runs_what_was_measured_faster_for_it(monkeypatch):
 def test_kernel_hooks_pass_both_gradient_hooks_on_and_run_gradient_steps_densely():
     """A method's D-side hook reaches it through the backend's wrapper, and a step whose D gradients it
     reads (RigL on D, ADAPT) is a dense-gradient step for both networks."""
-    from sparsebench.kit import TopologyUpdate
+    from sparsebench.kit import GradientGrowth, TopologyUpdate
     from sparsebench.sparse import CosineSchedule
-    from sparsebench_builtins.methods.rigl import GradientGrowth
 
     calls = []
 
-    class Recording(kernels.Callbacks):
+    from sparsebench.interfaces import Callbacks
+
+    class Recording(Callbacks):
         def after_d_backward(self, state, step):
             calls.append(("d", step))
 

@@ -131,13 +131,13 @@ def row_settings(r: Any) -> dict[str, Any]:
     if isinstance(text, str) and text:
         return json.loads(text)
     flat: dict[str, Any] = {"dataset": getattr(r, "dataset", None), "preset": getattr(r, "preset", None)}
-    variant = getattr(r, "variant", None)
+    variant: Any = getattr(r, "variant", None)
     for part in str(variant).split(",") if isinstance(variant, str) and variant else []:
         name, _, value = part.partition("=")
         flat[f"option.{name}"] = value
-    for name, default in (("opt_state", "dense"), ("kernels", "dense")):
-        value = getattr(r, name, None)
-        flat[name] = value if isinstance(value, str) else default
+    for key, default in (("opt_state", defaults.OPT_STATE), ("kernels", defaults.KERNELS)):
+        setting = getattr(r, key, None)
+        flat[key] = setting if isinstance(setting, str) else default
     steps = getattr(r, "steps", None)
     if steps is not None and pd.notna(steps):
         flat["train.steps"] = int(steps)

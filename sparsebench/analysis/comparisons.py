@@ -315,16 +315,16 @@ def _study(study: Study, analysis: Analysis, by_key, flats, index: ReferenceInde
     for r, p, p_eq in zip(tested, p_holm, p_eq_holm):
         r["p_holm"], r["p_equivalence_holm"] = p, p_eq
         r["verdict"] = stats.verdict(r["ratio"], r["below_floor"], study.alpha, p, p_eq)
-        rec = analysis.cell(r["key"])
-        if rec is not None:  # the cell's comparison is the confirmatory one: the study's seeds, Holm-adjusted
-            rec.update(_ratio_fields(r["ratio"]))
-            rec.update(confirmatory=True, study=study.name, verdict=r["verdict"], p_holm=p)
-            rec["p_equivalence_holm"] = p_eq
-            rec["wilcoxon_p"] = r["wilcoxon_p"]
-            rec["bold"] = (
+        cell = analysis.cell(r["key"])
+        if cell is not None:  # the cell's comparison is the confirmatory one: the study's seeds, Holm-adjusted
+            cell.update(_ratio_fields(r["ratio"]))
+            cell.update(confirmatory=True, study=study.name, verdict=r["verdict"], p_holm=p)
+            cell["p_equivalence_holm"] = p_eq
+            cell["wilcoxon_p"] = r["wilcoxon_p"]
+            cell["bold"] = (
                 r["verdict"] == "better"
-                and rec["train_flops_vs_reference"] is not None
-                and rec["train_flops_vs_reference"] <= OVER_BUDGET
+                and cell["train_flops_vs_reference"] is not None
+                and cell["train_flops_vs_reference"] <= OVER_BUDGET
             )
     check = seed_check(study, stored)
     return {

@@ -56,7 +56,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub reads the names as its own keywords
     write_atomic(path, buf.getvalue())
 
 

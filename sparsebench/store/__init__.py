@@ -1,6 +1,6 @@
-"""The results store: one SQLite file holding every run (`database`), the claims that say which process
-trains which run (`claims`), the flat results table (`table`) and the sinks a run writes its statistics and
-outcome through (`sinks`)."""
+"""The results store: one SQLite file, its schema and migrations (`database`), its runs' rows, outcomes and
+statistics (`rows`), the claims that say which process trains which run (`claims`), the flat results table
+(`table`) and the sinks a run writes its statistics and outcome through (`sinks`)."""
 
 from sparsebench.store.claims import HEARTBEAT_S, LEASE_S, ClaimsMixin, decide, process_owner, renew
 from sparsebench.store.database import (
@@ -15,6 +15,7 @@ from sparsebench.store.database import (
     default_store_path,
     own_artifacts_name,
 )
+from sparsebench.store.rows import RowsMixin
 from sparsebench.store.table import (
     DETAIL_KEYS,
     EXTRA_COLUMNS,
@@ -29,7 +30,7 @@ from sparsebench.store.table import (
 )
 
 
-class Store(ClaimsMixin, Database):
+class Store(ClaimsMixin, RowsMixin, Database):
     """A results store at `path`: created on first use, or opened `readonly` (then it must exist, and neither
     it nor its folder is changed); its claims are taken by a grid's scheduler only."""
 

@@ -1,24 +1,5 @@
-"""Sparse CPU kernels (SparseProp) as an execution backend for masked layers.
-
-Sparse training keeps every sparse layer's weight as a dense tensor times a mask; the `dense`
-backend (the default) computes with that masked dense tensor. The `sparseprop` backend computes a
-layer with SparseProp's sparse convolution / linear kernels instead, where the layer is sparse
-enough and a short measurement in place shows the kernels faster (SparseProp's own rule).
-
-The dense weight stays the layer's parameter. A swapped layer gathers its active values from it
-at every forward (through the spectral-norm parametrization where there is one, so sigma is still
-that of the masked original), and the kernel's value gradient lands in the dense `.grad` at the
-active positions. Masks, Adam, SEMA, spectral norm, checkpoints and state dicts therefore keep
-their meaning; nothing has to be synced back. What changes:
-
-- gradients at inactive positions are zero, as if masked. That is exact where gradients are
-  masked anyway (optimizer-state policies `mean` and `zero`); forwards that take gradients on a
-  step whose dense gradients are read (a regrowth step; every step under the `dense` policy) run
-  densely (KernelHooks), while forwards without gradients (G's samples for D) always may use the
-  kernels;
-- the kernels' index structure follows the mask, not the non-zero pattern (a regrown weight is
-  active at value zero), and must be rebuilt after each topology update (`backend.rebuild()`).
-"""
+"""Sparse layers on SparseProp's kernels: availability, which layers to swap (measured in place), the swapped
+forward that gathers its values from the dense weight, and a network's backend (`KernelBackend`)."""
 
 from __future__ import annotations
 
@@ -27,17 +8,16 @@ import logging
 import statistics
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from sparsebench import SparsebenchError
 from sparsebench.config import KERNELS as BACKENDS
-from sparsebench.interfaces import Callbacks, GANState, GStep
 from sparsebench.sparse.masks import MaskState
-from sparsebench.sparse.opt_state import masks_gradients
 from sparsebench.sparse.scope import weight_tensor
 
 DEFAULT_THRESHOLD = 0.8  # minimum sparsity of a layer worth trying (SparseProp's)
@@ -97,7 +77,7 @@ class LayerChoice:
 class _Kernel:
     """Index structure of one swapped layer; `positions[i]` is the flat dense index of value i."""
 
-    def __init__(self, kind: str, module: nn.Module, variant: str, enabled: list[bool], infer_variant: str = ""):
+    def __init__(self, kind: str, module: Any, variant: str, enabled: list[bool], infer_variant: str = ""):
         self.kind = kind
         self.variant = variant  # for forwards that take gradients ("": dense)
         self.infer_variant = infer_variant  # for forwards without
@@ -171,7 +151,7 @@ def conv_variants(stride: int, batch: int) -> tuple[str, ...]:
     return tuple(v for v, ok in (("over_on", stride == 1), ("over_b", batch % 8 == 0)) if ok)
 
 
-def _sparse_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _sparse_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     kernel: _Kernel = getattr(self, _ATTR)
     grad = torch.is_grad_enabled()
     variant = kernel.variant_for(x.shape[0], grad) if kernel.enabled[0] or not grad else None
@@ -214,7 +194,7 @@ def _time_ms(fn, repeats: int) -> float:
 
 
 def _measure(
-    module: nn.Module, kind: str, mask: torch.Tensor, input_shape: tuple, repeats: int, enabled: list[bool]
+    module: Any, kind: str, mask: torch.Tensor, input_shape: tuple, repeats: int, enabled: list[bool]
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median times (ms) of the dense layer and of each kernel variant, interleaved: forward + backward,
     and forward without gradients.
@@ -222,7 +202,8 @@ def _measure(
     Works on detached copies of the weight and bias, so no parameter, gradient or spectral-norm
     vector of the model changes.
     """
-    weight = (weight_tensor(module).detach() * mask).requires_grad_()
+    original: Any = weight_tensor(module)  # a supported layer has a weight
+    weight = (original.detach() * mask).requires_grad_()
     bias = module.bias.detach().clone().requires_grad_() if module.bias is not None else None
     x = torch.randn(input_shape, requires_grad=True)
     kernels = {}
@@ -239,7 +220,9 @@ def _measure(
     def infer(forward):
         return lambda: torch.no_grad()(forward)()
 
-    forwards = {"dense": dense, **{v: (lambda k=k: k.run(x, weight, bias)) for v, k in kernels.items()}}
+    forwards: dict[str, Callable[[], torch.Tensor]] = {"dense": dense}
+    for v, k in kernels.items():
+        forwards[v] = lambda k=k: k.run(x, weight, bias)  # type: ignore[misc]  # bound per kernel
     runs = {
         (mode, name): wrap(fn) for mode, wrap in (("train", train), ("infer", infer)) for name, fn in forwards.items()
     }
@@ -304,10 +287,11 @@ class KernelBackend:
         names = list(masks.params)
         shapes = _input_shapes(model, names, example)
         for name in names:
-            module = modules[name]
+            module: Any = modules[name]
             kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
             density = float(masks.masks[name].mean())
-            choice = LayerChoice(name, kind, tuple(weight_tensor(module).shape), shapes.get(name), density)
+            shape = tuple(module.weight.shape if weight_tensor(module) is None else weight_tensor(module).shape)  # type: ignore[union-attr]
+            choice = LayerChoice(name, kind, shape, shapes.get(name), density)
             self.layers.append(choice)
             reason = unsupported(module)
             if reason:
@@ -322,6 +306,7 @@ class KernelBackend:
                 choice.reason = f"sparsity {1.0 - density:.3f} below {threshold}"
             if choice.reason:
                 continue
+            assert choice.input_shape is not None  # no reason found: the forward used the layer
             train, infer = _measure(module, kind, masks.masks[name], choice.input_shape, repeats, self._enabled)
             choice.dense_ms, choice.dense_fwd_ms = train.pop("dense"), infer.pop("dense")
             variant, choice.sparse_ms = min(train.items(), key=lambda item: item[1])
@@ -366,7 +351,7 @@ class KernelBackend:
         """Give every layer its dense forward back."""
         modules = dict(self.model.named_modules())
         for name in self._kernels:
-            module = modules[name]
+            module: Any = modules[name]
             del module.forward
             delattr(module, _ATTR)
         self._kernels = {}
@@ -396,131 +381,3 @@ class KernelBackend:
                 f"{ms(c.dense_fwd_ms)} {ms(c.sparse_fwd_ms):>10} {infer:<8} {decision}"
             )
         return "\n".join(rows)
-
-
-def needs_dense_grads(hooks: Callbacks, step: int) -> bool:
-    """Whether `hooks` read dense gradients (G's, or D's) at G step `step` (a regrowth step).
-
-    Hooks say so through `needs_dense_grads(step)`; hooks that read gradients without saying when
-    are taken to read them at every step.
-    """
-    ask = getattr(hooks, "needs_dense_grads", None)
-    if ask is not None:
-        return bool(ask(step))
-    return any(
-        getattr(type(hooks), name) is not getattr(Callbacks, name) for name in ("after_g_backward", "after_d_backward")
-    )
-
-
-class KernelHooks(Callbacks):
-    """A method's hooks, plus what the backends need: dense gradient-taking forwards on the steps that
-    read dense gradients, and a rebuild after every topology update."""
-
-    def __init__(self, inner: Callbacks, g: KernelBackend | None, d: KernelBackend | None):
-        self.inner, self.g, self.d = inner, g, d
-
-    def prepare(self, step: int) -> None:
-        """Set up the backends for G step `step` (call before it starts)."""
-        for backend in (self.g, self.d):
-            if backend is not None:
-                dense = not masks_gradients(backend.masks.opt_state)  # the policy keeps dense gradients
-                # a step whose gradients a method reads (G's, or D's for updates of D) runs densely
-                backend.set_dense_grads(dense or needs_dense_grads(self.inner, step))
-
-    def after_d_backward(self, state: GANState, step: int) -> None:
-        self.inner.after_d_backward(state, step)
-
-    def after_g_backward(self, state: GANState, step: int) -> None:
-        self.inner.after_g_backward(state, step)
-
-    def before_g_update(self, state: GANState, step: int, batch: GStep) -> None:
-        self.inner.before_g_update(state, step, batch)
-
-    def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
-        self.inner.after_g_update(state, step, batch)
-
-    def after_g_step(self, state: GANState, step: int) -> bool:
-        changed = self.inner.after_g_step(state, step)
-        if changed:
-            for backend in (self.g, self.d):
-                if backend is not None:
-                    backend.rebuild()
-        self.prepare(step + 1)
-        return changed
-
-    def stats(self, state: GANState, step: int) -> dict[str, float]:
-        return self.inner.stats(state, step)
-
-    def dense_weight_grads(self, step: int) -> str:
-        return self.inner.dense_weight_grads(step)
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
-
-
-class Attached:
-    """The backends of one training phase (none for the `dense` backend) and the hooks to train with."""
-
-    def __init__(
-        self, hooks: Callbacks, g: KernelBackend | None = None, d: KernelBackend | None = None, next_step: int = 1
-    ):
-        self.g, self.d = g, d
-        self.hooks = hooks if g is None and d is None else KernelHooks(hooks, g, d)
-        if isinstance(self.hooks, KernelHooks):
-            self.hooks.prepare(next_step)
-
-    def detach(self) -> None:
-        for backend in (self.g, self.d):
-            if backend is not None:
-                backend.restore()
-
-    def layers(self) -> list[LayerChoice]:
-        return [c for b in (self.g, self.d) if b is not None for c in b.layers]
-
-
-def describe(net: str, layers: list[LayerChoice]) -> str:
-    """The swapped layers of `net`, as stored with a run: `G.name:train/sampling` per layer, where each
-    side is SparseProp's variant or `dense`; empty when no layer was swapped."""
-    return ",".join(f"{net}.{c.name}:{c.variant or 'dense'}/{c.infer_variant or 'dense'}" for c in layers if c.chosen)
-
-
-def for_sampling(
-    backend: str, model: nn.Module, masks: MaskState | None, spec, batch: int, **choice
-) -> KernelBackend | None:
-    """Kernels swapped into the generator that is evaluated (`model`, e.g. the SEMA copy, whose zeros are
-    `masks`' zeros), measured at the sampling batch (`choice`: KernelBackend's threshold / always); None
-    for the `dense` backend or a dense G.
-    The caller restores the model when sampling is done."""
-    if check_backend(backend) == "dense" or masks is None:
-        return None
-    require_sparseprop()
-    with torch.random.fork_rng(devices=[]):
-        example = (torch.randn(batch, spec.z_dim), torch.zeros(batch, dtype=torch.long))
-        chosen = KernelBackend(model, masks, example, **choice)
-    log.info("sparse kernels in the evaluated G:\n%s", chosen.table())
-    return chosen
-
-
-def attach(backend: str, state: GANState, hooks: Callbacks, spec) -> Attached:
-    """Swap the kernels into `state`'s sparse G and D for a training phase (nothing for `dense`).
-
-    The measurement runs on random inputs of the training shapes, outside the run's random streams.
-    """
-    if check_backend(backend) == "dense":
-        return Attached(hooks)
-    require_sparseprop()
-    with torch.random.fork_rng(devices=[]):
-        y = torch.zeros(spec.g_batch_size, dtype=torch.long)
-        g = d = None
-        if state.g_masks is not None:
-            g = KernelBackend(state.G, state.g_masks, (torch.randn(spec.g_batch_size, spec.z_dim), y))
-        if state.d_masks is not None:
-            x = torch.randn(spec.batch_size, 3, spec.resolution, spec.resolution)
-            d = KernelBackend(state.D, state.d_masks, (x, torch.zeros(spec.batch_size, dtype=torch.long)))
-    for net, chosen in (("G", g), ("D", d)):
-        if chosen is not None:
-            log.info("sparse kernels in %s:\n%s", net, chosen.table())
-    return Attached(hooks, g, d, state.step + 1)
