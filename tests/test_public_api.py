@@ -316,3 +316,29 @@ def test_describe_takes_architecture_options_and_refuses_others():
     other = run_cli("describe", "--arch", "sngan", "-o", "stugan.p0=0.3")
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert other.stderr.startswith("Error: --option for 'stugan': describe takes options of the architecture only")
+
+
+def test_names_renamed_in_this_version_still_work_and_say_so():
+    """A plugin written against the previous names runs unchanged: `sparsebench.Hooks` (now `Callbacks`, with a
+    DeprecationWarning), the module `sparsebench.api`, and a DynamicSparseMethod naming its class in `hooks`."""
+    import warnings
+
+    import sparsebench as sb
+    from sparsebench.api import Method as OldMethod
+
+    assert OldMethod is sb.Method
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hooks = sb.Hooks
+    assert hooks is sb.Callbacks and any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+    class Marked(sb.TopologyUpdate):
+        pass
+
+    class OldStyle(sb.DynamicSparseMethod):
+        name = "old-style"
+        hooks = Marked  # the attribute's name before `callbacks_class`
+
+    options = {o.name: o.default for o in OldStyle.options}
+    config = types.SimpleNamespace(train=types.SimpleNamespace(steps=10, explore_interval=5))
+    assert isinstance(OldStyle().make_callbacks(options, config, torch.Generator()), Marked)
