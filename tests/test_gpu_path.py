@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import loop as train
 from conftest import run_cli
+from torch.overrides import TorchFunctionMode
 
 from sparsebench.interfaces import Callbacks as Hooks
 from sparsebench.interfaces import GANState
@@ -119,6 +120,79 @@ def test_the_loop_times_its_steps_on_its_device(plugins, monkeypatch):
     state, spec, batcher = tiny(plugins, "sngan", log_every=2)
     run(state, spec, batcher, 3)
     assert made == [torch.device("cpu")] and len(state.step_seconds) == 3
+
+
+# -- data on the host ----------------------------------------------------------------------------
+
+
+class Transfers(TorchFunctionMode):
+    """Bytes copied from the host to another device (`.to(device)`, `.cuda()`), and whether each copy was
+    asked `non_blocking`."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes, self.blocking = 0, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.to, torch.Tensor.cuda) and isinstance(args[0], torch.Tensor):
+            target = kwargs.get("device", next((a for a in args[1:] if isinstance(a, (str, torch.device))), None))
+            if func is torch.Tensor.cuda or (target is not None and torch.device(target).type != "cpu"):
+                if args[0].device.type == "cpu":
+                    self.bytes += args[0].numel() * args[0].element_size()
+                    self.blocking += not kwargs.get("non_blocking", False)
+        return func(*args, **kwargs)
+
+
+def test_the_batcher_keeps_the_split_on_the_host_and_moves_each_batch():
+    """A training split can be tens of GB: only the minibatches reach the device (here `meta`, standing for a
+    GPU), each copied without waiting; nothing else of the split is moved."""
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64,))
+    with Transfers() as moved:
+        batcher = Batcher(Images(images, labels), torch.device("meta"), torch.Generator().manual_seed(0))
+        for _ in range(6):  # 96 images: into the second epoch
+            x, y = batcher(16)
+    per_batch = 16 * (3 * 8 * 8 * images.element_size() + labels.element_size())
+    assert moved.bytes == 6 * per_batch, (moved.bytes, per_batch)  # the split itself is never copied
+    assert moved.blocking == 0
+    assert x.device.type == y.device.type == "meta" and x.dtype == torch.float32 and x.shape == (16, 3, 8, 8)
+    assert batcher.images.device.type == "cpu"
+
+
+def test_the_batcher_gathers_into_pinned_memory_for_cuda(monkeypatch):
+    """On CUDA each minibatch is gathered into pinned memory (a copy from pageable memory cannot overlap)."""
+    pinned, empty = [], torch.empty
+
+    def recording(*args, pin_memory=False, **kwargs):
+        pinned.append(pin_memory)
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", recording)
+    images = torch.randint(0, 256, (32, 3, 4, 4), dtype=torch.uint8)
+    batcher = Batcher(Images(images, torch.arange(32)), torch.device("meta"), torch.Generator().manual_seed(0))
+    assert not batcher.pinned
+    batcher.pinned = True  # as on a CUDA device
+    batcher(8)
+    assert pinned == [True, True]  # images and labels
+
+
+def test_the_batcher_draws_the_same_order_on_the_host_and_resumes_it():
+    images = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(40)
+    data = Images(images, labels)
+    a = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(5))
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(5))
+    x, y = a(8)
+    assert torch.equal(y, labels[order[:8]]) and torch.equal(x, images[order[:8]].float().div_(127.5).sub_(1.0))
+    for _ in range(4):
+        a(8)
+    saved = a.state_dict()
+    b = Batcher(data, torch.device("cpu"), torch.Generator().manual_seed(99))
+    b.load_state_dict(saved)
+    for _ in range(7):  # across the epoch boundary
+        (xa, ya), (xb, yb) = a(8), b(8)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 # -- host synchronisation -------------------------------------------------------------------------

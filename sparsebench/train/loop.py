@@ -73,31 +73,47 @@ class DivergenceWatch:
 
 
 class Batcher:
-    """Epoch-wise shuffled minibatches from an in-memory uint8 image set, as floats in [-1, 1]."""
+    """Epoch-wise shuffled minibatches from an in-memory uint8 image set, as floats in [-1, 1] on `device`.
+
+    The set stays in host memory: a training split can be tens of GB (the ImageNet preset's is ~60 GB of
+    uint8), and under torchrun every rank would hold a copy of it on its GPU. Each minibatch is gathered on
+    the host, into pinned (page-locked) memory when the device is CUDA, and copied to the device with
+    `non_blocking`: the copy is queued behind the device's work instead of waiting for it (PyTorch's caching
+    host allocator keeps a pinned block until the copy out of it has run). Only the minibatch is pinned, not
+    the split: page-locking tens of GB per rank would starve the host. The order comes from `generator` on the
+    host, so a run draws the same images in the same order on any device, and the state dict (order,
+    position, generator) resumes bit for bit."""
 
     def __init__(self, data: ImageData, device: torch.device, generator: torch.Generator):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        self.images, self.labels = data.images, data.labels
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda"
         self.generator = generator
-        self.perm = torch.randperm(len(data), generator=generator)
-        self.on_device = self.perm.to(device)  # copied once per epoch, not once per batch (a host sync on CUDA)
+        self.perm = torch.randperm(len(data), generator=generator)  # on the host, as the images
         self.pos = 0
 
     def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + n > len(self.perm):
             self.perm = torch.randperm(len(self.perm), generator=self.generator)
-            self.on_device = self.perm.to(self.images.device)
             self.pos = 0
-        idx = self.on_device[self.pos : self.pos + n]
+        idx = self.perm[self.pos : self.pos + n]
         self.pos += n
-        return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]
+        x = self._gather(self.images, idx).to(self.device, non_blocking=True)
+        y = self._gather(self.labels, idx).to(self.device, non_blocking=True)
+        return x.float().div_(127.5).sub_(1.0), y
+
+    def _gather(self, source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """`source[idx]` on the host; in pinned memory for a CUDA device (a copy from pageable memory waits)."""
+        if not self.pinned:
+            return source[idx]
+        out = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+        return torch.index_select(source, 0, idx, out=out)
 
     def state_dict(self) -> dict:
         return {"perm": self.perm.clone(), "pos": self.pos, "rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.perm, self.pos = state["perm"], int(state["pos"])
-        self.on_device = self.perm.to(self.images.device)
         self.generator.set_state(state["rng"])
 
 
