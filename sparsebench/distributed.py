@@ -10,10 +10,13 @@ Only rank 0 writes the results store, checkpoints are kept per rank.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from sparsebench import SparsebenchError
 
 
 def world_size() -> int:
@@ -24,12 +27,35 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+TIMEOUT_ENV = "SPARSEBENCH_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 360.0
+
+
+def timeout() -> timedelta:
+    """How long a rank waits in a collective before the process group fails: rank 0 alone prepares the data
+    and reference statistics (preflight) and runs every curve and final evaluation, while the other ranks wait
+    in a barrier or the next collective. NCCL's default of 10 minutes (gloo's 30) ends a run whose final
+    evaluation with all metrics, or whose reference statistics of a large data set, take longer; 6 hours by
+    default, `SPARSEBENCH_DIST_TIMEOUT_MIN` minutes when set (a rank that really hangs is reported that late)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0 or minutes == float("inf"):
+        raise SparsebenchError(f"{TIMEOUT_ENV} must be a positive number of minutes, got {raw!r}")
+    return timedelta(minutes=minutes)
+
+
 def init_from_env(device: str) -> str:
-    """Join the process group torchrun describes in the environment; returns the rank's device."""
+    """Join the process group torchrun describes in the environment, with a long timeout (`timeout`);
+    returns the rank's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return device
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo", timeout=timeout())
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

@@ -114,3 +114,34 @@ def test_torchrun_cli_only_rank0_writes(tmp_path):
     assert all(Store(store).get(r["run_id"])["config"]["world_size"] == 2 for r in rows)
     one = run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "4", "--store", str(store))
     assert "already done" not in one.stdout + one.stderr and len(Store(store).all_runs()) == 3
+
+
+def test_the_process_group_waits_long_for_rank_0s_evaluations(monkeypatch):
+    """Rank 0 alone runs preflight and every evaluation while the other ranks wait in a collective: NCCL's
+    default timeout (10 minutes) would end the run; the group's is long, and set by an environment variable."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from sparsebench import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("SPARSEBENCH_DIST_TIMEOUT_MIN", raising=False)
+    assert distributed.init_from_env("cpu") == "cpu"
+    assert calls[-1].get("timeout") == timedelta(hours=6)
+    monkeypatch.setenv("SPARSEBENCH_DIST_TIMEOUT_MIN", "90")
+    distributed.init_from_env("cpu")
+    assert calls[-1].get("timeout") == timedelta(minutes=90)
+
+
+def test_a_bad_process_group_timeout_is_one_line(tmp_path):
+    proc = run_cli(
+        "run", "--methods", "static", "--arch", "sngan", "--steps", "2", "--store", str(tmp_path / "r.db"),
+        env={"WORLD_SIZE": "2", "SPARSEBENCH_DIST_TIMEOUT_MIN": "soon"},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SPARSEBENCH_DIST_TIMEOUT_MIN must be a positive number of minutes" in lines[0], lines
