@@ -1,10 +1,17 @@
 """Data-parallel training of one run with torch.distributed (`torchrun -m sparsebench run ...`).
 
-Every rank trains on its share of each minibatch (the global batch stays the preset's); gradients
-are averaged across ranks before masking and the optimizer step, so every rank sees the same
-gradients and takes the same topology decisions; after each topology update the masks are also
-broadcast from rank 0, so they stay identical even where floating-point reductions differ.
-Only rank 0 writes the results store, checkpoints are kept per rank.
+Every rank trains on an equal share of each minibatch, so the global batch stays the preset's (a process
+count that does not divide the batch sizes is refused: `batch_share`); gradients are averaged across ranks
+before masking and the optimizer step, so every rank sees the same gradients and takes the same topology
+decisions; after each topology update the masks are also broadcast from rank 0, so they stay identical even
+where floating-point reductions differ. Only rank 0 writes the results store, checkpoints are kept per rank.
+
+Batch normalisation is not synchronised: G's BatchNorm layers normalise over each rank's share of the batch,
+not over the global batch, as BigGAN-PyTorch's multi-GPU training does by default (per-device statistics,
+its `--cross_replica` off). They are not converted to torch's SyncBatchNorm: it runs on CUDA only (CPU runs
+under gloo could not use it), and the conversion would replace the architectures' own BatchNorm, dropping
+BigGAN's sampling with batch statistics in eval mode. A run's process count is in its run id, so an
+N-process run is never mistaken for a one-process one.
 """
 
 from __future__ import annotations
@@ -61,6 +68,23 @@ def init_from_env(device: str) -> str:
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return device
+
+
+def batch_share(spec, world: int, run: str = "this run"):
+    """`spec` with each of `world` ranks' equal share of its global batch sizes; refused when `world` does not
+    divide them: rounding each share down would silently shrink the global batch (the BigGAN paper's 50 on
+    4 ranks would train with 48)."""
+    if world <= 1:
+        return spec
+    sizes = {"batch size": spec.batch_size, "G batch size": spec.g_batch_size}
+    uneven = {what: n for what, n in sizes.items() if n % world}
+    if uneven:
+        named = " and the ".join(f"{what} {n}" for what, n in uneven.items())
+        raise SparsebenchError(
+            f"{world} processes cannot share the {named} of {run} evenly (the global batch would shrink); run "
+            f"torchrun with a process count that divides {' and '.join(str(n) for n in sorted(set(uneven.values())))}"
+        )
+    return spec.replace(batch_size=spec.batch_size // world, g_batch_size=spec.g_batch_size // world)
 
 
 def average_gradients(model: nn.Module) -> None:

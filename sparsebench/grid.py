@@ -79,6 +79,8 @@ class Grid:
             require_sparseprop()
         settings = settings.replace(device=distributed.init_from_env(settings.device))
         configs = expand_grid(req, plugins)  # after joining the process group: its size is in the run ids
+        for config in configs:  # a process count that does not divide the batch is refused before anything runs
+            distributed.batch_share(config.train, distributed.world_size(), f"the {config.preset} preset")
         leader = distributed.rank() == 0
         if leader:
             store = Store(settings.store)

@@ -145,3 +145,46 @@ def test_a_bad_process_group_timeout_is_one_line(tmp_path):
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "SPARSEBENCH_DIST_TIMEOUT_MIN must be a positive number of minutes" in lines[0], lines
+
+
+def test_a_process_count_that_does_not_divide_the_batch_is_refused(plugins, tmp_path, monkeypatch):
+    """Rounding each rank's share down would shrink the global batch silently (50 on 4 ranks: 48)."""
+    from sparsebench import SparsebenchError, distributed
+    from sparsebench.config import GridRequest, expand_grid
+    from sparsebench.train.context import RunContext, RunServices
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)  # as under torchrun --nproc-per-node 3
+    (cfg,) = expand_grid(GridRequest(methods=["static"], arch="sngan", steps=2), plugins)
+    assert cfg.world_size == 3 and (cfg.train.batch_size, cfg.train.g_batch_size) == (32, 64)
+    data = plugins.datasets.get(cfg.dataset).load(cfg.train.resolution)
+    ctx = RunContext(cfg, data, torch.device("cpu"), tmp_path, RunServices(arch=plugins.archs.get("sngan")))
+    G, D = ctx.build_models()
+    with pytest.raises(SparsebenchError) as caught:
+        ctx.train(ctx.state(G, D, None, None))
+    message = str(caught.value)
+    assert "3 processes cannot share the batch size 32 and the G batch size 64" in message and "\n" not in message
+    assert not list(tmp_path.glob("checkpoint*"))  # refused before anything trained
+    share = distributed.batch_share(cfg.train, 2)
+    assert (share.batch_size, share.g_batch_size) == (16, 32)
+
+
+def test_g_batchnorm_stays_per_rank_and_the_docs_say_so(plugins):
+    """G's BatchNorm normalises over each rank's share (as BigGAN-PyTorch's multi-GPU default): torch's
+    SyncBatchNorm conversion would replace the architectures' own BatchNorm, and with it BigGAN's sampling
+    with batch statistics in eval mode; the module docstring and the GPU docs say so."""
+    import copy
+
+    from torch import nn
+
+    from sparsebench import distributed
+    from sparsebench_builtins.archs.layers import BatchNorm
+
+    arch = plugins.archs.get("biggan")
+    G, _ = arch.build(arch.presets["quick"], 10, 0.5)
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(type(m) is BatchNorm for m in norms)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(G))
+    assert not any(isinstance(m, BatchNorm) for m in converted.modules())  # why G is not converted
+    gpu_docs = (Path(__file__).resolve().parents[1] / "docs" / "gpu.md").read_text()
+    for text in (distributed.__doc__, gpu_docs):
+        assert "SyncBatchNorm" in text and "each rank's share" in text

@@ -169,11 +169,7 @@ class RunContext:
                 f"run {self.config.run_id} is set up for {self.config.world_size} process(es) and this is "
                 f"{world}: its config comes from another process group (expand the grid inside this one)"
             )
-        spec = self.spec
-        if world > 1:  # each rank takes its share of the preset's global batch
-            spec = spec.replace(
-                batch_size=max(1, spec.batch_size // world), g_batch_size=max(1, spec.g_batch_size // world)
-            )
+        spec = distributed.batch_share(self.spec, world, f"run {self.config.run_id}")  # each rank's equal share
         suffix = f"-rank{rank}" if world > 1 else ""
         batcher = Batcher(self.data.train, self.device, self.rng(f"data{suffix}"))
         noise = self.rng(f"noise{suffix}", self.device)
