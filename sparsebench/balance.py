@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sparsebench import distributed
 from sparsebench.interfaces import Callbacks, GANState, GStep
 
 # The estimator a run's ratios were measured with is recorded in its env; values stored by another one
@@ -30,9 +31,14 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
     """The balance ratio at one sample point, as ADAPT's reference code computes it, over the batch: a ratio
     of batch means, not a mean of per-image ratios (those are heavy-tailed, and biased towards 0 where real
     and fake scores overlap). NaN when D scores real and generated images alike on average. Changing it means
-    changing `ESTIMATOR`, which hides the ratios stored by the old one."""
-    gap = float(d_real.mean() - d_pre.mean())
-    return float(d_post.mean() - d_pre.mean()) / gap if gap != 0 else float("nan")
+    changing `ESTIMATOR`, which hides the ratios stored by the old one.
+
+    Under torchrun each rank holds its share of the batch: the means are averaged over the ranks first (every
+    share has the same size, so that is the global batch's mean), and every rank gets the same ratio. A ratio
+    from a rank's own share would steer each rank's decisions (ADAPT's D density) apart."""
+    real, pre, post = distributed.mean_over_ranks(torch.stack([d_real.mean(), d_pre.mean(), d_post.mean()]))
+    gap = float(real - pre)
+    return float(post - pre) / gap if gap != 0 else float("nan")
 
 
 @torch.no_grad()

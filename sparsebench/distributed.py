@@ -122,3 +122,59 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, 0)
     return box[0]
+
+
+# -- decisions every rank takes together ----------------------------------------------------------------------
+# A decision taken from a rank-local value (a signal, a claim check, a loss, a balance ratio) makes ranks act at
+# different steps: one rank enters a collective (a mask broadcast, the next gradient average) that the others
+# never reach, and the run hangs until the process group's timeout. Such decisions go through these first.
+
+_host_group = None  # a gloo group for flags kept on the host (under NCCL, see `_flags_group`)
+
+
+def _flags_group():
+    """The group that agrees on host-side flags: the default one under gloo; under NCCL a gloo group of its own,
+    so that agreeing on a flag never waits for the GPU's queue (an NCCL collective runs on device tensors).
+    Created on first use, which every rank reaches at the same point (the first agreement of a run)."""
+    global _host_group
+    if dist.get_backend() != "nccl":
+        return dist.group.WORLD
+    if _host_group is None:
+        _host_group = dist.new_group(backend="gloo", timeout=timeout())
+    return _host_group
+
+
+def any_rank(*flags: bool) -> tuple[bool, ...]:
+    """Each of `flags`, raised if any rank raised it (the flags themselves in one process)."""
+    if world_size() <= 1:
+        return tuple(bool(f) for f in flags)
+    raised = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int64)
+    dist.all_reduce(raised, op=dist.ReduceOp.MAX, group=_flags_group())
+    return tuple(bool(v) for v in raised.tolist())
+
+
+def spread(value: int) -> tuple[int, int]:
+    """The least and the greatest of every rank's `value` (`value` twice in one process)."""
+    if world_size() <= 1:
+        return value, value
+    both = torch.tensor([value, -value], dtype=torch.int64)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX, group=_flags_group())
+    return -int(both[1]), int(both[0])
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of every rank's `values` (a tensor on the run's device, left there: nothing is read)."""
+    if world_size() <= 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total.div_(dist.get_world_size())
+
+
+def min_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The least of every rank's `values` (a tensor on the run's device, left there: nothing is read)."""
+    if world_size() <= 1:
+        return values
+    least = values.clone()
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    return least

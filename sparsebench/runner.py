@@ -88,7 +88,7 @@ class Runner:
             method.run(ctx)
             if ctx.final is None:
                 raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
-            recorder.flush()
+            _flush(recorder, run_id)
             if leader:  # rank 0 evaluates and stores for the whole process group
                 evaluator = self.resources.evaluator(config)
                 results = {
@@ -127,7 +127,7 @@ class Runner:
             used_threads = torch.get_num_threads()
             torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with
         try:
-            recorder.flush()
+            _flush(recorder, run_id)
         except ClaimLost as exc:
             return _lost(config, exc)
         wall = ctx.wall_s()  # earlier segments of a resumed run count
@@ -154,6 +154,20 @@ class Runner:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+def _flush(recorder: RunRecorder, run_id: str) -> None:
+    """Write the run's pending statistics. Only rank 0 checks the claim: when it lost it, every rank raises
+    ClaimLost here, so that all leave the run together (a rank going on alone would wait in a collective)."""
+    lost = None
+    try:
+        recorder.flush()
+    except ClaimLost as exc:
+        lost = exc
+    if distributed.world_size() > 1 and distributed.any_rank(lost is not None)[0] and lost is None:
+        lost = ClaimLost(f"run {run_id} was taken over by another process")
+    if lost is not None:
+        raise lost
 
 
 def _lost(config: RunConfig, exc: ClaimLost) -> Outcome:

@@ -23,7 +23,7 @@ from sparsebench.dependencies import Dependencies
 from sparsebench.flops import GANFlops, count_gan
 from sparsebench.interfaces import Callbacks, DataSplits, DensePass, GANState, RunArtifacts
 from sparsebench.metrics.evaluate import Evaluator, curve_point
-from sparsebench.recorder import RunRecorder
+from sparsebench.recorder import ClaimLost, RunRecorder
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 from sparsebench.train.checkpoint import Checkpoint, CheckpointError
@@ -178,6 +178,7 @@ class RunContext:
         ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self._phases}{suffix}.pt", self.config)
         io = _PhaseIO(self, state, steps, spec, label, ckpt, batcher, noise, callbacks)
 
+        done = False
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
             try:
                 done, wall = ckpt.restore(state, batcher, noise, callbacks)
@@ -190,9 +191,11 @@ class RunContext:
                 self._resumed_wall = wall - self._elapsed()  # the run's clock goes on from the save
                 for step, values in state.logged:  # stored again: the killed process may not have stored them
                     io.emit(step, values)
-                if done:
-                    self._spent_flops += state.flops
-                    return
+        if world > 1:
+            done = self._resumed_together(state.step, done, ckpt)
+        if done:
+            self._spent_flops += state.flops
+            return
 
         recorder = self.services.recorder
         if recorder is not None:
@@ -222,6 +225,19 @@ class RunContext:
         finally:
             kernels.detach()
             self._spent_flops += state.flops
+
+    def _resumed_together(self, step: int, done: bool, ckpt: Checkpoint) -> bool:
+        """Refuse per-rank checkpoints of a phase that end at different G steps (a rank's file removed, set
+        aside, or saved by a rank that stopped alone): ranks that start from different steps run different
+        schedules of collectives and hang. Returns whether every rank's phase is finished, as one decision."""
+        low, high = distributed.spread(step)
+        if low != high:
+            raise SparsebenchError(
+                f"run {self.config.run_id} phase {self._phases}: the checkpoints of its {distributed.world_size()} "
+                f"processes end at different G steps ({low} to {high}; a missing or unusable one counts as 0), "
+                f"refusing to resume; delete {ckpt.path.parent / f'checkpoint-phase{self._phases}*.pt'} to restart it"
+            )
+        return distributed.any_rank(done)[0]
 
     def require(self, method: str, **changes: Any) -> RunArtifacts:
         """The finished run of `method` with this run's arch, data, preset, seed and steps.
@@ -285,6 +301,7 @@ class _PhaseIO(LoopIO):
         self.recorder = ctx.services.recorder
         self.checkpoint_every = ctx.services.checkpoint_every
         self.synchronises = distributed.world_size() > 1
+        self.lost: ClaimLost | None = None  # rank 0 lost the run's claim: every rank stops, none saves
 
     def emit(self, step: int, values: dict) -> None:
         """Logged values to the run's recorder, named after the phase (fine-tuning's `finetune/loss_g`)."""
@@ -310,12 +327,38 @@ class _PhaseIO(LoopIO):
             self.recorder.progress(steps)
 
     def checkpoint(self, done: bool = False) -> None:
-        if self.recorder is not None:  # the curve up to here is stored before the checkpoint exists
-            self.recorder.flush()
+        if self.recorder is not None and self.lost is None:  # the curve up to here is stored before the checkpoint
+            try:
+                self.recorder.flush()
+            except ClaimLost as exc:
+                self.lost = exc
+        self.raise_if_lost()
         self.ckpt.save(self.state, self.batcher, self.noise, self.callbacks, self.label, done, self.ctx.wall_s())
 
+    def raise_if_lost(self) -> None:
+        """Raise ClaimLost on every rank if rank 0 lost the run's claim (only rank 0 checks it): a rank that
+        went on training alone would wait forever in its next collective."""
+        lost = self.lost is not None
+        if self.synchronises:
+            (lost,) = distributed.any_rank(lost)
+        if lost:
+            raise self.lost or ClaimLost(f"run {self.ctx.config.run_id} was taken over by another process")
+
     def stop_requested(self) -> bool:
-        return self.recorder is not None and self.recorder.stop_requested()
+        """SIGTERM / Ctrl-C, or a lost claim (then the loop's checkpoint raises ClaimLost instead of saving)."""
+        try:
+            return self.recorder is not None and self.recorder.stop_requested()
+        except ClaimLost as exc:
+            if not self.synchronises:
+                raise
+            self.lost = exc  # the loop agrees on stopping here; `checkpoint` raises it on every rank
+            return True
+
+    def agree(self, flag: bool) -> bool:
+        return distributed.any_rank(flag)[0]
+
+    def earliest(self, value: torch.Tensor) -> torch.Tensor:
+        return distributed.min_over_ranks(value)
 
     def sync_grads(self, model: nn.Module) -> None:
         distributed.average_gradients(model)

@@ -16,6 +16,7 @@ step sees the gradient of the mean loss over all of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,9 @@ class Diverged(RuntimeError):
 class DivergenceWatch:
     """Whether the losses have been finite so far, kept on the device: `observe` queues a few tiny
     kernels and never waits; `check` reads the result (one host synchronisation) and raises Diverged
-    with the first G step at which a loss was not finite."""
+    with the first G step at which a loss was not finite. With `agree` (data parallelism), every rank
+    takes the earliest step any rank saw first: each rank's losses are of its own share of the batch, and a
+    rank that stopped alone would leave the others waiting in their next collective."""
 
     WHAT = ("", "D loss", "G loss")
 
@@ -66,7 +69,19 @@ class DivergenceWatch:
         self.first_what = torch.where(new, self.WHAT.index(what), self.first_what)
         self.first_step = torch.where(new, step, self.first_step)
 
-    def check(self, detected: int, cause: BaseException | None = None) -> None:
+    def check(
+        self,
+        detected: int,
+        cause: BaseException | None = None,
+        agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """`agree`: the least of a tensor over the run's processes (`LoopIO.earliest`), which all call it here."""
+        if agree is not None:
+            never = torch.iinfo(torch.long).max
+            code = torch.where(self.first_step > 0, self.first_step * len(self.WHAT) + self.first_what, never)
+            code = agree(code)
+            self.first_step = torch.where(code < never, code // len(self.WHAT), 0)
+            self.first_what = torch.where(code < never, code % len(self.WHAT), 0)
         step, what = (int(v) for v in torch.stack([self.first_step, self.first_what]).tolist())
         if step:
             raise Diverged(step, self.WHAT[what], detected) from cause
@@ -207,8 +222,18 @@ class LoopIO:
         """Save the phase (consistent between G steps)."""
 
     def stop_requested(self) -> bool:
-        """Whether to checkpoint and stop now (SIGTERM, Ctrl-C)."""
+        """Whether to checkpoint and stop now (SIGTERM, Ctrl-C); this process's own answer (see `agree`)."""
         return False
+
+    def agree(self, flag: bool) -> bool:
+        """Whether any process of the run raised `flag` (data parallelism; `flag` itself in one process): the
+        loop acts on a stop request or a topology change on every rank at the same step, as the collectives
+        that follow (checkpoint, mask broadcasts, the next gradient average) need every rank."""
+        return flag
+
+    def earliest(self, value: torch.Tensor) -> torch.Tensor:
+        """The least of `value`, a tensor on the device, over the processes of the run (`value` in one process)."""
+        return value
 
     def sync_grads(self, model: nn.Module) -> None:
         """Average `model`'s gradients over the processes of the run (data parallelism)."""
@@ -241,6 +266,10 @@ def train(
     `io.checkpoint()` runs every `io.checkpoint_every` G steps, and before raising Interrupted when
     `io.stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
 
+    Under data parallelism (`io.synchronises`) every decision that leads into a collective is agreed over the
+    processes first (`io.agree`, `io.earliest`): a stop request, a topology change, a divergence. A callback
+    that raises on one process alone still leaves the others waiting (until the process group's timeout).
+
     The losses stay on the device: they are read, and checked for divergence, at the logged steps
     (every `spec.log_every`, and the first), before a checkpoint or a curve evaluation, and at the end;
     nothing else in the loop waits for the device, except what a callback asks for (a balance-ratio
@@ -270,9 +299,10 @@ def train(
         return z, y
 
     def check(t: int) -> None:
-        """Raise Diverged if a loss was non-finite at any step so far (one host synchronisation)."""
+        """Raise Diverged if a loss was non-finite at any step so far, on any rank (one host synchronisation);
+        every rank checks at the same steps."""
         timer.flush(state.step_seconds)
-        watch.check(t)
+        watch.check(t, agree=io.earliest if io.synchronises else None)
 
     G.train()
     D.train()
@@ -365,7 +395,10 @@ def train(
             dense_grads = callbacks.dense_weight_grads(t)
             if dense_grads:
                 state.flops += io.extra_cost(state, dense_grads)
-            if callbacks.after_g_step(state, t):
+            changed = callbacks.after_g_step(state, t)
+            if io.synchronises:  # a rank that changed alone would broadcast to ranks that never listen
+                changed = io.agree(changed)
+            if changed:
                 if io.synchronises:
                     io.topology_changed(state)
                 cost = io.step_cost(state)  # the next steps run at the new densities
@@ -388,7 +421,10 @@ def train(
         io.progress(1)
         if due:
             io.checkpoint()
-        if io.stop_requested():
+        stop = io.stop_requested()
+        if io.synchronises:  # SIGTERM reaches the ranks at different steps: all stop at the first one's
+            stop = io.agree(stop)
+        if stop:
             check(t)
             if io.checkpoints:
                 io.checkpoint()
