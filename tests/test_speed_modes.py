@@ -108,6 +108,8 @@ def test_a_mode_trains_checkpoints_and_resumes(plugins, tmp_path, monkeypatch, c
     env = Store(tmp_path / "b" / "r.db", readonly=True).get(cfg.run_id)["env"]
     assert {k: env[k] for k in MODES[mode]} == MODES[mode]
     assert 0.0 < resumed.results["density_g"] < 0.2  # the masks still hold (s_G 0.9)
+    if mode == "compile":
+        assert whole.results["compiled"] is resumed.results["compiled"] is True
 
 
 def masked_weights_are_zero(masks) -> bool:
@@ -203,3 +205,28 @@ def test_dynamic_methods_update_their_topology_under_bf16_and_channels_last(plug
     assert row["status"] == "done", row.get("error")
     if method != "adapt":  # ADAPT's intervals follow its reference's at this length; the rest every 2 steps
         assert row["exploration_rate"] > row["density_g"]
+
+
+@pytest.mark.slow
+def test_compiled_runs_of_a_grid_in_one_process_all_run_compiled(plugins, tmp_path, monkeypatch):
+    """Spectral norm gives every model's modules classes of their own, which Dynamo guards on: without a fresh
+    cache per phase, a `--jobs 1` grid's fifth compiled run hit Dynamo's recompile limit (8 per code object) and
+    trained eagerly, stored as `compile: true`. Each run records whether it really ran compiled."""
+    from functools import partial
+
+    from torch._dynamo.utils import counters
+
+    # Dynamo's guards and recompile limit as a real compile has them, without Inductor's code generation
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="eager"))
+    limit_hits = lambda: sum(n for reason, n in counters["unimplemented"].items() if "recompile limit" in reason)
+    before = limit_hits()
+    cells = scheduler(Store(tmp_path / "r.db"), plugins)
+    outcomes = []
+    for sg in (0.5, 0.6, 0.7, 0.8, 0.9):  # five models in one process
+        (cfg,) = expand_grid(
+            GridRequest(methods=["static"], arch="sngan", sg=[sg], steps=2, metrics=(), compile=True), plugins
+        )
+        outcomes.append(cells.run_one(cfg))
+    assert limit_hits() == before, "Dynamo fell back to eager forwards at its recompile limit"
+    assert [o.status for o in outcomes] == ["done"] * 5
+    assert [o.results.get("compiled") for o in outcomes] == [True] * 5

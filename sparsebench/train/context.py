@@ -28,7 +28,7 @@ from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 from sparsebench.train.checkpoint import Checkpoint, CheckpointError
 from sparsebench.train.loop import Batcher, LoopIO, adam, train
-from sparsebench.train.speed import Speed
+from sparsebench.train.speed import CompiledCheck, Speed
 
 log = logging.getLogger("sparsebench.run")
 __all__ = ["RunContext", "RunServices", "stream_seed"]
@@ -209,6 +209,8 @@ class RunContext:
 
             swapped = [describe(net, b.layers) for net, b in (("G", kernels.g), ("D", kernels.d)) if b is not None]
             self.info["kernel_layers"] = ",".join(s for s in swapped if s)
+        speed = Speed.of(self.config)
+        compiled = CompiledCheck() if speed.compile and state.step < steps else None
         try:
             train(  # every run's balance ratio is measured, as the method's callbacks ask for it
                 state,
@@ -219,8 +221,13 @@ class RunContext:
                 noise,
                 probed(kernels.hooks, asking=callbacks),
                 io,
-                Speed.of(self.config),
+                speed,
             )
+            if compiled is not None:  # stored: whether every phase this process trained ran compiled
+                ran = compiled.ran_compiled()
+                self.info["compiled"] = self.info.get("compiled", True) and ran
+                if not ran:
+                    log.warning("run %s: --compile fell back to eager forwards (phase %d)", self.config.run_id, label)
             io.checkpoint(done=True)
         finally:
             kernels.detach()

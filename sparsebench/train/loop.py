@@ -284,7 +284,7 @@ def train(
     io = io or LoopIO()
     speed = speed or Speed()
     G, D = speed.prepare(state.G), speed.prepare(state.D)
-    G_fwd, D_fwd = speed.forward(G), speed.forward(D)  # what training calls; state.G / state.D stay the modules
+    G_fwd, D_fwd = speed.forwards(G, D)  # what training calls; state.G / state.D stay the modules
     device = next(G.parameters()).device
     cost = io.step_cost(state)
     d_params = [p for p in D.parameters()]

@@ -51,6 +51,17 @@ class Speed:
         changes values, not the graph), and `model` itself stays what state dicts and checkpoints hold."""
         return torch.compile(model) if self.compile else model
 
+    def forwards(self, G: nn.Module, D: nn.Module) -> tuple[Callable, Callable]:
+        """`forward` of G and of D for one training phase. Compiling starts from an empty Dynamo cache:
+        spectral norm gives each module of each model a parametrized class of its own, which Dynamo's guards
+        check, so every new model (the next run of a `--jobs 1` or torchrun grid, a run's next phase) compiles
+        anew, and the graphs of the earlier models, which never match again, count towards Dynamo's recompile
+        limit (8 per code object). Past it Dynamo runs the forward eagerly, and only logs a warning: from the
+        fifth run of a grid on, a `compile` run would have trained and been timed eagerly."""
+        if self.compile:
+            torch._dynamo.reset()
+        return self.forward(G), self.forward(D)
+
 
 @contextlib.contextmanager
 def deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
@@ -73,6 +84,26 @@ def deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+
+
+class CompiledCheck:
+    """Whether the forwards of a training phase really ran compiled: Dynamo compiled frames during it and never
+    gave up on one at its recompile limit (then it runs that code eagerly from there on)."""
+
+    def __init__(self) -> None:
+        self.before = self.counts()
+
+    @staticmethod
+    def counts() -> tuple[int, int]:
+        """Frames Dynamo compiled in this process so far, and the times it stopped at its recompile limit."""
+        from torch._dynamo.utils import counters
+
+        limit = sum(n for reason, n in counters["unimplemented"].items() if "recompile limit" in reason)
+        return counters["frames"]["ok"], limit
+
+    def ran_compiled(self) -> bool:
+        frames, limit = self.counts()
+        return frames > self.before[0] and limit == self.before[1]
 
 
 def environment(config) -> dict:
