@@ -122,6 +122,37 @@ def test_the_loop_times_its_steps_on_its_device(plugins, monkeypatch):
     assert made == [torch.device("cpu")] and len(state.step_seconds) == 3
 
 
+def test_the_stored_step_time_includes_the_topology_updates(tmp_path, monkeypatch):
+    """A dynamic method pays for its topology updates: the stored step time is the mean over the phase's steps
+    (a median would drop the slow update steps, and STU-GAN would look as cheap as Static)."""
+    import time
+
+    import sparsebench
+    from sparsebench import kit
+
+    update = kit.update_topology
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(kit, "update_topology", slow)
+    df = sparsebench.run(
+        "stugan",
+        "sngan",
+        sg=0.8,
+        sd=0.5,
+        steps=6,
+        store=tmp_path / "r.db",
+        metrics=(),
+        options={"stugan": {"delta_t": 2}},
+    )
+    row = df.iloc[-1]
+    assert row["status"] == "done" and row["topology_updates"] == 2  # at G steps 2 and 4 (none at the last)
+    assert row["train_s_per_step"] >= 2 * 1.0 / 6  # both updates' seconds, spread over the 6 steps
+    assert row["train_s_per_step"] - row["train_s_per_step_median"] >= 0.25  # the median is a step without them
+
+
 # -- data on the host ----------------------------------------------------------------------------
 
 
