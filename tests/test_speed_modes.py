@@ -230,3 +230,47 @@ def test_compiled_runs_of_a_grid_in_one_process_all_run_compiled(plugins, tmp_pa
     assert limit_hits() == before, "Dynamo fell back to eager forwards at its recompile limit"
     assert [o.status for o in outcomes] == ["done"] * 5
     assert [o.results.get("compiled") for o in outcomes] == [True] * 5
+
+
+def test_spectral_norm_runs_outside_autocast_under_bf16(plugins):
+    """On CUDA autocast runs `mv` in bf16: spectral norm's power iteration and sigma must run with autocast off
+    (on the CPU, autocast keeps `mv` in fp32 anyway, so this is what a CPU can show)."""
+    from test_gpu_path import run, tiny
+    from torch.overrides import TorchFunctionMode
+
+    from sparsebench.train.speed import Speed
+
+    class Recording(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: list[tuple[str, bool]] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.mv, torch.vdot, torch.Tensor.mv):
+                self.calls.append((func.__name__, torch.is_autocast_enabled("cpu")))
+            return func(*args, **(kwargs or {}))
+
+    state, spec, batcher = tiny(plugins, "sngan")
+    with Recording() as seen:
+        run(state, spec, batcher, 1, speed=Speed(precision="bf16"))
+    assert {name for name, _ in seen.calls} >= {"mv", "vdot"}
+    assert not [call for call in seen.calls if call[1]], "spectral norm ran under autocast"
+
+
+def test_spectral_norm_in_fp32_leaves_cpu_bf16_training_bit_identical(plugins):
+    from test_gpu_path import run, tiny
+    from torch.nn.utils.parametrizations import _SpectralNorm
+
+    from sparsebench.train.speed import Speed
+
+    trained = []
+    for plain in (False, True):
+        state, spec, batcher = tiny(plugins, "biggan")
+        if plain:  # torch's own parametrization, computed under autocast
+            for net in (state.G, state.D):
+                for m in net.modules():
+                    if isinstance(m, _SpectralNorm):
+                        m.__class__ = _SpectralNorm
+        run(state, spec, batcher, 2, speed=Speed(precision="bf16"))
+        trained.append([t.detach().clone() for net in (state.G, state.D) for t in net.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*trained))
