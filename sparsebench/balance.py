@@ -7,7 +7,8 @@ values come from this estimator.
 how far one G update moves its samples towards real data in D's eyes. Every run measures it at its logged
 steps in eval mode (a diagnostic that changes no training state); a method's callbacks may ask for it
 every N G steps (`balance_ratio_every`) and in the reference's train mode (`balance_ratio_mode = "train"`,
-as ADAPT steers D by it). The probe is a `Callbacks` like a method's: the loop knows nothing of it.
+as ADAPT steers D by it; its three terms then come from the training forwards, under the run's precision).
+The probe is a `Callbacks` like a method's: the loop knows nothing of it.
 """
 
 from __future__ import annotations
@@ -43,9 +44,16 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
 
 @torch.no_grad()
 def _d_in_train_mode(state: GANState, batch: GStep) -> tuple[torch.Tensor, torch.Tensor]:
-    """D(G(z)) then D(x) with G and D left in train mode, in the reference's order."""
-    d_post = state.D(state.G(batch.z, batch.yf), batch.yf).flatten()
-    return d_post, state.D(batch.x, batch.y).flatten()
+    """D(G(z)) then D(x) with G and D left in train mode, in the reference's order, computed as the G step
+    computed D(G_pre(z)) (`GStep.measure`: the same forwards under the same precision). Eager fp32 forwards
+    against the G step's bf16 or compiled one would make the ratio, and ADAPT's decisions, depend on
+    `--precision` and `--compile` beyond what training itself does."""
+    if batch.measure is None:
+        measure = lambda x, y, z=None: state.D(state.G(z, y) if z is not None else x, y)  # noqa: E731
+    else:
+        measure = batch.measure
+    d_post = measure(None, batch.yf, batch.z).flatten()
+    return d_post, measure(batch.x, batch.y).flatten()
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ only ever talks to plugins through these interfaces, so it knows no method or ne
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -332,7 +333,11 @@ class GANState:
 class GStep:
     """What one G step trained on, for callbacks that measure around G's update: `x`, `y` D's last real
     minibatch, `z`, `yf` the noise and labels of G's last minibatch, `d_gen` D's outputs on those fakes (G's
-    loss read them, before G's update), `logged` whether the loop logs this step."""
+    loss read them, before G's update), `logged` whether the loop logs this step.
+
+    `measure(x, y, z=None)`: D's outputs (fp32, no gradients) on `x`, or on G(z, y) when `z` is given, computed
+    as `d_gen` was: through the same forwards (compiled or not) under the same precision, so that a
+    measurement compared with `d_gen` compares like with like. None: G's and D's modules in fp32."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -340,6 +345,7 @@ class GStep:
     yf: torch.Tensor
     d_gen: torch.Tensor
     logged: bool
+    measure: Callable[..., torch.Tensor] | None = None
 
 
 class Callbacks:

@@ -298,6 +298,11 @@ def train(
         y = torch.randint(max(num_classes, 1), (n,), generator=generator, device=generator.device).to(device)
         return z, y
 
+    def measure(x: torch.Tensor | None, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """D's outputs as the G step computed `d_gen` (`GStep.measure`): the same forwards, the same precision."""
+        with torch.no_grad(), speed.autocast(device):
+            return D_fwd(G_fwd(z, y) if z is not None else x, y).float()
+
     def check(t: int) -> None:
         """Raise Diverged if a loss was non-finite at any step so far, on any rank (one host synchronisation);
         every rank checks at the same steps."""
@@ -379,7 +384,7 @@ def train(
                 io.sync_grads(G)
             callbacks.after_g_backward(state, t)
             logged = io.logs and (t % spec.log_every == 0 or t == 1)
-            batch = GStep(x, y, z, yf, d_gen, logged)
+            batch = GStep(x, y, z, yf, d_gen, logged, measure)
             state.balance_ratio = math.nan
             callbacks.before_g_update(state, t, batch)
             if state.g_masks is not None:

@@ -200,7 +200,9 @@ class BalancedTraining(GradientGrowth):
 
 class ADAPT(DynamicSparseMethod):
     name = "adapt"
-    version = "0.3.1"  # 0.3.1: a decision averages the last `window` ratios (0.3.0: window + 1)
+    # 0.4.0: the ratio's three terms from the same forwards under the run's precision (bf16 / compile runs);
+    # 0.3.1: a decision averages the last `window` ratios (0.3.0: window + 1)
+    version = "0.4.0"
     title, order, reference = "ADAPT", 100, "dense"
     scope = "weights"
     description = "ADAPT: RigL-style DST on G, D's density adjusted by the balance ratio"
