@@ -37,9 +37,16 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
     Under torchrun each rank holds its share of the batch: the means are averaged over the ranks first (every
     share has the same size, so that is the global batch's mean), and every rank gets the same ratio. A ratio
     from a rank's own share would steer each rank's decisions (ADAPT's D density) apart."""
+    return float(ratio_on_device(d_real, d_pre, d_post))
+
+
+def ratio_on_device(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> torch.Tensor:
+    """`balance_ratio` as a 0-dim float64 tensor on the outputs' device, read by nobody yet: a probe every few G
+    steps then costs no host synchronisation (ADAPT reads its ratios once per decision). The batch means'
+    differences are taken in their own precision and divided in float64, as Python floats would be."""
     real, pre, post = distributed.mean_over_ranks(torch.stack([d_real.mean(), d_pre.mean(), d_post.mean()]))
-    gap = float(real - pre)
-    return float(post - pre) / gap if gap != 0 else float("nan")
+    gap = (real - pre).double()
+    return torch.where(gap != 0, (post - pre).double() / gap, math.nan)
 
 
 @torch.no_grad()
@@ -68,7 +75,8 @@ def _d_of(state: GANState, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | N
 
 
 class BalanceProbe(Callbacks):
-    """Measures the balance ratio around G's update into `state.balance_ratio` (NaN at steps it skips).
+    """Measures the balance ratio around G's update into `state.balance_ratio` (NaN at steps it skips; where it
+    measures, a 0-dim tensor on the device, `ratio_on_device`: read it with `float()` when it is needed).
 
     `every` > 0: every that many G steps, besides the logged steps. `mode` "eval": D after its update, G_pre
     and G_post on the z G just trained on, real images of D's last batch, all in eval mode. "train": only at
@@ -100,16 +108,17 @@ class BalanceProbe(Callbacks):
     def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
         if self._now == "train":
             d_post, d_real = _d_in_train_mode(state, batch)
-            state.balance_ratio = balance_ratio(d_real, batch.d_gen.flatten(), d_post)
+            state.balance_ratio = ratio_on_device(d_real, batch.d_gen.flatten(), d_post)
         elif self._now == "eval" and self._pre is not None:
             d_real, d_pre = self._pre
-            state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, batch.x, batch.yf, batch.z))
+            state.balance_ratio = ratio_on_device(d_real, d_pre, _d_of(state, batch.x, batch.yf, batch.z))
         else:
             state.balance_ratio = math.nan
         self._pre = None
 
     def stats(self, state: GANState, step: int) -> dict[str, float]:
-        return {"balance_ratio": state.balance_ratio} if math.isfinite(state.balance_ratio) else {}
+        ratio = float(state.balance_ratio)  # a logged step: the loop reads the device here anyway
+        return {"balance_ratio": ratio} if math.isfinite(ratio) else {}
 
 
 class RatioTrace:

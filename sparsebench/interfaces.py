@@ -318,7 +318,9 @@ class GANState:
     step: int = 0
     flops: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # wall time of each G step of this phase (checkpointed)
-    balance_ratio: float = math.nan  # measured at this G step (see sparsebench.balance), else NaN
+    # measured at this G step (see sparsebench.balance): a 0-dim float64 tensor on the device, left unread (float()
+    # reads it, and waits for the device); NaN (a float) at steps nothing measured it
+    balance_ratio: float | torch.Tensor = math.nan
     curve: list[tuple[int, float]] = field(default_factory=list)  # (G step, FID) of this phase's evaluation curve
     # (G step, values) of every statistic this phase logged, kept in its checkpoints: a resumed run stores
     # them again (rows a killed process had not stored yet are not lost) and rebuilds its balance ratios
