@@ -228,33 +228,98 @@ def test_the_batcher_draws_the_same_order_on_the_host_and_resumes_it():
 
 # -- host synchronisation -------------------------------------------------------------------------
 
-SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
+class HostSyncs(TorchFunctionMode):
+    """Every op that makes the host wait for a CUDA device, by the G step it happens in (`done` G steps so far):
+    a value read into Python (`item`, `tolist`, `numpy`, `bool` / `float` / `int` / index of a tensor), a copy
+    to the host (`.cpu()`, `.to("cpu")`), and the ops whose output size depends on values (boolean-mask
+    indexing and assignment, `nonzero`, `masked_select`, one-argument `where`, `unique`...). On the CPU a
+    `.to(device)` cannot tell a copy to the host from one to the run's device: only an explicit "cpu" counts.
+    Adam's reads of its step count are left out: on CUDA that count stays a host tensor (torch.optim's
+    default), no device sync."""
 
-@pytest.mark.parametrize("arch", ["sngan", "biggan"])
-def test_no_host_synchronisation_between_logged_steps(plugins, monkeypatch, arch):
-    """Every way a tensor's value reaches Python is counted, by the G step it happens in: only the
-    logged steps (1, 5, 10) and the last one (12) may read the device. Adam's reads of its step count
-    are left out: on CUDA that count stays a host tensor (torch.optim's default), no device sync."""
-    state, spec, batcher = tiny(plugins, arch, log_every=5)
-    done, reads = [0], []
-    for name in SYNCING:
-        original = getattr(torch.Tensor, name)
+    READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"}
+    SIZED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "repeat_interleave"}
 
-        def counting(self, *args, _original=original, _name=name, **kwargs):
+    def __init__(self):
+        super().__init__()
+        self.done = 0
+        self.syncs: list[tuple[int, str, str]] = []
+
+    @staticmethod
+    def _bool_index(index) -> bool:
+        items = index if isinstance(index, (tuple, list)) else (index,)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        syncs = (
+            name in self.READS
+            or name in self.SIZED
+            or (name == "where" and len(args) + len(kwargs) == 1)
+            or (name == "to" and "cpu" in (*args[1:], kwargs.get("device")))
+            or (name in ("__getitem__", "__setitem__", "index_put_", "index_put") and self._bool_index(args[1]))
+        )
+        if syncs:
             caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
             if "/torch/optim/" not in caller:
-                reads.append((done[0] + 1, _name, caller))
-            return _original(self, *args, **kwargs)
+                self.syncs.append((self.done + 1, name, f"{caller}:{sys._getframe(1).f_lineno}"))
+        return func(*args, **kwargs)
 
-        monkeypatch.setattr(torch.Tensor, name, counting)
+
+def stugan_callbacks():
+    from sparsebench import CosineSchedule
+    from sparsebench_builtins.methods.stugan import Exploration
+
+    return Exploration("g", 3, CosineSchedule(0.5, 0.005, 12), torch.Generator().manual_seed(7))
+
+
+def adapt_callbacks():
+    from sparsebench import CosineSchedule
+    from sparsebench_builtins.methods.adapt import BalancedTraining
+
+    return BalancedTraining(
+        4,
+        CosineSchedule(0.5, 0.005, 12),
+        torch.Generator().manual_seed(7),
+        mode="relaxed",
+        d_interval=4,
+        ratio_every=2,
+        window=2,
+        d_density=0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "arch, method, updates",
+    [
+        ("sngan", None, set()),
+        ("biggan", None, set()),
+        ("sngan", stugan_callbacks, {3, 6, 9}),  # topology updates every 3 G steps
+        ("biggan", stugan_callbacks, {3, 6, 9}),
+        ("sngan", adapt_callbacks, {4, 8}),  # G's updates and D's density decisions; a ratio every 2 G steps
+    ],
+    ids=["sngan", "biggan", "sngan-stugan", "biggan-stugan", "sngan-adapt"],
+)
+def test_no_host_synchronisation_between_logged_steps(plugins, arch, method, updates):
+    """Only the logged steps (1, 5, 10), the last one (12) and a method's topology updates may make the host
+    wait for the device: not the step after an update (SEMA's start of grown weights), not a balance-ratio
+    sample between ADAPT's decisions."""
+    state, spec, batcher = tiny(plugins, arch, log_every=5, ema_start=0)  # SEMA averages from the first step
+    callbacks = method() if method else None
     logged = []
-    advance = lambda n: done.__setitem__(0, done[0] + n)  # noqa: E731
-    run(state, spec, batcher, 12, log=lambda t, v: logged.append(t), progress=advance)
-    monkeypatch.undo()
+    with HostSyncs() as watch:
+
+        def advance(n):
+            watch.done += n
+
+        run(state, spec, batcher, 12, hooks=callbacks, log=lambda t, v: logged.append(t), progress=advance)
     assert logged == [1, 5, 10]
-    steps = {t for t, _, _ in reads}
-    assert steps and steps <= {1, 5, 10, 12}, sorted(reads)
+    steps = {t for t, _, _ in watch.syncs}
+    assert steps and steps <= {1, 5, 10, 12} | updates, sorted(s for s in watch.syncs if s[0] not in {1, 5, 10, 12})
+    if updates:
+        assert callbacks.updates == len(updates)
 
 
 def test_a_diverged_loss_is_caught_with_its_first_step(plugins):
