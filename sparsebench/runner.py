@@ -27,7 +27,7 @@ from sparsebench.store.sinks import RunReader, RunSink
 from sparsebench.train.checkpoint import atomic_save, remove_stale_temporaries
 from sparsebench.train.context import RunContext, RunServices
 from sparsebench.train.loop import Diverged, Interrupted
-from sparsebench.train.speed import deterministic
+from sparsebench.train.speed import numerics
 
 log = logging.getLogger("sparsebench.run")
 
@@ -80,8 +80,8 @@ class Runner:
         torch.set_num_threads(config.threads)  # the run's own count, whichever executor runs it
         used_threads = config.threads
         self.last_context = ctx
-        determinism = deterministic(config.deterministic, self.device)
-        determinism.__enter__()  # left in `finally` below
+        computing = numerics(config, self.device)  # TF32 off, cuDNN autotuning or determinism, on CUDA
+        computing.__enter__()  # left in `finally` below
         try:
             if leader and "fid" in config.metrics:  # rank 0 scores the evaluation curve
                 services.evaluator = self.resources.evaluator(config)
@@ -122,7 +122,7 @@ class Runner:
             results = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
             log.error("run %s (%s) failed: %s", run_id, config.method, exc)
         finally:
-            determinism.__exit__(None, None, None)
+            computing.__exit__(None, None, None)
             recorder.close()
             used_threads = torch.get_num_threads()
             torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with

@@ -3,6 +3,8 @@ when on, recorded in the stored environment, and each trains, checkpoints and re
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import run_cli, scheduler
@@ -274,3 +276,70 @@ def test_spectral_norm_in_fp32_leaves_cpu_bf16_training_bit_identical(plugins):
         run(state, spec, batcher, 2, speed=Speed(precision="bf16"))
         trained.append([t.detach().clone() for net in (state.G, state.D) for t in net.state_dict().values()])
     assert all(torch.equal(a, b) for a, b in zip(*trained))
+
+
+@contextlib.contextmanager
+def cuda_flags(matmul_tf32: bool, cudnn_tf32: bool, benchmark: bool):
+    """The numerics flags set for the block, then put back (torch.backends' modules refuse monkeypatch)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_cuda_run_computes_fp32_in_fp32_and_restores_the_flags(monkeypatch, deterministic):
+    """PyTorch's default lets cuDNN run fp32 convolutions in TF32 on Ampere and newer: a run turns TF32 off for
+    its duration (deterministic or not), and autotunes cuDNN unless deterministic; the CPU is left alone."""
+    from types import SimpleNamespace
+
+    from sparsebench.train.speed import numerics
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: None)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    flags = lambda: (  # noqa: E731
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    config = SimpleNamespace(deterministic=deterministic)
+    with cuda_flags(True, True, False):
+        with numerics(config, torch.device("cpu")):
+            assert flags() == (True, True, False)
+        with numerics(config, torch.device("cuda")):
+            assert flags() == (False, False, not deterministic)
+        assert flags() == (True, True, False)
+
+
+def test_preflight_computes_the_reference_features_in_fp32(plugins, tmp_path, monkeypatch):
+    from sparsebench.resources import Resources
+
+    seen = []
+
+    class Evaluator:
+        def floor(self, flags):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+    resources = Resources(plugins, torch.device("cuda"), None, None)
+    monkeypatch.setattr(resources, "evaluator", lambda config: Evaluator())
+    with cuda_flags(True, True, False):
+        resources.preflight([config(plugins)], Store(tmp_path / "r.db"))
+        assert torch.backends.cudnn.allow_tf32  # restored
+    assert seen == [(False, False)]
+
+
+def test_a_cuda_runs_environment_records_its_numerics(plugins, monkeypatch):
+    from sparsebench.resources import environment
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    env = environment(torch.device("cuda"), config(plugins))
+    assert env["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert env["tf32"] is False and env["cudnn_benchmark"] is True and env["cudnn_deterministic"] is False
+    assert {"cuda", "cudnn", "driver"} <= set(env) and env["cuda"] == torch.version.cuda
+    env = environment(torch.device("cuda"), config(plugins, deterministic=True))
+    assert env["cudnn_benchmark"] is False and env["cudnn_deterministic"] is True
+    assert "tf32" not in environment(torch.device("cpu"), config(plugins))  # a CPU run's environment as before

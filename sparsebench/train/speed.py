@@ -86,6 +86,47 @@ def deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
 
 
+@contextlib.contextmanager
+def fp32_math(device: torch.device | str) -> Iterator[None]:
+    """fp32 matmuls and convolutions really in fp32 on CUDA for the duration (restored after): PyTorch's
+    default lets cuDNN run fp32 convolutions in TF32 (a 10-bit mantissa) on Ampere and newer GPUs, so "fp32"
+    training, `--deterministic` included, and the Inception features of every metric would be TF32. Around
+    each run (`numerics`) and around preflight, which computes the cached reference statistics."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def cuda_numerics(config) -> dict:
+    """What `numerics` sets for a CUDA run of `config`, for its stored environment: TF32 off, cuDNN's autotuning
+    on unless the run is deterministic (which asks for cuDNN's deterministic algorithms instead)."""
+    return {"tf32": False, "cudnn_benchmark": not config.deterministic, "cudnn_deterministic": config.deterministic}
+
+
+@contextlib.contextmanager
+def numerics(config, device: torch.device) -> Iterator[None]:
+    """The numerics a run of `config` computes with, for its duration (restored after): on CUDA, fp32 in fp32
+    (`fp32_math`), and cuDNN's autotuning (`cudnn.benchmark`: the fastest convolution algorithms for the
+    run's fixed shapes, timed at their first use) unless the run is `deterministic`, whose algorithms it sets
+    instead. On the CPU nothing changes. `cuda_numerics` is what the run's environment records."""
+    with deterministic(config.deterministic, device), fp32_math(device):
+        if device.type != "cuda" or config.deterministic:
+            yield
+            return
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+
 class CompiledCheck:
     """Whether the forwards of a training phase really ran compiled: Dynamo compiled frames during it and never
     gave up on one at its recompile limit (then it runs that code eagerly from there on)."""
