@@ -79,6 +79,8 @@ def environment(device: torch.device, config: RunConfig | None = None) -> dict[s
         env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), driver=driver_version())
         if config is not None:
             env.update(cuda_numerics(config))
+            if config.deterministic:  # set before CUDA started (`prepare_cublas`), or the run was refused
+                env["cublas_workspace_config"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if config is not None:
         env.update(
             precision=config.precision,

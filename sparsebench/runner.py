@@ -27,7 +27,7 @@ from sparsebench.store.sinks import RunReader, RunSink
 from sparsebench.train.checkpoint import atomic_save, remove_stale_temporaries
 from sparsebench.train.context import RunContext, RunServices
 from sparsebench.train.loop import Diverged, Interrupted
-from sparsebench.train.speed import numerics
+from sparsebench.train.speed import numerics, prepare_cublas
 
 log = logging.getLogger("sparsebench.run")
 
@@ -62,6 +62,8 @@ class Runner:
         method = self.plugins.methods.get(config.method)
         data = self.resources.data(config)
         leader = distributed.rank() == 0
+        if config.deterministic and self.device.type == "cuda":  # before this run's first CUDA work (a worker's)
+            prepare_cublas()
         if not rerun:  # a rerun's environment is stored with its outcome, which replaces the old one's
             sink.started(environment(self.device, config))
         if leader:  # what a killed process of this run left half-written

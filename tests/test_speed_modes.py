@@ -175,6 +175,8 @@ def test_compile_wraps_the_forwards_and_keeps_the_modules(plugins, monkeypatch):
 def test_deterministic_mode_is_set_on_cuda_only_and_restored(monkeypatch):
     from sparsebench.train.speed import deterministic
 
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # and removed again after the test, which sets it
     calls = []
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: calls.append(on))
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
@@ -343,3 +345,41 @@ def test_a_cuda_runs_environment_records_its_numerics(plugins, monkeypatch):
     env = environment(torch.device("cuda"), config(plugins, deterministic=True))
     assert env["cudnn_benchmark"] is False and env["cudnn_deterministic"] is True
     assert "tf32" not in environment(torch.device("cpu"), config(plugins))  # a CPU run's environment as before
+
+
+def test_a_deterministic_grid_sets_the_cublas_workspace_before_preflight(plugins, tmp_path, monkeypatch):
+    """PyTorch reads CUBLAS_WORKSPACE_CONFIG once, at the process's first cuBLAS workspace: preflight's Inception
+    forward (or an earlier run) may make it, so the variable is set when the grid opens, before anything."""
+    import os
+
+    from sparsebench.grid import Grid
+    from sparsebench.resources import Resources
+    from sparsebench.settings import RunSettings
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = []
+    monkeypatch.setattr(
+        Resources, "preflight", lambda self, *args: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    )
+    request = GridRequest(methods=["static"], arch="sngan", steps=2, deterministic=True)
+    Grid.open(request, RunSettings(store=str(tmp_path / "r.db"), device="cuda", progress=False), plugins)
+    assert seen == [":4096:8"]
+
+
+def test_deterministic_cuda_is_refused_where_cuda_started_without_the_cublas_workspace(monkeypatch):
+    """Set after cuBLAS made its workspace, the variable changes nothing: the run would pass as deterministic."""
+    from sparsebench import SparsebenchError
+    from sparsebench.train.speed import deterministic
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: None)
+    with pytest.raises(SparsebenchError, match="needs CUBLAS_WORKSPACE_CONFIG before CUDA starts"):
+        with deterministic(True, torch.device("cuda")):
+            pass
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # set by the user before Python started
+    with deterministic(True, torch.device("cuda")):
+        assert torch.backends.cudnn.deterministic

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparsebench import SparsebenchError
 from sparsebench.config import PRECISIONS as PRECISIONS  # the modes' names live with the run config
 
 
@@ -63,15 +64,36 @@ class Speed:
         return self.forward(G), self.forward(D)
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (or ":16:8")
+
+
+def prepare_cublas() -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG for `--deterministic` on CUDA, before any CUDA work of this process. PyTorch
+    reads it once, when the process's first cuBLAS workspace is made: set later it changes nothing, while
+    `torch.use_deterministic_algorithms` still finds it set and lets the run pass as deterministic. So a
+    deterministic grid sets it when it opens, before preflight (`Grid.open`), and a process where CUDA has
+    started without it is refused. A value already in the environment is the user's, set at start-up."""
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        return
+    if torch.cuda.is_initialized():
+        raise SparsebenchError(
+            "--deterministic needs CUBLAS_WORKSPACE_CONFIG before CUDA starts, and CUDA has started in this process "
+            f"without it: run the deterministic grid in a process of its own, or set CUBLAS_WORKSPACE_CONFIG="
+            f"{CUBLAS_WORKSPACE} before Python starts"
+        )
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+
+
 @contextlib.contextmanager
 def deterministic(enabled: bool, device: torch.device) -> Iterator[None]:
     """Deterministic algorithms on CUDA for the duration (the CPU's are deterministic already): cuDNN's
     deterministic convolutions without autotuning, and an error from any op that has no deterministic
-    implementation. Slower; it makes a CUDA run repeat itself on the same GPU, software and settings."""
+    implementation. Slower; it makes a CUDA run repeat itself on the same GPU, software and settings.
+    CUBLAS_WORKSPACE_CONFIG must have been set before CUDA started (`prepare_cublas`; refused otherwise)."""
     if not enabled or device.type != "cuda":
         yield
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS for deterministic results
+    prepare_cublas()
     before = (
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.deterministic,
