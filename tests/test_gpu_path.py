@@ -420,3 +420,25 @@ def test_sparseprop_kernels_are_refused_on_cuda(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--kernels sparseprop" in lines[0] and "--device cuda" in lines[0], proc.stderr
     assert not (tmp_path / "r.db").exists()  # refused before anything ran
+
+
+# -- the GPU throughput benchmark ----------------------------------------------------------------------------
+
+
+def test_the_throughput_benchmark_matches_gpu_names_exactly():
+    """By model word, longest entry first: a substring match gave the L40 the L4's peak, the A10G the A10's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+    spec = importlib.util.spec_from_file_location("gpu_throughput", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    peaks = bench.PEAKS
+    assert bench.peak_of("NVIDIA L40") == peaks["L40"] != peaks["L4"]
+    assert bench.peak_of("NVIDIA L4") == peaks["L4"] and bench.peak_of("NVIDIA L40S") == peaks["L40S"]
+    assert bench.peak_of("NVIDIA A10G") is None and bench.peak_of("NVIDIA A10") == peaks["A10"]
+    assert bench.peak_of("NVIDIA H100 PCIe") == peaks["H100 PCIe"]
+    assert bench.peak_of("NVIDIA H100 80GB HBM3") == peaks["H100"] and bench.peak_of("NVIDIA H200") == peaks["H200"]
+    assert bench.peak_of("NVIDIA A100-SXM4-80GB") == peaks["A100"]
+    assert bench.peak_of("NVIDIA GeForce RTX 4090") == peaks["RTX 4090"]
