@@ -1,6 +1,7 @@
-"""The training loop on an accelerator, tested on the CPU: timing that waits for the device, no host
-synchronisation between logged steps, divergence still caught, BigGAN's joint D forward, and the
-refusal of the CPU-only kernels on CUDA."""
+"""The training loop on an accelerator, tested on the CPU: timing that waits for the device (and a stored step
+time that counts topology updates), the training split kept on the host, no host synchronisation between
+logged steps (with a method's callbacks too), divergence still caught, BigGAN's joint D forward, the refusal
+of the CPU-only kernels on CUDA, and the throughput benchmark's GPU names."""
 
 from __future__ import annotations
 
