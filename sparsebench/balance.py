@@ -32,11 +32,7 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
     """The balance ratio at one sample point, as ADAPT's reference code computes it, over the batch: a ratio
     of batch means, not a mean of per-image ratios (those are heavy-tailed, and biased towards 0 where real
     and fake scores overlap). NaN when D scores real and generated images alike on average. Changing it means
-    changing `ESTIMATOR`, which hides the ratios stored by the old one.
-
-    Under torchrun each rank holds its share of the batch: the means are averaged over the ranks first (every
-    share has the same size, so that is the global batch's mean), and every rank gets the same ratio. A ratio
-    from a rank's own share would steer each rank's decisions (ADAPT's D density) apart."""
+    changing `ESTIMATOR`, which hides the ratios stored by the old one."""
     return float(ratio_on_device(d_real, d_pre, d_post))
 
 
@@ -44,9 +40,19 @@ def ratio_on_device(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Ten
     """`balance_ratio` as a 0-dim float64 tensor on the outputs' device, read by nobody yet: a probe every few G
     steps then costs no host synchronisation (ADAPT reads its ratios once per decision). The batch means'
     differences are taken in their own precision and divided in float64, as Python floats would be."""
-    real, pre, post = distributed.mean_over_ranks(torch.stack([d_real.mean(), d_pre.mean(), d_post.mean()]))
+    real, pre, post = d_real.mean(), d_pre.mean(), d_post.mean()
     gap = (real - pre).double()
     return torch.where(gap != 0, (post - pre).double() / gap, math.nan)
+
+
+def _global_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> torch.Tensor:
+    """`ratio_on_device` of the global batch: under torchrun each rank holds its share of the batch, so the three
+    batch means are averaged over the ranks first (every share has the same size: that is the global batch's
+    mean), and every rank gets the same ratio. A ratio of a rank's own share would steer each rank's decisions
+    (ADAPT's D density) apart, into collectives the others never reach."""
+    if distributed.world_size() > 1:
+        d_real, d_pre, d_post = distributed.mean_over_ranks(torch.stack([d_real.mean(), d_pre.mean(), d_post.mean()]))
+    return ratio_on_device(d_real, d_pre, d_post)
 
 
 @torch.no_grad()
@@ -108,10 +114,10 @@ class BalanceProbe(Callbacks):
     def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
         if self._now == "train":
             d_post, d_real = _d_in_train_mode(state, batch)
-            state.balance_ratio = ratio_on_device(d_real, batch.d_gen.flatten(), d_post)
+            state.balance_ratio = _global_ratio(d_real, batch.d_gen.flatten(), d_post)
         elif self._now == "eval" and self._pre is not None:
             d_real, d_pre = self._pre
-            state.balance_ratio = ratio_on_device(d_real, d_pre, _d_of(state, batch.x, batch.yf, batch.z))
+            state.balance_ratio = _global_ratio(d_real, d_pre, _d_of(state, batch.x, batch.yf, batch.z))
         else:
             state.balance_ratio = math.nan
         self._pre = None

@@ -227,7 +227,7 @@ class RunContext:
                 ran = compiled.ran_compiled()
                 self.info["compiled"] = self.info.get("compiled", True) and ran
                 if not ran:
-                    log.warning("run %s: --compile fell back to eager forwards (phase %d)", self.config.run_id, label)
+                    log.warning("run %s: --compile fell back to eager forwards (phase %s)", self.config.run_id, label)
             io.checkpoint(done=True)
         finally:
             kernels.detach()
