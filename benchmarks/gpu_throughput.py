@@ -11,14 +11,17 @@ under each speed mode: fp32 (the default), bf16, compile, channels-last, and all
 Reported per row: ms per G step (the median of the timed steps; STU-GAN's with its amortised update),
 training images per second (the G step's generated batch plus its n_critic real batches, per second), the
 fraction of the device's peak FLOP rate reached (the dense step's fvcore FLOPs x 2 FLOPs per multiply-add,
-since masked-dense sparsity computes dense, against the peak of a small table of GPUs by name: the TF32
-tensor-core peak for fp32 modes, as cuDNN runs fp32 convolutions in TF32 by default, the bf16 peak for bf16
-modes; or --peak-tflops), and the projected hours of a full run: the preset's G steps at that speed plus
-its evaluations. An evaluation's cost is measured as well: G samples in fp32 (batch 250, as evaluation
-does; 8 on a CPU), and an Inception-v3 forward at 299x299 (torchvision's architecture with random weights:
-the FID extractor's FLOPs) is timed on a batch; both per image, times the preset's eval_samples and its
-number of evaluations. The reference statistics of the training data, computed once per store, are not
-counted.
+since masked-dense sparsity computes dense, against the peak of a small table of GPUs by exact model name:
+the FP32 peak for fp32 modes, as a run computes fp32 in fp32 (TF32 off, `sparsebench.train.speed.numerics`,
+which the timings run under as a run's do), the dense bf16 tensor-core peak for bf16 modes; or
+--peak-tflops), and the projected hours of a full run: the preset's G steps at that speed plus its
+evaluations. An evaluation's cost is measured as well: G samples in fp32 (batch 250, as evaluation does; 8
+on a CPU), and an Inception-v3 forward at 299x299 (torchvision's architecture with random weights: the FID
+extractor's FLOPs) is timed on a batch; both per image, times the preset's eval_samples and its number of
+evaluations. Not counted, and said so under the table: resizing the samples to 299x299, copies between the
+device and the host, FID's matrix square root, the other metrics (IS, KID, precision / recall),
+checkpoints, and the reference statistics of the training data (computed once per store): a full run
+costs more than projected.
 
 Run:  python benchmarks/gpu_throughput.py --device cuda              (full width, on a GPU)
       python benchmarks/gpu_throughput.py --device cpu --width 0.25  (a reduced width: a test of the script)
@@ -36,6 +39,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -51,7 +55,7 @@ from sparsebench.sparse.masks import MaskState  # noqa: E402
 from sparsebench.sparse.sema import SparseEMA  # noqa: E402
 from sparsebench.timing import Stopwatch  # noqa: E402
 from sparsebench.train.loop import Batcher, adam, train  # noqa: E402
-from sparsebench.train.speed import Speed  # noqa: E402
+from sparsebench.train.speed import Speed, numerics  # noqa: E402
 
 MODES = {
     "fp32": Speed(),
@@ -62,18 +66,24 @@ MODES = {
 }
 METHODS = ("dense", "static", "stugan")
 SG, SD = 0.9, 0.5
-# Dense (non-sparse) tensor-core peaks in TFLOP/s of GPUs by name: (TF32, BF16); vendors' data sheets.
+# Peaks in TFLOP/s of GPUs by model: (FP32, dense BF16 tensor core); vendors' data sheets. A name matches an
+# entry when its model words begin with the entry's, word for word, the longest entry first (`peak_of`).
 PEAKS = {
-    "H200": (494.7, 989.4),
-    "H100 PCIe": (378.0, 756.0),
-    "H100": (494.7, 989.4),
-    "A100": (156.0, 312.0),
-    "L40S": (183.0, 362.0),
-    "L4": (60.0, 121.0),
-    "A10": (62.5, 125.0),
+    "H200": (67.0, 989.4),
+    "H100 PCIe": (51.0, 756.0),
+    "H100": (67.0, 989.4),
+    "A100": (19.5, 312.0),
+    "L40S": (91.6, 362.0),
+    "L40": (90.5, 181.0),
+    "L4": (30.3, 121.0),
+    "A10": (31.2, 125.0),
     "RTX 4090": (82.6, 165.2),
     "RTX 3090": (35.6, 71.0),
 }
+NOT_PROJECTED = (
+    "projected hours leave out resizing the samples to 299x299, device-host copies, FID's matrix square root, "
+    "the other metrics (IS, KID, precision/recall), checkpoints and the reference statistics: a full run costs more"
+)
 INCEPTION_RES = 299
 
 
@@ -89,16 +99,26 @@ class Images:
         return self.images.shape[0]
 
 
+def peak_of(name: str) -> tuple[float, float] | None:
+    """The peaks of the GPU `torch.cuda.get_device_name` calls `name`: the longest entry whose words begin the
+    name's model words ("NVIDIA H100 80GB HBM3" is an H100, "NVIDIA L40" an L40, not an L4; "NVIDIA A10G"
+    is none of them: a substring match gave it the A10's peak). None for a GPU the table does not hold."""
+    words = [w for w in name.replace("-", " ").split() if w not in ("NVIDIA", "GeForce")]
+    for key in sorted(PEAKS, key=lambda k: -len(k.split())):
+        if words[: len(key.split())] == key.split():
+            return PEAKS[key]
+    return None
+
+
 def peak_tflops(device: torch.device, precision: str, given: float | None) -> float | None:
     if given:
         return given
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, (tf32, bf16) in PEAKS.items():  # the more specific names come first
-        if key in name:
-            return bf16 if precision == "bf16" else tf32
-    return None
+    peaks = peak_of(torch.cuda.get_device_name(device))
+    if peaks is None:
+        return None
+    return peaks[1] if precision == "bf16" else peaks[0]
 
 
 def device_name(device: torch.device) -> str:
@@ -218,35 +238,37 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     print(f"device: {where}; width x{args.width:g}; {warmup} warm-up + {steps} timed G steps per row")
     print(f"{'arch':7} {'method':7} {'mode':14} {'ms/step':>9} {'img/s':>8} {'peak':>7} {'eval h':>7} {'run h':>8}")
-    for arch_name in archs:
-        arch = plugins.archs.get(arch_name)
-        paper = arch.presets["paper"]
-        spec = paper.replace(width=max(1, round(paper.width * args.width)))
-        classes = 10  # CIFAR-10's
-        G, D = arch.build(spec, classes, 1.0)
-        executed = 2.0 * count_gan(G, D, spec, "conv", classes).step()  # masked dense: dense FLOPs, 2 per FMA
-        del G, D
-        per_image = eval_seconds_per_image(arch, spec, device, classes, 250 if gpu else 8, 64 if gpu else 2)
-        eval_h = curve_points(spec) * spec.eval_samples * per_image / 3600.0
-        images_per_step = spec.g_batch_size + spec.n_critic * spec.batch_size * spec.accumulate
-        for method in methods:
-            for mode in modes:
-                speed = MODES[mode]
-                started = time.perf_counter()
-                timed = time_steps(arch, spec, method, speed, device, warmup, steps, classes)
-                step_s = timed["step_s"]
-                peak = peak_tflops(device, speed.precision, args.peak_tflops)
-                share = f"{executed / step_s / (peak * 1e12):6.1%}" if peak else "    n/a"
-                run_h = spec.steps * step_s / 3600.0 + eval_h
-                print(
-                    f"{arch_name:7} {method:7} {mode:14} {1000 * step_s:9.1f} {images_per_step / step_s:8.0f} "
-                    f"{share:>7} {eval_h:7.2f} {run_h:8.1f}   ({time.perf_counter() - started:.0f} s)",
-                    flush=True,
-                )
-                lines.append(
-                    f"{arch_name} paper preset on {where}: {1000 * step_s:.1f} ms per G step ({method}, {mode}), "
-                    f"projected {run_h:.1f} h per run"
-                )
+    with numerics(SimpleNamespace(deterministic=False), device):  # as a run computes: fp32 in fp32, cuDNN tuned
+        for arch_name in archs:
+            arch = plugins.archs.get(arch_name)
+            paper = arch.presets["paper"]
+            spec = paper.replace(width=max(1, round(paper.width * args.width)))
+            classes = 10  # CIFAR-10's
+            G, D = arch.build(spec, classes, 1.0)
+            executed = 2.0 * count_gan(G, D, spec, "conv", classes).step()  # masked dense: dense FLOPs, 2 per FMA
+            del G, D
+            per_image = eval_seconds_per_image(arch, spec, device, classes, 250 if gpu else 8, 64 if gpu else 2)
+            eval_h = curve_points(spec) * spec.eval_samples * per_image / 3600.0
+            images_per_step = spec.g_batch_size + spec.n_critic * spec.batch_size * spec.accumulate
+            for method in methods:
+                for mode in modes:
+                    speed = MODES[mode]
+                    started = time.perf_counter()
+                    timed = time_steps(arch, spec, method, speed, device, warmup, steps, classes)
+                    step_s = timed["step_s"]
+                    peak = peak_tflops(device, speed.precision, args.peak_tflops)
+                    share = f"{executed / step_s / (peak * 1e12):6.1%}" if peak else "    n/a"
+                    run_h = spec.steps * step_s / 3600.0 + eval_h
+                    print(
+                        f"{arch_name:7} {method:7} {mode:14} {1000 * step_s:9.1f} {images_per_step / step_s:8.0f} "
+                        f"{share:>7} {eval_h:7.2f} {run_h:8.1f}   ({time.perf_counter() - started:.0f} s)",
+                        flush=True,
+                    )
+                    lines.append(
+                        f"{arch_name} paper preset on {where}: {1000 * step_s:.1f} ms per G step ({method}, {mode}), "
+                        f"projected {run_h:.1f} h per run"
+                    )
+    print(f"({NOT_PROJECTED})")
     if args.width != 1.0:
         print(f"(width x{args.width:g}: not the paper's models; the figures test the script, not the device)")
     print()

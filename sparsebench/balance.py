@@ -7,7 +7,8 @@ values come from this estimator.
 how far one G update moves its samples towards real data in D's eyes. Every run measures it at its logged
 steps in eval mode (a diagnostic that changes no training state); a method's callbacks may ask for it
 every N G steps (`balance_ratio_every`) and in the reference's train mode (`balance_ratio_mode = "train"`,
-as ADAPT steers D by it). The probe is a `Callbacks` like a method's: the loop knows nothing of it.
+as ADAPT steers D by it; its three terms then come from the training forwards, under the run's precision).
+The probe is a `Callbacks` like a method's: the loop knows nothing of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sparsebench import distributed
 from sparsebench.interfaces import CallbackList, Callbacks, GANState, GStep
 
 # The estimator a run's ratios were measured with is recorded in its env; values stored by another one
@@ -31,15 +33,40 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
     of batch means, not a mean of per-image ratios (those are heavy-tailed, and biased towards 0 where real
     and fake scores overlap). NaN when D scores real and generated images alike on average. Changing it means
     changing `ESTIMATOR`, which hides the ratios stored by the old one."""
-    gap = float(d_real.mean() - d_pre.mean())
-    return float(d_post.mean() - d_pre.mean()) / gap if gap != 0 else float("nan")
+    return float(ratio_on_device(d_real, d_pre, d_post))
+
+
+def ratio_on_device(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> torch.Tensor:
+    """`balance_ratio` as a 0-dim float64 tensor on the outputs' device, read by nobody yet: a probe every few G
+    steps then costs no host synchronisation (ADAPT reads its ratios once per decision). The batch means'
+    differences are taken in their own precision and divided in float64, as Python floats would be."""
+    real, pre, post = d_real.mean(), d_pre.mean(), d_post.mean()
+    gap = (real - pre).double()
+    return torch.where(gap != 0, (post - pre).double() / gap, math.nan)
+
+
+def _global_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tensor) -> torch.Tensor:
+    """`ratio_on_device` of the global batch: under torchrun each rank holds its share of the batch, so the three
+    batch means are averaged over the ranks first (every share has the same size: that is the global batch's
+    mean), and every rank gets the same ratio. A ratio of a rank's own share would steer each rank's decisions
+    (ADAPT's D density) apart, into collectives the others never reach."""
+    if distributed.world_size() > 1:
+        d_real, d_pre, d_post = distributed.mean_over_ranks(torch.stack([d_real.mean(), d_pre.mean(), d_post.mean()]))
+    return ratio_on_device(d_real, d_pre, d_post)
 
 
 @torch.no_grad()
 def _d_in_train_mode(state: GANState, batch: GStep) -> tuple[torch.Tensor, torch.Tensor]:
-    """D(G(z)) then D(x) with G and D left in train mode, in the reference's order."""
-    d_post = state.D(state.G(batch.z, batch.yf), batch.yf).flatten()
-    return d_post, state.D(batch.x, batch.y).flatten()
+    """D(G(z)) then D(x) with G and D left in train mode, in the reference's order, computed as the G step
+    computed D(G_pre(z)) (`GStep.measure`: the same forwards under the same precision). Eager fp32 forwards
+    against the G step's bf16 or compiled one would make the ratio, and ADAPT's decisions, depend on
+    `--precision` and `--compile` beyond what training itself does."""
+    if batch.measure is None:
+        measure = lambda x, y, z=None: state.D(state.G(z, y) if z is not None else x, y)  # noqa: E731
+    else:
+        measure = batch.measure
+    d_post = measure(None, batch.yf, batch.z).flatten()
+    return d_post, measure(batch.x, batch.y).flatten()
 
 
 @torch.no_grad()
@@ -54,7 +81,8 @@ def _d_of(state: GANState, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | N
 
 
 class BalanceProbe(Callbacks):
-    """Measures the balance ratio around G's update into `state.balance_ratio` (NaN at steps it skips).
+    """Measures the balance ratio around G's update into `state.balance_ratio` (NaN at steps it skips; where it
+    measures, a 0-dim tensor on the device, `ratio_on_device`: read it with `float()` when it is needed).
 
     `every` > 0: every that many G steps, besides the logged steps. `mode` "eval": D after its update, G_pre
     and G_post on the z G just trained on, real images of D's last batch, all in eval mode. "train": only at
@@ -86,16 +114,17 @@ class BalanceProbe(Callbacks):
     def after_g_update(self, state: GANState, step: int, batch: GStep) -> None:
         if self._now == "train":
             d_post, d_real = _d_in_train_mode(state, batch)
-            state.balance_ratio = balance_ratio(d_real, batch.d_gen.flatten(), d_post)
+            state.balance_ratio = _global_ratio(d_real, batch.d_gen.flatten(), d_post)
         elif self._now == "eval" and self._pre is not None:
             d_real, d_pre = self._pre
-            state.balance_ratio = balance_ratio(d_real, d_pre, _d_of(state, batch.x, batch.yf, batch.z))
+            state.balance_ratio = _global_ratio(d_real, d_pre, _d_of(state, batch.x, batch.yf, batch.z))
         else:
             state.balance_ratio = math.nan
         self._pre = None
 
     def stats(self, state: GANState, step: int) -> dict[str, float]:
-        return {"balance_ratio": state.balance_ratio} if math.isfinite(state.balance_ratio) else {}
+        ratio = float(state.balance_ratio)  # a logged step: the loop reads the device here anyway
+        return {"balance_ratio": ratio} if math.isfinite(ratio) else {}
 
 
 class RatioTrace:

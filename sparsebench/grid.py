@@ -77,8 +77,14 @@ class Grid:
             from sparsebench.kernels import require_sparseprop
 
             require_sparseprop()
+        if req.deterministic and settings.device.startswith("cuda"):  # before any CUDA work: preflight's, NCCL's
+            from sparsebench.train.speed import prepare_cublas
+
+            prepare_cublas()
         settings = settings.replace(device=distributed.init_from_env(settings.device))
         configs = expand_grid(req, plugins)  # after joining the process group: its size is in the run ids
+        for config in configs:  # a process count that does not divide the batch is refused before anything runs
+            distributed.batch_share(config.train, distributed.world_size(), f"the {config.preset} preset")
         leader = distributed.rank() == 0
         if leader:
             store = Store(settings.store)

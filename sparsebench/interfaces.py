@@ -8,6 +8,7 @@ only ever talks to plugins through these interfaces, so it knows no method or ne
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -324,7 +325,9 @@ class GANState:
     step: int = 0
     flops: float = 0.0
     step_seconds: list[float] = field(default_factory=list)  # wall time of each G step of this phase (checkpointed)
-    balance_ratio: float = math.nan  # measured at this G step (see sparsebench.balance), else NaN
+    # measured at this G step (see sparsebench.balance): a 0-dim float64 tensor on the device, left unread (float()
+    # reads it, and waits for the device); NaN (a float) at steps nothing measured it
+    balance_ratio: float | torch.Tensor = math.nan
     curve: list[tuple[int, float]] = field(default_factory=list)  # (G step, FID) of this phase's evaluation curve
     # (G step, values) of every statistic this phase logged, kept in its checkpoints: a resumed run stores
     # them again (rows a killed process had not stored yet are not lost) and rebuilds its balance ratios
@@ -339,7 +342,11 @@ class GANState:
 class GStep:
     """What one G step trained on, for callbacks that measure around G's update: `x`, `y` D's last real
     minibatch, `z`, `yf` the noise and labels of G's last minibatch, `d_gen` D's outputs on those fakes (G's
-    loss read them, before G's update), `logged` whether the loop logs this step."""
+    loss read them, before G's update), `logged` whether the loop logs this step.
+
+    `measure(x, y, z=None)`: D's outputs (fp32, no gradients) on `x`, or on G(z, y) when `z` is given, computed
+    as `d_gen` was: through the same forwards (compiled or not) under the same precision, so that a
+    measurement compared with `d_gen` compares like with like. None: G's and D's modules in fp32."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -347,6 +354,7 @@ class GStep:
     yf: torch.Tensor
     d_gen: torch.Tensor
     logged: bool
+    measure: Callable[..., torch.Tensor] | None = None
 
 
 class Callbacks:

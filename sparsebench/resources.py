@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sparsebench import SparsebenchError, __version__, balance
 from sparsebench.config import RunConfig
 from sparsebench.interfaces import DataSplits
 from sparsebench.metrics.evaluate import Evaluator
+from sparsebench.train.speed import cuda_numerics, fp32_math
 
 
 def cache_dir() -> Path:
@@ -36,9 +38,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def driver_version() -> str | None:
+    """The NVIDIA driver's version (Linux: /proc/driver/nvidia/version; else NVML where installed), None where
+    unknown."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", f.readline())
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001 - no NVML, or no driver: unknown
+        return None
+
+
 def environment(device: torch.device, config: RunConfig | None = None) -> dict[str, Any]:
     """Where a run ran: versions, host, CPU or GPU, its own CPU thread count (`RunConfig.threads`, else this
-    process's) and its speed modes; stored with the run."""
+    process's) and its speed modes; stored with the run. On CUDA also the numerics it computes with (TF32,
+    cuDNN's autotuning and determinism, as `sparsebench.train.speed.numerics` sets them for the run) and the
+    CUDA, cuDNN and driver versions."""
     env: dict[str, Any] = {
         "sparsebench": __version__,
         "torch": torch.__version__,
@@ -52,6 +76,11 @@ def environment(device: torch.device, config: RunConfig | None = None) -> dict[s
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), driver=driver_version())
+        if config is not None:
+            env.update(cuda_numerics(config))
+            if config.deterministic:  # set before CUDA started (`prepare_cublas`), or the run was refused
+                env["cublas_workspace_config"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if config is not None:
         env.update(
             precision=config.precision,
@@ -125,7 +154,8 @@ class Resources:
             if key in prepared:  # once per data set, not per cell
                 continue
             prepared.add(key)
-            with pinned_threads(config.threads):  # the cached reference features are computed as runs use them
+            # the cached reference features are computed as runs compute theirs: same threads, fp32 (not TF32)
+            with pinned_threads(config.threads), fp32_math(self.device):
                 ev = self.evaluator(config)
                 if "fid" in config.metrics:
                     ev.floor({"fid"})  # also caches the reference features before workers need them

@@ -28,7 +28,7 @@ from sparsebench.store.sinks import RunReader, RunSink
 from sparsebench.train.checkpoint import atomic_save, remove_stale_temporaries
 from sparsebench.train.context import RunContext, RunServices
 from sparsebench.train.loop import Diverged, Interrupted
-from sparsebench.train.speed import deterministic
+from sparsebench.train.speed import numerics, prepare_cublas
 
 log = logging.getLogger("sparsebench.run")
 
@@ -63,6 +63,8 @@ class Runner:
         method = self.plugins.methods.get(config.method)
         data = self.resources.data(config)
         leader = distributed.rank() == 0
+        if config.deterministic and self.device.type == "cuda":  # before this run's first CUDA work (a worker's)
+            prepare_cublas()
         if not rerun:  # a rerun's environment is stored with its outcome, which replaces the old one's
             sink.started(environment(self.device, config))
         if leader:  # what a killed process of this run left half-written
@@ -81,15 +83,15 @@ class Runner:
         torch.set_num_threads(config.threads)  # the run's own count, whichever executor runs it
         used_threads = config.threads
         self.last_context = ctx
-        determinism = deterministic(config.deterministic, self.device)
-        determinism.__enter__()  # left in `finally` below
+        computing = numerics(config, self.device)  # TF32 off, cuDNN autotuning or determinism, on CUDA
+        computing.__enter__()  # left in `finally` below
         try:
             if leader and "fid" in config.metrics:  # rank 0 scores the evaluation curve
                 services.evaluator = self.resources.evaluator(config)
             method.run(ctx)
             if ctx.final is None:
                 raise RuntimeError(f"method {config.method!r} returned without calling ctx.finish(...)")
-            recorder.flush()
+            _flush(recorder, run_id)
             if leader:  # rank 0 evaluates and stores for the whole process group
                 evaluator = self.resources.evaluator(config)
                 results = {
@@ -123,12 +125,12 @@ class Runner:
             results = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
             log.error("run %s (%s) failed: %s", run_id, config.method, exc)
         finally:
-            determinism.__exit__(None, None, None)
+            computing.__exit__(None, None, None)
             recorder.close()
             used_threads = torch.get_num_threads()
             torch.set_num_threads(threads)  # a resumed run may have pinned the count it started with
         try:
-            recorder.flush()
+            _flush(recorder, run_id)
         except ClaimLost as exc:
             return _lost(config, exc)
         wall = ctx.wall_s()  # earlier segments of a resumed run count
@@ -158,6 +160,20 @@ class Runner:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+def _flush(recorder: RunRecorder, run_id: str) -> None:
+    """Write the run's pending statistics. Only rank 0 checks the claim: when it lost it, every rank raises
+    ClaimLost here, so that all leave the run together (a rank going on alone would wait in a collective)."""
+    lost = None
+    try:
+        recorder.flush()
+    except ClaimLost as exc:
+        lost = exc
+    if distributed.world_size() > 1 and distributed.any_rank(lost is not None)[0] and lost is None:
+        lost = ClaimLost(f"run {run_id} was taken over by another process")
+    if lost is not None:
+        raise lost
 
 
 def _lost(config: RunConfig, exc: ClaimLost) -> Outcome:

@@ -96,3 +96,36 @@ def test_every_run_stores_its_balance_ratio(store):
     assert Store(store, readonly=True).stats_rows(["balance_ratio", "loss_d"]) == [
         r for r in Store(store, readonly=True).stats_rows(["loss_d"])
     ]
+
+
+def test_the_train_mode_ratio_measures_its_three_terms_alike(plugins, monkeypatch):
+    """D(G_pre(z)) is the bf16 G step's own output: D(G_post(z)) and D(x) must be computed the same way (the
+    training forwards under the run's precision), not by eager fp32 forwards, or ADAPT's decisions would depend
+    on --precision beyond what training does."""
+    from test_gpu_path import run, tiny
+
+    from sparsebench.train.speed import Speed
+
+    ratios = []
+
+    class Asking(Hooks):
+        balance_ratio_every, balance_ratio_mode = 1, "train"
+
+        def after_g_step(self, state, step):
+            ratios.append(float(state.balance_ratio))
+            return False
+
+    state, spec, batcher = tiny(plugins, "sngan")
+    dtypes, forward = [], state.D.forward
+
+    def recording(*args):
+        out = forward(*args)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(state.D, "forward", recording)
+    run(state, spec, batcher, 2, hooks=Asking(), speed=Speed(precision="bf16"))
+    assert len(ratios) == 2 and all(math.isfinite(r) for r in ratios)
+    per_step = 2 * spec.n_critic + 1 + 2  # D steps (real, fake), the G step's, the probe's two
+    assert len(dtypes) == 2 * per_step
+    assert set(dtypes) == {torch.bfloat16}, dtypes  # the probe's forwards too

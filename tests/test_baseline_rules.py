@@ -327,7 +327,8 @@ def test_the_ratio_is_measured_in_train_mode_as_the_reference_does(plugins, monk
     from test_dynamic import tiny_state
 
     calls = []
-    monkeypatch.setattr(balance, "balance_ratio", lambda real, pre, post: calls.append((real, pre, post)) or 0.5)
+    forced = torch.tensor(0.5, dtype=torch.float64)
+    monkeypatch.setattr(balance, "ratio_on_device", lambda real, pre, post: calls.append((real, pre, post)) or forced)
 
     def run(mode: str):
         spec, state, batcher = tiny_state(plugins)

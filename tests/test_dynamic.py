@@ -452,7 +452,7 @@ def adapt_hooks(plugins, spec, mode="relaxed", cls=adapt.BalancedTraining):
     "forced,mode,expected", [(0.2, "relaxed", 0.4), (0.5, "relaxed", 0.5), (0.8, "relaxed", 0.6), (0.8, "strict", 0.5)]
 )
 def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypatch, forced, mode, expected):
-    monkeypatch.setattr(balance, "balance_ratio", lambda *outputs: forced)
+    monkeypatch.setattr(balance, "ratio_on_device", lambda *outputs: torch.tensor(forced, dtype=torch.float64))
     spec, state, batcher = tiny_state(plugins)  # D at density 0.5
     hooks = adapt_hooks(plugins, spec, mode)
     before = {n: m.clone() for n, m in state.d_masks.masks.items()}
@@ -467,7 +467,7 @@ def test_adapt_moves_ds_density_as_the_balance_ratio_dictates(plugins, monkeypat
 
 def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
     ratios = iter([float("nan")] + [0.2] * 10)  # the first sample point measured nothing
-    monkeypatch.setattr(balance, "balance_ratio", lambda *outputs: next(ratios))
+    monkeypatch.setattr(balance, "ratio_on_device", lambda *outputs: torch.tensor(next(ratios), dtype=torch.float64))
     spec, state, batcher = tiny_state(plugins)  # a window of 2 values, the reference's queue
     seen = []
 
@@ -485,7 +485,7 @@ def test_adapt_acts_on_a_full_window_of_ratios_only(plugins, monkeypatch):
 
 
 def test_adapt_train_flops_integrate_its_density_trace(plugins, monkeypatch):
-    monkeypatch.setattr(balance, "balance_ratio", lambda *outputs: 0.2)
+    monkeypatch.setattr(balance, "ratio_on_device", lambda *outputs: torch.tensor(0.2, dtype=torch.float64))
     spec, state, batcher = tiny_state(plugins)
     flops = count_gan(state.G, state.D, spec, "conv", 10)
     trace = []

@@ -3,6 +3,8 @@ when on, recorded in the stored environment, and each trains, checkpoints and re
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import run_cli, scheduler
@@ -108,6 +110,8 @@ def test_a_mode_trains_checkpoints_and_resumes(plugins, tmp_path, monkeypatch, c
     env = Store(tmp_path / "b" / "r.db", readonly=True).get(cfg.run_id)["env"]
     assert {k: env[k] for k in MODES[mode]} == MODES[mode]
     assert 0.0 < resumed.results["density_g"] < 0.2  # the masks still hold (s_G 0.9)
+    if mode == "compile":
+        assert whole.results["compiled"] is resumed.results["compiled"] is True
 
 
 def masked_weights_are_zero(masks) -> bool:
@@ -171,6 +175,8 @@ def test_compile_wraps_the_forwards_and_keeps_the_modules(plugins, monkeypatch):
 def test_deterministic_mode_is_set_on_cuda_only_and_restored(monkeypatch):
     from sparsebench.train.speed import deterministic
 
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # and removed again after the test, which sets it
     calls = []
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: calls.append(on))
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
@@ -203,3 +209,177 @@ def test_dynamic_methods_update_their_topology_under_bf16_and_channels_last(plug
     assert row["status"] == "done", row.get("error")
     if method != "adapt":  # ADAPT's intervals follow its reference's at this length; the rest every 2 steps
         assert row["exploration_rate"] > row["density_g"]
+
+
+@pytest.mark.slow
+def test_compiled_runs_of_a_grid_in_one_process_all_run_compiled(plugins, tmp_path, monkeypatch):
+    """Spectral norm gives every model's modules classes of their own, which Dynamo guards on: without a fresh
+    cache per phase, a `--jobs 1` grid's fifth compiled run hit Dynamo's recompile limit (8 per code object) and
+    trained eagerly, stored as `compile: true`. Each run records whether it really ran compiled."""
+    from functools import partial
+
+    from torch._dynamo.utils import counters
+
+    # Dynamo's guards and recompile limit as a real compile has them, without Inductor's code generation
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend="eager"))
+    limit_hits = lambda: sum(n for reason, n in counters["unimplemented"].items() if "recompile limit" in reason)
+    before = limit_hits()
+    cells = scheduler(Store(tmp_path / "r.db"), plugins)
+    outcomes = []
+    for sg in (0.5, 0.6, 0.7, 0.8, 0.9):  # five models in one process
+        (cfg,) = expand_grid(
+            GridRequest(methods=["static"], arch="sngan", sg=[sg], steps=2, metrics=(), compile=True), plugins
+        )
+        outcomes.append(cells.run_one(cfg))
+    assert limit_hits() == before, "Dynamo fell back to eager forwards at its recompile limit"
+    assert [o.status for o in outcomes] == ["done"] * 5
+    assert [o.results.get("compiled") for o in outcomes] == [True] * 5
+
+
+def test_spectral_norm_runs_outside_autocast_under_bf16(plugins):
+    """On CUDA autocast runs `mv` in bf16: spectral norm's power iteration and sigma must run with autocast off
+    (on the CPU, autocast keeps `mv` in fp32 anyway, so this is what a CPU can show)."""
+    from test_gpu_path import run, tiny
+    from torch.overrides import TorchFunctionMode
+
+    from sparsebench.train.speed import Speed
+
+    class Recording(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: list[tuple[str, bool]] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.mv, torch.vdot, torch.Tensor.mv):
+                self.calls.append((func.__name__, torch.is_autocast_enabled("cpu")))
+            return func(*args, **(kwargs or {}))
+
+    state, spec, batcher = tiny(plugins, "sngan")
+    with Recording() as seen:
+        run(state, spec, batcher, 1, speed=Speed(precision="bf16"))
+    assert {name for name, _ in seen.calls} >= {"mv", "vdot"}
+    assert not [call for call in seen.calls if call[1]], "spectral norm ran under autocast"
+
+
+def test_spectral_norm_in_fp32_leaves_cpu_bf16_training_bit_identical(plugins):
+    from test_gpu_path import run, tiny
+    from torch.nn.utils.parametrizations import _SpectralNorm
+
+    from sparsebench.train.speed import Speed
+
+    trained = []
+    for plain in (False, True):
+        state, spec, batcher = tiny(plugins, "biggan")
+        if plain:  # torch's own parametrization, computed under autocast
+            for net in (state.G, state.D):
+                for m in net.modules():
+                    if isinstance(m, _SpectralNorm):
+                        m.__class__ = _SpectralNorm
+        run(state, spec, batcher, 2, speed=Speed(precision="bf16"))
+        trained.append([t.detach().clone() for net in (state.G, state.D) for t in net.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*trained))
+
+
+@contextlib.contextmanager
+def cuda_flags(matmul_tf32: bool, cudnn_tf32: bool, benchmark: bool):
+    """The numerics flags set for the block, then put back (torch.backends' modules refuse monkeypatch)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_cuda_run_computes_fp32_in_fp32_and_restores_the_flags(monkeypatch, deterministic):
+    """PyTorch's default lets cuDNN run fp32 convolutions in TF32 on Ampere and newer: a run turns TF32 off for
+    its duration (deterministic or not), and autotunes cuDNN unless deterministic; the CPU is left alone."""
+    from types import SimpleNamespace
+
+    from sparsebench.train.speed import numerics
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: None)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    flags = lambda: (  # noqa: E731
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    config = SimpleNamespace(deterministic=deterministic)
+    with cuda_flags(True, True, False):
+        with numerics(config, torch.device("cpu")):
+            assert flags() == (True, True, False)
+        with numerics(config, torch.device("cuda")):
+            assert flags() == (False, False, not deterministic)
+        assert flags() == (True, True, False)
+
+
+def test_preflight_computes_the_reference_features_in_fp32(plugins, tmp_path, monkeypatch):
+    from sparsebench.resources import Resources
+
+    seen = []
+
+    class Evaluator:
+        def floor(self, flags):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+    resources = Resources(plugins, torch.device("cuda"), None, None)
+    monkeypatch.setattr(resources, "evaluator", lambda config: Evaluator())
+    with cuda_flags(True, True, False):
+        resources.preflight([config(plugins)], Store(tmp_path / "r.db"))
+        assert torch.backends.cudnn.allow_tf32  # restored
+    assert seen == [(False, False)]
+
+
+def test_a_cuda_runs_environment_records_its_numerics(plugins, monkeypatch):
+    from sparsebench.resources import environment
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    env = environment(torch.device("cuda"), config(plugins))
+    assert env["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert env["tf32"] is False and env["cudnn_benchmark"] is True and env["cudnn_deterministic"] is False
+    assert {"cuda", "cudnn", "driver"} <= set(env) and env["cuda"] == torch.version.cuda
+    env = environment(torch.device("cuda"), config(plugins, deterministic=True))
+    assert env["cudnn_benchmark"] is False and env["cudnn_deterministic"] is True
+    assert "tf32" not in environment(torch.device("cpu"), config(plugins))  # a CPU run's environment as before
+
+
+def test_a_deterministic_grid_sets_the_cublas_workspace_before_preflight(plugins, tmp_path, monkeypatch):
+    """PyTorch reads CUBLAS_WORKSPACE_CONFIG once, at the process's first cuBLAS workspace: preflight's Inception
+    forward (or an earlier run) may make it, so the variable is set when the grid opens, before anything."""
+    import os
+
+    from sparsebench.grid import Grid
+    from sparsebench.resources import Resources
+    from sparsebench.settings import RunSettings
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = []
+    monkeypatch.setattr(
+        Resources, "preflight", lambda self, *args: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    )
+    request = GridRequest(methods=["static"], arch="sngan", steps=2, deterministic=True)
+    Grid.open(request, RunSettings(store=str(tmp_path / "r.db"), device="cuda", progress=False), plugins)
+    assert seen == [":4096:8"]
+
+
+def test_deterministic_cuda_is_refused_where_cuda_started_without_the_cublas_workspace(monkeypatch):
+    """Set after cuBLAS made its workspace, the variable changes nothing: the run would pass as deterministic."""
+    from sparsebench import SparsebenchError
+    from sparsebench.train.speed import deterministic
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: None)
+    with pytest.raises(SparsebenchError, match="needs CUBLAS_WORKSPACE_CONFIG before CUDA starts"):
+        with deterministic(True, torch.device("cuda")):
+            pass
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # set by the user before Python started
+    with deterministic(True, torch.device("cuda")):
+        assert torch.backends.cudnn.deterministic

@@ -378,7 +378,7 @@ def _quiet_if_any(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", methods=None) -> list[Table]:
     """Measured wall-clock time beside Table 2's FLOPs: one table per machine and thread count, since times
-    of different machines do not compare. Each cell: the median G training step (evaluation excluded) and G's
+    of different machines do not compare. Each cell: the mean G training step (evaluation excluded) and G's
     sampling time per image, mean over the seeds done, and both relative to the dense GAN of the same arch
     measured on the same machine with the same threads."""
     info = MethodInfo.of(methods)
@@ -415,7 +415,8 @@ def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", method
         tables.append(
             Table(
                 f"{title}, {machine}, {threads} thread{'s' if threads != 1 else ''}",
-                "Measured time: median training G step in ms (its D steps included, evaluation excluded) / G "
+                "Measured time: mean training G step in ms (its D steps, topology updates and balance-ratio probes "
+                "included, evaluation excluded) / G "
                 "sampling time per image in ms at the evaluation batch, mean over seeds, and relative to the "
                 "dense GAN of the same arch on the same machine and threads (× < 1: faster; not shown where that "
                 "dense GAN was only measured beside other work). Where some of "

@@ -48,19 +48,20 @@ class SparseEMA:
                 src = self.masks.params[layer]
                 dst = self._name_of_scope[layer]
                 at = fresh.view(dst.shape)  # flat positions in logical order: any memory format
-                dst[at] = src[at]
+                dst.copy_(torch.where(at, src, dst))  # not dst[at] = ...: boolean indexing reads the device
         self._fresh = {}
         if self._src_buf:
             torch._foreach_copy_(self._dst_buf, self._src_buf)
 
     @torch.no_grad()
     def on_topology_update(self, pruned: dict[str, torch.Tensor], grown: dict[str, torch.Tensor]) -> None:
-        """Pruned positions average to 0 now; grown ones start at their weight at the next update."""
+        """Pruned positions average to 0 now; grown ones start at their weight at the next update. Nothing here
+        or in that update waits for the device (no boolean indexing, no asking which layers grew: a layer that
+        grew nothing is kept too, and its next update changes nothing)."""
         for layer in pruned:
             dst = self._name_of_scope[layer]
-            dst[(pruned[layer] | grown[layer]).view(dst.shape)] = 0.0
-            if grown[layer].any():
-                self._fresh[layer] = grown[layer].view(-1).clone()
+            dst.masked_fill_((pruned[layer] | grown[layer]).view(dst.shape), 0.0)
+            self._fresh[layer] = grown[layer].view(-1).clone()
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "fresh": {k: v.cpu() for k, v in self._fresh.items()}}

@@ -57,6 +57,7 @@ EXTRA_COLUMNS = [
     "balance_ratio",
     "balance_ratio_last10",
     "train_s_per_step",
+    "train_s_per_step_median",
     "infer_ms_per_image",
     "threads",
     "machine",

@@ -23,12 +23,12 @@ from sparsebench.dependencies import Dependencies
 from sparsebench.flops import GANFlops, count_gan
 from sparsebench.interfaces import Callbacks, DataSplits, DensePass, GANState, RunArtifacts
 from sparsebench.metrics.evaluate import Evaluator, curve_point
-from sparsebench.recorder import RunRecorder
+from sparsebench.recorder import ClaimLost, RunRecorder
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
 from sparsebench.train.checkpoint import Checkpoint, CheckpointError
 from sparsebench.train.loop import Batcher, LoopIO, adam, train
-from sparsebench.train.speed import Speed
+from sparsebench.train.speed import CompiledCheck, Speed
 
 log = logging.getLogger("sparsebench.run")
 __all__ = ["RunContext", "RunServices", "stream_seed"]
@@ -169,11 +169,7 @@ class RunContext:
                 f"run {self.config.run_id} is set up for {self.config.world_size} process(es) and this is "
                 f"{world}: its config comes from another process group (expand the grid inside this one)"
             )
-        spec = self.spec
-        if world > 1:  # each rank takes its share of the preset's global batch
-            spec = spec.replace(
-                batch_size=max(1, spec.batch_size // world), g_batch_size=max(1, spec.g_batch_size // world)
-            )
+        spec = distributed.batch_share(self.spec, world, f"run {self.config.run_id}")  # each rank's equal share
         suffix = f"-rank{rank}" if world > 1 else ""
         batcher = Batcher(self.data.train, self.device, self.rng(f"data{suffix}"))
         noise = self.rng(f"noise{suffix}", self.device)
@@ -182,6 +178,7 @@ class RunContext:
         ckpt = Checkpoint(self.run_dir / f"checkpoint-phase{self._phases}{suffix}.pt", self.config)
         io = _PhaseIO(self, state, steps, spec, label, ckpt, batcher, noise, callbacks)
 
+        done = False
         if ckpt.exists():  # resume: a finished phase is restored whole, an unfinished one continues
             try:
                 done, wall = ckpt.restore(state, batcher, noise, callbacks)
@@ -194,9 +191,11 @@ class RunContext:
                 self._resumed_wall = wall - self._elapsed()  # the run's clock goes on from the save
                 for step, values in state.logged:  # stored again: the killed process may not have stored them
                     io.emit(step, values)
-                if done:
-                    self._spent_flops += state.flops
-                    return
+        if world > 1:
+            done = self._resumed_together(state.step, done, ckpt)
+        if done:
+            self._spent_flops += state.flops
+            return
 
         recorder = self.services.recorder
         if recorder is not None:
@@ -210,6 +209,8 @@ class RunContext:
 
             swapped = [describe(net, b.layers) for net, b in (("G", kernels.g), ("D", kernels.d)) if b is not None]
             self.info["kernel_layers"] = ",".join(s for s in swapped if s)
+        speed = Speed.of(self.config)
+        compiled = CompiledCheck() if speed.compile and state.step < steps else None
         try:
             train(  # every run's balance ratio is measured, as the method's callbacks ask for it
                 state,
@@ -220,12 +221,30 @@ class RunContext:
                 noise,
                 probed(kernels.hooks, asking=callbacks),
                 io,
-                Speed.of(self.config),
+                speed,
             )
+            if compiled is not None:  # stored: whether every phase this process trained ran compiled
+                ran = compiled.ran_compiled()
+                self.info["compiled"] = self.info.get("compiled", True) and ran
+                if not ran:
+                    log.warning("run %s: --compile fell back to eager forwards (phase %s)", self.config.run_id, label)
             io.checkpoint(done=True)
         finally:
             kernels.detach()
             self._spent_flops += state.flops
+
+    def _resumed_together(self, step: int, done: bool, ckpt: Checkpoint) -> bool:
+        """Refuse per-rank checkpoints of a phase that end at different G steps (a rank's file removed, set
+        aside, or saved by a rank that stopped alone): ranks that start from different steps run different
+        schedules of collectives and hang. Returns whether every rank's phase is finished, as one decision."""
+        low, high = distributed.spread(step)
+        if low != high:
+            raise SparsebenchError(
+                f"run {self.config.run_id} phase {self._phases}: the checkpoints of its {distributed.world_size()} "
+                f"processes end at different G steps ({low} to {high}; a missing or unusable one counts as 0), "
+                f"refusing to resume; delete {ckpt.path.parent / f'checkpoint-phase{self._phases}*.pt'} to restart it"
+            )
+        return distributed.any_rank(done)[0]
 
     def require(self, method: str, **changes: Any) -> RunArtifacts:
         """The finished run of `method` with this run's arch, data, preset, seed and steps.
@@ -289,6 +308,7 @@ class _PhaseIO(LoopIO):
         self.recorder = ctx.services.recorder
         self.checkpoint_every = ctx.services.checkpoint_every
         self.synchronises = distributed.world_size() > 1
+        self.lost: ClaimLost | None = None  # rank 0 lost the run's claim: every rank stops, none saves
 
     def emit(self, step: int, values: dict) -> None:
         """Logged values to the run's recorder, named after the phase (fine-tuning's `finetune/loss_g`)."""
@@ -317,15 +337,41 @@ class _PhaseIO(LoopIO):
         """Store the curve up to here, then save the checkpoint; the claim is looked at again just before the
         checkpoint is renamed into place (a process paused while writing may have lost the run meanwhile)."""
         recorder = self.recorder
-        if recorder is not None:  # the curve up to here is stored before the checkpoint exists
-            recorder.flush()
+        if recorder is not None and self.lost is None:  # the curve up to here is stored before the checkpoint
+            try:
+                recorder.flush()
+            except ClaimLost as exc:
+                self.lost = exc
+        self.raise_if_lost()
         claimed = None if recorder is None else recorder.check_claim
         self.ckpt.save(
             self.state, self.batcher, self.noise, self.callbacks, self.label, done, self.ctx.wall_s(), claimed
         )
 
+    def raise_if_lost(self) -> None:
+        """Raise ClaimLost on every rank if rank 0 lost the run's claim (only rank 0 checks it): a rank that
+        went on training alone would wait forever in its next collective."""
+        lost = self.lost is not None
+        if self.synchronises:
+            (lost,) = distributed.any_rank(lost)
+        if lost:
+            raise self.lost or ClaimLost(f"run {self.ctx.config.run_id} was taken over by another process")
+
     def stop_requested(self) -> bool:
-        return self.recorder is not None and self.recorder.stop_requested()
+        """SIGTERM / Ctrl-C, or a lost claim (then the loop's checkpoint raises ClaimLost instead of saving)."""
+        try:
+            return self.recorder is not None and self.recorder.stop_requested()
+        except ClaimLost as exc:
+            if not self.synchronises:
+                raise
+            self.lost = exc  # the loop agrees on stopping here; `checkpoint` raises it on every rank
+            return True
+
+    def agree(self, flag: bool) -> bool:
+        return distributed.any_rank(flag)[0]
+
+    def earliest(self, value: torch.Tensor) -> torch.Tensor:
+        return distributed.min_over_ranks(value)
 
     def sync_grads(self, model: nn.Module) -> None:
         distributed.average_gradients(model)

@@ -16,6 +16,7 @@ step sees the gradient of the mean loss over all of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,9 @@ class Diverged(RuntimeError):
 class DivergenceWatch:
     """Whether the losses have been finite so far, kept on the device: `observe` queues a few tiny
     kernels and never waits; `check` reads the result (one host synchronisation) and raises Diverged
-    with the first G step at which a loss was not finite."""
+    with the first G step at which a loss was not finite. With `agree` (data parallelism), every rank
+    takes the earliest step any rank saw first: each rank's losses are of its own share of the batch, and a
+    rank that stopped alone would leave the others waiting in their next collective."""
 
     WHAT = ("", "D loss", "G loss")
 
@@ -67,38 +70,66 @@ class DivergenceWatch:
         self.first_what = torch.where(new, self.WHAT.index(what), self.first_what)
         self.first_step = torch.where(new, step, self.first_step)
 
-    def check(self, detected: int, cause: BaseException | None = None) -> None:
+    def check(
+        self,
+        detected: int,
+        cause: BaseException | None = None,
+        agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """`agree`: the least of a tensor over the run's processes (`LoopIO.earliest`), which all call it here."""
+        if agree is not None:
+            never = torch.iinfo(torch.long).max
+            code = torch.where(self.first_step > 0, self.first_step * len(self.WHAT) + self.first_what, never)
+            code = agree(code)
+            self.first_step = torch.where(code < never, code // len(self.WHAT), 0)
+            self.first_what = torch.where(code < never, code % len(self.WHAT), 0)
         step, what = (int(v) for v in torch.stack([self.first_step, self.first_what]).tolist())
         if step:
             raise Diverged(step, self.WHAT[what], detected) from cause
 
 
 class Batcher:
-    """Epoch-wise shuffled minibatches from an in-memory uint8 image set, as floats in [-1, 1]."""
+    """Epoch-wise shuffled minibatches from an in-memory uint8 image set, as floats in [-1, 1] on `device`.
+
+    The set stays in host memory: a training split can be tens of GB (the ImageNet preset's is ~60 GB of
+    uint8), and under torchrun every rank would hold a copy of it on its GPU. Each minibatch is gathered on
+    the host, into pinned (page-locked) memory when the device is CUDA, and copied to the device with
+    `non_blocking`: the copy is queued behind the device's work instead of waiting for it (PyTorch's caching
+    host allocator keeps a pinned block until the copy out of it has run). Only the minibatch is pinned, not
+    the split: page-locking tens of GB per rank would starve the host. The order comes from `generator` on the
+    host, so a run draws the same images in the same order on any device, and the state dict (order,
+    position, generator) resumes bit for bit."""
 
     def __init__(self, data: ImageData, device: torch.device, generator: torch.Generator):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        self.images, self.labels = data.images, data.labels
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda"
         self.generator = generator
-        self.perm = torch.randperm(len(data), generator=generator)
-        self.on_device = self.perm.to(device)  # copied once per epoch, not once per batch (a host sync on CUDA)
+        self.perm = torch.randperm(len(data), generator=generator)  # on the host, as the images
         self.pos = 0
 
     def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + n > len(self.perm):
             self.perm = torch.randperm(len(self.perm), generator=self.generator)
-            self.on_device = self.perm.to(self.images.device)
             self.pos = 0
-        idx = self.on_device[self.pos : self.pos + n]
+        idx = self.perm[self.pos : self.pos + n]
         self.pos += n
-        return self.images[idx].float().div_(127.5).sub_(1.0), self.labels[idx]
+        x = self._gather(self.images, idx).to(self.device, non_blocking=True)
+        y = self._gather(self.labels, idx).to(self.device, non_blocking=True)
+        return x.float().div_(127.5).sub_(1.0), y
+
+    def _gather(self, source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """`source[idx]` on the host; in pinned memory for a CUDA device (a copy from pageable memory waits)."""
+        if not self.pinned:
+            return source[idx]
+        out = torch.empty((len(idx), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+        return torch.index_select(source, 0, idx, out=out)
 
     def state_dict(self) -> dict:
         return {"perm": self.perm.clone(), "pos": self.pos, "rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.perm, self.pos = state["perm"], int(state["pos"])
-        self.on_device = self.perm.to(self.images.device)
         self.generator.set_state(state["rng"])
 
 
@@ -155,8 +186,18 @@ class LoopIO:
         """Save the phase (consistent between G steps)."""
 
     def stop_requested(self) -> bool:
-        """Whether to checkpoint and stop now (SIGTERM, Ctrl-C)."""
+        """Whether to checkpoint and stop now (SIGTERM, Ctrl-C); this process's own answer (see `agree`)."""
         return False
+
+    def agree(self, flag: bool) -> bool:
+        """Whether any process of the run raised `flag` (data parallelism; `flag` itself in one process): the
+        loop acts on a stop request or a topology change on every rank at the same step, as the collectives
+        that follow (checkpoint, mask broadcasts, the next gradient average) need every rank."""
+        return flag
+
+    def earliest(self, value: torch.Tensor) -> torch.Tensor:
+        """The least of `value`, a tensor on the device, over the processes of the run (`value` in one process)."""
+        return value
 
     def sync_grads(self, model: nn.Module) -> None:
         """Average `model`'s gradients over the processes of the run (data parallelism)."""
@@ -189,6 +230,10 @@ def train(
     `io.checkpoint()` runs every `io.checkpoint_every` G steps, and before raising Interrupted when
     `io.stop_requested()` turns true (checked between G steps, so a checkpoint is consistent).
 
+    Under data parallelism (`io.synchronises`) every decision that leads into a collective is agreed over the
+    processes first (`io.agree`, `io.earliest`): a stop request, a topology change, a divergence. A callback
+    that raises on one process alone still leaves the others waiting (until the process group's timeout).
+
     The losses stay on the device: they are read, and checked for divergence, at the logged steps
     (every `spec.log_every`, and the first), before a checkpoint or a curve evaluation, and at the end;
     nothing else in the loop waits for the device, except what a callback asks for (a balance-ratio
@@ -203,7 +248,7 @@ def train(
     io = io or LoopIO()
     speed = speed or Speed()
     G, D = speed.prepare(state.G), speed.prepare(state.D)
-    G_fwd, D_fwd = speed.forward(G), speed.forward(D)  # what training calls; state.G / state.D stay the modules
+    G_fwd, D_fwd = speed.forwards(G, D)  # what training calls; state.G / state.D stay the modules
     device = next(G.parameters()).device
     cost = io.step_cost(state)
     d_params = [p for p in D.parameters()]
@@ -217,10 +262,16 @@ def train(
         y = torch.randint(max(num_classes, 1), (n,), generator=generator, device=generator.device).to(device)
         return z, y
 
+    def measure(x: torch.Tensor | None, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """D's outputs as the G step computed `d_gen` (`GStep.measure`): the same forwards, the same precision."""
+        with torch.no_grad(), speed.autocast(device):
+            return D_fwd(G_fwd(z, y) if z is not None else x, y).float()
+
     def check(t: int) -> None:
-        """Raise Diverged if a loss was non-finite at any step so far (one host synchronisation)."""
+        """Raise Diverged if a loss was non-finite at any step so far, on any rank (one host synchronisation);
+        every rank checks at the same steps."""
         timer.flush(state.step_seconds)
-        watch.check(t)
+        watch.check(t, agree=io.earliest if io.synchronises else None)
 
     G.train()
     D.train()
@@ -297,7 +348,7 @@ def train(
                 io.sync_grads(G)
             callbacks.after_g_backward(state, t)
             logged = io.logs and (t % spec.log_every == 0 or t == 1)
-            batch = GStep(x, y, z, yf, d_gen, logged)
+            batch = GStep(x, y, z, yf, d_gen, logged, measure)
             state.balance_ratio = math.nan
             callbacks.before_g_update(state, t, batch)
             if state.g_masks is not None:
@@ -313,7 +364,10 @@ def train(
             dense_grads = callbacks.dense_weight_grads(t)
             if dense_grads:
                 state.flops += io.extra_cost(state, dense_grads)
-            if callbacks.after_g_step(state, t):
+            changed = callbacks.after_g_step(state, t)
+            if io.synchronises:  # a rank that changed alone would broadcast to ranks that never listen
+                changed = io.agree(changed)
+            if changed:
                 if io.synchronises:
                     io.topology_changed(state)
                 cost = io.step_cost(state)  # the next steps run at the new densities
@@ -336,7 +390,10 @@ def train(
         io.progress(1)
         if due:
             io.checkpoint()
-        if io.stop_requested():
+        stop = io.stop_requested()
+        if io.synchronises:  # SIGTERM reaches the ranks at different steps: all stop at the first one's
+            stop = io.agree(stop)
+        if stop:
             check(t)
             if io.checkpoints:
                 io.checkpoint()

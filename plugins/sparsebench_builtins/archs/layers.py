@@ -5,12 +5,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+
+class SpectralNormFP32(_SpectralNorm):
+    """torch's spectral-norm parametrization, computed in fp32 under autocast: on CUDA, autocast runs `mv` in
+    bf16, so under `--precision bf16` the power iteration and sigma of every SN layer would be bf16 (and sigma
+    divides the whole weight). The layer's own op (the conv or linear the weight goes into) stays under
+    autocast. On the CPU autocast leaves `mv` in fp32 already: results there are the same bit for bit."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight)
 
 
 def sn(module: nn.Module, enabled: bool = True, eps: float = 1e-6) -> nn.Module:
-    """Spectral norm as a parametrization (keeps `weight` a plain attribute, masks the original)."""
-    return spectral_norm(module, eps=eps) if enabled else module
+    """Spectral norm as a parametrization (keeps `weight` a plain attribute, masks the original), as
+    `torch.nn.utils.parametrizations.spectral_norm` registers it, with its power iteration in fp32 under
+    autocast (`SpectralNormFP32`)."""
+    if not enabled:
+        return module
+    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    dim = 1 if isinstance(module, transposed) else 0  # spectral_norm's default
+    parametrize.register_parametrization(module, "weight", SpectralNormFP32(module.weight, 1, dim, eps))
+    return module
 
 
 class BatchNorm(nn.BatchNorm2d):

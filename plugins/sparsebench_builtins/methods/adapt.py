@@ -132,7 +132,8 @@ class BalancedTraining(GradientGrowth):
     The ratio is measured every `ratio_every` G steps in train mode (the probe `balance_ratio_every` and
     `balance_ratio_mode` ask for, `sparsebench.BalanceProbe`) and kept in a queue as the reference keeps it: D's
     density is adjusted every `d_interval` G steps once the queue holds `window` values, from their mean (the
-    queue keeps the last `window`: the reference's decisions never reuse a sample of the one before).
+    queue keeps the last `window`: the reference's decisions never reuse a sample of the one before). The
+    ratios stay on the device until the next decision reads them, all at once.
     """
 
     per_layer = False
@@ -158,6 +159,7 @@ class BalancedTraining(GradientGrowth):
         self.balance_ratio_every = ratio_every
         self.d_density = d_density
         self.window: deque[float] = deque(maxlen=window)
+        self._unread: list[float | torch.Tensor] = []  # ratios measured since the last decision, not read yet
         self.d_updates = 0  # strict mode: prune-and-regrow updates of D at its cap
         self.decisions = {"d_down": 0, "d_up": 0, "d_held": 0, "d_in_band": 0}  # what each decision did
         self._d_grads: dict[str, torch.Tensor] = {}
@@ -179,13 +181,27 @@ class BalancedTraining(GradientGrowth):
             self._d_grads = {n: p.grad.detach().clone() for n, p in state.d_masks.params.items()}
 
     def after_g_step(self, state, step: int) -> bool:
-        if step % self.balance_ratio_every == 0 and math.isfinite(state.balance_ratio):
-            self.window.append(state.balance_ratio)  # G_post measured before G's topology changes
+        if step % self.balance_ratio_every == 0:  # G_post measured before G's topology changes
+            self._unread.append(state.balance_ratio)  # on the device: read at the next decision, not now
         changed = super().after_g_step(state, step)
-        if self.adjust_due(step) and len(self.window) == self.window.maxlen:
-            changed = self._adjust_d(state, step, sum(self.window) / len(self.window)) or changed
+        if self.adjust_due(step):
+            self._read()
+            if len(self.window) == self.window.maxlen:
+                changed = self._adjust_d(state, step, sum(self.window) / len(self.window)) or changed
         self._d_grads = {}
         return changed
+
+    def _read(self) -> None:
+        """Queue the ratios measured since the last read, in order, reading those on the device at once (one
+        host synchronisation per decision, not two per sample); a NaN one (nothing measured, or D scoring real
+        and generated images alike) is not queued."""
+        on_device = [r for r in self._unread if isinstance(r, torch.Tensor)]
+        read = iter(torch.stack(on_device).tolist() if on_device else [])
+        for r in self._unread:
+            value = next(read) if isinstance(r, torch.Tensor) else float(r)
+            if math.isfinite(value):
+                self.window.append(value)
+        self._unread = []
 
     def _adjust_d(self, state, step: int, ratio: float) -> bool:
         """BR <= 0.45: D too strong, density -0.05; BR >= 0.55: too weak, +0.05 up to the cap, where strict
@@ -217,6 +233,7 @@ class BalancedTraining(GradientGrowth):
         return False
 
     def state_dict(self) -> dict:
+        self._read()  # the ratios still on the device join the window (a checkpoint reads the device anyway)
         return {
             **super().state_dict(),
             "window": list(self.window),
@@ -229,6 +246,7 @@ class BalancedTraining(GradientGrowth):
         super().load_state_dict(state)
         self.window.clear()
         self.window.extend(float(v) for v in state["window"])
+        self._unread = []
         self.d_density, self.d_updates = float(state["d_density"]), int(state["d_updates"])
         self.decisions = {k: int(v) for k, v in state["decisions"].items()}
 
