@@ -225,11 +225,26 @@ def off_default(key: str, flat: dict[str, Any], base: dict[str, Any]) -> bool:
     return key in base and key != "train.dataset" and not same(flat[key], base[key])
 
 
+NAMED = "sparsebench.variants_named"  # a frame attribute: its `variant` column is `cell_variant`'s
+
+
+def name_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with its `variant` column set to `cell_variant` (once), for the tables and figures built from it."""
+    df["variant"] = cell_variant(df)
+    df.attrs[NAMED] = True
+    return df
+
+
 def cell_variant(df: pd.DataFrame) -> pd.Series:
     """The row label's variant of every run: the settings of its cell that differ from the defaults of its
     method, arch and preset (method options first, then the length, then the rest), and where two cells of one
     method at one (arch, s_G, s_D) would still read alike (another preset, data set, code version...), the
-    settings that tell them apart. Runs of different cells never share a label, so never a table cell."""
+    settings that tell them apart. Runs of different cells never share a label, so never a table cell.
+
+    A frame whose `variant` column already holds them (`name_variants`) is read as it is: a report names its
+    cells once, and every table and figure of it (and its subsets) keeps those names."""
+    if df.attrs.get(NAMED) and "variant" in df:
+        return df["variant"]
     if df.empty:
         return df.get("variant", pd.Series(dtype=str)).fillna("").astype(str)
     defaults = Defaults()

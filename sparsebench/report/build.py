@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from sparsebench import SparsebenchError
-from sparsebench.analysis.cells import MethodInfo, labels, preset_steps, row_settings
+from sparsebench.analysis.cells import MethodInfo, labels, name_variants, preset_steps, row_settings
 from sparsebench.analysis.comparisons import analyse
 from sparsebench.analysis.study import Study
 from sparsebench.config import check_run_id
@@ -86,6 +86,7 @@ def build_report(
         raise SparsebenchError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
     written: list[Path] = []
 
+    name_variants(df)  # every table and figure names a cell alike
     df["label"] = labels(df, info)
     analysis = analyse(df, info, studies=studies)
     tables = [
