@@ -126,3 +126,8 @@ convention_option = click.option(
     help="FLOP convention: fvcore (1 per multiply-add, D counted at its density) or paper (the paper's Table 2: "
     "2 per multiply-add, a sparse G beside a dense D scaled by G's density alone)",
 )
+
+
+def plugin_options(help: str):
+    """The `--option` / `-o PLUGIN.NAME=VALUE` option (repeatable), with the command's own `help`."""
+    return click.option("--option", "-o", "options", multiple=True, metavar="PLUGIN.NAME=VALUE", help=help)

@@ -14,6 +14,7 @@ from sparsebench.cli.common import (
     _store,
     _studies,
     convention_option,
+    plugin_options,
     store_option,
     study_option,
 )
@@ -113,14 +114,7 @@ def results(fmt, studies, store_path):
     help="show the densities and FLOP plan of this method's run (its options with -o METHOD.NAME=VALUE)",
 )
 @click.option("--steps", type=str, default=None, help="G steps of the method's run (default: the preset's)")
-@click.option(
-    "--option",
-    "-o",
-    "options",
-    multiple=True,
-    metavar="PLUGIN.NAME=VALUE",
-    help="an option of the architecture or of --method, as for run (repeatable)",
-)
+@plugin_options("an option of the architecture or of --method, as for run (repeatable)")
 def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, options):
     """Parameter counts, per-layer shapes and densities, and dense FLOPs of G and D."""
     from tabulate import tabulate
@@ -223,14 +217,7 @@ def describe(arch, preset, sg, sd, scope, distribution, fmt, method, steps, opti
 @click.option("--scope", default=None, help="conv, conv+linear or weights (default: each method's own)")
 @click.option("--steps", type=str, default=None, help="G steps (default: the preset's)")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or csv")
-@click.option(
-    "--option",
-    "-o",
-    "options",
-    multiple=True,
-    metavar="PLUGIN.NAME=VALUE",
-    help="a plugin option, e.g. gan-tickets.rounds=9 (repeatable)",
-)
+@plugin_options("a plugin option, e.g. gan-tickets.rounds=9 (repeatable)")
 @convention_option
 def flops(arch, preset, methods, sg, sd, scope, steps, fmt, options, convention):
     """The training / testing FLOP table of a grid, computed without training."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from sparsebench import defaults
-from sparsebench.cli.common import _floats, _ints, _plugins, _split, store_option
+from sparsebench.cli.common import _floats, _ints, _plugins, _split, plugin_options, store_option
 
 
 @click.command()
@@ -79,14 +79,7 @@ from sparsebench.cli.common import _floats, _ints, _plugins, _split, store_optio
     help="CPU threads each run trains with, in every executor (a CPU result depends on it: "
     "part of the run id when not 1)",
 )
-@click.option(
-    "--option",
-    "-o",
-    "options",
-    multiple=True,
-    metavar="PLUGIN.NAME=VALUE",
-    help="a plugin option, e.g. stugan.explore=gd (repeatable)",
-)
+@plugin_options("a plugin option, e.g. stugan.explore=gd (repeatable)")
 @click.option("--device", default=defaults.DEVICE, show_default=True, help="cpu or cuda")
 @click.option("--data-dir", default=None, help="where data sets live (CIFAR-10, image folders)")
 @click.option("--inception-weights", default=None, help="local Inception weights file for offline use")
