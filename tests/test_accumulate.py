@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 from conftest import loop as train
+from conftest import small_spec
 from torch import nn
 
 from sparsebench.config import GridRequest, RunConfig, TrainSpec, expand_grid
@@ -17,26 +18,7 @@ from sparsebench.store.sinks import FollowerSink, Snapshot
 from sparsebench.train.context import RunContext, RunServices
 from sparsebench.train.loop import Batcher, Interrupted
 
-SPEC = TrainSpec(
-    dataset="digits",
-    resolution=16,
-    width=4,
-    z_dim=8,
-    batch_size=6,
-    g_batch_size=6,
-    n_critic=2,
-    lr_g=0.05,
-    lr_d=0.05,
-    beta1=0.0,
-    beta2=0.999,
-    steps=3,
-    ema_decay=0.9,
-    ema_start=0,
-    explore_interval=2,
-    eval_samples=10,
-    extractor="sparsebench-digits",
-    log_every=1,
-)
+SPEC = small_spec(z_dim=8, batch_size=6, g_batch_size=6, n_critic=2, lr_g=0.05, lr_d=0.05, steps=3)
 
 
 class TemplateG(nn.Module):

@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import UNIT_COSTS, fill_store
 
 from sparsebench.analysis.comparisons import analyse
 from sparsebench.config import GridRequest, expand_grid, freeze
@@ -36,16 +37,7 @@ def _store(path, plugins, runs) -> Store:
     store = Store(path)
     for request, fids, extra in runs:
         req = GridRequest(**{"arch": "sngan", "sg": [0.9], "sd": [0.5], **request, "seeds": list(fids)})
-        for cfg in expand_grid(req, plugins):
-            store.claim(cfg, {}, "filler")
-            results = {"fid": fids[cfg.seed], "is_mean": 5.0, "train_flops": 1.0, "test_flops": 1.0}
-            store.finish_run(
-                cfg.run_id,
-                "done",
-                {**results, "train_flops_rel": 1.0, "test_flops_rel": 1.0, **extra},
-                1.0,
-                "filler",
-            )
+        fill_store(store, plugins, req, lambda cfg, f=fids, x=extra: {"fid": f[cfg.seed], **UNIT_COSTS, **x})
     return store
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_grid
 
 
 @pytest.mark.parametrize("arch,g,d", [("biggan", 4304387, 4207361), ("sngan", 4276739, 1053824)])
@@ -85,21 +85,16 @@ def test_digits_loads_offline(plugins):
 
 
 def test_cifar10_offline_without_data_fails_in_one_line(tmp_path, store):
-    proc = run_cli(
-        "run",
-        "--methods",
+    proc = run_grid(
+        store,
         "dense",
-        "--arch",
         "sngan",
         "--dataset",
         "cifar10",
         "--data-dir",
         str(tmp_path / "nodata"),
-        "--store",
-        str(store),
-        "--steps",
-        "1",
-        "--no-progress",
+        steps=1,
+        check=False,
         env={
             "https_proxy": "http://127.0.0.1:9",
             "http_proxy": "http://127.0.0.1:9",

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 
 import pytest
 import torch
 from conftest import loop as train
-from conftest import run_cli
-from test_opt_state import SMALL
+from conftest import rows, run_grid, small_spec
 
 from sparsebench.balance import balance_ratio
-from sparsebench.config import TrainSpec
 from sparsebench.interfaces import Callbacks as Hooks
 from sparsebench.interfaces import GANState
 from sparsebench.store import Store
@@ -22,7 +18,7 @@ from sparsebench.train.loop import Batcher, adam
 
 @pytest.mark.parametrize("arch", ["sngan", "biggan"])
 def test_measuring_the_balance_ratio_leaves_training_unchanged(plugins, arch):
-    spec = TrainSpec(**{**SMALL, "log_every": 2})
+    spec = small_spec(log_every=2)
     data = plugins.datasets.get("digits").load(16).train
     finals, logged = [], []
     for log in (None, lambda step, values: logged.append((step, values["balance_ratio"]))):
@@ -44,7 +40,7 @@ def test_balance_ratio_is_a_ratio_of_batch_means_as_the_reference_computes_it():
 
 
 def test_hooks_ask_for_the_ratio_at_their_own_steps_without_changing_training(plugins):
-    spec = TrainSpec(**SMALL)
+    spec = small_spec()
     data = plugins.datasets.get("digits").load(16).train
     seen, finals = [], []
 
@@ -67,20 +63,8 @@ def test_hooks_ask_for_the_ratio_at_their_own_steps_without_changing_training(pl
 
 
 def test_every_run_stores_its_balance_ratio(store):
-    run_cli(
-        "run",
-        "--methods",
-        "static",
-        "--arch",
-        "sngan",
-        "--steps",
-        "20",
-        "--no-progress",
-        "--store",
-        str(store),
-        check=True,
-    )
-    row = next(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    run_grid(store, "static", steps=20)
+    (row,) = rows(store)
     assert math.isfinite(float(row["balance_ratio"])) and math.isfinite(float(row["balance_ratio_last10"]))
     import sqlite3
 
@@ -91,7 +75,7 @@ def test_every_run_stores_its_balance_ratio(store):
     # ratios stored by another estimator (here: a run recorded without the current one) are not shown
     with sqlite3.connect(store) as conn:
         conn.execute("UPDATE runs SET env = json_remove(env, '$.balance_ratio_estimator')")
-    row = next(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
+    (row,) = rows(store)
     assert row["balance_ratio"] == "" and row["balance_ratio_last10"] == ""
     assert Store(store, readonly=True).stats_rows(["balance_ratio", "loss_d"]) == [
         r for r in Store(store, readonly=True).stats_rows(["loss_d"])

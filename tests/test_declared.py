@@ -11,9 +11,9 @@ import os
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, UNIT_COSTS, fill_store, run_cli
 
-from sparsebench.config import GridRequest, expand_grid
+from sparsebench.config import GridRequest
 from sparsebench.metrics.evaluate import Evaluator
 from sparsebench.plugins import Plugins
 from sparsebench.store import RESULT_COLUMNS, Store
@@ -143,24 +143,16 @@ def plugins(site):
 
 def filled_store(path, plugins) -> Store:
     """static and my-sparse at s_G 0.9, three seeds each, my-sparse clearly better, with its own result key."""
-    store = Store(path)
     req = GridRequest(methods=["static", "my-sparse"], arch="sngan", sg=[0.9], seeds=[0, 1, 2])
-    for cfg in expand_grid(req, plugins):
-        store.claim(cfg, {}, "filler")
+
+    def results(cfg):
         fid = (20.0 if cfg.method == "my-sparse" else 40.0) + cfg.seed
-        res = {
-            "fid": fid,
-            "is_mean": 5.0,
-            "train_flops": 1.0,
-            "test_flops": 1.0,
-            "train_flops_rel": 1.0,
-            "test_flops_rel": 1.0,
-            "variant": "",
-        }
+        res = {"fid": fid, **UNIT_COSTS, "variant": ""}
         if cfg.method == "my-sparse":
             res.update(my_score=7 + cfg.seed, my_note="kept")
-        store.finish_run(cfg.run_id, "done", res, 1.0, "filler")
-    return store
+        return res
+
+    return fill_store(path, plugins, req, results)
 
 
 def test_plugin_method_shows_its_title_reference_and_columns(tmp_path, site, plugins):

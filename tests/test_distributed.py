@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 import socket
 import subprocess
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import rows, run_grid
 
 from sparsebench.store import Store
 
@@ -75,8 +73,8 @@ def test_two_gloo_ranks_keep_identical_masks_through_topology_updates(tmp_path):
         assert explored > active  # topology updates happened (explore=gd, dT=3 over 12 steps)
     for name, w in r0["w"].items():
         assert torch.equal(w, r1["w"][name])  # and the weights agree too: gradients were averaged
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
-    assert len(rows) == 1 and rows[0]["status"] == "done"  # only rank 0 wrote the store
+    got = rows(store)
+    assert len(got) == 1 and got[0]["status"] == "done"  # only rank 0 wrote the store
 
 
 @pytest.mark.slow
@@ -108,11 +106,11 @@ def test_torchrun_cli_only_rank0_writes(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
-    assert sorted(r["method"] for r in rows) == ["dense", "static"] and all(r["status"] == "done" for r in rows)
+    got = rows(store)
+    assert sorted(r["method"] for r in got) == ["dense", "static"] and all(r["status"] == "done" for r in got)
     # two processes draw their own batches: other runs than one process's, never skipped as them
-    assert all(Store(store).get(r["run_id"])["config"]["world_size"] == 2 for r in rows)
-    one = run_cli("run", "--methods", "static", "--arch", "sngan", "--steps", "4", "--store", str(store))
+    assert all(Store(store).get(r["run_id"])["config"]["world_size"] == 2 for r in got)
+    one = run_grid(store, "static", steps=4, progress=True, check=False)
     assert "already done" not in one.stdout + one.stderr and len(Store(store).all_runs()) == 3
 
 
@@ -138,10 +136,8 @@ def test_the_process_group_waits_long_for_rank_0s_evaluations(monkeypatch):
 
 
 def test_a_bad_process_group_timeout_is_one_line(tmp_path):
-    proc = run_cli(
-        "run", "--methods", "static", "--arch", "sngan", "--steps", "2", "--store", str(tmp_path / "r.db"),
-        env={"WORLD_SIZE": "2", "SPARSEBENCH_DIST_TIMEOUT_MIN": "soon"},
-    )  # fmt: skip
+    env = {"WORLD_SIZE": "2", "SPARSEBENCH_DIST_TIMEOUT_MIN": "soon"}
+    proc = run_grid(tmp_path / "r.db", "static", steps=2, check=False, env=env)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "SPARSEBENCH_DIST_TIMEOUT_MIN must be a positive number of minutes" in lines[0], lines

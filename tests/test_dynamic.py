@@ -3,9 +3,7 @@ they use (after_d_backward, hinge losses, ctx.batch, ConvTranspose2d in the scop
 
 from __future__ import annotations
 
-import csv
 import importlib.metadata
-import io
 import os
 import signal
 import subprocess
@@ -15,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXE, run_cli
+from conftest import EXE, rows, run_cli, run_grid, small_spec
 from conftest import loop as train
 from torch import nn
 
 from sparsebench import SparsebenchError, balance
-from sparsebench.config import TrainSpec
 from sparsebench.flops import count_gan, count_model
 from sparsebench.interfaces import Callbacks as Hooks
 from sparsebench.interfaces import GANState
@@ -31,26 +28,6 @@ from sparsebench.train.loop import Batcher, adam, d_hinge_loss, g_hinge_loss
 from sparsebench_builtins.methods import adapt
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(
-    dataset="digits",
-    resolution=16,
-    width=4,
-    z_dim=16,
-    batch_size=8,
-    g_batch_size=8,
-    n_critic=2,
-    lr_g=1e-3,
-    lr_d=1e-3,
-    beta1=0.0,
-    beta2=0.999,
-    steps=6,
-    ema_decay=0.9,
-    ema_start=0,
-    explore_interval=2,
-    eval_samples=10,
-    extractor="sparsebench-digits",
-    log_every=1,
-)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +48,6 @@ def cli_env(tmp_path_factory):
     lines = "".join(f"{name} = sparsebench_builtins.methods.{name.split('-')[1]}\n" for name in sorted(missing))
     (dist / "entry_points.txt").write_text("[sparsebench]\n" + lines)
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-
-
-def results(store, env):
-    return list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), env=env, check=True).stdout)))
 
 
 # -- the base class on crafted weights and gradients ---------------------------------------------------------
@@ -171,7 +144,7 @@ def test_global_ranking_moves_density_between_layers_and_keeps_the_total():
 
 
 def tiny_state(plugins, policy: str = "dense", arch: str = "sngan"):
-    spec = TrainSpec(**SMALL)
+    spec = small_spec(n_critic=2)
     torch.manual_seed(0)
     G, D = plugins.archs.get(arch).build(spec, 10)
     g_masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(1))
@@ -324,19 +297,14 @@ def test_method_files_stay_small():
 @pytest.mark.parametrize("arch", ["sngan", pytest.param("biggan", marks=pytest.mark.slow)])
 def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     store = tmp_path / "r.db"
-    run_cli(
-        "run",
-        "--methods",
+    run_grid(
+        store,
         "set,rigl,adapt",
-        "--arch",
         arch,
         "--sg",
         "0.8",
         "--sd",
         "0.5",
-        "--steps",
-        "6",
-        "--no-progress",
         "-o",
         "set.delta_t=2",
         "-o",
@@ -353,12 +321,10 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
         "adapt.delta_t_d=4",
         "-o",
         "adapt.window=2",
-        "--store",
-        str(store),
+        steps=6,
         env=cli_env,
-        check=True,
     )
-    by = {r["method"]: r for r in results(store, cli_env)}
+    by = {r["method"]: r for r in rows(store, cli_env)}
     assert set(by) == {"set", "rigl", "adapt"}
     averaged = "sema" if arch == "sngan" else "raw"  # BigGAN's quick EMA starts at G step 100: G's own weights
     for row in by.values():
@@ -421,10 +387,10 @@ def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert results(store, cli_env)[0]["status"] == "running"
+    assert rows(store, cli_env)[0]["status"] == "running"
     resumed = run_cli(*cmd, "--store", str(store), env=cli_env, check=True)
     assert "resuming run" in resumed.stderr
-    a, b = results(ref_store, cli_env)[0], results(store, cli_env)[0]
+    a, b = rows(ref_store, cli_env)[0], rows(store, cli_env)[0]
     assert b["status"] == "done" and a["run_id"] == b["run_id"]
     for key in ("fid", "is_mean", "density_g", "density_d", "exploration_rate", "train_flops", "test_flops"):
         assert a[key] == b[key], key

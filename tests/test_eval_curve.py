@@ -69,7 +69,7 @@ def test_a_score_needs_as_many_evaluations_as_it_averages(plugins):
 
 
 def test_the_small_preset_scores_its_last_six_evaluations_and_a_run_too_short_for_them_is_one_line(plugins, tmp_path):
-    from conftest import run_cli
+    from conftest import run_grid
 
     from sparsebench.config import curve_points
 
@@ -78,19 +78,7 @@ def test_the_small_preset_scores_its_last_six_evaluations_and_a_run_too_short_fo
         assert (spec.eval_every, spec.score_last, curve_points(spec)) == (100, 6, 6)
         # by hand: from step 1,301 the curve has 900..1,300 and the final evaluation; at 1,300 one fewer
         assert curve_points(spec.replace(steps=1301)) == 6 and curve_points(spec.replace(steps=1300)) == 5
-    proc = run_cli(
-        "run",
-        "--methods",
-        "dense",
-        "--preset",
-        "small",
-        "--arch",
-        "sngan",
-        "--steps",
-        "600",
-        "--store",
-        str(tmp_path / "r.db"),
-    )
+    proc = run_grid(tmp_path / "r.db", "dense", "sngan", "--preset", "small", steps=600, check=False)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
     assert "the curve gives 3" in proc.stderr and "needs --steps 1301 or more" in proc.stderr
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import rows, run_cli
 
 from sparsebench.config import GridRequest, expand_grid
 
@@ -20,8 +20,7 @@ GRID = ["--arch", "sngan", "--sg", "0.8", "--sd", "0.5", "--steps", "6"]
 
 
 def results(store, env=None) -> dict:
-    out = run_cli("results", "--store", str(store), env=env, check=True).stdout
-    return {r["method"]: r for r in csv.DictReader(io.StringIO(out))}
+    return {r["method"]: r for r in rows(store, env)}
 
 
 def predicted(*args: str, env=None) -> dict:

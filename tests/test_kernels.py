@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 
@@ -296,9 +294,9 @@ def test_sngan_discriminator_gradients_match_masked_dense(plugins):
 
 
 def test_bad_kernels_value_is_one_clear_error(store):
-    from conftest import TINY, run_cli
+    from conftest import run_grid
 
-    proc = run_cli("run", "--methods", "static", "--arch", "sngan", *TINY, "--kernels", "cuda", "--store", str(store))
+    proc = run_grid(store, "static", "sngan", "--kernels", "cuda", check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:")
     assert "cuda" in lines[0] and "dense, sparseprop" in lines[0]
@@ -307,25 +305,13 @@ def test_bad_kernels_value_is_one_clear_error(store):
 
 def test_missing_sparseprop_stops_the_run_with_one_line(store, tmp_path):
     """A SparseProp that fails to import (absent, or a build that does not load): one error naming the extra."""
-    from conftest import TINY, run_cli
+    from conftest import run_grid
 
     broken = tmp_path / "site" / "sparseprop"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('undefined symbol: sparse_conv2d')\n")
     path = os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")])
-    proc = run_cli(
-        "run",
-        "--methods",
-        "static",
-        "--arch",
-        "sngan",
-        *TINY,
-        "--kernels",
-        "sparseprop",
-        "--store",
-        str(store),
-        env={"PYTHONPATH": path},
-    )
+    proc = run_grid(store, "static", "sngan", "--kernels", "sparseprop", check=False, env={"PYTHONPATH": path})
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
     assert "pip install" in lines[0] and "'sparsebench[kernels]'" in lines[0]
@@ -349,33 +335,14 @@ def test_backend_is_part_of_the_run_id_and_dense_ids_are_unchanged(plugins):
 def test_stugan_run_with_kernels_through_topology_updates(store):
     """The real CLI: STU-GAN with two topology updates under the kernels backend keeps exact densities and
     agrees with the same run on the dense backend; the backend is a column of the results."""
-    from conftest import run_cli
+    from conftest import rows, run_grid
 
-    base = [
-        "run",
-        "--methods",
-        "stugan",
-        "--arch",
-        "sngan",
-        "--sg",
-        "0.9",
-        "--sd",
-        "0.5",
-        "--steps",
-        "3",
-        "--no-progress",
-        "-o",
-        "stugan.delta_t=1",
-        "--opt-state",
-        "zero",
-        "--store",
-        str(store),
-    ]
-    run_cli(*base, check=True)
-    run_cli(*base, "--kernels", "sparseprop", check=True)
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
-    by = {r["kernels"]: r for r in rows}
-    assert set(by) == {"dense", "sparseprop"} and all(r["status"] == "done" for r in rows)
+    base = ["--sg", "0.9", "--sd", "0.5", "-o", "stugan.delta_t=1", "--opt-state", "zero"]
+    run_grid(store, "stugan", "sngan", *base, steps=3)
+    run_grid(store, "stugan", "sngan", *base, "--kernels", "sparseprop", steps=3)
+    got = rows(store)
+    by = {r["kernels"]: r for r in got}
+    assert set(by) == {"dense", "sparseprop"} and all(r["status"] == "done" for r in got)
     assert by["dense"]["run_id"] != by["sparseprop"]["run_id"]
     assert float(by["sparseprop"]["density_g"]) == float(by["dense"]["density_g"])
     assert float(by["sparseprop"]["density_d"]) == float(by["dense"]["density_d"])

@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sqlite3
 import types
 
 import pytest
 import torch
-from conftest import run_cli, scheduler
+from conftest import rows, run_grid, scheduler
 
 from sparsebench.config import GridRequest, expand_grid
 from sparsebench.hookspecs import hookimpl
 from sparsebench.plugins import Plugins
 from sparsebench.store import Store
 
-GRID = ["--arch", "sngan", "--sg", "0.8", "--sd", "0.5", "--steps", "6", "--no-progress"]
-
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     store = tmp_path_factory.mktemp("methods") / "results.db"
-    first = run_cli(
-        "run",
-        "--methods",
-        "dense,small-dense,static,stugan,pf,gan-tickets",
-        *GRID,
-        "-o",
-        "stugan.delta_t=2",
-        "--store",
-        str(store),
-        check=True,
-    )
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
-    return store, {r["method"]: r for r in rows}, first
+    methods = "dense,small-dense,static,stugan,pf,gan-tickets"
+    first = run_grid(store, methods, "sngan", "--sg", "0.8", "--sd", "0.5", "-o", "stugan.delta_t=2", steps=6)
+    return store, {r["method"]: r for r in rows(store)}, first
 
 
 def f(row, key):
@@ -96,7 +82,7 @@ def test_pf_names_the_dense_run_and_never_retrains_it(grid):
     assert f(by["pf-global"], "train_flops") > f(by["dense"], "train_flops")
     with sqlite3.connect(store) as conn:
         before = conn.execute("SELECT updated_at FROM runs WHERE run_id = ?", (dense_id,)).fetchone()
-    again = run_cli("run", "--methods", "pf", *GRID, "--store", str(store), "--sg", "0.9", check=True)
+    again = run_grid(store, "pf", "sngan", "--sd", "0.5", "--sg", "0.9", steps=6)
     with sqlite3.connect(store) as conn:
         after = conn.execute("SELECT updated_at FROM runs WHERE run_id = ?", (dense_id,)).fetchone()
         n_dense = conn.execute("SELECT COUNT(*) FROM runs WHERE method = 'dense'").fetchone()[0]
@@ -108,25 +94,8 @@ def test_pf_names_the_dense_run_and_never_retrains_it(grid):
 
 def test_gan_tickets_runs_the_rounds_asked_for(tmp_path):
     store = tmp_path / "results.db"
-    run_cli(
-        "run",
-        "--methods",
-        "gan-tickets",
-        "--arch",
-        "sngan",
-        "--sg",
-        "0.9",
-        "--steps",
-        "4",
-        "--no-progress",
-        "-o",
-        "gan-tickets.rounds=2",
-        "--store",
-        str(store),
-        check=True,
-    )
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
-    tickets = next(r for r in rows if r["method"] == "gan-tickets")
+    run_grid(store, "gan-tickets", "sngan", "--sg", "0.9", "-o", "gan-tickets.rounds=2")
+    tickets = next(r for r in rows(store) if r["method"] == "gan-tickets")
     assert tickets["status"] == "done" and int(float(tickets["rounds"])) == 2  # not the 10 that s_G = 0.9 implies
     assert f(tickets, "density_g") == pytest.approx(0.8**2, abs=1e-4)
 

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import SMALL, rows, run_grid, small_spec
 from conftest import loop as train
 
-from sparsebench.config import TrainSpec
 from sparsebench.interfaces import GANState
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, prune_and_regrow
 from sparsebench.sparse.opt_state import POLICIES
 from sparsebench.train.loop import Batcher, adam
 from sparsebench_builtins.methods.stugan import Exploration
-
-SMALL = dict(
-    dataset="digits",
-    resolution=16,
-    width=4,
-    z_dim=16,
-    batch_size=8,
-    g_batch_size=8,
-    n_critic=1,
-    lr_g=1e-3,
-    lr_d=1e-3,
-    beta1=0.0,
-    beta2=0.999,
-    steps=6,
-    ema_decay=0.9,
-    ema_start=0,
-    explore_interval=2,
-    eval_samples=10,
-    extractor="sparsebench-digits",
-    log_every=1,
-)
 
 
 def first_update_ratio(plugins, arch: str, beta2: float, policy: str, steps: int) -> float:
@@ -46,7 +21,7 @@ def first_update_ratio(plugins, arch: str, beta2: float, policy: str, steps: int
     (so Adam's per-tensor step counter is large), then prune_and_regrow, then one more step.
     """
     torch.manual_seed(0)
-    G, D = plugins.archs.get(arch).build(TrainSpec(**SMALL), 10)
+    G, D = plugins.archs.get(arch).build(small_spec(), 10)
     D.requires_grad_(False)
     masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(1))
     masks.opt_state = policy
@@ -89,7 +64,7 @@ def test_first_update_of_grown_weights(plugins, arch, beta2, steps, policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_pruned_weights_never_revive_in_the_loop(plugins, policy):
     """Real loop, G and D explored every 2 steps, Adam with momentum and weight decay: masked weights stay 0."""
-    spec = TrainSpec(**SMALL)
+    spec = small_spec()
     torch.manual_seed(0)
     G, D = plugins.archs.get("sngan").build(spec, 10)
     g_masks = MaskState.from_distribution(G, 0.8, "erk", "conv", torch.Generator().manual_seed(1))
@@ -131,7 +106,7 @@ def test_pruned_weights_never_revive_in_the_loop(plugins, policy):
 
 def test_without_regrowth_every_policy_trains_identically(plugins):
     """Adam is elementwise and masked weights are zeroed after each step: the policy only matters for regrowth."""
-    spec = TrainSpec(**SMALL)
+    spec = small_spec()
     data = plugins.datasets.get("digits").load(16).train
     finals = []
     for policy in POLICIES:
@@ -159,7 +134,7 @@ def test_without_regrowth_every_policy_trains_identically(plugins):
 
 def adam_state_after_training(plugins, policy: str):
     torch.manual_seed(0)
-    G, _ = plugins.archs.get("biggan").build(TrainSpec(**SMALL), 10)
+    G, _ = plugins.archs.get("biggan").build(small_spec(), 10)
     masks = MaskState.from_distribution(G, 0.7, "erk", "conv", torch.Generator().manual_seed(0))
     masks.opt_state = policy
     opt = adam(G.parameters(), 1e-2, 0.5, 0.999)
@@ -198,7 +173,7 @@ def test_topology_update_sets_the_state_by_policy(plugins, policy):
 
 
 def test_bad_policy_is_one_clear_error(store):
-    proc = run_cli("run", "--methods", "static", "--arch", "sngan", *TINY, "--opt-state", "warm", "--store", str(store))
+    proc = run_grid(store, "static", "sngan", "--opt-state", "warm", check=False)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:")
@@ -218,22 +193,8 @@ def test_policy_is_part_of_the_run_id(plugins):
 
 
 def test_policy_shows_in_results(store):
-    base = [
-        "run",
-        "--methods",
-        "static",
-        "--arch",
-        "sngan",
-        "--sg",
-        "0.8",
-        "--steps",
-        "2",
-        "--no-progress",
-        "--store",
-        str(store),
-    ]
-    run_cli(*base, check=True)
-    run_cli(*base, "--opt-state", "mean", check=True)
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True).stdout)))
-    assert sorted(r["opt_state"] for r in rows) == ["dense", "mean"]
-    assert len({r["run_id"] for r in rows}) == 2 and all(r["status"] == "done" for r in rows)
+    run_grid(store, "static", "sngan", "--sg", "0.8", steps=2)
+    run_grid(store, "static", "sngan", "--sg", "0.8", "--opt-state", "mean", steps=2)
+    got = rows(store)
+    assert sorted(r["opt_state"] for r in got) == ["dense", "mean"]
+    assert len({r["run_id"] for r in got}) == 2 and all(r["status"] == "done" for r in got)

@@ -1,4 +1,5 @@
-"""Plugins: built-ins through entry points, isolation of broken plugins, a pip-installed third party."""
+"""Plugins: built-ins through entry points, isolation of broken plugins, a pip-installed third party, and the
+ranges of the options plugins declare (for Python callers too; the command line's errors: test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import EXE, TINY, run_cli
+from conftest import EXE, rows, run_cli, run_grid
 
+from sparsebench import SparsebenchError
 from sparsebench.hookspecs import hookimpl
+from sparsebench.options import Option, validate_options
 from sparsebench.plugins import Plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,9 +116,8 @@ def test_third_party_plugin_installed_with_pip_lists_and_runs(example_installed,
     out = run_cli("list", check=True, spawn=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("snip "))
     assert line.rstrip().endswith("sparsebench-snip")
-    run_cli("run", "--methods", "snip,static", "--arch", "sngan", "--store", str(store), *TINY, check=True, spawn=True)
-    rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), check=True, spawn=True).stdout)))
-    by = {r["method"]: r for r in rows}
+    run_grid(store, "snip,static", spawn=True)
+    by = {r["method"]: r for r in rows(store, spawn=True)}
     assert by["snip"]["status"] == "done" and by["snip"]["fid"]
     assert abs(float(by["snip"]["density_g"]) - 0.1) < 1e-3 and abs(float(by["snip"]["density_d"]) - 0.5) < 1e-3
 
@@ -147,3 +149,25 @@ def test_third_party_plugin_resumes_exactly_after_sigkill(example_installed, tmp
     a, b = row(ref), row(killed)
     for key in ("run_id", "fid", "is_mean", "density_g", "density_d", "train_flops"):
         assert a[key] == b[key], key
+
+
+# -- the ranges of declared options ----------------------------------------------------------------------------
+def test_ranges_hold_for_python_callers_and_defaults(plugins):
+    stugan = plugins.methods.get("stugan").options
+    for bad in ({"p0": 2.0}, {"p0": float("nan")}, {"length": 0}, {"delta_t": -5}):
+        with pytest.raises(SparsebenchError):
+            validate_options(stugan, bad, "stugan")
+    assert validate_options(stugan, {"p0": 1, "delta_t": 0}, "stugan")["p0"] == 1.0  # bounds as written: (0, 1]
+    with pytest.raises(TypeError, match="must lie in"):  # a plugin whose default is outside its own range
+        Option("rate", float, 0.0, "a fraction", interval="(0, 1]")
+
+
+def test_every_numeric_builtin_option_has_a_range(plugins):
+    objects = [
+        reg.get(n) for reg in (plugins.methods, plugins.archs, plugins.datasets, plugins.metrics) for n in reg.names()
+    ]
+    numeric = [(o.name, opt) for o in objects for opt in o.options if opt.type in (int, float)]
+    assert {opt.name for _, opt in numeric} >= {"p0", "p_min", "delta_t", "length", "prune_rate", "heldout"}
+    assert [(name, opt.name) for name, opt in numeric if opt.interval is None] == []
+    with pytest.raises(SparsebenchError, match=r"must lie in \(0, 1\]"):
+        validate_options(plugins.methods.get("stugan").options, {"p0": "0"}, "stugan")

@@ -4,9 +4,7 @@ the run id, --rerun, resumed wall time, and the notebook path (`sparsebench.resu
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
-import io
 import os
 import signal
 import sqlite3
@@ -20,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import EXE, TINY, run_cli
+from conftest import EXE, TINY, rows, run_cli
 
 import sparsebench
 from sparsebench.config import GridRequest, expand_grid
@@ -100,10 +98,6 @@ def install_plugin(site: Path, version: str) -> dict:
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tiny-plugin\nVersion: {version}\n")
     (dist / "entry_points.txt").write_text("[sparsebench]\ntiny = tiny_plugin\n")
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-
-
-def rows(store: Path, env: dict | None = None) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(store), env=env, check=True).stdout)))
 
 
 def test_plugin_source_imports_only_sparsebench():

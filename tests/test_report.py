@@ -1,14 +1,36 @@
-"""`sparsebench report` on a real store: files, escaping, LaTeX compilation, empty stores."""
+"""`sparsebench report` on a real store: its files (tables, figures, index, LaTeX that compiles), the tables'
+cells, verdicts and FLOP and time columns, Markdown, HTML and LaTeX escaping of what a store holds, run ids that
+never become paths, one-line errors, the TensorBoard export, and plot workers that end with the report."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
+import signal
+import sqlite3
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import (
+    ENV,
+    EXE,
+    LONG,
+    RESULTS,
+    UNIT_COSTS,
+    add_run,
+    alive,
+    children,
+    fill_store,
+    one_error_line,
+    one_run_store,
+    run_cli,
+    run_grid,
+)
 
 from sparsebench.analysis.comparisons import analyse
 from sparsebench.config import GridRequest, expand_grid
@@ -23,7 +45,6 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
     store = Store(path)
     configs = expand_grid(GridRequest(methods=list(methods), arch="sngan", sg=list(sgs), seeds=list(seeds)), plugins)
     for i, cfg in enumerate(configs):
-        store.claim(cfg, {"torch": "x", "device": "cpu"}, "filler")
         status = "diverged" if (cfg.method == "stugan" and cfg.seed == 1 and cfg.sg == 0.8) else "done"
         res = {
             "fid": 50.0 + i,
@@ -42,7 +63,7 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
         }
         if status == "diverged":
             res = {"diverged_step": 7}
-        store.finish_run(cfg.run_id, status, res, 1.0, "filler")
+        add_run(store, cfg, res, status, env={"torch": "x", "device": "cpu"})
         store.log_stats(
             cfg.run_id,
             [(s, "loss_g", 1.0 / s) for s in range(1, 5)]
@@ -57,25 +78,36 @@ def fake_store(path, plugins, methods=("static", "stugan", "dense"), sgs=(0.9, 0
             cfg = expand_grid(request, plugins)[0]
         else:  # a method not installed (any more): its stored config is all there is
             cfg = configs[0].replace(method=method, method_options=tuple(sorted(options.items())))
-        store.claim(cfg, {}, "filler")
-        store.finish_run(
-            cfg.run_id,
-            "done",
-            {
-                "fid": 1.0,
-                "is_mean": 2.0,
-                "train_flops": 1.0,
-                "test_flops": 1.0,
-                "train_flops_rel": 1.0,
-                "test_flops_rel": 1.0,
-                "variant": variant,
-            },
-            1.0,
-            "filler",
-        )
+        add_run(store, cfg, {"fid": 1.0, **UNIT_COSTS, "is_mean": 2.0, "variant": variant})
     return store
 
 
+def insert_row(
+    path: Path,
+    run_id: str,
+    method: str = "static",
+    arch: str = "sngan",
+    results: dict = RESULTS,
+    env: dict | None = None,
+    method_options: dict | None = None,
+) -> None:
+    """A row written with sqlite3 directly, as anything other than sparsebench could write it."""
+    conn = sqlite3.connect(path)
+    with conn:
+        config = conn.execute("SELECT config FROM runs LIMIT 1").fetchone()[0]
+        if method_options is not None:
+            config = json.dumps({**json.loads(config), "method_options": method_options})
+        conn.execute(
+            "INSERT INTO runs (run_id, method, arch, dataset, preset, sg, sd, seed, status, config, results, env, "
+            "wall_s, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'digits', 'quick', 0.8, 0.5, 0, 'done', ?, ?, ?, 1, 0, 0)",
+            (run_id, method, arch, config, json.dumps(results), json.dumps(env or {})),
+        )
+        conn.execute("INSERT INTO stats VALUES (?, 1, 'loss_g', 1.0)", (run_id,))
+    conn.close()
+
+
+# -- the report's files --------------------------------------------------------------------------------------
 def test_report_writes_tables_plots_and_index(tmp_path, plugins):
     fake_store(tmp_path / "r.db", plugins, extra=[("stugan", "length=5")])
     out = tmp_path / "rep"
@@ -153,26 +185,34 @@ def test_empty_store_is_one_line(tmp_path):
     assert len(lines) == 1 and "no runs in" in lines[0]
 
 
+def test_report_out_under_a_regular_file_is_one_line(tmp_path, plugins):
+    db = tmp_path / "results.db"
+    one_run_store(db, plugins)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_error_line(run_cli("report", "--store", str(db), "--out", str(blocker / "rep")))
+    assert f"cannot write the report to {blocker / 'rep'}" in line
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("fmt", ["md", "latex"])
+def test_report_of_runs_that_computed_only_fid(tmp_path, plugins, fmt):
+    store = Store(tmp_path / "r.db")
+    cfg = expand_grid(GridRequest(methods=["static"], arch="sngan", metrics=("fid",)), plugins)[0]
+    only_fid = {k: v for k, v in RESULTS.items() if not k.startswith("is_")}
+    add_run(store, cfg, only_fid, env={"torch": "x", "device": "cpu"})
+    store.close()
+    out = tmp_path / "rep"
+    proc = run_cli("report", "--store", str(tmp_path / "r.db"), "--out", str(out), "--format", fmt)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    text = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".md", ".tex"))
+    assert "50.00" in text and "n/a" in text
+
+
 @pytest.mark.slow
 def test_report_of_real_runs_has_sample_grids(tmp_path):
     store = tmp_path / "r.db"
-    run_cli(
-        "run",
-        "--methods",
-        "stugan,static",
-        "--arch",
-        "sngan",
-        "--sg",
-        "0.9,0.8",
-        "--seeds",
-        "0,1",
-        "--steps",
-        "4",
-        "--no-progress",
-        "--store",
-        str(store),
-        check=True,
-    )
+    run_grid(store, "stugan,static", "sngan", "--sg", "0.9,0.8", "--seeds", "0,1")
     out = tmp_path / "rep"
     run_cli("report", "--store", str(store), "--out", str(out), check=True)
     assert len(list((out / "samples").glob("*.png"))) == 8
@@ -180,6 +220,45 @@ def test_report_of_real_runs_has_sample_grids(tmp_path):
     assert "STU-GAN" in t1 and "Static Sparse GAN" in t1 and "n=2" in t1
 
 
+# -- escaping, and run ids that never become paths -----------------------------------------------------------
+@pytest.mark.parametrize("crafted", ["../../../x", "ABSOLUTE", "0123456789ABCDEF"])
+def test_report_refuses_a_crafted_run_id(tmp_path, plugins, crafted):
+    db = tmp_path / "store" / "results.db"
+    one_run_store(db, plugins)
+    crafted = str(tmp_path / "elsewhere") if crafted == "ABSOLUTE" else crafted
+    insert_row(db, crafted)
+    out = tmp_path / "rep"
+    line = one_error_line(run_cli("report", "--store", str(db), "--out", str(out)))
+    assert "invalid run id" in line and "16 lowercase hex characters" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing written anywhere, inside or out
+    assert sorted(p.name for p in db.parent.iterdir() if not p.name.startswith("results.db")) == []
+
+
+def test_report_escapes_markdown_and_html_from_the_store(tmp_path, plugins):
+    db = tmp_path / "results.db"
+    one_run_store(db, plugins)
+    insert_row(
+        db,
+        "0123456789abcdef",
+        method="<img src=x onerror=alert(1)>\n# injected",
+        results={**RESULTS, "variant": "[click](javascript:alert(1))|*x*", "extractor": "<b>ex</b>"},
+        env={"torch": "<script>alert(2)</script>"},
+        method_options={"k": "[click](javascript:alert(1))|*x*"},  # labels name a cell's settings
+    )
+    out = tmp_path / "rep"
+    run_cli("report", "--store", str(db), "--out", str(out), "--format", "md", check=True)
+    for name in ("table1.md", "table2.md", "index.md"):
+        text = (out / name).read_text()
+        for raw in ("<img", "<b>", "<script", "|*x*"):
+            assert raw not in text, (name, raw)
+        assert re.search(r"(?<!\\)\]\(javascript", text) is None, name  # the crafted link does not form
+        assert not any(line.startswith("# injected") for line in text.splitlines()), name
+    table = (out / "table1.md").read_text()
+    assert r"&lt;img src=x onerror=alert(1)&gt; # injected \[k=\[click\](javascript:alert(1))\|\*x\*\]" in table
+    assert "&lt;script&gt;" in (out / "index.md").read_text()
+
+
+# -- the tables' cells and verdicts --------------------------------------------------------------------------
 def cell_aggregates(df) -> list[dict]:
     return analyse(df).cells
 
@@ -194,7 +273,6 @@ def comparison_rows(df) -> dict[tuple, list[str]]:
     return {(names[0], cells[1].text): [c.text for c in cells] for names, cells in table.rows}
 
 
-# FIDs per (method, s_G) over seeds 0, 1, 2; gan-tickets has one seed only.
 FIDS = {
     ("dense", 0.0): [35.0, 35.5, 36.0],
     ("static", 0.9): [30.0, 30.5, 31.0],
@@ -207,30 +285,15 @@ FIDS = {
 
 def significance_store(path, plugins) -> Store:
     """A store whose FIDs are chosen: one clear win, one overlap, one single-seed cell (real Store API)."""
-    store = Store(path)
     req = GridRequest(
         methods=["dense", "static", "stugan", "gan-tickets"], arch="sngan", sg=[0.9, 0.8], sd=[0.5], seeds=[0, 1, 2]
     )
-    for cfg in expand_grid(req, plugins):
+
+    def results(cfg):
         fids = FIDS.get((cfg.method, cfg.sg), [])
-        if cfg.seed < len(fids):
-            store.claim(cfg, {}, "filler")
-            store.finish_run(
-                cfg.run_id,
-                "done",
-                {
-                    "fid": fids[cfg.seed],
-                    "is_mean": 5.0,
-                    "train_flops": 1.0,
-                    "test_flops": 1.0,
-                    "train_flops_rel": 1.0,
-                    "test_flops_rel": 1.0,
-                    "variant": "",
-                },
-                1.0,
-                "filler",
-            )
-    return store
+        return {"fid": fids[cfg.seed], **UNIT_COSTS, "variant": ""} if cfg.seed < len(fids) else None
+
+    return fill_store(path, plugins, req, results)
 
 
 def test_table1_has_one_fid_per_cell_and_bolds_no_exploratory_win(tmp_path, plugins):
@@ -361,26 +424,11 @@ def settings_store(path, plugins) -> Store:
             else:
                 step_s_here, infer_here = step_s, infer_ms
             env = {"gpu": "Some GPU"} if machine == "gpu-b" else {"cpu": "Some CPU", "cpus": 2}
-            store.claim(cfg, env, "filler")
-            store.finish_run(
-                cfg.run_id,
-                "done",
-                {
-                    "fid": float(next(fid)),
-                    "is_mean": 2.0,
-                    "train_flops": 1.0,
-                    "test_flops": 1.0,
-                    "train_flops_rel": 1.0,
-                    "test_flops_rel": 1.0,
-                    "variant": "",
-                    "train_s_per_step": step_s_here,
-                    "infer_ms_per_image": infer_here,
-                    "threads": 1,
-                    **({} if machine == "gpu-b" else {"load_per_core": 2.0 if changes.get("kernels") else 0.5}),
-                },
-                1.0,
-                "filler",
-            )
+            measured = {"train_s_per_step": step_s_here, "infer_ms_per_image": infer_here, "threads": 1}
+            if machine != "gpu-b":
+                measured["load_per_core"] = 2.0 if changes.get("kernels") else 0.5
+            results = {"fid": float(next(fid)), **UNIT_COSTS, "is_mean": 2.0, "variant": "", **measured}
+            add_run(store, cfg, results, env=env)
     return store
 
 
@@ -458,3 +506,79 @@ def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path
     dense = df[(df["method"] == "dense") & (df["variant"].fillna("") == "")]
     short, long = (dense[dense["steps"] == n]["fid"].mean() for n in (400, 800))
     assert f"| {100 * (short / long - 1):+.0f} % |" in index
+
+
+# -- the TensorBoard export ----------------------------------------------------------------------------------
+def test_tensorboard_events_hold_the_logged_scalars(store, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_grid(store, "static", steps=11)
+    conn = sqlite3.connect(store)
+    (run_id,) = conn.execute("SELECT run_id FROM runs").fetchone()
+    logged = conn.execute("SELECT key, step, value FROM stats WHERE key IN ('loss_d', 'loss_g')").fetchall()
+    conn.close()
+    assert {(k, s) for k, s, _ in logged} == {(k, s) for k in ("loss_d", "loss_g") for s in (1, 10)}
+    out = tmp_path / "rep"
+    builds = []
+    for _ in range(2):  # building the report again must not repeat the curves, nor change a byte
+        run_cli("report", "--store", str(store), "--out", str(out), "--no-samples", check=True)
+        builds.append({f.relative_to(out): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()})
+    assert builds[0] == builds[1]  # the same store builds the same report (no clock, host or process in it)
+    assert {f.suffix for f in builds[0]} >= {".md", ".tex", ".png", ".pdf"}
+    folder = out / "tensorboard" / run_id
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss_d", "loss_g", "balance_ratio"}
+    exported = {(key, e.step): e.value for key in ("loss_d", "loss_g") for e in events.Scalars(key)}
+    assert sorted(exported) == sorted((k, s) for k, s, _ in logged)
+    for key, step, value in logged:
+        assert exported[(key, step)] == pytest.approx(value, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_tensorboard_export_holds_every_logged_statistic(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = tmp_path / "r.db"
+    run_cli(*LONG, "--steps", "20", "--sd", "0.5", "-o", "stugan.explore=gd", "--store", str(store), check=True)
+    with sqlite3.connect(store) as conn:
+        keys = {k for (k,) in conn.execute("SELECT DISTINCT key FROM stats")}
+    assert {"exploration_rate_d", "update_fraction"} <= keys
+    out = tmp_path / "rep"
+    run_cli("report", "--store", str(store), "--out", str(out), "--no-samples", check=True)
+    (folder,) = (out / "tensorboard").iterdir()
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == keys
+
+
+# -- the report's plot workers end with it -------------------------------------------------------------------
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+def test_report_plot_workers_die_with_a_killed_report(tmp_path, plugins):
+    one_run_store(tmp_path / "r.db", plugins)
+    cmd = [EXE, "report", "--store", str(tmp_path / "r.db"), "--out", str(tmp_path / "rep"), "--no-samples"]
+    report = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    own = Path(f"/proc/{report.pid}/cmdline").read_bytes()
+    forked: list[int] = []
+    t0 = time.time()
+    while len(forked) < 2 and report.poll() is None and time.time() - t0 < 120:
+        forked = [p for p in children(report.pid) if cmdline(p) == own]
+        time.sleep(0.01)
+    assert len(forked) == 2, "no plot workers seen"
+    report.send_signal(signal.SIGKILL)
+    report.wait()
+    t0 = time.time()
+    while any(alive(p) for p in forked) and time.time() - t0 < 20:
+        time.sleep(0.1)
+    orphans = [p for p in forked if alive(p)]
+    for p in orphans:
+        os.kill(p, signal.SIGKILL)
+    assert not orphans, "plot workers outlived the report"

@@ -6,39 +6,21 @@ import math
 
 import pytest
 import torch
+from conftest import small_spec
 
-from sparsebench.config import TrainSpec
 from sparsebench.sparse import CosineSchedule, MaskState, SparseEMA, layer_densities, prune_and_regrow, scope_parameters
 from sparsebench.sparse.distributions import exact_counts, magnitude_masks
 
-SMALL = dict(
-    dataset="digits",
-    resolution=16,
-    width=4,
-    z_dim=16,
-    batch_size=8,
-    g_batch_size=8,
-    n_critic=1,
-    lr_g=2e-4,
-    lr_d=2e-4,
-    beta1=0.0,
-    beta2=0.999,
-    steps=10,
-    ema_decay=0.9,
-    ema_start=0,
-    explore_interval=5,
-    eval_samples=10,
-    extractor="sparsebench-digits",
-)
+SPEC = small_spec(lr_g=2e-4, lr_d=2e-4, steps=10, explore_interval=5, log_every=10)
 
 
 def build(plugins, arch: str):
     torch.manual_seed(0)
-    return plugins.archs.get(arch).build(TrainSpec(**SMALL), 10)
+    return plugins.archs.get(arch).build(SPEC, 10)
 
 
 def batch(arch_G, n=8):
-    z = torch.randn(n, SMALL["z_dim"])
+    z = torch.randn(n, SPEC.z_dim)
     y = torch.randint(0, 10, (n,))
     return z, y
 
