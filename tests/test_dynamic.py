@@ -350,7 +350,9 @@ def test_set_and_rigl_run_with_exact_densities(arch, cli_env, tmp_path):
     [
         ("set", ["-o", "set.ranking=global"]),
         ("rigl", ["-o", "rigl.update=gd"]),
-        ("adapt", ["-o", "adapt.ratio_every=3", "--sd", "0.8"]),
+        # a window of 3 ratios, D adjusted every 9 steps: decisions at 9, 18, 27, 36 of 40 (its defaults, 100 samples
+        # a window, make none in 40 steps)
+        ("adapt", ["-o", "adapt.ratio_every=3", "-o", "adapt.window=3", "-o", "adapt.delta_t_d=9", "--sd", "0.8"]),
     ],
 )
 def test_sigkill_then_rerun_gives_the_same_results(method, options, cli_env, tmp_path):
