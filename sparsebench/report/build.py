@@ -86,6 +86,7 @@ def build_report(
         raise SparsebenchError(f"cannot write the report to {out}: {exc.strerror or exc}; pass --out DIR") from None
     written: list[Path] = []
 
+    df["options_set"] = df["variant"]  # the method options a run set, as stored (before cells are named)
     name_variants(df)  # every table and figure names a cell alike
     df["label"] = labels(df, info)
     analysis = analyse(df, info, studies=studies)
@@ -333,7 +334,7 @@ def _convergence(df: pd.DataFrame) -> list[str]:
     dense GAN is converged (its mean at the preset's steps against the mean at a longer run) and how
     much seeds scatter. Shown when some arch has dense runs of more than one length."""
     dense = df[(df["method"] == "dense") & (df["status"] == "done") & df["fid"].notna()]
-    dense = dense[dense["variant"].fillna("") == ""]
+    dense = dense[dense["options_set"].fillna("") == ""] if "options_set" in dense else dense
     rows = []
     for (arch, preset), g in dense.groupby(["arch", "preset"]):
         if g["steps"].nunique() < 2:
