@@ -248,7 +248,8 @@ class Architecture(VersionedPlugin):
     presets: ClassVar[dict[str, TrainSpec]] = {}
 
     def build(self, spec: TrainSpec, num_classes: int, width: float = 1.0, **options: Any):
-        """Return (G, D), initialised as the reference does. Seed torch before calling."""
+        """Return (G, D), initialised as the reference does. Seed torch before calling. `width` is a multiplier
+        (1.0: the preset's models) of `spec.width`, the reference code's integer channel base `ch`."""
         raise NotImplementedError
 
 
