@@ -38,6 +38,17 @@ def for_run_id(d: dict) -> dict:
     return d
 
 
+def upgrade_results(results: dict) -> dict:
+    """A run's stored results as today's keys mean them (a new dict). Runs stored before the step time became
+    the mean over the final phase's G steps kept the median step under `train_s_per_step`, a typical step
+    without topology updates or balance-ratio probes: it moves to `train_s_per_step_median`, and their mean is
+    unknown (absent), so that a dynamic method's median is never set against another run's mean."""
+    if "train_s_per_step" in results and "train_s_per_step_median" not in results:
+        results = {**results, "train_s_per_step_median": results["train_s_per_step"]}
+        del results["train_s_per_step"]
+    return results
+
+
 def upgrade(config: dict) -> dict:
     """A stored config with the fields it lacks at the values its run had in effect (a new dict)."""
     out = {**BEFORE_THE_FIELD, **config}

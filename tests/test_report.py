@@ -4,6 +4,8 @@ never become paths, one-line errors, the TensorBoard export, and plot workers th
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -424,7 +426,12 @@ def settings_store(path, plugins) -> Store:
             else:
                 step_s_here, infer_here = step_s, infer_ms
             env = {"gpu": "Some GPU"} if machine == "gpu-b" else {"cpu": "Some CPU", "cpus": 2}
-            measured = {"train_s_per_step": step_s_here, "infer_ms_per_image": infer_here, "threads": 1}
+            measured = {
+                "train_s_per_step": step_s_here,  # as a run stores it: the mean step, and the median beside it
+                "train_s_per_step_median": step_s_here,
+                "infer_ms_per_image": infer_here,
+                "threads": 1,
+            }
             if machine != "gpu-b":
                 measured["load_per_core"] = 2.0 if changes.get("kernels") else 0.5
             results = {"fid": float(next(fid)), **UNIT_COSTS, "is_mean": 2.0, "variant": "", **measured}
@@ -469,7 +476,7 @@ def test_runs_of_different_code_versions_never_share_a_row(tmp_path, plugins):
 
 
 def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path, plugins):
-    from sparsebench.report.tables import time_tables
+    from sparsebench.report.times import time_tables
 
     store = settings_store(tmp_path / "r.db", plugins)
     tables = time_tables(_frame(store, None, None, None))
@@ -506,6 +513,32 @@ def test_measured_time_tables_are_per_machine_and_relative_to_its_dense(tmp_path
     dense = df[(df["method"] == "dense") & (df["variant"].fillna("") == "")]
     short, long = (dense[dense["steps"] == n]["fid"].mean() for n in (400, 800))
     assert f"| {100 * (short / long - 1):+.0f} % |" in index
+
+
+def test_a_median_step_stored_before_the_mean_is_never_set_against_a_mean(tmp_path, plugins):
+    """Runs stored before the step time became the mean kept the median step under `train_s_per_step`: read
+    back, it is their median (the mean is unknown), and the time table marks it and compares it only with a
+    dense GAN's median."""
+    from sparsebench.report.times import time_tables
+
+    store = settings_store(tmp_path / "r.db", plugins)
+    plain = lambda r: r["env"].get("cpu") == "Some CPU" and r["config"].get("kernels", "dense") == "dense"  # noqa: E731
+    old = [r for r in store.all_runs() if plain(r) and r["method"] in ("dense", "stugan")]
+    for run in old:  # as an older version stored them: the median alone, under today's mean's name
+        results = {k: v for k, v in run["results"].items() if k != "train_s_per_step_median"}
+        store.conn.execute("UPDATE runs SET results = ? WHERE run_id = ?", (json.dumps(results), run["run_id"]))
+    store.conn.commit()
+    df = _frame(store, None, None, None)
+    was_old = df["run_id"].isin([r["run_id"] for r in old])
+    assert df.loc[was_old, "train_s_per_step"].isna().all()
+    assert (df.loc[was_old, "train_s_per_step_median"] > 0).all()
+    rows = {names[0]: cells[0].text for names, cells in time_tables(df)[0].rows}
+    assert rows["Dense GAN"] == "200 (1.00×) / 4 (1.00×) (n=2)‡"
+    assert rows["STU-GAN"] == "100 (0.50×) / 2 (0.50×) (n=2)‡"  # median against the dense median
+    assert rows["STU-GAN [kernels=sparseprop]"] == "50 / 1 (n=2)†"  # a mean: no dense mean to compare with
+    csv_rows = list(csv.DictReader(io.StringIO(run_cli("results", "--store", str(tmp_path / "r.db")).stdout)))
+    moved = [r for r in csv_rows if r["run_id"] == old[0]["run_id"]][0]
+    assert moved["train_s_per_step"] == "" and float(moved["train_s_per_step_median"]) > 0
 
 
 # -- the TensorBoard export ----------------------------------------------------------------------------------

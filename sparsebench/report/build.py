@@ -28,8 +28,8 @@ from sparsebench.report.tables import (
     length_table,
     quality_table,
     study_tables,
-    time_tables,
 )
+from sparsebench.report.times import time_tables
 from sparsebench.store import Store, method_columns, table_columns
 
 FORMATS = ("md", "latex", "all")

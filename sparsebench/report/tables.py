@@ -18,8 +18,6 @@ from sparsebench.analysis.comparisons import COLLAPSE_IS, OVER_BUDGET, TARGET_RA
 from sparsebench.analysis.stats import MARGIN
 from sparsebench.flop_conventions import CONVENTION_NOTES, PAPER_FLOPS_PER_FMA
 
-BUSY_LOAD = 1.1  # load average per core above which a run's measured time is flagged (others shared its cores)
-
 
 @dataclass
 class Cell:
@@ -364,71 +362,6 @@ def cost_table(df: pd.DataFrame, title: str = "Table 2", convention: str = "fvco
         _grid_columns(cols),
         rows,
     )
-
-
-def _quiet_if_any(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The runs whose time was measured on a quiet machine, where there are any (mark ""); else all of them,
-    marked † if some ran beside other work or ? if some have no load record."""
-    load = runs["load_per_core"].astype(float) if "load_per_core" in runs else pd.Series(float("nan"), runs.index)
-    quiet = load.notna() & (load <= BUSY_LOAD)
-    if quiet.any():
-        return runs[quiet], ""
-    return runs, "†" if bool((load > BUSY_LOAD).any()) else "?"
-
-
-def time_tables(df: pd.DataFrame, title: str = "Table 2 (measured time)", methods=None) -> list[Table]:
-    """Measured wall-clock time beside Table 2's FLOPs: one table per machine and thread count, since times
-    of different machines do not compare. Each cell: the mean G training step (evaluation excluded) and G's
-    sampling time per image, mean over the seeds done, and both relative to the dense GAN of the same arch
-    measured on the same machine with the same threads."""
-    info = MethodInfo.of(methods)
-    done = df[(df["status"] == "done") & df["train_s_per_step"].notna()].copy()
-    if done.empty or "machine" not in done:
-        return []
-    done["machine"] = done["machine"].fillna("unknown machine")
-    done["threads"] = done["threads"].fillna(0).astype(int)
-    tables = []
-    for (machine, threads), here_df in done.groupby(["machine", "threads"], sort=True):
-        dense = here_df[(here_df["method"] == "dense") & (cell_variant(here_df) == "")]
-        ref = {  # a dense GAN measured only beside other work is no reference
-            arch: (float(g["train_s_per_step"].mean()), float(g["infer_ms_per_image"].mean()))
-            for arch, (g, mark) in ((arch, _quiet_if_any(g)) for arch, g in dense.groupby("arch"))
-            if mark != "†"
-        }
-
-        def make(key, here: pd.DataFrame, ref=ref) -> Cell:
-            if here.empty:
-                return Cell("n/a")
-            used, mark = _quiet_if_any(here)
-            tr, inf = float(used["train_s_per_step"].mean()), float(used["infer_ms_per_image"].mean())
-            base = ref.get(key[2])
-            rel = (tr / base[0], inf / base[1]) if base else (None, None)
-            show = lambda v, r: f"{v:.3g}" + (f" ({r:.2f}×)" if r is not None else "")  # noqa: E731
-            n = f"n={len(used)}" + (f" of {len(here)}" if len(used) < len(here) else "")
-            return Cell(
-                f"{show(1000 * tr, rel[0])} / {show(inf, rel[1])} ({n}){mark}",
-                value=rel[0],
-                note=mark,
-            )
-
-        cols, rows = _grid(here_df, make, info)
-        tables.append(
-            Table(
-                f"{title}, {machine}, {threads} thread{'s' if threads != 1 else ''}",
-                "Measured time: mean training G step in ms (its D steps, topology updates and balance-ratio probes "
-                "included, evaluation excluded) / G "
-                "sampling time per image in ms at the evaluation batch, mean over seeds, and relative to the "
-                "dense GAN of the same arch on the same machine and threads (× < 1: faster; not shown where that "
-                "dense GAN was only measured beside other work). Where some of "
-                f"a cell's runs were measured on a quiet machine (load at most {BUSY_LOAD:g} per core), only "
-                "those count (n=k of m). Otherwise: † some runs ended with a higher load (other work beside "
-                "them): their times are not the method's alone; ? the load was not recorded.",
-                ["Method", "s_D (%)"],
-                _grid_columns(cols),
-                rows,
-            )
-        )
-    return tables
 
 
 def length_table(df: pd.DataFrame, methods=None, studies=()) -> Table | None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sparsebench.analysis.cells import cell_id, settings
-from sparsebench.compat import BEFORE_THE_FIELD
+from sparsebench.compat import BEFORE_THE_FIELD, upgrade_results
 
 RESULT_COLUMNS = [
     "run_id",
@@ -114,7 +114,7 @@ def results_table(runs: Iterable[dict], declared: Iterable[str] = ()) -> list[di
     named = set(columns) | set(DETAIL_KEYS)
     table = []
     for run in runs:
-        res = run["results"]
+        res = upgrade_results(run["results"])
         row: dict[str, Any] = {c: None for c in columns}
         row.update(
             {
