@@ -70,10 +70,11 @@ _PUBLIC = {
     "results": "sparsebench.grid",
     "run": "sparsebench.grid",
 }
-# Old names, kept for one minor version: each warns once and resolves to its new name.
+# Old names, kept for one minor version: each warns and resolves to its new name. Left out of __all__, so
+# that `from sparsebench import *` and the API reference never touch them.
 _DEPRECATED = {"Hooks": "Callbacks"}
 __all__ = ["SparsebenchError", "__version__"]
-__all__ += list(_PUBLIC) + list(_DEPRECATED)
+__all__ += list(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
