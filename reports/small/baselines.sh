@@ -7,10 +7,10 @@
 #   bash reports/small/baselines.sh
 export PATH="$PWD/.venv/bin:$PATH"  # the dev venv, where there is one
 S=${STORE:-reports/small/store/results.db}
-[ -z "$STORE" ] && bash reports/small/snapshot.sh restore
+if [ -z "$STORE" ]; then bash reports/small/snapshot.sh restore; fi
 R="sparsebench run --preset small --sd 0.5 --precision bf16 --channels-last --jobs 2 --no-progress --store $S"
 for arch in biggan sngan; do
   $R --arch $arch --methods adapt --sg 0.95,0.9 --seeds 0,1,2
   $R --arch $arch --methods set,rigl --sg 0.95,0.9 --scope weights --seeds 0,1,2
-  [ -z "$STORE" ] && bash reports/small/snapshot.sh
+  if [ -z "$STORE" ]; then bash reports/small/snapshot.sh; fi  # (a bare `[ ] &&` would end the script with 1)
 done
