@@ -25,12 +25,10 @@ Run on a GPU machine, from the repository root:
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import platform
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "benchmarks")]
+
+from gpu_throughput import add_device_option, device_option  # noqa: E402
 
 SECTIONS = ("device", "throughput", "resume", "compile", "syncs")
 ARCHS = ("sngan", "biggan")
@@ -95,16 +95,11 @@ def sparsebench(*args: str) -> list[str]:
     return [sys.executable, "-m", "sparsebench", *args]
 
 
-def stored(store: Path) -> tuple[dict, dict]:
-    """The one run's flat row and its stored environment."""
-    proc = subprocess.run(
-        sparsebench("results", "--store", str(store), "--format", "csv"), capture_output=True, text=True
-    )
-    (row,) = list(csv.DictReader(io.StringIO(proc.stdout)))
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    (env,) = db.execute("SELECT env FROM runs WHERE run_id = ?", (row["run_id"],)).fetchone()
-    db.close()
-    return row, json.loads(env)
+def stored(store: Path) -> list[dict]:
+    """The runs of `store` as the store reads them (results and environment parsed), oldest first."""
+    from sparsebench.store import Store
+
+    return Store(store, readonly=True).all_runs()
 
 
 def resume_section(device: torch.device, smoke: bool, work: Path) -> tuple[str, bool]:
@@ -130,7 +125,11 @@ def resume_section(device: torch.device, smoke: bool, work: Path) -> tuple[str, 
         _, err1 = first.communicate(timeout=600)
         stopped_s = time.perf_counter() - started
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        row, env = stored(store)
+        from sparsebench.store import results_table
+
+        (run,) = stored(store)
+        (row,) = results_table([run], ("topology_updates",))  # STU-GAN's declared column beside the core's
+        env = run["env"]
         resumed = [line for line in second.stderr.splitlines() if "resuming run" in line]
         ok = first.returncode == 130 and bool(resumed) and second.returncode == 0 and row["status"] == "done"
         failures += not ok
@@ -166,12 +165,10 @@ def compile_section(device: torch.device, smoke: bool, work: Path) -> tuple[str,
         methods="static", arch="sngan", sg=sgs, preset="quick", steps=4 if smoke else 40, compile=True,
         metrics=["fid"], device=device.type, store=store, jobs=1,
     )  # fmt: skip
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    rows = db.execute("SELECT sg, status, results FROM runs WHERE method = 'static' ORDER BY created_at").fetchall()
-    db.close()
-    compiled = [json.loads(results).get("compiled") is True and status == "done" for _, status, results in rows]
+    rows = stored(store)
+    compiled = [r["results"].get("compiled") is True and r["status"] == "done" for r in rows]
     frames, limit = CompiledCheck.counts()
-    lines = [f"sg {sg}: {status}, {'compiled' if ok else 'EAGER'}" for (sg, status, _), ok in zip(rows, compiled)]
+    lines = [f"sg {r['sg']}: {r['status']}, {'compiled' if ok else 'EAGER'}" for r, ok in zip(rows, compiled)]
     lines.append(
         f"{len(rows)} runs in {time.perf_counter() - started:.0f} s; Dynamo compiled {frames} frames, "
         f"stopped {limit} times at its recompile limit"
@@ -183,82 +180,46 @@ def compile_section(device: torch.device, smoke: bool, work: Path) -> tuple[str,
     return "\n".join(lines), ok
 
 
-class StepSyncs:
-    """Host synchronisations per G step, as the loop reports each step done (`LoopIO.progress`)."""
-
-    def __init__(self, device: torch.device, log_every: int):
-        from sparsebench.train.loop import LoopIO
-
-        outer = self
-
-        class IO(LoopIO):
-            logs = True
-
-            def progress(self, steps: int) -> None:
-                outer.per_step.append(len(outer.caught) - outer.seen)
-                outer.seen = len(outer.caught)
-
-        self.io, self.per_step, self.seen, self.log_every = IO(), [], 0, log_every
-        self.caught: list = []
-
-    def summary(self) -> str:
-        logged = [n for t, n in enumerate(self.per_step, 1) if t % self.log_every == 0 or t == 1]
-        others = [n for t, n in enumerate(self.per_step, 1) if not (t % self.log_every == 0 or t == 1)]
-        return (
-            f"{len(self.per_step)} G steps: {sum(logged)} syncs over {len(logged)} logged steps, "
-            f"{sum(others)} over the {len(others)} others (steps with any: "
-            f"{[t for t, n in enumerate(self.per_step, 1) if n and not (t % self.log_every == 0 or t == 1)][:12]})"
-        )
-
-
 def syncs_section(device: torch.device, smoke: bool) -> tuple[str, bool]:
-    from gpu_throughput import Images
+    """The warnings `torch.cuda.set_sync_debug_mode("warn")` raises, counted per G step as the loop reports each
+    step done (`LoopIO.progress`), the logged steps (where the loop reads its losses) apart from the others."""
+    from gpu_throughput import training_setup
 
-    from sparsebench import CosineSchedule
-    from sparsebench.balance import probed
-    from sparsebench.interfaces import GANState
     from sparsebench.plugins import get_plugins
-    from sparsebench.sparse.masks import MaskState
-    from sparsebench.sparse.sema import SparseEMA
-    from sparsebench.train.loop import Batcher, adam, train
-    from sparsebench_builtins.methods.stugan import Exploration
+    from sparsebench.train.loop import LoopIO, train
+
+    class Counted(LoopIO):
+        logs = True
+
+        def __init__(self, caught: list):
+            self.caught, self.per_step = caught, []
+
+        def progress(self, steps: int) -> None:
+            self.per_step.append(len(self.caught) - sum(self.per_step))
 
     lines = []
     for arch_name in ARCHS:
         arch = get_plugins().archs.get(arch_name)
         spec = arch.presets["quick" if smoke else "paper"].replace(log_every=5 if smoke else 10)
-        steps = 12 if smoke else 60
-        for method in ("static", "stugan"):
-            torch.manual_seed(0)
-            G, D = (m.to(device) for m in arch.build(spec, 10, 1.0))
-            gen = torch.Generator().manual_seed(1)
-            g_masks = MaskState.from_distribution(G, 0.9, "erk", "conv", gen)
-            d_masks = MaskState.from_distribution(D, 0.5, "erk", "conv", gen)
-            callbacks = None
-            if method == "stugan":  # topology updates inside the counted steps
-                callbacks = Exploration(
-                    "g", 5 if smoke else 25, CosineSchedule(0.5, 0.005, spec.steps), torch.Generator().manual_seed(2)
-                )
-            state = GANState(
-                G, D,
-                adam(G.parameters(), spec.lr_g, spec.beta1, spec.beta2, spec.adam_eps),
-                adam(D.parameters(), spec.lr_d, spec.beta1, spec.beta2, spec.adam_eps),
-                g_masks, d_masks, SparseEMA(G, spec.ema_decay, spec.ema_start, g_masks),
-            )  # fmt: skip
-            batcher = Batcher(Images(1000, spec.resolution, 10), device, torch.Generator().manual_seed(3))  # type: ignore[arg-type]
-            counter = StepSyncs(device, spec.log_every)
-            noise = torch.Generator(device=device).manual_seed(4)
+        for method in ("static", "stugan"):  # STU-GAN's topology updates fall inside the counted steps
+            state, callbacks, batcher, noise = training_setup(arch, spec, method, device, 10, 5 if smoke else 25)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                counter.caught = caught
+                io = Counted(caught)
                 if device.type == "cuda":
                     torch.cuda.set_sync_debug_mode("warn")
                 try:
-                    train(state, steps, spec, batcher, 10, noise, probed(callbacks), io=counter.io)
+                    train(state, 12 if smoke else 60, spec, batcher, 10, noise, callbacks, io=io)
                 finally:
                     if device.type == "cuda":
                         torch.cuda.set_sync_debug_mode("default")
-            lines.append(f"{arch_name} {method}: {counter.summary()}")
+            logged = {t: n for t, n in enumerate(io.per_step, 1) if t % spec.log_every == 0 or t == 1}
+            others = {t: n for t, n in enumerate(io.per_step, 1) if t not in logged}
+            lines.append(
+                f"{arch_name} {method}: {len(io.per_step)} G steps: {sum(logged.values())} syncs over {len(logged)} "
+                f"logged steps, {sum(others.values())} over the {len(others)} others (steps with any: "
+                f"{[t for t, n in others.items() if n][:12]})"
+            )
     if device.type != "cuda":
         lines.append("(no CUDA: set_sync_debug_mode counts nothing on a CPU)")
     return "\n".join(lines), True
@@ -269,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    add_device_option(ap)
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     ap.add_argument(
         "--out", default=None, help="folder of the section files (default: reports/gpu; a temporary one with --smoke)"
@@ -277,15 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder of the resume section's stores (default: OUT/work)")
     ap.add_argument("--smoke", action="store_true", help="a CPU test of the script: quick models, tiny runs")
     args = ap.parse_args(argv)
-    if args.device not in ("cpu", "cuda"):
-        ap.error(f"--device {args.device!r}: allowed: cpu, cuda")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device is available here; use --device cpu or --smoke")
+    device = device_option(ap, args.device)
     sections = [s for s in args.sections.split(",") if s]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         ap.error(f"unknown section {bad[0]!r}; allowed: {', '.join(SECTIONS)}")
-    device = torch.device(args.device)
     out = Path(args.out or (tempfile.mkdtemp(prefix="gpu-check-") if args.smoke else ROOT / "reports" / "gpu"))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "work"

@@ -129,8 +129,9 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-def time_steps(arch, spec, method: str, speed: Speed, device, warmup: int, steps: int, classes: int) -> dict:
-    """Median seconds of a G step of `method` after `warmup` steps, with STU-GAN's update amortised."""
+def training_setup(arch, spec, method: str, device, classes: int, update_every: int) -> tuple:
+    """(state, callbacks, batcher, noise) of `method` ready for `train`: G and D of `spec` on `device`, ERK masks at
+    s_G 0.9 / s_D 0.5 unless dense, STU-GAN's exploration every `update_every` G steps, random images."""
     torch.manual_seed(0)
     G, D = arch.build(spec, classes, 1.0)
     G, D = G.to(device), D.to(device)
@@ -144,8 +145,7 @@ def time_steps(arch, spec, method: str, speed: Speed, device, warmup: int, steps
         from sparsebench import CosineSchedule
         from sparsebench_builtins.methods.stugan import Exploration
 
-        due = warmup + steps // 2 + 1  # one update inside the timed steps
-        hooks = Exploration("g", due, CosineSchedule(0.5, 0.005, spec.steps), torch.Generator().manual_seed(2))
+        hooks = Exploration("g", update_every, CosineSchedule(0.5, 0.005, spec.steps), torch.Generator().manual_seed(2))
     state = GANState(
         G,
         D,
@@ -157,9 +157,15 @@ def time_steps(arch, spec, method: str, speed: Speed, device, warmup: int, steps
     )
     data = Images(max(1000, 4 * spec.batch_size * spec.n_critic), spec.resolution, max(classes, 1))
     batcher = Batcher(data, device, torch.Generator().manual_seed(3))  # type: ignore[arg-type]
-    noise = torch.Generator(device=device).manual_seed(4)
+    return state, probed(hooks), batcher, torch.Generator(device=device).manual_seed(4)
+
+
+def time_steps(arch, spec, method: str, speed: Speed, device, warmup: int, steps: int, classes: int) -> dict:
+    """Median seconds of a G step of `method` after `warmup` steps, with STU-GAN's update amortised."""
+    due = warmup + steps // 2 + 1  # one update inside the timed steps
+    state, callbacks, batcher, noise = training_setup(arch, spec, method, device, classes, due)
     quiet = spec.replace(log_every=10**9)  # the loop reads the device at its first and last step only
-    train(state, warmup + steps, quiet, batcher, classes, noise, probed(hooks), speed=speed)
+    train(state, warmup + steps, quiet, batcher, classes, noise, callbacks, speed=speed)
     timed = state.step_seconds[warmup:]
     if method != "stugan":
         return {"step_s": statistics.median(timed), "update_s": 0.0}
@@ -197,9 +203,22 @@ def eval_seconds_per_image(arch, spec, device, classes: int, batch: int, incepti
     return sample_s + extract_s
 
 
+def add_device_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+
+
+def device_option(ap: argparse.ArgumentParser, name: str) -> torch.device:
+    """The device `--device` names, or one clear error (an unknown name, CUDA where there is none)."""
+    if name not in ("cpu", "cuda"):
+        ap.error(f"--device {name!r}: allowed: cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here; use --device cpu or --smoke")
+    return torch.device(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    add_device_option(ap)
     ap.add_argument("--archs", default="sngan,biggan")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
@@ -209,15 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s (default: table)")
     ap.add_argument("--smoke", action="store_true", help="seconds: tiny width, one arch and method, fp32")
     args = ap.parse_args(argv)
-    if args.device not in ("cpu", "cuda"):
-        ap.error(f"--device {args.device!r}: allowed: cpu, cuda")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device is available here; use --device cpu")
+    device = device_option(ap, args.device)
     if not 0.0 < args.width <= 1.0:
         ap.error(f"--width must lie in (0, 1], got {args.width}")
     if args.steps < 0 or args.warmup < 0:
         ap.error("--steps and --warmup must be >= 0")
-    device = torch.device(args.device)
     gpu = device.type == "cuda"
     if args.smoke:
         args.width, args.steps, args.warmup, args.modes = min(args.width, 1 / 16), 2, 1, "fp32"
