@@ -289,20 +289,36 @@ def test_adapts_intervals_per_arch_scale_the_references(arch, steps, mode, expec
     assert (probe.every, probe.mode) == (h.balance_ratio_every, "train")
 
 
+def d_only_state(sparsity: float, *widths: int) -> tuple[GANState, MaskState]:
+    """A state whose D alone is sparse (1 x `width` convs, uniform masks, random gradients): what ADAPT's D
+    decisions act on."""
+    torch.manual_seed(0)
+    D = nn.Sequential(*(nn.Conv2d(1, 1, (1, w), bias=False) for w in widths))
+    d_masks = MaskState.from_distribution(D, sparsity, "uniform", "conv", torch.Generator().manual_seed(0))
+    for p in d_masks.params.values():
+        p.grad = torch.randn_like(p)
+    state = GANState(
+        nn.Linear(1, 1), D, torch.optim.SGD(D.parameters()), torch.optim.SGD(D.parameters()), None, d_masks
+    )
+    return state, d_masks
+
+
+def feed_ratios(hooks, state: GANState, ratios):
+    """Each G step's balance ratio through ADAPT's callbacks; yields after each step."""
+    for step, ratio in enumerate(ratios, start=1):
+        state.balance_ratio = ratio
+        hooks.after_d_backward(state, step)
+        hooks.after_g_step(state, step)
+        yield step
+
+
 def test_adapts_window_is_the_references_queue():
     # window 4, a ratio every step, D adjusted every 4. The reference trims its queue to the window after every
     # iteration and adjusts D at iterations that take no sample, so each decision averages the last 4 samples
     # and none is reused: at step 4, samples 1-4 = (3 x 0.5 + 0.9) / 4 = 0.6 >= 0.55: D density 0.5 -> 0.55;
     # at step 8, samples 5-8 = (0.2 + 3 x 0.5) / 4 = 0.425 <= 0.45: back to 0.5 (with sample 4 reused, as
     # before 0.3.1: (0.9 + 0.2 + 3 x 0.5) / 5 = 0.52, no move).
-    torch.manual_seed(0)
-    D = nn.Sequential(nn.Conv2d(1, 1, (1, 10), bias=False), nn.Conv2d(1, 1, (1, 10), bias=False))
-    d_masks = MaskState.from_distribution(D, 0.5, "uniform", "conv", torch.Generator().manual_seed(0))
-    for p in d_masks.params.values():
-        p.grad = torch.randn_like(p)
-    state = GANState(
-        nn.Linear(1, 1), D, torch.optim.SGD(D.parameters()), torch.optim.SGD(D.parameters()), None, d_masks
-    )
+    state, d_masks = d_only_state(0.5, 10, 10)
     hooks = adapt.BalancedTraining(
         100,
         CosineSchedule(0.5, 0.005, 100),
@@ -313,12 +329,10 @@ def test_adapts_window_is_the_references_queue():
         window=4,
         d_density=0.5,
     )
-    seen = []
-    for step, ratio in enumerate([0.5, 0.5, 0.5, 0.9, 0.2, 0.5, 0.5, 0.5], start=1):
-        state.balance_ratio = ratio
-        hooks.after_d_backward(state, step)
-        hooks.after_g_step(state, step)
-        seen.append((round(hooks.d_density, 10), d_masks.nnz()))
+    seen = [
+        (round(hooks.d_density, 10), d_masks.nnz())
+        for _ in feed_ratios(hooks, state, [0.5, 0.5, 0.5, 0.9, 0.2, 0.5, 0.5, 0.5])
+    ]
     assert seen[3] == (0.55, 11) and seen[7] == (0.5, 10)
     assert seen[:3] == [(0.5, 10)] * 3
 
@@ -361,24 +375,13 @@ def test_adapts_first_decision_waits_for_the_transient_and_every_decision_is_cou
     """Window 2, D every 2 G steps from step 4 on: no decision at step 2 although the window is full; at 4 the
     mean 0.2 moves D from 0.1 down to its floor 0.05; at 6 the mean 0.5 is in the band; at 8 and 10 the mean 0.2
     asks for less, and the floor holds D."""
-    torch.manual_seed(0)
-    D = nn.Sequential(nn.Conv2d(1, 1, (1, 40), bias=False))
-    d_masks = MaskState.from_distribution(D, 0.9, "uniform", "conv", torch.Generator().manual_seed(0))
-    for p in d_masks.params.values():
-        p.grad = torch.randn_like(p)
-    state = GANState(
-        nn.Linear(1, 1), D, torch.optim.SGD(D.parameters()), torch.optim.SGD(D.parameters()), None, d_masks
-    )
+    state, _ = d_only_state(0.9, 40)
     hooks = adapt.BalancedTraining(
         100, CosineSchedule(0.5, 0.005, 100), torch.Generator(), mode="relaxed", d_interval=2, ratio_every=1,
         window=2, d_density=0.1, first=4,
     )  # fmt: skip
-    densities = []
-    for step, ratio in enumerate([0.2, 0.2, 0.2, 0.2, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2], start=1):
-        state.balance_ratio = ratio
-        hooks.after_d_backward(state, step)
-        hooks.after_g_step(state, step)
-        densities.append(round(hooks.d_density, 10))
+    ratios = [0.2, 0.2, 0.2, 0.2, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2]
+    densities = [round(hooks.d_density, 10) for _ in feed_ratios(hooks, state, ratios)]
     assert densities == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]
     assert hooks.decisions == {"d_down": 1, "d_up": 0, "d_held": 2, "d_in_band": 1}
     restored = adapt.BalancedTraining(
