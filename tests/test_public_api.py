@@ -325,6 +325,10 @@ def test_names_renamed_in_this_version_still_work_and_say_so():
         warnings.simplefilter("always")
         hooks = sb.Hooks
     assert hooks is sb.Callbacks and any(issubclass(w.category, DeprecationWarning) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec("from sparsebench import *", {})  # a star import takes the public names, not the deprecated ones
+    assert "Hooks" not in sb.__all__ and not caught
 
     class Marked(sb.TopologyUpdate):
         pass
