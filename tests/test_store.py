@@ -151,6 +151,37 @@ def test_a_failed_create_leaves_no_empty_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _open_store_at_once(path, barrier, results):
+    barrier.wait()
+    try:
+        Store(path).close()
+        results.put("ok")
+    except Exception as exc:  # pragma: no cover - the failure this test looks for
+        results.put(repr(exc))
+
+
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path):
+    """Several runs started together on a new store each open it: none fails as 'database is locked' or
+    'disk I/O error', none removes the file another has open, and no temporary file is left beside it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(8):
+        path = tmp_path / str(trial) / "results.db"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_store_at_once, args=(path, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        assert outcomes == ["ok"] * 4, (trial, outcomes)
+        assert sorted(f.name for f in path.parent.iterdir()) == ["results.db"], trial
+        store = Store(path, readonly=True)
+        assert store.artifacts_name == "results-artifacts"
+        store.close()
+
+
 # -- read-only use: commands that only read a store write nothing --------------------------------------------
 def test_read_commands_on_a_missing_store_create_nothing(tmp_path):
     missing = tmp_path / "typo" / "results.db"

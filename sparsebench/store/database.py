@@ -11,10 +11,12 @@ the `artifacts/` folder its runs were saved in.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -133,13 +135,7 @@ class Database(ArtifactPaths):
                 raise SparsebenchError(f"{self.path} is not a sparsebench results store (an empty database); {HINT}")
             self.artifacts_name = self._artifacts_name() or LEGACY_ARTIFACTS
             return
-        created = not self.path.exists()
-        try:
-            self._open_writable()
-        except BaseException:
-            if created:
-                self._remove_empty_file()
-            raise
+        self._open_writable()
 
     def _open_writable(self) -> None:
         """Open (or create) the store for writing, its schema made or migrated; failures in one line."""
@@ -148,6 +144,8 @@ class Database(ArtifactPaths):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(self.path.parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
                 raise PermissionError("permission denied")
+            if not self.path.exists():
+                self._create()
             self.conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout = 120000")
             self._init_schema()
@@ -159,17 +157,35 @@ class Database(ArtifactPaths):
         except OSError as exc:
             raise SparsebenchError(f"cannot write results store {self.path}: {exc.strerror or exc}; {hint}") from None
 
-    def _remove_empty_file(self) -> None:
-        """After a failed create: remove the file this process's open made if it is still 0 bytes (nothing was
-        written to it), which later commands would otherwise find and call an empty database."""
-        conn = getattr(self, "conn", None)
-        if conn is not None:
-            conn.close()
+    def _create(self) -> None:
+        """Make a new store whole, so no process ever opens it half made.
+
+        Several `sparsebench run` commands started at once on one new store would otherwise all create it in
+        place: while one switched the empty file to WAL mode the others failed ('database is locked', 'disk I/O
+        error'), and a failed one removed the empty file another had open. The database is built under a
+        temporary name beside the store (WAL mode, schema, artifacts folder), closed, and hard-linked to the
+        store's name, which fails where another process got there first: its store is used, and either way the
+        temporary name is removed. A filesystem without hard links gets the store built in place."""
+        tmp = self.path.with_name(f".{self.path.name[:40]}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            if self.path.stat().st_size == 0:
-                self.path.unlink()
-        except OSError:
-            pass
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self.conn = conn
+                self._init_schema()
+                self._own_artifacts()
+            finally:
+                conn.close()  # the last connection: SQLite folds its -wal into the file and removes -wal and -shm
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created the store first
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                log.debug("no hard links at %s (%s): the store is created in place", self.path.parent, exc)
+        finally:
+            for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm", "-journal"))):
+                leftover.unlink(missing_ok=True)
 
     def _not_a_store(self, exc: sqlite3.DatabaseError) -> str:
         """Why the file cannot be read as a store: a damaged (e.g. truncated) SQLite file, or something else."""
