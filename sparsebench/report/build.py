@@ -127,22 +127,20 @@ def build_report(
     logged = pd.DataFrame(store.stats_rows(None), columns=["run_id", "step", "key", "value"])
     logged = logged[logged["run_id"].isin(df["run_id"])]  # every statistic: the TensorBoard export holds them all
     stats = logged[logged["key"].isin(["exploration_rate", "loss_d", "loss_g", "balance_ratio", "fid"])]
+    explored = "explored fraction of G's scope"
     written += plots.render_all(
         [
             (plots.forest, (analysis, info, figures)),
             (plots.fid_vs_flops, (df, analysis, info, figures)),
             (plots.fid_vs_sg, (df, analysis, info, figures)),
+            (plots.method_curves, (stats, df, info, [("exploration_rate", explored)], "exploration_rate", figures)),
             (
-                plots.curves,
-                (stats, df, [("exploration_rate", "explored fraction of G's scope")], "exploration_rate", figures),
+                plots.method_curves,
+                (stats, df, info, [("loss_d", "D loss (hinge)"), ("loss_g", "G loss (hinge)")], "losses", figures, 25),
             ),
             (
-                plots.curves,
-                (stats, df, [("loss_d", "D loss (hinge)"), ("loss_g", "G loss (hinge)")], "losses", figures),
-            ),
-            (
-                plots.curves,
-                (stats, df, [("balance_ratio", "balance ratio (ADAPT)")], "balance_ratio", figures),
+                plots.method_curves,
+                (stats, df, info, [("balance_ratio", "balance ratio (ADAPT's r_t)")], "balance_ratio", figures, 25),
             ),
             (  # the evaluation curve of runs that have one (TrainSpec.eval_every): per cell over its seeds
                 plots.cell_curves,

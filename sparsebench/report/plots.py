@@ -1,6 +1,6 @@
 """Figures (PNG and PDF): the comparisons as a forest plot (the report's first), FID vs training FLOPs and vs s_G
-(paper Figs. 3-4) per arch on log axes, the evaluation curves, STU-GAN's exploration rate, the training losses and
-the balance ratio over training; and a sample grid per run.
+(paper Figs. 3-4) per arch on log axes, the evaluation curves; the exploration rate, the training losses and the
+balance ratio over training, each the median per method over all of its runs; and a sample grid per run.
 
 Runs are named by the results frame's `label` column (`sparsebench.analysis.cells.labels`: the methods' declared
 titles); each row keeps one colour and marker, never another row's, and legends sit outside the data.
@@ -267,29 +267,63 @@ def fid_vs_sg(df: pd.DataFrame, analysis, info, out: Path) -> list[Path]:
     return _save(fig, out, "fid_vs_sg")
 
 
-def curves(
-    stats: pd.DataFrame, runs: pd.DataFrame, panels: list[tuple[str, str]], stem: str, out: Path, max_runs: int = 8
+def method_curves(
+    stats: pd.DataFrame,
+    runs: pd.DataFrame,
+    info,
+    panels: list[tuple[str, str]],
+    stem: str,
+    out: Path,
+    smooth: int = 1,
 ) -> list[Path]:
-    """One panel per (key, ylabel), one line per run over G steps (at most `max_runs` runs), legend outside."""
+    """A row of panels per (key, ylabel), a column per arch; one line per report row (method and variant): the
+    median of `key` over all of the row's runs that logged it (every s_G, s_D and seed) at each G step, with
+    its interquartile band. Every run is in it and the runs drawn are never chosen, so a figure about one
+    method's statistic shows that method, and each line says how many runs it summarises. `smooth` > 1 draws
+    the rolling mean of the median and quartiles over that many logged steps (a step-to-step noisy statistic)."""
+    import numpy as np
+
     plt = _plt()
     panels = [(k, y) for k, y in panels if (stats["key"] == k).any()]
     if not panels:
         return []
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
-    info = runs.set_index("run_id")
-    for ax, (key, ylabel) in zip(axes[0], panels):
-        sub = stats[stats["key"] == key]
-        for run_id, g in list(sub.groupby("run_id", sort=False))[:max_runs]:
-            r = info.loc[run_id]
-            ax.plot(
-                g["step"].to_numpy(),
-                g["value"].to_numpy(),
-                lw=1,
-                label=f"{r['label']} {r['arch']} sG={r['sg']:g} sD={r['sd']:g} seed={r['seed']}",
-            )
-        ax.set_xlabel("G step")
-        ax.set_ylabel(ylabel)
-    _legend_outside(fig, axes[0])
+    sub = stats[stats["key"].isin([k for k, _ in panels])].merge(runs[["run_id", "arch", "label"]], on="run_id")
+    archs = sorted(sub["arch"].unique())
+    order = _row_labels(runs, info)
+    style = styles(order)
+    fig, axes = plt.subplots(
+        len(panels), len(archs), figsize=(5.0 * len(archs), 3.4 * len(panels)), squeeze=False, sharex=True
+    )
+    runs_of = sub.groupby("label")["run_id"].nunique()
+    for row, (key, ylabel) in zip(axes, panels):
+        for ax, arch in zip(row, archs):
+            mine = sub[(sub["key"] == key) & (sub["arch"] == arch)]
+            medians = []
+            for name in order:
+                g = mine[mine["label"] == name]
+                if g.empty:
+                    continue
+                q = g.groupby("step")["value"].quantile([0.25, 0.5, 0.75]).unstack()
+                q = q.rolling(smooth, center=True, min_periods=1).mean()
+                steps, colour = q.index.to_numpy(), style[name]["color"]
+                medians.append(q[0.5].to_numpy())
+                ax.plot(steps, medians[-1], lw=1.1, color=colour, label=f"{name} (n={runs_of[name]})")
+                ax.fill_between(steps, q[0.25].to_numpy(), q[0.75].to_numpy(), color=colour, alpha=0.08, lw=0)
+            if medians:  # the axis spans the medians (a run's spike widens a band, not the axis)
+                low, high = np.nanpercentile(np.concatenate(medians), [1, 99])
+                pad = 0.15 * (high - low) or 0.5
+                ax.set_ylim(low - pad, high + pad)
+            ax.set_title(arch)
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("G step")
+    smoothed = f"; rolling mean over {smooth} logged steps" if smooth > 1 else ""
+    fig.suptitle(
+        f"median over each row's runs (every s_G, s_D, seed; n: runs on both archs); band: interquartile range"
+        f"{smoothed}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    _legend_outside(fig, axes.ravel())
     return _save(fig, out, stem)
 
 
