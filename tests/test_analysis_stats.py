@@ -256,11 +256,10 @@ def test_adjusted_p_values_decide_when_given():
 # --- summaries, planning, the floor ----------------------------------------------------------------------------
 
 
-def test_summarise_counts_collapses_and_keeps_the_working_geomean():
-    s = summarise([10.0, 12.0, 14.0, 300.0], collapse_above=100.0)
-    assert (s.n, s.collapsed) == (4, 1)
+def test_summarise_gives_the_geomean_its_interval_and_the_raw_figures():
+    s = summarise([10.0, 12.0, 14.0, 300.0])
+    assert s.n == 4
     assert s.geomean == pytest.approx((10 * 12 * 14 * 300) ** 0.25)
-    assert s.geomean_working == pytest.approx((10 * 12 * 14) ** (1 / 3))
     assert (
         s.median == 13.0
         and s.mean == pytest.approx(84.0)
@@ -269,10 +268,6 @@ def test_summarise_counts_collapses_and_keeps_the_working_geomean():
     logs = np.log([10.0, 12.0, 14.0, 300.0])
     half = scipy_stats.t.ppf(0.975, 3) * logs.std(ddof=1) / 2
     assert (s.low, s.high) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
-    assert summarise([10.0, 12.0], collapse_above=12.0).collapsed == 0  # above, not at
-    assert summarise([200.0, 300.0], collapse_above=100.0).geomean_working is None
-    plain = summarise([10.0, 12.0])
-    assert plain.collapsed is None and plain.geomean_working == pytest.approx(plain.geomean)
     one = summarise([9.0])
     assert (one.n, one.geomean, one.low, one.high, one.sd) == (1, pytest.approx(9.0), None, None, None)
     for bad in ([], [10.0, 0.0], [10.0, -1.0], [10.0, float("nan")], [float("inf"), 3.0]):

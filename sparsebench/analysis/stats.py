@@ -223,9 +223,8 @@ def verdict(
 @dataclass(frozen=True)
 class Summary:
     """One cell's FIDs over seeds. The geometric mean and its interval are the log-scale summary the ratios
-    use; median, mean and sd are beside it for readers of the raw numbers. A collapsed run (FID above
-    `collapse_above`) is counted, and `geomean_working` is the geometric mean without them, so that one
-    collapse is visible rather than averaged into the cell."""
+    use; median, mean and sd are beside it for readers of the raw numbers. (Collapsed runs are judged by IS
+    and set apart before a cell is summarised: `sparsebench.analysis.comparisons`.)"""
 
     n: int
     geomean: float
@@ -234,15 +233,13 @@ class Summary:
     median: float
     mean: float
     sd: float | None  # sd of the FIDs themselves; None for n < 2
-    collapsed: int | None  # values > collapse_above; None when no threshold was given
-    geomean_working: float | None  # geometric mean of the values not collapsed; None if every value collapsed
 
 
 def _geomean(x: np.ndarray) -> float:
     return float(math.exp(float(np.log(x).mean())))
 
 
-def summarise(values: Sequence[float], collapse_above: float | None = None) -> Summary:
+def summarise(values: Sequence[float]) -> Summary:
     """The Summary of a cell's FIDs (see Summary). Raises ValueError on no values, or on a value that is not
     finite and positive: it has no log, and dropping it silently would hide a broken run."""
     x = np.asarray(values, dtype=float)
@@ -257,13 +254,7 @@ def summarise(values: Sequence[float], collapse_above: float | None = None) -> S
         half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * float(logs.std(ddof=1)) / math.sqrt(n)
         low, high = math.exp(float(logs.mean()) - half), math.exp(float(logs.mean()) + half)
         sd = float(x.std(ddof=1))
-    collapsed: int | None = None
-    working: float | None = _geomean(x)
-    if collapse_above is not None:
-        keep = x <= collapse_above
-        collapsed = int(n - keep.sum())
-        working = _geomean(x[keep]) if keep.any() else None
-    return Summary(n, _geomean(x), low, high, float(np.median(x)), float(x.mean()), sd, collapsed, working)
+    return Summary(n, _geomean(x), low, high, float(np.median(x)), float(x.mean()), sd)
 
 
 def _power(effect: float, n: int, paired: bool, alpha: float) -> float:
