@@ -250,13 +250,14 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
     defaults = Defaults()
     # execution modes (precision, channels-last...) are named against the report's most common ones, which
     # its protocol table states: a grid run in bf16 reads plainly, and the odd fp32 row says so
-    flats = [{**compat.SPEED_DEFAULTS, **row_settings(r)} for r in df.itertuples(index=False)]
+    rows = list(df.itertuples(index=False))  # read once: a wide frame's tuples are slow to build
+    flats = [{**compat.SPEED_DEFAULTS, **row_settings(r)} for r in rows]
     common = {
         k: json.loads(Counter(json.dumps(f[k], default=str) for f in flats).most_common(1)[0][0])
         for k in compat.SPEED_DEFAULTS
     }
     parts = []
-    for r, flat in zip(df.itertuples(index=False), flats):
+    for r, flat in zip(rows, flats):
         base = {**defaults(r.method, r.arch, str(getattr(r, "preset", ""))), **common}
         differ = [
             k
@@ -265,10 +266,10 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
             or (k.startswith("option.") and "option.*" in base)  # a method not installed: all its options
         ]
         parts.append(sorted(differ, key=label_order))
-    cells = [cell_of(r, f) for r, f in zip(df.itertuples(index=False), flats)]
+    cells = [cell_of(r, f) for r, f in zip(rows, flats)]
     # cells of one method and position that would read alike: add what tells them apart
     groups: dict[tuple, dict[str, list[int]]] = {}
-    for i, r in enumerate(df.itertuples(index=False)):
+    for i, r in enumerate(rows):
         text = ",".join(show(k, flats[i][k]) for k in parts[i])
         position = (r.method, r.arch, getattr(r, "sg", None), getattr(r, "sd", None), text)
         groups.setdefault(position, {}).setdefault(cells[i], []).append(i)
@@ -288,10 +289,10 @@ def cell_variant(df: pd.DataFrame) -> pd.Series:
                 parts[i] = parts[i] + [k for k in telling if k not in parts[i]]
     out = [",".join(show(k, flats[i].get(k, "none")) for k in p) for i, p in enumerate(parts)]
     seen: dict[tuple, set[str]] = {}
-    for i, r in enumerate(df.itertuples(index=False)):
+    for i, r in enumerate(rows):
         position = (r.method, r.arch, getattr(r, "sg", None), getattr(r, "sd", None), out[i])
         seen.setdefault(position, set()).add(cells[i])
-    for i, r in enumerate(df.itertuples(index=False)):  # still alike (e.g. across groups): name the cell itself
+    for i, r in enumerate(rows):  # still alike (e.g. across groups): name the cell itself
         if len(seen[(r.method, r.arch, getattr(r, "sg", None), getattr(r, "sd", None), out[i])]) > 1:
             short = hashlib.sha256(cells[i].encode()).hexdigest()[:8] if len(cells[i]) != 12 else cells[i][:8]
             out[i] = ",".join(filter(None, [out[i], f"cell={short}"]))

@@ -61,9 +61,9 @@ def _mixed_content(ok: pd.DataFrame) -> dict[str, list[str]] | None:
     if not {"data_hash", "extractor_hash"} <= set(ok.columns):
         return None
     by: dict[str, list[str]] = {}
-    for r in ok.itertuples(index=False):
-        if isinstance(r.data_hash, str) and r.data_hash:
-            by.setdefault(f"{r.data_hash}/{r.extractor_hash}", []).append(str(r.run_id))
+    for data, extractor, run_id in zip(ok["data_hash"], ok["extractor_hash"], ok["run_id"]):
+        if isinstance(data, str) and data:
+            by.setdefault(f"{data}/{extractor}", []).append(str(run_id))
     return {k: sorted(v) for k, v in sorted(by.items())} if len(by) > 1 else None
 
 
@@ -73,8 +73,11 @@ def _floor_se_by_content(pool: pd.DataFrame) -> dict[tuple, float]:
     out: dict[tuple, float] = {}
     if "fid_floor_se" not in pool:
         return out
-    for r in pool[pool["fid_floor_se"].notna()].itertuples(index=False):
-        out.setdefault((r.data_hash, r.extractor_hash, r.eval_samples), float(r.fid_floor_se))
+    known = pool[pool["fid_floor_se"].notna()]
+    for data, extractor, samples, se in zip(
+        known["data_hash"], known["extractor_hash"], known["eval_samples"], known["fid_floor_se"]
+    ):
+        out.setdefault((data, extractor, samples), float(se))
     return out
 
 
@@ -85,7 +88,7 @@ def _floor(ok: pd.DataFrame, se_by: dict[tuple, float]) -> tuple[float | None, f
     floors = ok["fid_floor"].dropna().astype(float)
     if not len(floors):
         return None, None
-    ses = [se_by.get((r.data_hash, r.extractor_hash, r.eval_samples)) for r in ok.itertuples(index=False)]
+    ses = [se_by.get(key) for key in zip(ok["data_hash"], ok["extractor_hash"], ok["eval_samples"])]
     known = [s for s in ses if s is not None]
     return float(floors.mean()), (max(known) if known else None)
 
