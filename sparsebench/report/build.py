@@ -20,6 +20,7 @@ from sparsebench.analysis.comparisons import analyse
 from sparsebench.analysis.study import Study
 from sparsebench.config import check_run_id
 from sparsebench.report import plots
+from sparsebench.report.counters import counters_table
 from sparsebench.report.render import latex, latex_document, markdown, markdown_escape
 from sparsebench.report.tables import (
     comparison_table,
@@ -105,6 +106,8 @@ def build_report(
     t3 = length_table(df, info, studies)
     if t3 is not None:
         tables.append(("table3", t3))
+    if (counters := counters_table(df, info)) is not None:
+        tables.append(("counters", counters))
     tex_parts = []
     for stem, table in tables:
         if fmt in ("md", "all"):
