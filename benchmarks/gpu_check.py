@@ -50,7 +50,7 @@ RESUME_MODES = {"sngan": [], "biggan": ["--precision", "bf16", "--channels-last"
 
 
 def device_section(device: torch.device) -> tuple[str, bool]:
-    from sparsebench.train.speed import cuda_numerics
+    from sparsebench.speed import cuda_numerics
 
     lines = [f"python {platform.python_version()}, torch {torch.__version__}"]
     if device.type == "cuda":
@@ -154,7 +154,7 @@ def compile_section(device: torch.device, smoke: bool, work: Path) -> tuple[str,
     import functools
 
     import sparsebench
-    from sparsebench.train.speed import CompiledCheck
+    from sparsebench.speed import CompiledCheck
 
     if smoke:  # Dynamo still traces, guards and counts recompiles; only code generation is left out
         torch.compile = functools.partial(torch.compile, backend="eager")  # type: ignore[assignment]

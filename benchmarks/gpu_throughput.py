@@ -12,7 +12,7 @@ Reported per row: ms per G step (the median of the timed steps; STU-GAN's with i
 training images per second (the G step's generated batch plus its n_critic real batches, per second), the
 fraction of the device's peak FLOP rate reached (the dense step's fvcore FLOPs x 2 FLOPs per multiply-add,
 since masked-dense sparsity computes dense, against the peak of a small table of GPUs by exact model name:
-the FP32 peak for fp32 modes, as a run computes fp32 in fp32 (TF32 off, `sparsebench.train.speed.numerics`,
+the FP32 peak for fp32 modes, as a run computes fp32 in fp32 (TF32 off, `sparsebench.speed.numerics`,
 which the timings run under as a run's do), the dense bf16 tensor-core peak for bf16 modes; or
 --peak-tflops), and the projected hours of a full run: the preset's G steps at that speed plus its
 evaluations. An evaluation's cost is measured as well: G samples in fp32 (batch 250, as evaluation does; 8
@@ -53,9 +53,9 @@ from sparsebench.interfaces import GANState  # noqa: E402
 from sparsebench.plugins import get_plugins  # noqa: E402
 from sparsebench.sparse.masks import MaskState  # noqa: E402
 from sparsebench.sparse.sema import SparseEMA  # noqa: E402
+from sparsebench.speed import Speed, numerics  # noqa: E402
 from sparsebench.timing import Stopwatch  # noqa: E402
 from sparsebench.train.loop import Batcher, adam, train  # noqa: E402
-from sparsebench.train.speed import Speed, numerics  # noqa: E402
 
 MODES = {
     "fp32": Speed(),

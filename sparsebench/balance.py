@@ -1,6 +1,6 @@
 """The balance ratio of a GAN (Wang et al., "Balanced Training for Sparse GANs", NeurIPS 2023): its
-estimator, the probe that measures it around G's update, the results a run stores of it, and which stored
-values come from this estimator.
+estimator, the probe that measures it around G's update and the results a run stores of it (which stored
+values come from this estimator is `sparsebench.compat`'s, where the store reads it).
 
     BR = (mean D(G_post(z)) - mean D(G_pre(z))) / (mean D(x) - mean D(G_pre(z)))
 
@@ -21,10 +21,6 @@ import torch
 from sparsebench import distributed
 from sparsebench.interfaces import CallbackList, Callbacks, GANState, GStep
 
-# The estimator a run's ratios were measured with is recorded in its env; values stored by another one
-# (before "batch-means": a mean of per-image ratios, biased towards 0) are not shown as results.
-ESTIMATOR = "batch-means"
-RESULT_KEYS = ("balance_ratio", "balance_ratio_last10")
 MODES = ("eval", "train")
 
 
@@ -32,7 +28,7 @@ def balance_ratio(d_real: torch.Tensor, d_pre: torch.Tensor, d_post: torch.Tenso
     """The balance ratio at one sample point, as ADAPT's reference code computes it, over the batch: a ratio
     of batch means, not a mean of per-image ratios (those are heavy-tailed, and biased towards 0 where real
     and fake scores overlap). NaN when D scores real and generated images alike on average. Changing it means
-    changing `ESTIMATOR`, which hides the ratios stored by the old one."""
+    changing `sparsebench.compat.BALANCE_RATIO_ESTIMATOR`, which hides the ratios stored by the old one."""
     return float(ratio_on_device(d_real, d_pre, d_post))
 
 
@@ -148,19 +144,6 @@ class RatioTrace:
         last = self.values[-1][0]
         tail = [v for s, v in self.values if s >= 0.9 * last]
         return {"balance_ratio": self.values[-1][1], "balance_ratio_last10": sum(tail) / len(tail)}
-
-
-def current(env: dict) -> bool:
-    """Whether a run's stored balance ratios come from this version's estimator."""
-    return env.get("balance_ratio_estimator") == ESTIMATOR
-
-
-def without_stale(results: dict, env: dict) -> dict:
-    """A run's stored results, without balance ratios another estimator measured."""
-    if not current(env):
-        for key in RESULT_KEYS:
-            results.pop(key, None)
-    return results
 
 
 def probed(callbacks: Callbacks | None, asking: Callbacks | None = None) -> Callbacks:

@@ -1,4 +1,5 @@
-"""Stored configs across versions, in one place: the run-config fields added after runs were stored.
+"""Stored runs across versions, in one place: the run-config fields added after runs were stored, and the
+stored results that today's code reads otherwise (or not at all).
 
 Written: a field added later is left out of a config's dict (`RunConfig.to_dict`, which the run id hashes)
 while it is at its default, so the runs stored before it existed keep their ids. Read: a stored config
@@ -25,6 +26,11 @@ LATER_TRAIN_FIELDS: dict[str, Any] = {
 # What a stored config without a field had in effect, where that is not today's default: runs stored before
 # the optimizer-state policy was a choice kept Adam's state at zero.
 BEFORE_THE_FIELD: dict[str, Any] = {"kernels": "dense", "opt_state": "zero"}
+# The estimator of the balance ratio (`sparsebench.balance`) a run's ratios were measured with, recorded in its
+# env; the values of another one (before "batch-means": a mean of per-image ratios, biased towards 0) are not
+# read back as results or statistics. `sparsebench.balance` measures with this one.
+BALANCE_RATIO_ESTIMATOR = "batch-means"
+BALANCE_RATIO_RESULTS = ("balance_ratio", "balance_ratio_last10")
 
 
 def for_run_id(d: dict) -> dict:
@@ -46,6 +52,19 @@ def upgrade_results(results: dict) -> dict:
     if "train_s_per_step" in results and "train_s_per_step_median" not in results:
         results = {**results, "train_s_per_step_median": results["train_s_per_step"]}
         del results["train_s_per_step"]
+    return results
+
+
+def current_balance_ratios(env: dict) -> bool:
+    """Whether a run's stored balance ratios come from today's estimator."""
+    return env.get("balance_ratio_estimator") == BALANCE_RATIO_ESTIMATOR
+
+
+def without_stale_balance_ratios(results: dict, env: dict) -> dict:
+    """A run's stored results, without balance ratios another estimator measured (in place; returned)."""
+    if not current_balance_ratios(env):
+        for key in BALANCE_RATIO_RESULTS:
+            results.pop(key, None)
     return results
 
 

@@ -20,7 +20,7 @@ from sparsebench import SparsebenchError, compat, defaults
 from sparsebench.sparse.opt_state import DEFAULT_POLICY, POLICIES
 
 SCOPES = ("conv", "conv+linear", "weights")
-PRECISIONS = ("fp32", "bf16")  # of training forwards (sparsebench.train.speed)
+PRECISIONS = ("fp32", "bf16")  # of training forwards (sparsebench.speed)
 DEFAULT_SCOPE = defaults.SCOPE
 DEFAULT_DISTRIBUTION = defaults.DISTRIBUTION
 # Presets whose width is too small for a method's own, wider scope: every method runs at DEFAULT_SCOPE there

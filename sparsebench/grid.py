@@ -78,7 +78,7 @@ class Grid:
 
             require_sparseprop()
         if req.deterministic and settings.device.startswith("cuda"):  # before any CUDA work: preflight's, NCCL's
-            from sparsebench.train.speed import prepare_cublas
+            from sparsebench.speed import prepare_cublas
 
             prepare_cublas()
         settings = settings.replace(device=distributed.init_from_env(settings.device))

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from sparsebench import SparsebenchError, __version__, balance
+from sparsebench import SparsebenchError, __version__, compat
 from sparsebench.config import RunConfig
 from sparsebench.interfaces import DataSplits
 from sparsebench.metrics.evaluate import Evaluator
-from sparsebench.train.speed import cuda_numerics, fp32_math
+from sparsebench.speed import cuda_numerics, fp32_math
 
 
 def cache_dir() -> Path:
@@ -61,7 +61,7 @@ def driver_version() -> str | None:
 def environment(device: torch.device, config: RunConfig | None = None) -> dict[str, Any]:
     """Where a run ran: versions, host, CPU or GPU, its own CPU thread count (`RunConfig.threads`, else this
     process's) and its speed modes; stored with the run. On CUDA also the numerics it computes with (TF32,
-    cuDNN's autotuning and determinism, as `sparsebench.train.speed.numerics` sets them for the run) and the
+    cuDNN's autotuning and determinism, as `sparsebench.speed.numerics` sets them for the run) and the
     CUDA, cuDNN and driver versions."""
     env: dict[str, Any] = {
         "sparsebench": __version__,
@@ -72,7 +72,7 @@ def environment(device: torch.device, config: RunConfig | None = None) -> dict[s
         "host": platform.node(),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
-        "balance_ratio_estimator": balance.ESTIMATOR,
+        "balance_ratio_estimator": compat.BALANCE_RATIO_ESTIMATOR,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

@@ -19,16 +19,16 @@ import torch
 from sparsebench import SparsebenchError, distributed
 from sparsebench.config import RunConfig
 from sparsebench.dependencies import Dependencies
-from sparsebench.evaluation import evaluate_run
+from sparsebench.files import atomic_save, remove_stale_temporaries
 from sparsebench.plugins import Plugins
 from sparsebench.recorder import ClaimLost, RunRecorder, progress_bar
 from sparsebench.resources import Resources, environment
 from sparsebench.settings import RunSettings
+from sparsebench.speed import numerics, prepare_cublas
 from sparsebench.store.sinks import RunReader, RunSink
-from sparsebench.train.checkpoint import atomic_save, remove_stale_temporaries
 from sparsebench.train.context import RunContext, RunServices
+from sparsebench.train.evaluation import evaluate_run
 from sparsebench.train.loop import Diverged, Interrupted
-from sparsebench.train.speed import numerics, prepare_cublas
 
 log = logging.getLogger("sparsebench.run")
 

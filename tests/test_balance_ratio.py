@@ -88,7 +88,7 @@ def test_the_train_mode_ratio_measures_its_three_terms_alike(plugins, monkeypatc
     on --precision beyond what training does."""
     from test_gpu_path import run, tiny
 
-    from sparsebench.train.speed import Speed
+    from sparsebench.speed import Speed
 
     ratios = []
 

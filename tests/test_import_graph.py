@@ -151,3 +151,37 @@ def test_no_module_of_the_package_is_over_450_lines():
         if (n := len(p.read_text().splitlines())) > 450
     }
     assert not long, long
+
+
+def room(module: str) -> str:
+    """The part of the package a module belongs to: a top-level module, a subpackage of `sparsebench`, or the
+    built-in plugins as one."""
+    parts = module.split(".")
+    if parts[0] == "sparsebench_builtins":
+        return "plugins"
+    return ".".join(parts[:2])
+
+
+def layers(graph: dict[str, set[str]]) -> dict[str, int]:
+    """Each room's layer: 1 for one that imports no other room, else one above the highest room it imports."""
+    rooms: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        rooms.setdefault(room(module), set()).update(room(t) for t in targets)
+    for name, targets in rooms.items():
+        targets.discard(name)
+    depth: dict[str, int] = {}
+
+    def layer(name: str) -> int:
+        if name not in depth:
+            depth[name] = 1 + max((layer(t) for t in rooms[name]), default=0)
+        return depth[name]
+
+    return {name: layer(name) for name in rooms}
+
+
+def test_the_package_stays_within_its_layers():
+    """The package's rooms (top-level modules, subpackages, the built-in plugins) stack 12 deep, the command
+    line's entry point on top: a new import that deepens the stack is a design change to make on purpose."""
+    depth = layers(import_graph())
+    assert max(depth.values()) <= 12, sorted(depth.items(), key=lambda kv: -kv[1])
+    assert depth["sparsebench.__main__"] == max(depth.values())

@@ -121,7 +121,7 @@ def masked_weights_are_zero(masks) -> bool:
 def test_bf16_runs_the_forwards_in_bfloat16_on_fp32_weights(plugins, monkeypatch):
     from test_gpu_path import run, tiny
 
-    from sparsebench.train.speed import Speed
+    from sparsebench.speed import Speed
 
     state, spec, batcher = tiny(plugins, "sngan")
     dtypes, forward = [], state.D.forward
@@ -143,7 +143,7 @@ def test_bf16_runs_the_forwards_in_bfloat16_on_fp32_weights(plugins, monkeypatch
 def test_channels_last_converts_the_weights_in_place(plugins):
     from test_gpu_path import run, tiny
 
-    from sparsebench.train.speed import Speed
+    from sparsebench.speed import Speed
 
     state, spec, batcher = tiny(plugins, "sngan")
     before = [id(p) for p in state.G.parameters()]
@@ -157,7 +157,7 @@ def test_channels_last_converts_the_weights_in_place(plugins):
 def test_compile_wraps_the_forwards_and_keeps_the_modules(plugins, monkeypatch):
     from test_gpu_path import run, tiny
 
-    from sparsebench.train.speed import Speed
+    from sparsebench.speed import Speed
 
     compiled = []
 
@@ -173,7 +173,7 @@ def test_compile_wraps_the_forwards_and_keeps_the_modules(plugins, monkeypatch):
 
 
 def test_deterministic_mode_is_set_on_cuda_only_and_restored(monkeypatch):
-    from sparsebench.train.speed import deterministic
+    from sparsebench.speed import deterministic
 
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # and removed again after the test, which sets it
@@ -242,7 +242,7 @@ def test_spectral_norm_runs_outside_autocast_under_bf16(plugins):
     from test_gpu_path import run, tiny
     from torch.overrides import TorchFunctionMode
 
-    from sparsebench.train.speed import Speed
+    from sparsebench.speed import Speed
 
     class Recording(TorchFunctionMode):
         def __init__(self):
@@ -265,7 +265,7 @@ def test_spectral_norm_in_fp32_leaves_cpu_bf16_training_bit_identical(plugins):
     from test_gpu_path import run, tiny
     from torch.nn.utils.parametrizations import _SpectralNorm
 
-    from sparsebench.train.speed import Speed
+    from sparsebench.speed import Speed
 
     trained = []
     for plain in (False, True):
@@ -299,7 +299,7 @@ def test_a_cuda_run_computes_fp32_in_fp32_and_restores_the_flags(monkeypatch, de
     its duration (deterministic or not), and autotunes cuDNN unless deterministic; the CPU is left alone."""
     from types import SimpleNamespace
 
-    from sparsebench.train.speed import numerics
+    from sparsebench.speed import numerics
 
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: None)
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -371,7 +371,7 @@ def test_a_deterministic_grid_sets_the_cublas_workspace_before_preflight(plugins
 def test_deterministic_cuda_is_refused_where_cuda_started_without_the_cublas_workspace(monkeypatch):
     """Set after cuBLAS made its workspace, the variable changes nothing: the run would pass as deterministic."""
     from sparsebench import SparsebenchError
-    from sparsebench.train.speed import deterministic
+    from sparsebench.speed import deterministic
 
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")

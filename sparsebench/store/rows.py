@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from sparsebench import SparsebenchError, balance
-from sparsebench.balance import without_stale
+from sparsebench import SparsebenchError
+from sparsebench.compat import current_balance_ratios, without_stale_balance_ratios
 from sparsebench.config import check_run_id
 from sparsebench.store.database import STATUSES
 
@@ -125,7 +125,7 @@ class RowsMixin:
             "run_id": row[0],
             "status": row[1],
             "config": json.loads(row[2]),
-            "results": without_stale(json.loads(row[3]), env),
+            "results": without_stale_balance_ratios(json.loads(row[3]), env),
             "env": env,
             "wall_s": row[5],
         }
@@ -164,7 +164,7 @@ class RowsMixin:
         if keys is not None and "balance_ratio" not in keys:
             return rows
         envs = self.conn.execute("SELECT run_id, env FROM runs").fetchall()
-        current = {run_id for run_id, env in envs if balance.current(json.loads(env or "{}"))}
+        current = {run_id for run_id, env in envs if current_balance_ratios(json.loads(env or "{}"))}
         return [r for r in rows if r[2] != "balance_ratio" or r[0] in current]
 
     def last_change(self) -> float | None:
@@ -192,7 +192,7 @@ class RowsMixin:
                     "sd": r[6],
                     "seed": r[7],
                     "status": r[8],
-                    "results": without_stale(json.loads(r[9]), env),
+                    "results": without_stale_balance_ratios(json.loads(r[9]), env),
                     "wall_s": r[10],
                     "config": json.loads(r[11]),
                     "env": env,

@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sparsebench.analysis.cells import cell_id, settings
 from sparsebench.compat import BEFORE_THE_FIELD, upgrade_results
+from sparsebench.identity import cell_id, settings
 
 RESULT_COLUMNS = [
     "run_id",

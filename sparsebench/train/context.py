@@ -26,9 +26,9 @@ from sparsebench.metrics.evaluate import Evaluator, curve_point
 from sparsebench.recorder import ClaimLost, RunRecorder
 from sparsebench.sparse.masks import MaskState
 from sparsebench.sparse.sema import SparseEMA
+from sparsebench.speed import CompiledCheck, Speed
 from sparsebench.train.checkpoint import Checkpoint, CheckpointError
 from sparsebench.train.loop import Batcher, LoopIO, adam, train
-from sparsebench.train.speed import CompiledCheck, Speed
 
 log = logging.getLogger("sparsebench.run")
 __all__ = ["RunContext", "RunServices", "stream_seed"]

@@ -25,8 +25,8 @@ from torch import nn
 from sparsebench.data import ImageData
 from sparsebench.interfaces import CallbackList as CallbackList  # re-exported: where the loop's callers look
 from sparsebench.interfaces import Callbacks, GANState, GStep
+from sparsebench.speed import Speed
 from sparsebench.timing import StepTimer
-from sparsebench.train.speed import Speed
 
 Hooks = Callbacks  # the deprecated name of `Callbacks`, kept for one minor version
 
@@ -240,7 +240,7 @@ def train(
     probe, topology updates). A run whose loss turned non-finite raises Diverged with the first
     such step at the next of those points (at most `spec.log_every` G steps later).
 
-    `speed` holds the opt-in speed modes (sparsebench.train.speed); None: fp32, eager, contiguous.
+    `speed` holds the opt-in speed modes (sparsebench.speed); None: fp32, eager, contiguous.
     `spec.d_joint_forward` runs D once per D step over the fake and real images concatenated (fake
     first), as BigGAN's reference does; otherwise D sees the real and the fake images in two forwards.
     """

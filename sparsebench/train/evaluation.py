@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparsebench.config import RunConfig, stream_seed
+from sparsebench.files import atomic_save
 from sparsebench.metrics.evaluate import SAMPLE_BATCH, Evaluator, SampleSet, sample
 from sparsebench.plugins import Plugins
 from sparsebench.sparse.scope import scope_parameters
 from sparsebench.timing import Stopwatch
-from sparsebench.train.checkpoint import atomic_save
 
 if TYPE_CHECKING:  # pragma: no cover
     from sparsebench.train.context import RunContext
