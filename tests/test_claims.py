@@ -170,8 +170,8 @@ def test_a_claim_lost_while_writing_a_file_of_the_run_leaves_its_folder_alone(
 
 
 def test_atomic_save_removes_its_temporary_when_the_check_before_the_rename_raises(tmp_path, monkeypatch):
+    from sparsebench.files import atomic_save
     from sparsebench.recorder import ClaimLost, RunRecorder
-    from sparsebench.train.checkpoint import atomic_save
 
     class Sink:  # the claim stands until the temporary file is written
         run_id, held = "r1", True

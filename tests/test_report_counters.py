@@ -48,3 +48,15 @@ def test_a_declared_numeric_column_is_tabulated_per_cell_with_its_range():
 def test_no_table_where_no_method_declares_a_number():
     df = _frame([{"method": "plain", "label": "PLAIN"}, {"method": "counting", "label": "COUNTING"}])
     assert counters_table(df, METHODS) is None
+
+
+def test_a_run_id_of_digits_is_text_and_a_large_mean_reads_plainly():
+    df = _frame(
+        [
+            {"method": "counting", "label": "COUNTING", "decisions": 1234, "source": "1234567890123456"},
+            {"method": "counting", "label": "COUNTING", "decisions": 1235, "source": "12e4567890abcdef"},
+        ]
+    )
+    table = counters_table(df, METHODS)
+    assert [label for _, label in table.columns] == ["runs", "decisions"]
+    assert [c.text for c in table.rows[0][1]] == ["2", "1234.5 [1234-1235]"]

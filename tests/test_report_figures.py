@@ -49,3 +49,11 @@ def test_one_runs_spike_widens_no_axis(drawn, tmp_path):
     plots.method_curves(stats, runs, info, [("loss_d", "D loss")], "losses", tmp_path)
     low, high = drawn[0].axes[0].get_ylim()
     assert low < 2.0 < high < 10.0
+
+
+def test_a_row_without_a_finite_value_draws_no_line_and_breaks_no_figure(drawn, tmp_path):
+    runs, stats = _runs_and_stats({"b": 3, "a": 2}, "exploration_rate")
+    stats.loc[stats["run_id"].str.startswith("a"), "value"] = float("nan")
+    info = SimpleNamespace(rank=lambda method: {"a": 0, "b": 1}[method])
+    plots.method_curves(stats, runs, info, [("exploration_rate", "explored")], "exploration_rate", tmp_path)
+    assert [line.get_label() for line in drawn[0].axes[0].get_lines()] == ["b (n=3)"]

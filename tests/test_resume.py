@@ -227,25 +227,25 @@ def test_a_failed_write_leaves_no_temporary_file_and_a_full_disk_says_so(tmp_pat
     disk is full says so even where torch reports it as a RuntimeError of its own."""
     import shutil
 
-    from sparsebench.train import checkpoint
+    from sparsebench import files
 
     def broken(obj, path):
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    monkeypatch.setattr(files.torch, "save", broken)
     with pytest.raises(OSError):
-        checkpoint.atomic_save({"x": 1}, tmp_path / "final.pt")
+        files.atomic_save({"x": 1}, tmp_path / "final.pt")
     assert list(tmp_path.iterdir()) == []
 
     def full(obj, path):
         Path(path).write_bytes(b"part")
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0; file write failed")
 
-    monkeypatch.setattr(checkpoint.torch, "save", full)
+    monkeypatch.setattr(files.torch, "save", full)
     monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10**9, 10**9, 0))
     with pytest.raises(OSError, match="the disk is full"):
-        checkpoint.atomic_save({"x": 1}, tmp_path / "checkpoint-phase1.pt")
+        files.atomic_save({"x": 1}, tmp_path / "checkpoint-phase1.pt")
     assert list(tmp_path.iterdir()) == []
 
 

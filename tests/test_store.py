@@ -168,18 +168,22 @@ def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path):
     ctx = multiprocessing.get_context("fork")
     for trial in range(8):
         path = tmp_path / str(trial) / "results.db"
-        barrier, results = ctx.Barrier(4), ctx.Queue()
-        procs = [ctx.Process(target=_open_store_at_once, args=(path, barrier, results)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        outcomes = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join()
+        barrier, results = ctx.Barrier(4, timeout=60), ctx.Queue()
+        procs = [ctx.Process(target=_open_store_at_once, args=(path, barrier, results), daemon=True) for _ in range(4)]
+        try:
+            for p in procs:
+                p.start()
+            outcomes = [results.get(timeout=120) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():  # pragma: no cover - a hung opener
+                    p.terminate()
         assert outcomes == ["ok"] * 4, (trial, outcomes)
-        assert sorted(f.name for f in path.parent.iterdir()) == ["results.db"], trial
-        store = Store(path, readonly=True)
+        store = Store(path, readonly=True)  # the last connection: SQLite removes -wal and -shm as it closes
         assert store.artifacts_name == "results-artifacts"
         store.close()
+        assert sorted(f.name for f in path.parent.iterdir()) == ["results.db"], trial
 
 
 # -- read-only use: commands that only read a store write nothing --------------------------------------------

@@ -3,6 +3,8 @@ per cell. The core names no column here; a method that declares one gets it tabu
 
 from __future__ import annotations
 
+import numbers
+
 import pandas as pd
 
 from sparsebench.analysis.cells import MethodInfo
@@ -11,7 +13,15 @@ from sparsebench.store import method_columns
 
 
 def _number(x: float) -> str:
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.3g}"
+    if float(x).is_integer():
+        return f"{x:.0f}"
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _numeric(values: pd.Series) -> bool:
+    """Whether a declared column holds numbers: every value stored is one (a run id of digits is text)."""
+    stored = values.dropna()
+    return len(stored) > 0 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in stored)
 
 
 def _summary(values: pd.Series) -> str:
@@ -29,7 +39,7 @@ def counters_table(df: pd.DataFrame, methods=None, title: str = "Method counters
     numeric = {}  # the declared columns holding numbers, per method
     for method, runs in done.groupby("method", sort=False):
         cols = [c for c in declared.get(method, []) if c in runs]
-        numeric[method] = [c for c in cols if pd.to_numeric(runs[c], errors="coerce").notna().any()]
+        numeric[method] = [c for c in cols if _numeric(runs[c])]
     columns = list(dict.fromkeys(c for m in sorted(numeric, key=info.rank) for c in numeric[m]))
     if not columns:
         return None
@@ -42,7 +52,7 @@ def counters_table(df: pd.DataFrame, methods=None, title: str = "Method counters
         here = done[(done["label"] == name) & (done["arch"] == arch) & (done["sg"] == sg) & (done["sd"] == sd)]
         cells = [Cell(str(len(here)))]
         for col in columns:
-            values = pd.to_numeric(here[col], errors="coerce").dropna() if col in numeric[method] else pd.Series()
+            values = here[col].dropna().astype(float) if col in numeric[method] else pd.Series()
             cells.append(Cell(_summary(values) if len(values) else ""))
         rows.append(([name, arch, f"{100 * sg:g}", f"{100 * sd:g}"], cells))
     return Table(

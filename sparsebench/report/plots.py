@@ -300,7 +300,7 @@ def method_curves(
             mine = sub[(sub["key"] == key) & (sub["arch"] == arch)]
             medians = []
             for name in order:
-                g = mine[mine["label"] == name]
+                g = mine[(mine["label"] == name) & np.isfinite(mine["value"].astype(float))]
                 if g.empty:
                     continue
                 q = g.groupby("step")["value"].quantile([0.25, 0.5, 0.75]).unstack()
@@ -312,18 +312,20 @@ def method_curves(
             if medians:  # the axis spans the medians (a run's spike widens a band, not the axis)
                 low, high = np.nanpercentile(np.concatenate(medians), [1, 99])
                 pad = 0.15 * (high - low) or 0.5
-                ax.set_ylim(low - pad, high + pad)
+                if np.isfinite(low) and np.isfinite(high):
+                    ax.set_ylim(low - pad, high + pad)
             ax.set_title(arch)
             ax.set_ylabel(ylabel)
             ax.set_xlabel("G step")
     smoothed = f"; rolling mean over {smooth} logged steps" if smooth > 1 else ""
     fig.suptitle(
-        f"median over each row's runs (every s_G, s_D, seed; n: runs on both archs); band: interquartile range"
+        f"median over each row's runs that logged the step (every s_G, s_D, seed; n: runs on both archs); "
+        f"band: interquartile range"
         f"{smoothed}",
         fontsize=8,
     )
     fig.tight_layout()
-    _legend_outside(fig, axes.ravel())
+    _legend_outside(fig, axes.ravel(), [f"{name} (n={runs_of[name]})" for name in order if name in runs_of])
     return _save(fig, out, stem)
 
 

@@ -11,7 +11,6 @@ the `artifacts/` folder its runs were saved in.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
@@ -168,20 +167,26 @@ class Database(ArtifactPaths):
         temporary name is removed. A filesystem without hard links gets the store built in place."""
         tmp = self.path.with_name(f".{self.path.name[:40]}.{uuid.uuid4().hex[:12]}.tmp")
         try:
+            wal = tmp.with_name(tmp.name + "-wal")
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 self.conn = conn
                 self._init_schema()
                 self._own_artifacts()
+                # everything into the file itself before it is linked: the -wal stays behind under the
+                # temporary name, and a close that cannot fold it in (a full disk) says nothing
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if busy:  # pragma: no cover - nothing else knows the temporary name
+                    raise sqlite3.OperationalError("the new store could not be checkpointed")
             finally:
-                conn.close()  # the last connection: SQLite folds its -wal into the file and removes -wal and -shm
+                conn.close()
+            if wal.exists() and wal.stat().st_size:
+                raise sqlite3.OperationalError("the new store's write-ahead log was not folded into it")
             try:
                 os.link(tmp, self.path)
             except FileExistsError:
                 pass  # another process created the store first
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
+            except OSError as exc:  # no hard links here (EPERM, ENOTSUP, ENOSYS...): built in place
                 log.debug("no hard links at %s (%s): the store is created in place", self.path.parent, exc)
         finally:
             for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm", "-journal"))):
