@@ -115,6 +115,10 @@ class Grid:
         """Every run looked at, the runs cells build on included, in order."""
         return self.scheduler.outcomes
 
+    def close(self) -> None:
+        """Close the store (its lease renewals stop): after the grid ran, or stopped."""
+        self.store.close()
+
     def execute(self, on_start: Callable | None = None, on_done: Callable | None = None) -> list:
         """Run every cell (done ones are skipped, unless rerun); returns the grid's outcomes."""
         quiet = lambda *args: None
@@ -233,7 +237,10 @@ def run(
         jobs=jobs,
     )
     grid = Grid.open(req, settings, plugins)
-    grid.execute(on_start, on_done)
+    try:
+        grid.execute(on_start, on_done)
+    finally:
+        grid.close()
     order = {o.run_id: i for i, o in enumerate(grid.outcomes)}
     df = results(Path(grid.store.path))
     df = df[df["run_id"].isin(order)]

@@ -34,3 +34,18 @@ def test_run_reports_progress_through_its_callbacks(store):
     assert started == [(run_id, 1, 1)] and done == [(run_id, "done")]
     sparsebench.run(methods="static", arch="sngan", sg=0.8, steps=2, store=store, on_done=lambda c, o: done.append(o))
     assert done[-1].skipped and done[-1].status == "done"  # a done cell is reported as skipped
+
+
+def test_a_finished_run_closes_its_store_and_stops_renewing_leases(tmp_path, monkeypatch):
+    """After `sparsebench.run` returns, no thread renews leases and no connection holds the store open: its
+    write-ahead log is folded into the database file, which can be copied on its own."""
+    import threading
+
+    from sparsebench.store import claims
+
+    monkeypatch.setattr(claims, "HEARTBEAT_S", 0.05)  # renew while the run trains, so its connection is used
+    store = tmp_path / "results.db"
+    df = sparsebench.run(methods="static", arch="sngan", sg=0.8, steps=20, store=store)
+    assert list(df["status"]) == ["done"]
+    assert not [t for t in threading.enumerate() if t.name == "sparsebench-heartbeat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results-artifacts", "results.db"]

@@ -34,6 +34,11 @@ class Store(ClaimsMixin, RowsMixin, Database):
     """A results store at `path`: created on first use, or opened `readonly` (then it must exist, and neither
     it nor its folder is changed); its claims are taken by a grid's scheduler only."""
 
+    def close(self) -> None:
+        """Stop renewing leases, then close the connection."""
+        self.stop_heartbeat()
+        super().close()
+
 
 __all__ = [
     "ARTIFACTS_KEY",

@@ -69,20 +69,29 @@ def decide(row: tuple | None, owner: str, retry_failed: bool, now: float, rerun:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the leases of one owner's claims on its own connection, until the process ends."""
+    """Renews the leases of one owner's claims on its own connection until it is stopped (the store closes)
+    or the process ends. Stopped, it closes its connection: the store's last connection to close then folds
+    the write-ahead log into the database file, which can be copied on its own."""
 
     def __init__(self, path: Path, owner: str):
         super().__init__(daemon=True, name="sparsebench-heartbeat")
         self.path, self.owner = path, owner
+        self._stopped = threading.Event()
 
-    def run(self) -> None:  # pragma: no cover - timing-dependent; covered by the lease tests via renew()
+    def run(self) -> None:
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        while True:
-            time.sleep(HEARTBEAT_S)
-            try:
-                renew(conn, self.owner)
-            except sqlite3.Error as exc:
-                log.warning("could not renew the claims of this process: %s", exc)
+        try:
+            while not self._stopped.wait(HEARTBEAT_S):
+                try:
+                    renew(conn, self.owner)
+                except sqlite3.Error as exc:
+                    log.warning("could not renew the claims of this process: %s", exc)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=2 * 60)  # a renewal waits at most its connection's 60 s busy timeout
 
 
 def renew(conn: sqlite3.Connection, owner: str) -> int:
@@ -161,3 +170,9 @@ class ClaimsMixin:
         if self._heartbeat is None:
             self._heartbeat = Heartbeat(self.path, owner)
             self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        """Stop renewing leases (the store is closing: its runs are finished or stopped)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
