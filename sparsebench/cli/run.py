@@ -219,12 +219,12 @@ def run(
     try:
         grid.execute(on_start, on_done)
     except Interrupted as exc:
-        grid.close()
         _summary(grid.outcomes)
         saved = "" if isinstance(exc, GridInterrupted) else ", checkpoint saved"
         click.echo(f"Stopped: {exc}{saved}; run the same command to resume.", err=True)
         return 130
-    grid.close()
+    finally:
+        grid.close()
     if not grid.leader:
         return 0
     _summary(grid.outcomes)

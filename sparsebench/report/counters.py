@@ -11,6 +11,8 @@ from sparsebench.analysis.cells import MethodInfo
 from sparsebench.report.tables import Cell, Table
 from sparsebench.store import method_columns
 
+CELL = ["method", "label", "arch", "sg", "sd"]  # a row of the table: a report row at one (arch, s_G, s_D)
+
 
 def _number(x: float) -> str:
     if float(x).is_integer():
@@ -44,12 +46,9 @@ def counters_table(df: pd.DataFrame, methods=None, title: str = "Method counters
     if not columns:
         return None
     rows = []
-    keys = done[["method", "label", "arch", "sg", "sd"]].drop_duplicates()
-    order = sorted(keys.itertuples(index=False), key=lambda k: (info.rank(k[0]), k[1], k[2], -k[3], k[4]))
-    for method, name, arch, sg, sd in order:
-        if not numeric.get(method):
-            continue
-        here = done[(done["label"] == name) & (done["arch"] == arch) & (done["sg"] == sg) & (done["sd"] == sd)]
+    cells_of = dict(tuple(done[done["method"].map(lambda m: bool(numeric[m]))].groupby(CELL)))
+    for method, name, arch, sg, sd in sorted(cells_of, key=lambda k: (info.rank(k[0]), k[1], k[2], -k[3], k[4])):
+        here = cells_of[(method, name, arch, sg, sd)]
         cells = [Cell(str(len(here)))]
         for col in columns:
             values = here[col].dropna().astype(float) if col in numeric[method] else pd.Series()

@@ -288,32 +288,29 @@ def method_curves(
     if not panels:
         return []
     sub = stats[stats["key"].isin([k for k, _ in panels])].merge(runs[["run_id", "arch", "label"]], on="run_id")
+    sub = sub[np.isfinite(sub["value"].astype(float))]
     archs = sorted(sub["arch"].unique())
     order = _row_labels(runs, info)
     style = styles(order)
     fig, axes = plt.subplots(
         len(panels), len(archs), figsize=(5.0 * len(archs), 3.4 * len(panels)), squeeze=False, sharex=True
     )
-    runs_of = sub.groupby("label")["run_id"].nunique()
+    legend = {name: f"{name} (n={n})" for name, n in sub.groupby("label")["run_id"].nunique().items()}
     for row, (key, ylabel) in zip(axes, panels):
         for ax, arch in zip(row, archs):
-            mine = sub[(sub["key"] == key) & (sub["arch"] == arch)]
+            by_row = dict(tuple(sub[(sub["key"] == key) & (sub["arch"] == arch)].groupby("label")))
             medians = []
-            for name in order:
-                g = mine[(mine["label"] == name) & np.isfinite(mine["value"].astype(float))]
-                if g.empty:
-                    continue
-                q = g.groupby("step")["value"].quantile([0.25, 0.5, 0.75]).unstack()
+            for name in (name for name in order if name in by_row):
+                q = by_row[name].groupby("step")["value"].quantile([0.25, 0.5, 0.75]).unstack()
                 q = q.rolling(smooth, center=True, min_periods=1).mean()
                 steps, colour = q.index.to_numpy(), style[name]["color"]
                 medians.append(q[0.5].to_numpy())
-                ax.plot(steps, medians[-1], lw=1.1, color=colour, label=f"{name} (n={runs_of[name]})")
+                ax.plot(steps, medians[-1], lw=1.1, color=colour, label=legend[name])
                 ax.fill_between(steps, q[0.25].to_numpy(), q[0.75].to_numpy(), color=colour, alpha=0.08, lw=0)
             if medians:  # the axis spans the medians (a run's spike widens a band, not the axis)
-                low, high = np.nanpercentile(np.concatenate(medians), [1, 99])
+                low, high = np.percentile(np.concatenate(medians), [1, 99])
                 pad = 0.15 * (high - low) or 0.5
-                if np.isfinite(low) and np.isfinite(high):
-                    ax.set_ylim(low - pad, high + pad)
+                ax.set_ylim(low - pad, high + pad)
             ax.set_title(arch)
             ax.set_ylabel(ylabel)
             ax.set_xlabel("G step")
@@ -325,7 +322,7 @@ def method_curves(
         fontsize=8,
     )
     fig.tight_layout()
-    _legend_outside(fig, axes.ravel(), [f"{name} (n={runs_of[name]})" for name in order if name in runs_of])
+    _legend_outside(fig, axes.ravel(), [legend[name] for name in order if name in legend])
     return _save(fig, out, stem)
 
 

@@ -166,8 +166,8 @@ class Database(ArtifactPaths):
         store's name, which fails where another process got there first: its store is used, and either way the
         temporary name is removed. A filesystem without hard links gets the store built in place."""
         tmp = self.path.with_name(f".{self.path.name[:40]}.{uuid.uuid4().hex[:12]}.tmp")
+        wal, shm, journal = (tmp.with_name(tmp.name + suffix) for suffix in ("-wal", "-shm", "-journal"))
         try:
-            wal = tmp.with_name(tmp.name + "-wal")
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 self.conn = conn
@@ -189,7 +189,7 @@ class Database(ArtifactPaths):
             except OSError as exc:  # no hard links here (EPERM, ENOTSUP, ENOSYS...): built in place
                 log.debug("no hard links at %s (%s): the store is created in place", self.path.parent, exc)
         finally:
-            for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm", "-journal"))):
+            for leftover in (tmp, wal, shm, journal):
                 leftover.unlink(missing_ok=True)
 
     def _not_a_store(self, exc: sqlite3.DatabaseError) -> str:
